@@ -1,0 +1,492 @@
+"""Storage activities: every write of a unit's data to PostgreSQL, each with its audit row.
+
+Each activity runs in one transaction and is idempotent (keys from the workflow), so a
+retry after a worker or database crash writes nothing twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+import asyncpg
+import structlog
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.talk_cipher import TalkCipher
+from schemas.common import Actor
+from schemas.status import TargetTally
+from schemas.workflow_io import (
+    AcknowledgementRecord,
+    AuditRecord,
+    BallotBatchReceipt,
+    BallotBatchRecord,
+    FollowUpClosure,
+    FollowUpRecord,
+    FollowUpsRecord,
+    GradeDecisionRecord,
+    GradeProposalRecord,
+    RegisterUnit,
+    ReportRecord,
+    TalkRecord,
+    TransitionRecord,
+    UnitRef,
+)
+
+log = structlog.get_logger("kaohe.storage")
+
+TEAM_TARGET = ""  # grades.cadre_id of the team's own grade
+
+
+async def _audit(
+    conn: asyncpg.Connection,
+    ref: UnitRef,
+    event_key: str,
+    kind: str,
+    actor: Actor | None = None,
+    detail: dict[str, Any] | None = None,
+) -> bool:
+    """Appends an audit row once per (workflow, event_key); True if it is new."""
+    row = await conn.fetchrow(
+        """INSERT INTO audit_log
+               (workflow_id, campaign_id, unit_id, event_key, kind, stage,
+                actor_id, actor_role, detail)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)
+           ON CONFLICT (workflow_id, event_key) DO NOTHING RETURNING id""",
+        ref.workflow_id,
+        ref.campaign_id,
+        ref.unit_id,
+        event_key,
+        kind,
+        ref.stage.value,
+        actor.id if actor else None,
+        actor.role.value if actor else None,
+        json.dumps(detail or {}, ensure_ascii=False, default=str),
+    )
+    return row is not None
+
+
+def _log(ref: UnitRef, event: str, **fields: Any) -> None:
+    log.info(event, workflow_id=ref.workflow_id, unit=ref.unit_id, stage=ref.stage.value, **fields)
+
+
+def ballots_checksum(rows: list[tuple[str, str | None, str, str]]) -> str:
+    """sha256 over the batch's rows in order: lets the bulk path and the update path agree."""
+    digest = hashlib.sha256()
+    for row in rows:
+        digest.update("\x1f".join(v or "" for v in row).encode())
+        digest.update(b"\x1e")
+    return digest.hexdigest()
+
+
+class StorageActivities:
+    def __init__(self, pool: asyncpg.Pool, cipher: TalkCipher) -> None:
+        self._pool = pool
+        self._cipher = cipher
+
+    @activity.defn
+    async def register_unit(self, rec: RegisterUnit) -> None:
+        unit = rec.unit
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                """INSERT INTO campaigns (campaign_id, year, title) VALUES ($1, $2, $3)
+                   ON CONFLICT (campaign_id) DO NOTHING""",
+                rec.ref.campaign_id,
+                rec.year,
+                rec.campaign_title,
+            )
+            await conn.execute(
+                """INSERT INTO units (workflow_id, campaign_id, unit_id, name, category, stage)
+                   VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT (workflow_id) DO NOTHING""",
+                rec.ref.workflow_id,
+                rec.ref.campaign_id,
+                unit.unit_id,
+                unit.name,
+                unit.category,
+                rec.ref.stage.value,
+            )
+            await conn.executemany(
+                """INSERT INTO cadres
+                       (workflow_id, cadre_id, name, position, principal, newly_promoted)
+                   VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING""",
+                [
+                    (
+                        rec.ref.workflow_id,
+                        c.cadre_id,
+                        c.name,
+                        c.position,
+                        c.principal,
+                        c.newly_promoted,
+                    )
+                    for c in unit.cadres
+                ],
+            )
+            await _audit(
+                conn, rec.ref, "registered", "unit_registered", detail={"cadres": len(unit.cadres)}
+            )
+        _log(rec.ref, "unit registered", cadres=len(unit.cadres))
+
+    @activity.defn
+    async def record_transition(self, rec: TransitionRecord) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            new = await _audit(
+                conn,
+                rec.ref,
+                f"transition:{rec.seq}",
+                "transition",
+                rec.actor,
+                {
+                    "from": rec.from_stage.value if rec.from_stage else None,
+                    "to": rec.to_stage.value,
+                    "reason": rec.reason,
+                },
+            )
+            if new:
+                await conn.execute(
+                    "UPDATE units SET stage = $2, updated_at = now() WHERE workflow_id = $1",
+                    rec.ref.workflow_id,
+                    rec.to_stage.value,
+                )
+        _log(rec.ref, "stage transition", to=rec.to_stage.value, seq=rec.seq)
+
+    @activity.defn
+    async def append_audit(self, rec: AuditRecord) -> None:
+        async with self._pool.acquire() as conn:
+            await _audit(conn, rec.ref, rec.event_key, rec.kind, rec.actor, rec.detail)
+        _log(rec.ref, "audit", kind=rec.kind)
+
+    @activity.defn
+    async def save_acknowledgement(self, rec: AcknowledgementRecord) -> None:
+        a = rec.action
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                """INSERT INTO acknowledgements (workflow_id, idempotency_key, actor_id, note)
+                   VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING""",
+                rec.ref.workflow_id,
+                a.idempotency_key,
+                a.actor.id,
+                a.note,
+            )
+            await _audit(conn, rec.ref, f"ack:{a.idempotency_key}", "notice_acknowledged", a.actor)
+        _log(rec.ref, "notice acknowledged")
+
+    @activity.defn
+    async def save_report(self, rec: ReportRecord) -> None:
+        a = rec.action
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                """INSERT INTO reports (workflow_id, idempotency_key, kind, cadre_id, revision,
+                                        revision_reason, title, body, submitted_by)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING""",
+                rec.ref.workflow_id,
+                a.idempotency_key,
+                a.kind,
+                a.cadre_id,
+                rec.revision,
+                a.revision_reason,
+                a.title,
+                a.text,
+                a.actor.id,
+            )
+            await _audit(
+                conn,
+                rec.ref,
+                f"report:{a.idempotency_key}",
+                "report_submitted",
+                a.actor,
+                {
+                    "kind": a.kind,
+                    "cadre_id": a.cadre_id,
+                    "revision": rec.revision,
+                    "chars": len(a.text),
+                },
+            )
+        _log(rec.ref, "report stored", kind=a.kind, cadre=a.cadre_id, revision=rec.revision)
+
+    @activity.defn
+    async def save_ballots(self, rec: BallotBatchRecord) -> BallotBatchReceipt:
+        a = rec.action
+        rows = [(b.target_kind, b.target_id, b.rater_group, b.overall) for b in a.ballots]
+        checksum = ballots_checksum(rows)
+        async with self._pool.acquire() as conn, conn.transaction():
+            inserted = await conn.fetchrow(
+                """INSERT INTO ballot_batches (workflow_id, batch_id, ballots, checksum)
+                   VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING batch_id""",
+                rec.ref.workflow_id,
+                a.batch_id,
+                len(rows),
+                checksum,
+            )
+            if inserted is None:
+                existing = await conn.fetchrow(
+                    "SELECT ballots, checksum FROM ballot_batches "
+                    "WHERE workflow_id = $1 AND batch_id = $2",
+                    rec.ref.workflow_id,
+                    a.batch_id,
+                )
+                assert existing is not None
+                if existing["checksum"] != checksum:
+                    raise ApplicationError(
+                        f"batch_id {a.batch_id} was already stored with other ballots",
+                        type="BatchConflict",
+                        non_retryable=True,
+                    )
+                return BallotBatchReceipt(
+                    batch_id=a.batch_id,
+                    count=existing["ballots"],
+                    checksum=checksum,
+                    duplicate=True,
+                )
+            await conn.copy_records_to_table(
+                "ballots",
+                records=[(rec.ref.workflow_id, a.batch_id, *row) for row in rows],
+                columns=[
+                    "workflow_id",
+                    "batch_id",
+                    "target_kind",
+                    "target_id",
+                    "rater_group",
+                    "overall",
+                ],
+            )
+            await _audit(
+                conn,
+                rec.ref,
+                f"ballots:{a.batch_id}",
+                "ballots_recorded",
+                a.actor,
+                {"batch_id": a.batch_id, "count": len(rows), "checksum": checksum},
+            )
+        _log(rec.ref, "ballot batch stored", batch_id=a.batch_id, count=len(rows))
+        return BallotBatchReceipt(
+            batch_id=a.batch_id, count=len(rows), checksum=checksum, duplicate=False
+        )
+
+    @activity.defn
+    async def compute_tallies(self, ref: UnitRef) -> list[TargetTally]:
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                """SELECT target_kind, target_id, overall, count(*) AS n
+                   FROM ballots WHERE workflow_id = $1
+                   GROUP BY target_kind, target_id, overall
+                   ORDER BY target_kind DESC, target_id, overall""",
+                ref.workflow_id,
+            )
+        by_target: dict[tuple[str, str | None], dict[str, int]] = {}
+        for r in rows:
+            by_target.setdefault((r["target_kind"], r["target_id"]), {})[r["overall"]] = r["n"]
+        return [_tally(kind, target, counts) for (kind, target), counts in by_target.items()]
+
+    @activity.defn
+    async def save_talk(self, rec: TalkRecord) -> None:
+        a = rec.action
+        associated = f"{rec.ref.workflow_id}/{a.talk_id}"
+        nonce, ciphertext = self._cipher.seal(a.content, associated)
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                """INSERT INTO talks (workflow_id, talk_id, interviewer, interviewee_role,
+                                      talk_date, key_id, nonce, ciphertext)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING""",
+                rec.ref.workflow_id,
+                a.talk_id,
+                a.interviewer,
+                a.interviewee_role,
+                a.talk_date,
+                self._cipher.key_id,
+                nonce,
+                ciphertext,
+            )
+            await _audit(
+                conn,
+                rec.ref,
+                f"talk:{a.talk_id}",
+                "talk_recorded",
+                a.actor,
+                {"talk_id": a.talk_id, "interviewee_role": a.interviewee_role},
+            )
+        _log(rec.ref, "talk stored", talk_id=a.talk_id)
+
+    @activity.defn
+    async def save_grade_proposal(self, rec: GradeProposalRecord) -> None:
+        a = rec.action
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                """INSERT INTO grade_proposals (workflow_id, proposal_no, proposer_id, evaluation,
+                                                team_grade, cadre_grades)
+                   VALUES ($1, $2, $3, $4, $5, $6::jsonb) ON CONFLICT DO NOTHING""",
+                rec.ref.workflow_id,
+                rec.proposal_no,
+                a.actor.id,
+                a.evaluation,
+                a.team_grade.value,
+                json.dumps({k: v.value for k, v in a.cadre_grades.items()}, ensure_ascii=False),
+            )
+            # The audit row says a proposal exists, never its grades: they are sealed.
+            await _audit(
+                conn,
+                rec.ref,
+                f"proposal:{rec.proposal_no}",
+                "grades_proposed",
+                a.actor,
+                {"proposal_no": rec.proposal_no},
+            )
+        _log(rec.ref, "grade proposal stored", proposal_no=rec.proposal_no)
+
+    @activity.defn
+    async def save_grade_decision(self, rec: GradeDecisionRecord) -> None:
+        a = rec.action
+        async with self._pool.acquire() as conn, conn.transaction():
+            proposal = await conn.fetchrow(
+                """UPDATE grade_proposals
+                   SET decision = $3, decided_by = $4, comment = $5, decided_at = now()
+                   WHERE workflow_id = $1 AND proposal_no = $2
+                   RETURNING team_grade, cadre_grades""",
+                rec.ref.workflow_id,
+                rec.proposal_no,
+                a.decision,
+                a.actor.id,
+                a.comment,
+            )
+            if proposal is None:
+                raise ApplicationError(f"proposal {rec.proposal_no} is not stored")
+            if a.decision == "approve":
+                unit = await conn.fetchrow(
+                    "SELECT u.unit_id, c.year FROM units u JOIN campaigns c USING (campaign_id) "
+                    "WHERE u.workflow_id = $1",
+                    rec.ref.workflow_id,
+                )
+                assert unit is not None
+                grades = {
+                    TEAM_TARGET: proposal["team_grade"],
+                    **json.loads(proposal["cadre_grades"]),
+                }
+                await conn.executemany(
+                    """INSERT INTO grades (workflow_id, year, unit_id, cadre_id, grade)
+                       VALUES ($1, $2, $3, $4, $5)
+                       ON CONFLICT (workflow_id, cadre_id) DO UPDATE SET grade = EXCLUDED.grade""",
+                    [
+                        (rec.ref.workflow_id, unit["year"], unit["unit_id"], cadre, grade)
+                        for cadre, grade in grades.items()
+                    ],
+                )
+            await _audit(
+                conn,
+                rec.ref,
+                f"decision:{rec.proposal_no}",
+                f"grades_{a.decision}d",
+                a.actor,
+                {"proposal_no": rec.proposal_no, "comment": a.comment},
+            )
+        _log(rec.ref, "grade decision stored", proposal_no=rec.proposal_no, decision=a.decision)
+
+    @activity.defn
+    async def create_follow_ups(self, rec: FollowUpsRecord) -> None:
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.executemany(
+                """INSERT INTO follow_ups (workflow_id, follow_up_id, kind, cadre_id, owner,
+                                           due_date, description)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING""",
+                [
+                    (
+                        rec.ref.workflow_id,
+                        f.follow_up_id,
+                        f.kind.value,
+                        f.cadre_id,
+                        f.owner,
+                        f.due_date,
+                        f.description,
+                    )
+                    for f in rec.follow_ups
+                ],
+            )
+            await _audit(
+                conn,
+                rec.ref,
+                "follow_ups:derived",
+                "follow_ups_created",
+                detail={"follow_ups": [f.follow_up_id for f in rec.follow_ups]},
+            )
+        _log(rec.ref, "follow-ups created", count=len(rec.follow_ups))
+
+    @activity.defn
+    async def save_follow_up(self, rec: FollowUpRecord) -> None:
+        a = rec.action
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                """INSERT INTO follow_ups (workflow_id, follow_up_id, kind, cadre_id, owner,
+                                           due_date, description)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING""",
+                rec.ref.workflow_id,
+                a.follow_up_id,
+                a.kind.value,
+                a.cadre_id,
+                a.owner,
+                a.due_date,
+                a.description,
+            )
+            await _audit(
+                conn,
+                rec.ref,
+                f"follow_up:{a.follow_up_id}",
+                "follow_up_recorded",
+                a.actor,
+                {"follow_up_id": a.follow_up_id, "kind": a.kind.value},
+            )
+        _log(rec.ref, "follow-up recorded", follow_up_id=a.follow_up_id)
+
+    @activity.defn
+    async def close_follow_up(self, rec: FollowUpClosure) -> None:
+        a = rec.action
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                """UPDATE follow_ups SET outcome = $3, closed_at = now()
+                   WHERE workflow_id = $1 AND follow_up_id = $2 AND closed_at IS NULL""",
+                rec.ref.workflow_id,
+                a.follow_up_id,
+                a.outcome,
+            )
+            await _audit(
+                conn,
+                rec.ref,
+                f"follow_up_closed:{a.follow_up_id}",
+                "follow_up_closed",
+                a.actor,
+                {"follow_up_id": a.follow_up_id},
+            )
+        _log(rec.ref, "follow-up closed", follow_up_id=a.follow_up_id)
+
+    @activity.defn
+    async def load_unit_stages(self, campaign_id: str) -> dict[str, str]:
+        """unit_id -> stage, for a campaign restarted over units that already run."""
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT unit_id, stage FROM units WHERE campaign_id = $1", campaign_id
+            )
+        return {r["unit_id"]: r["stage"] for r in rows}
+
+
+def _rate(counts: dict[str, int], total: int, *options: str) -> float:
+    return sum(counts.get(o, 0) for o in options) / total if total else 0.0
+
+
+def _tally(kind: str, target: str | None, counts: dict[str, int]) -> TargetTally:
+    total = sum(counts.values())
+    if kind == "team":
+        return TargetTally(
+            target_kind=kind,
+            target_id=target,
+            ballots=total,
+            counts=counts,
+            good_rate=_rate(counts, total, "好", "较好"),
+        )
+    return TargetTally(
+        target_kind=kind,
+        target_id=target,
+        ballots=total,
+        counts=counts,
+        excellent_rate=_rate(counts, total, "优秀"),
+        competent_or_better_rate=_rate(counts, total, "优秀", "称职"),
+        incompetent_rate=_rate(counts, total, "不称职"),
+    )

@@ -1,0 +1,388 @@
+"""The `kaohe` command line: run the stack, start campaigns, watch and drive units."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Coroutine
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from pydantic import TypeAdapter, ValidationError
+from rich.console import Console
+from rich.table import Table
+from temporalio.client import Client, WorkflowUpdateFailedError
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.service import RPCError
+
+from kaohe.client import connect
+from kaohe.logs import configure_logging
+from kaohe.roster_io import RosterError, load_roster
+from kaohe.settings import get_settings
+from schemas.common import Actor, Stage
+from schemas.errors import format_validation_error
+from schemas.messages import ACTION_MODELS, ActionResult
+from schemas.roster import Roster
+from schemas.status import CampaignProgress, UnitStatus
+from schemas.workflow_io import CampaignInput
+from workflows.campaign import AssessmentCampaign, campaign_workflow_id
+from workflows.unit import UnitAssessment
+
+app = typer.Typer(
+    help="kaohe: annual assessment (年度考核) workflows on Temporal.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+schema_app = typer.Typer(help="JSON Schemas of the public messages.", no_args_is_help=True)
+app.add_typer(schema_app, name="schema")
+console = Console()
+err_console = Console(stderr=True)
+T = TypeVar("T")
+
+SAMPLE_ROSTER = "samples/demo-roster.yaml"
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    settings = get_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    return asyncio.run(coro)
+
+
+def _fail(message: str) -> typer.Exit:
+    err_console.print(f"[red]error:[/] {message}")
+    return typer.Exit(code=1)
+
+
+# ---- the stack -------------------------------------------------------------------------
+
+
+@app.command()
+def dev(
+    demo: Annotated[bool, typer.Option(help="Also start the demo campaign and drive it.")] = False,
+) -> None:
+    """Run the embedded Temporal dev server, PostgreSQL and a worker until Ctrl-C."""
+    from kaohe.devstack import run_dev
+    from worker import run_worker
+
+    settings = get_settings()
+
+    async def worker_and_demo(database_url: str) -> None:
+        if not demo:
+            await run_worker(settings, database_url)
+            return
+        from kaohe.demo import run_demo
+
+        worker_task = asyncio.create_task(run_worker(settings, database_url))
+        try:
+            await run_demo(settings, load_roster(_sample_roster()), pace=2.0)
+            await worker_task
+        finally:
+            worker_task.cancel()
+            await asyncio.gather(worker_task, return_exceptions=True)
+
+    try:
+        _run(run_dev(settings, with_worker=worker_and_demo))
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def worker() -> None:
+    """Run a worker against the configured Temporal and PostgreSQL."""
+    from worker import run_worker
+
+    settings = get_settings()
+    try:
+        _run(run_worker(settings, settings.effective_database_url))
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def migrate() -> None:
+    """Apply the database migrations not yet applied (idempotent)."""
+    from activities.db import apply_migrations
+
+    applied = _run(apply_migrations(get_settings().effective_database_url))
+    console.print(f"applied: {', '.join(applied)}" if applied else "migrations up to date")
+
+
+# ---- campaigns -------------------------------------------------------------------------
+
+
+def _sample_roster() -> Path:
+    return Path(str(resources.files("kaohe") / SAMPLE_ROSTER))
+
+
+def _load_or_exit(path: Path) -> Roster:
+    try:
+        return load_roster(path)
+    except RosterError as err:
+        err_console.print(f"[red]{err}[/]")
+        for line in err.problems:
+            err_console.print(f"  {line}")
+        raise typer.Exit(code=2) from err
+
+
+async def start_campaign(client: Client, roster: Roster, task_queue: str) -> tuple[str, bool]:
+    """Starts the campaign workflow; (workflow id, False) if it already exists."""
+    workflow_id = campaign_workflow_id(roster.campaign_id)
+    try:
+        await client.start_workflow(
+            AssessmentCampaign.run,
+            CampaignInput(roster=roster),
+            id=workflow_id,
+            task_queue=task_queue,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+            static_summary=f"{roster.title} · {len(roster.units)} units",
+        )
+    except WorkflowAlreadyStartedError:
+        return workflow_id, False
+    return workflow_id, True
+
+
+@app.command()
+def start(roster_file: Annotated[Path, typer.Argument(help="Roster YAML.")]) -> None:
+    """Validate a roster and start its campaign (starting it twice starts nothing twice)."""
+    roster = _load_or_exit(roster_file)
+    settings = get_settings()
+
+    async def go() -> tuple[str, bool]:
+        return await start_campaign(await connect(settings), roster, settings.task_queue)
+
+    workflow_id, new = _run(go())
+    verb = "started" if new else "already exists, nothing started again:"
+    console.print(f"campaign {roster.campaign_id} {verb} {workflow_id} ({len(roster.units)} units)")
+
+
+@app.command()
+def validate(roster_file: Path) -> None:
+    """Validate a roster without starting anything."""
+    roster = _load_or_exit(roster_file)
+    cadres = sum(len(u.cadres) for u in roster.units)
+    console.print(f"[green]ok[/]: {len(roster.units)} units, {cadres} cadres")
+
+
+@app.command()
+def demo(
+    pace: Annotated[float, typer.Option(help="Seconds between simulated actions.")] = 2.0,
+    roster_file: Annotated[Path | None, typer.Option("--roster")] = None,
+) -> None:
+    """Start the sample campaign and let simulated integrators drive every unit."""
+    from kaohe.demo import run_demo
+
+    roster = _load_or_exit(roster_file or _sample_roster())
+    _run(run_demo(get_settings(), roster, pace=pace))
+
+
+# ---- watching --------------------------------------------------------------------------
+
+
+@app.command()
+def status(
+    workflow_id: Annotated[str | None, typer.Argument()] = None,
+    campaign: Annotated[str | None, typer.Option(help="A campaign id.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Show a unit's progress, or a campaign's units per stage."""
+    if (workflow_id is None) == (campaign is None):
+        raise _fail("give either a WORKFLOW_ID or --campaign ID")
+    settings = get_settings()
+
+    async def go() -> None:
+        client = await connect(settings)
+        if workflow_id is not None:
+            unit = await client.get_workflow_handle(workflow_id).query(
+                UnitAssessment.status, result_type=UnitStatus
+            )
+            if as_json:
+                console.print_json(unit.model_dump_json())
+            else:
+                _print_unit(unit)
+            return
+        assert campaign is not None
+        handle = client.get_workflow_handle(campaign_workflow_id(campaign))
+        progress = await handle.query(AssessmentCampaign.progress, result_type=CampaignProgress)
+        units = [
+            wf
+            async for wf in client.list_workflows(
+                f'KaoheCampaign="{campaign}" AND WorkflowType="UnitAssessment"'
+            )
+        ]
+        if as_json:
+            console.print_json(progress.model_dump_json())
+            return
+        _print_campaign(progress, units)
+
+    try:
+        _run(go())
+    except RPCError as err:
+        raise _fail(str(err)) from err
+
+
+def _print_unit(s: UnitStatus) -> None:
+    table = Table(title=f"{s.unit_name} ({s.workflow_id})", show_header=False)
+    table.add_row("stage", f"[bold]{s.stage.value}[/]")
+    table.add_row(
+        "reports",
+        f"team {'yes' if s.reports.team_summary else 'no'}, cadres "
+        f"{s.reports.cadres_submitted}/{s.reports.cadres_total}",
+    )
+    table.add_row("ballots", f"{s.evaluation.ballots} in {s.evaluation.batches} batches")
+    table.add_row("talks", f"{s.talks.recorded}/{s.talks.planned}")
+    g = s.grading
+    table.add_row(
+        "grades",
+        f"published: team {g.team_grade}"
+        if g.published
+        else ("sealed proposal pending" if g.pending_proposal else f"{g.proposals} proposals"),
+    )
+    table.add_row("follow-ups", f"{s.follow_ups.closed} closed, {s.follow_ups.open} open")
+    if s.rejected_signals:
+        table.add_row("rejected signals", str(len(s.rejected_signals)))
+    console.print(table)
+
+
+def _print_campaign(p: CampaignProgress, units: list[Any]) -> None:
+    console.print(
+        f"[bold]{p.title}[/] — {p.units_started}/{p.units_total} units started"
+        + (" — [green]completed[/]" if p.completed else "")
+    )
+    table = Table("unit", "workflow id", "stage", "status")
+    for wf in sorted(units, key=lambda w: w.id):
+        attrs = wf.search_attributes
+        table.add_row(
+            str(attrs.get("KaoheUnit", [""])[0]),
+            wf.id,
+            str(attrs.get("KaoheStage", [""])[0]),
+            wf.status.name if wf.status else "",
+        )
+    console.print(table)
+    console.print(", ".join(f"{stage.value}: {n}" for stage, n in p.by_stage.items()))
+
+
+# ---- acting on a unit ------------------------------------------------------------------
+
+
+def _parse_actor(actor: str) -> Actor:
+    ident, _, role = actor.partition(":")
+    try:
+        return Actor.model_validate({"id": ident, "role": role})
+    except ValidationError as err:
+        raise _fail(f"--actor: {format_validation_error(err)} (use ID:ROLE)") from err
+
+
+def _action_payload(name: str, body: str, actor: str | None) -> dict[str, Any]:
+    if name not in ACTION_MODELS:
+        raise _fail(f"unknown action {name!r}; actions: {', '.join(ACTION_MODELS)}")
+    try:
+        payload = json.loads(body)
+    except json.JSONDecodeError as err:
+        raise _fail(f"JSON: {err}") from err
+    if not isinstance(payload, dict):
+        raise _fail("JSON: the payload must be an object")
+    payload.setdefault("idempotency_key", str(uuid.uuid4()))
+    if actor is not None:
+        payload.setdefault("actor", _parse_actor(actor).model_dump(mode="json"))
+    try:  # check here too, so the error names the field before anything is sent
+        ACTION_MODELS[name].model_validate(payload)
+    except ValidationError as err:
+        raise _fail(format_validation_error(err)) from err
+    return payload
+
+
+ActorOption = Annotated[
+    str | None, typer.Option("--actor", help="ID:ROLE, used when the JSON has no actor.")
+]
+
+
+@app.command()
+def update(
+    workflow_id: str,
+    name: str,
+    body: Annotated[str, typer.Argument()] = "{}",
+    actor: ActorOption = None,
+) -> None:
+    """Send an action as a Workflow Update and print its result (or the rejection)."""
+    payload = _action_payload(name, body, actor)
+    settings = get_settings()
+
+    async def go() -> ActionResult:
+        handle = (await connect(settings)).get_workflow_handle(workflow_id)
+        return await handle.execute_update(
+            name, payload, result_type=ActionResult, id=payload["idempotency_key"]
+        )
+
+    try:
+        result = _run(go())
+    except WorkflowUpdateFailedError as err:
+        raise _fail(f"{name} rejected: {err.cause}") from err
+    except RPCError as err:
+        raise _fail(str(err)) from err
+    console.print_json(result.model_dump_json())
+
+
+@app.command()
+def signal(
+    workflow_id: str,
+    name: str,
+    body: Annotated[str, typer.Argument()] = "{}",
+    actor: ActorOption = None,
+) -> None:
+    """Send an action as a Signal (fire and forget; rejections show in `status`)."""
+    payload = _action_payload(name, body, actor)
+    settings = get_settings()
+
+    async def go() -> None:
+        await (await connect(settings)).get_workflow_handle(workflow_id).signal(name, payload)
+
+    _run(go())
+    console.print(f"signal {name} sent (idempotency_key {payload['idempotency_key']})")
+
+
+@app.command("close-stage")
+def close_stage(
+    workflow_id: str,
+    stage: Stage,
+    reason: Annotated[str, typer.Option(help="Why the stage closes early.")],
+    actor: ActorOption = "department:department",
+) -> None:
+    """Close the unit's current stage early, with a reason."""
+    update(workflow_id, "close_stage", json.dumps({"stage": stage.value, "reason": reason}), actor)
+
+
+@app.command()
+def acknowledge(workflow_id: str, actor: ActorOption = "unit-office:unit") -> None:
+    """Acknowledge the notice on behalf of the unit."""
+    update(workflow_id, "acknowledge_notice", "{}", actor)
+
+
+# ---- schemas ---------------------------------------------------------------------------
+
+
+def public_schemas() -> dict[str, dict[str, Any]]:
+    from schemas.status import CampaignProgress, UnitStatus
+
+    out = {name: model.model_json_schema() for name, model in ACTION_MODELS.items()}
+    out["action_result"] = ActionResult.model_json_schema()
+    out["status"] = UnitStatus.model_json_schema()
+    out["campaign_progress"] = CampaignProgress.model_json_schema()
+    out["roster"] = Roster.model_json_schema()
+    out["stage"] = TypeAdapter(Stage).json_schema()
+    return out
+
+
+@schema_app.command("export")
+def schema_export(directory: Path) -> None:
+    """Write the JSON Schema of every update/signal, query result and the roster."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, schema in public_schemas().items():
+        (directory / f"{name}.json").write_text(
+            json.dumps(schema, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
+        )
+    console.print(f"wrote {len(public_schemas())} schemas to {directory}")

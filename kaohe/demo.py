@@ -1,0 +1,70 @@
+"""`kaohe demo`: the sample campaign, driven live by simulated integrators.
+
+Units move at staggered times so the Temporal UI shows every stage at once; the last unit
+is left waiting in `talks`, so `KaoheStage="talks"` always finds one to look at.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from rich.console import Console
+
+from kaohe.client import connect
+from kaohe.settings import Settings
+from kaohe.simulate import drive_unit
+from schemas.common import Stage
+from schemas.messages import ActionResult
+from schemas.roster import Roster
+from workflows.campaign import unit_workflow_id
+
+console = Console()
+
+
+async def run_demo(settings: Settings, roster: Roster, *, pace: float = 2.0) -> None:
+    from kaohe.cli import start_campaign
+
+    client = await connect(settings)
+    workflow_id, new = await start_campaign(client, roster, settings.task_queue)
+    console.print(
+        f"[bold]demo campaign[/] {workflow_id} "
+        f"{'started' if new else 'already exists: driving its units on'}"
+    )
+    ui = f"http://127.0.0.1:{settings.temporal_ui_port}"
+    query = f'KaoheCampaign="{roster.campaign_id}"'
+    console.print(
+        f"  watch it: {ui}/namespaces/{settings.temporal_namespace}/workflows?query={query}"
+    )
+    console.print(f"  or: temporal workflow list --query '{query}'")
+
+    async def drive(i: int) -> None:
+        unit = roster.units[i]
+        await asyncio.sleep(i * pace * 2)
+        hold = Stage.TALKS if i == len(roster.units) - 1 and len(roster.units) > 1 else None
+        wf_id = unit_workflow_id(roster.campaign_id, unit.unit_id)
+        await _wait_started(client, wf_id)
+
+        def show(name: str, result: ActionResult) -> None:
+            console.print(
+                f"  {unit.unit_id:>8} {name:<20} -> {result.stage.value:<11} {result.message}"
+            )
+
+        status = await drive_unit(client, wf_id, unit, pace=pace, stop_at=hold, on_step=show)
+        console.print(f"[green]{unit.unit_id}[/] now in [bold]{status.stage.value}[/]")
+
+    await asyncio.gather(*(drive(i) for i in range(len(roster.units))))
+    console.print(
+        "[bold green]demo done[/]: units completed; the last one waits in talks. "
+        "Ctrl-C stops the stack."
+    )
+
+
+async def _wait_started(client, workflow_id: str) -> None:  # type: ignore[no-untyped-def]
+    """The campaign starts units asynchronously: wait until this one exists."""
+    for _ in range(600):
+        try:
+            await client.get_workflow_handle(workflow_id).describe()
+            return
+        except Exception:
+            await asyncio.sleep(0.1)
+    raise TimeoutError(f"{workflow_id} was not started")

@@ -1,0 +1,58 @@
+"""Runtime settings, read from the environment (prefix ``KAOHE_``) or a ``.env`` file."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="KAOHE_", env_file=".env", extra="ignore")
+
+    # Where the embedded stack keeps its state (Temporal SQLite file, PostgreSQL data, keys).
+    data_dir: Path = Path(".kaohe")
+
+    # Temporal: the embedded dev server listens here; point at any other cluster instead.
+    temporal_address: str = "127.0.0.1:7233"
+    temporal_namespace: str = "default"
+    temporal_ui_port: int = 8233
+    temporal_http_port: int = 7243
+    task_queue: str = "kaohe"
+
+    # PostgreSQL: unset means "run the embedded server on postgres_port".
+    database_url: SecretStr | None = None
+    postgres_port: int = 55432
+    db_pool_min: int = Field(default=1, ge=1)
+    db_pool_max: int = Field(default=10, ge=1)
+
+    # Talk content is encrypted at rest with this AES-256-GCM key (base64, 32 bytes);
+    # unset means a key file in data_dir, created on first use.
+    talk_key: SecretStr | None = None
+    talk_key_id: str = "k1"
+
+    log_format: Literal["console", "json"] = "console"
+    log_level: str = "INFO"
+
+    @property
+    def effective_database_url(self) -> str:
+        """The configured database, or the embedded one `kaohe dev` runs."""
+        if self.database_url is not None:
+            return self.database_url.get_secret_value()
+        return f"postgresql://postgres@127.0.0.1:{self.postgres_port}/kaohe"
+
+    @property
+    def temporal_host(self) -> str:
+        return self.temporal_address.rsplit(":", 1)[0]
+
+    @property
+    def temporal_grpc_port(self) -> int:
+        return int(self.temporal_address.rsplit(":", 1)[1])
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,1 @@
+"""Pydantic models of every workflow input, output, update, signal and query."""

@@ -1,0 +1,81 @@
+"""Shared building blocks of the messages: identifiers, actors, stages, grades."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+# Identifiers appear in workflow ids and search attributes: keep them to a safe alphabet.
+Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
+IdempotencyKey = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+ShortText = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)]
+Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=2, max_length=2000)]
+LongText = Annotated[str, StringConstraints(min_length=1, max_length=100_000)]
+
+
+class Model(BaseModel):
+    """Strict about unknown fields, so a typo in an integrator's payload is an error."""
+
+    model_config = ConfigDict(extra="forbid", frozen=False, str_strip_whitespace=False)
+
+
+class Stage(StrEnum):
+    NOTICE = "notice"
+    REPORT_BACK = "report_back"
+    EVALUATION = "evaluation"
+    TALKS = "talks"
+    GRADING = "grading"
+    RESULT_USE = "result_use"
+    COMPLETED = "completed"
+    CANCELLED = "cancelled"
+
+
+class Role(StrEnum):
+    UNIT = "unit"
+    ASSESSMENT_GROUP = "assessment_group"
+    APPROVER = "approver"
+    DEPARTMENT = "department"
+    INTEGRATOR = "integrator"
+
+
+class Actor(Model):
+    """Who performs an action; kept in the audit table."""
+
+    id: ShortText
+    role: Role
+
+
+class TeamGrade(StrEnum):
+    GOOD = "好"
+    FAIRLY_GOOD = "较好"
+    AVERAGE = "一般"
+    POOR = "较差"
+
+
+class CadreGrade(StrEnum):
+    EXCELLENT = "优秀"
+    COMPETENT = "称职"
+    BASICALLY_COMPETENT = "基本称职"
+    INCOMPETENT = "不称职"
+    UNDETERMINED = "不确定等次"
+
+
+class CadreOverall(StrEnum):
+    """The overall option on a cadre ballot: the grades plus 不了解 (don't know)."""
+
+    EXCELLENT = "优秀"
+    COMPETENT = "称职"
+    BASICALLY_COMPETENT = "基本称职"
+    INCOMPETENT = "不称职"
+    UNKNOWN = "不了解"
+
+
+class Action(Model):
+    """Fields every action carries: who does it, and a key that makes a retry harmless."""
+
+    idempotency_key: IdempotencyKey = Field(
+        description="Unique per action; repeating it returns the first result and changes nothing."
+    )
+    actor: Actor

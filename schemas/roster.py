@@ -1,0 +1,64 @@
+"""The roster a campaign starts from: units (leadership teams) and their cadres."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import Field, model_validator
+
+from schemas.common import Identifier, Model, ShortText
+
+
+class CadreSpec(Model):
+    cadre_id: Identifier
+    name: ShortText
+    position: ShortText
+    principal: bool = Field(default=False, description="主要负责人: rated on extra items.")
+    newly_promoted: bool = Field(default=False, description="新提拔任用干部 this year.")
+
+
+class UnitSpec(Model):
+    unit_id: Identifier
+    name: ShortText
+    category: Identifier = Field(default="municipal", description="优秀 quotas are per category.")
+    contact: ShortText | None = Field(default=None, description="Who acknowledges the notice.")
+    cadres: Annotated[list[CadreSpec], Field(min_length=1, max_length=200)]
+    planned_talks: int | None = Field(
+        default=None, ge=1, le=1000, description="个别谈话 planned; default one per cadre."
+    )
+
+    @model_validator(mode="after")
+    def _unique_cadres(self) -> UnitSpec:
+        seen: set[str] = set()
+        for cadre in self.cadres:
+            if cadre.cadre_id in seen:
+                raise ValueError(
+                    f"cadre_id {cadre.cadre_id!r} appears twice in unit {self.unit_id}"
+                )
+            seen.add(cadre.cadre_id)
+        if sum(c.principal for c in self.cadres) > 1:
+            raise ValueError(f"unit {self.unit_id} has more than one principal leader")
+        return self
+
+    @property
+    def talks_planned(self) -> int:
+        return self.planned_talks or len(self.cadres)
+
+    def cadre(self, cadre_id: str) -> CadreSpec | None:
+        return next((c for c in self.cadres if c.cadre_id == cadre_id), None)
+
+
+class Roster(Model):
+    campaign_id: Identifier
+    year: int = Field(ge=2000, le=2100)
+    title: ShortText
+    units: Annotated[list[UnitSpec], Field(min_length=1, max_length=10_000)]
+
+    @model_validator(mode="after")
+    def _unique_units(self) -> Roster:
+        seen: set[str] = set()
+        for unit in self.units:
+            if unit.unit_id in seen:
+                raise ValueError(f"unit_id {unit.unit_id!r} appears twice")
+            seen.add(unit.unit_id)
+        return self

@@ -1,0 +1,115 @@
+"""What the `status` and `progress` queries return. Grades appear only once published."""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from pydantic import Field
+
+from schemas.common import CadreGrade, Model, Stage, TeamGrade
+from schemas.messages import FollowUpKind
+
+
+class StageVisit(Model):
+    stage: Stage
+    entered_at: dt.datetime
+    left_at: dt.datetime | None = None
+    closed_early_reason: str | None = None
+
+
+class TargetTally(Model):
+    """Counts of one target's ballots, computed in SQL, and the rates derived from them."""
+
+    target_kind: str
+    target_id: str | None
+    ballots: int
+    counts: dict[str, int]
+    # Rates over all returned ballots, 不了解 included (DOMAIN.md).
+    excellent_rate: float | None = None  # 优秀率
+    competent_or_better_rate: float | None = None  # 称职以上率
+    incompetent_rate: float | None = None  # 不称职票率
+    good_rate: float | None = None  # 好评率 (team: 好 + 较好)
+
+
+class ReportProgress(Model):
+    team_summary: bool = False
+    cadres_submitted: int = 0
+    cadres_total: int = 0
+    missing: list[str] = Field(default_factory=list)
+    revisions: int = 0
+
+
+class EvaluationProgress(Model):
+    batches: int = 0
+    ballots: int = 0
+    closed: bool = False
+    close_reason: str | None = None
+    tallies: list[TargetTally] = Field(default_factory=list)
+
+
+class TalkProgress(Model):
+    recorded: int = 0
+    planned: int = 0
+
+
+class GradingProgress(Model):
+    proposals: int = 0
+    pending_proposal: bool = False
+    returned: int = 0
+    approved: bool = False
+    published: bool = False
+    # Sealed: stay None until publication (DOMAIN.md: 不承诺评定等次).
+    team_grade: TeamGrade | None = None
+    cadre_grades: dict[str, CadreGrade] | None = None
+
+
+class FollowUpView(Model):
+    follow_up_id: str
+    kind: FollowUpKind
+    cadre_id: str | None = None
+    owner: str
+    due_date: dt.date | None = None
+    closed: bool = False
+
+
+class FollowUpProgress(Model):
+    open: int = 0
+    closed: int = 0
+    items: list[FollowUpView] = Field(default_factory=list)
+
+
+class Rejection(Model):
+    name: str
+    idempotency_key: str | None
+    reason: str
+    at: dt.datetime
+
+
+class UnitStatus(Model):
+    workflow_id: str
+    campaign_id: str
+    year: int
+    unit_id: str
+    unit_name: str
+    stage: Stage
+    history: list[StageVisit]
+    deadline: dt.datetime | None = None
+    stalled: bool = False
+    escalation_level: int = 0
+    acknowledgements: int = 0
+    reports: ReportProgress
+    evaluation: EvaluationProgress
+    talks: TalkProgress
+    grading: GradingProgress
+    follow_ups: FollowUpProgress
+    rejected_signals: list[Rejection] = Field(default_factory=list)
+
+
+class CampaignProgress(Model):
+    campaign_id: str
+    year: int
+    title: str
+    units_total: int
+    units_started: int
+    by_stage: dict[Stage, int]
+    completed: bool

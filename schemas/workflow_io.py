@@ -1,0 +1,157 @@
+"""Workflow inputs and the records activities take: what crosses the workflow boundary."""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from pydantic import Field
+
+from schemas.common import Actor, CadreGrade, Model, Stage, TeamGrade
+from schemas.messages import (
+    AcknowledgeNotice,
+    ApproveGrades,
+    CloseFollowUp,
+    FollowUpKind,
+    ProposeGrades,
+    RecordBallots,
+    RecordFollowUp,
+    RecordTalk,
+    SubmitReport,
+)
+from schemas.roster import Roster, UnitSpec
+
+
+class UnitInput(Model):
+    campaign_id: str
+    year: int
+    campaign_title: str
+    unit: UnitSpec
+
+
+class CampaignInput(Model):
+    roster: Roster
+    max_concurrent_starts: int = Field(default=50, ge=1, le=500)
+    # Carried over continue-as-new so a restarted campaign starts nothing twice.
+    started: list[str] = Field(default_factory=list)
+    stages: dict[str, Stage] = Field(default_factory=dict)
+
+
+class UnitProgress(Model):
+    """Signal a unit sends its campaign at every transition."""
+
+    unit_id: str
+    stage: Stage
+
+
+class UnitRef(Model):
+    """Who a record belongs to; every storage activity starts with it."""
+
+    workflow_id: str
+    campaign_id: str
+    unit_id: str
+    stage: Stage
+
+
+class RegisterUnit(Model):
+    ref: UnitRef
+    year: int
+    campaign_title: str
+    unit: UnitSpec
+
+
+class TransitionRecord(Model):
+    ref: UnitRef
+    seq: int
+    from_stage: Stage | None
+    to_stage: Stage
+    reason: str | None = None
+    actor: Actor | None = None
+
+
+class AcknowledgementRecord(Model):
+    ref: UnitRef
+    action: AcknowledgeNotice
+
+
+class ReportRecord(Model):
+    ref: UnitRef
+    action: SubmitReport
+    revision: int
+
+
+class BallotBatchRecord(Model):
+    ref: UnitRef
+    action: RecordBallots
+
+
+class BallotBatchReceipt(Model):
+    batch_id: str
+    count: int
+    checksum: str
+    duplicate: bool
+
+
+class TalkRecord(Model):
+    ref: UnitRef
+    action: RecordTalk
+
+
+class GradeProposalRecord(Model):
+    ref: UnitRef
+    proposal_no: int
+    action: ProposeGrades
+
+
+class GradeDecisionRecord(Model):
+    ref: UnitRef
+    proposal_no: int
+    action: ApproveGrades
+
+
+class FollowUpSpec(Model):
+    follow_up_id: str
+    kind: FollowUpKind
+    cadre_id: str | None = None
+    owner: str
+    due_date: dt.date | None = None
+    description: str
+
+
+class FollowUpsRecord(Model):
+    """Follow-ups derived from the final grades, created once (keyed by follow_up_id)."""
+
+    ref: UnitRef
+    team_grade: TeamGrade
+    cadre_grades: dict[str, CadreGrade]
+    follow_ups: list[FollowUpSpec]
+
+
+class FollowUpRecord(Model):
+    ref: UnitRef
+    action: RecordFollowUp
+
+
+class FollowUpClosure(Model):
+    ref: UnitRef
+    action: CloseFollowUp
+
+
+class AuditRecord(Model):
+    """A free-standing audit row: stage closed early, signal rejected, evaluation closed."""
+
+    ref: UnitRef
+    event_key: str
+    kind: str
+    actor: Actor | None = None
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class Notification(Model):
+    """A message to a unit, a cadre or an official; sent once per idempotency key."""
+
+    ref: UnitRef
+    idempotency_key: str
+    recipients: list[str]
+    subject: str
+    body: str

@@ -1,0 +1,99 @@
+"""The kaohe worker: registers the workflows and the activities on the task queue and runs.
+
+Run it with `kaohe worker` (or `python worker.py`); `kaohe dev` runs one for you.
+"""
+
+from __future__ import annotations
+
+import structlog
+from temporalio.client import Client
+from temporalio.worker import Worker
+from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
+
+from activities.db import create_pool
+from activities.notify import NotifyActivities
+from activities.storage import StorageActivities
+from activities.talk_cipher import TalkCipher
+from kaohe.client import connect
+from kaohe.settings import Settings
+from workflows.campaign import AssessmentCampaign
+from workflows.unit import UnitAssessment
+
+log = structlog.get_logger("kaohe.worker")
+
+WORKFLOWS = [UnitAssessment, AssessmentCampaign]
+
+
+def talk_cipher(settings: Settings) -> TalkCipher:
+    if settings.talk_key is not None:
+        return TalkCipher.from_base64(settings.talk_key.get_secret_value(), settings.talk_key_id)
+    return TalkCipher.from_key_file(settings.data_dir / "talk.key", settings.talk_key_id)
+
+
+def sandbox_runner() -> SandboxedWorkflowRunner:
+    # Our schemas and pydantic are deterministic and heavy to re-import per run: pass them through.
+    return SandboxedWorkflowRunner(
+        restrictions=SandboxRestrictions.default.with_passthrough_modules(
+            "pydantic", "pydantic_core", "annotated_types", "schemas"
+        )
+    )
+
+
+def activities_of(storage: StorageActivities, notify: NotifyActivities) -> list[object]:
+    return [
+        storage.register_unit,
+        storage.record_transition,
+        storage.append_audit,
+        storage.save_acknowledgement,
+        storage.save_report,
+        storage.save_ballots,
+        storage.compute_tallies,
+        storage.save_talk,
+        storage.save_grade_proposal,
+        storage.save_grade_decision,
+        storage.create_follow_ups,
+        storage.save_follow_up,
+        storage.close_follow_up,
+        storage.load_unit_stages,
+        notify.notify,
+    ]
+
+
+def build_worker(
+    client: Client, storage: StorageActivities, notify: NotifyActivities, task_queue: str
+) -> Worker:
+    return Worker(
+        client,
+        task_queue=task_queue,
+        workflows=WORKFLOWS,
+        activities=activities_of(storage, notify),
+        workflow_runner=sandbox_runner(),
+    )
+
+
+async def run_worker(settings: Settings, database_url: str) -> None:
+    """Runs until cancelled; closes the database pool on the way out."""
+    client = await connect(settings)
+    pool = await create_pool(database_url, settings.db_pool_min, settings.db_pool_max)
+    try:
+        worker = build_worker(
+            client,
+            StorageActivities(pool, talk_cipher(settings)),
+            NotifyActivities(pool),
+            settings.task_queue,
+        )
+        log.info(
+            "worker started",
+            task_queue=settings.task_queue,
+            temporal=settings.temporal_address,
+            namespace=settings.temporal_namespace,
+        )
+        await worker.run()
+    finally:
+        await pool.close()
+
+
+if __name__ == "__main__":
+    from kaohe.cli import app
+
+    app(["worker"])

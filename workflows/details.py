@@ -1,0 +1,71 @@
+"""Markdown for the Temporal UI's "current details": progress only, never sealed grades."""
+
+from __future__ import annotations
+
+from schemas.common import Stage
+from schemas.status import CampaignProgress, UnitStatus
+from workflows.stages import ORDER, stage_number
+
+STAGE_LABELS: dict[Stage, str] = {
+    Stage.NOTICE: "考核通知 notice",
+    Stage.REPORT_BACK: "总结述职 report-back",
+    Stage.EVALUATION: "测评评议 evaluation",
+    Stage.TALKS: "个别谈话 talks",
+    Stage.GRADING: "评定等次 grading",
+    Stage.RESULT_USE: "结果运用 result use",
+    Stage.COMPLETED: "已完成 completed",
+    Stage.CANCELLED: "已取消 cancelled",
+}
+
+
+def unit_details(s: UnitStatus) -> str:
+    n = stage_number(s.stage)
+    head = f"### {s.unit_name} · {s.year}年度考核\n**Stage {min(n, 6)}/6: {STAGE_LABELS[s.stage]}**"
+    if s.stalled:
+        head += f" — ⚠ stalled, escalation level {s.escalation_level}"
+    g = s.grading
+    if g.published:
+        grading = f"published, team {g.team_grade}"
+    elif g.pending_proposal:
+        grading = "proposal awaiting approval (sealed)"
+    else:
+        grading = f"{g.proposals} proposal(s), {g.returned} returned"
+    rows = [
+        ("Acknowledgements", str(s.acknowledgements)),
+        (
+            "Reports",
+            f"team {'✓' if s.reports.team_summary else '✗'}, cadres "
+            f"{s.reports.cadres_submitted}/{s.reports.cadres_total}",
+        ),
+        (
+            "Ballots",
+            f"{s.evaluation.ballots} in {s.evaluation.batches} batch(es)"
+            + (" — closed" if s.evaluation.closed else ""),
+        ),
+        ("Talks", f"{s.talks.recorded}/{s.talks.planned}"),
+        ("Grades", grading),
+        ("Follow-ups", f"{s.follow_ups.closed} closed, {s.follow_ups.open} open"),
+    ]
+    table = "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
+    done = [v.stage for v in s.history]
+    trail = " → ".join(
+        f"**{st.value}**" if st == s.stage else (f"~~{st.value}~~" if st in done else st.value)
+        for st in ORDER
+    )
+    extra = f"\n\nDeadline: {s.deadline:%Y-%m-%d %H:%M %Z}" if s.deadline else ""
+    if s.rejected_signals:
+        last = s.rejected_signals[-1]
+        extra += f"\n\nLast rejected signal: `{last.name}` — {last.reason}"
+    return f"{head}\n\n{trail}\n\n{table}{extra}"
+
+
+def campaign_details(p: CampaignProgress) -> str:
+    rows = "\n".join(
+        f"| {STAGE_LABELS[stage]} | {p.by_stage.get(stage, 0)} |"
+        for stage in (*ORDER, Stage.CANCELLED)
+        if p.by_stage.get(stage, 0) or stage in ORDER
+    )
+    return (
+        f"### {p.title}\n{p.units_started}/{p.units_total} units started\n\n"
+        f"| Stage | Units |\n|---|---|\n{rows}"
+    )

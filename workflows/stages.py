@@ -1,0 +1,59 @@
+"""The stage transition table: the single source of truth for the order of stages and for
+which action is accepted in which stage and from which role."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from itertools import pairwise
+
+from schemas.common import Role, Stage
+
+ORDER: tuple[Stage, ...] = (
+    Stage.NOTICE,
+    Stage.REPORT_BACK,
+    Stage.EVALUATION,
+    Stage.TALKS,
+    Stage.GRADING,
+    Stage.RESULT_USE,
+    Stage.COMPLETED,
+)
+NEXT: dict[Stage, Stage] = dict(pairwise(ORDER))
+TERMINAL: frozenset[Stage] = frozenset({Stage.COMPLETED, Stage.CANCELLED})
+# Grading cannot be closed early: a unit cannot leave it without approved grades.
+CLOSABLE_EARLY: frozenset[Stage] = frozenset(
+    {Stage.NOTICE, Stage.REPORT_BACK, Stage.EVALUATION, Stage.TALKS, Stage.RESULT_USE}
+)
+
+_OUTSIDE = frozenset({Role.UNIT, Role.INTEGRATOR})
+_GROUP = frozenset({Role.ASSESSMENT_GROUP, Role.DEPARTMENT})
+
+
+@dataclass(frozen=True)
+class ActionRule:
+    stages: frozenset[Stage]
+    roles: frozenset[Role]
+
+
+ACTION_RULES: dict[str, ActionRule] = {
+    "acknowledge_notice": ActionRule(frozenset({Stage.NOTICE}), _OUTSIDE | {Role.DEPARTMENT}),
+    "submit_report": ActionRule(frozenset({Stage.REPORT_BACK}), _OUTSIDE),
+    "record_ballots": ActionRule(
+        frozenset({Stage.EVALUATION}), frozenset({Role.INTEGRATOR, Role.ASSESSMENT_GROUP})
+    ),
+    "close_evaluation": ActionRule(frozenset({Stage.EVALUATION}), _GROUP),
+    "record_talk": ActionRule(
+        frozenset({Stage.TALKS}), frozenset({Role.ASSESSMENT_GROUP, Role.INTEGRATOR})
+    ),
+    "propose_grades": ActionRule(frozenset({Stage.GRADING}), frozenset({Role.ASSESSMENT_GROUP})),
+    "approve_grades": ActionRule(
+        frozenset({Stage.GRADING}), frozenset({Role.APPROVER, Role.DEPARTMENT})
+    ),
+    "record_follow_up": ActionRule(frozenset({Stage.RESULT_USE}), _GROUP | _OUTSIDE),
+    "close_follow_up": ActionRule(frozenset({Stage.RESULT_USE}), _GROUP | _OUTSIDE),
+    "close_stage": ActionRule(CLOSABLE_EARLY, _GROUP),
+}
+
+
+def stage_number(stage: Stage) -> int:
+    """1-based position among the six working stages (7 for completed)."""
+    return ORDER.index(stage) + 1 if stage in ORDER else 0

@@ -1,0 +1,735 @@
+"""UnitAssessment: one unit (领导班子 and its cadres) through the six stages.
+
+Every action is a Workflow Update with a validator (rejected synchronously, never in
+history) and also a Signal for fire-and-forget integrators (validated in the handler;
+a bad one is recorded as rejected). Handlers run one at a time under a lock, as in
+temporalio/samples-python `safe_message_handlers`, and re-check under the lock because
+the state may have moved since validation.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from pydantic import ValidationError
+
+    from schemas import search_attributes as sa
+    from schemas.common import Action, Actor, Stage
+    from schemas.errors import format_validation_error
+    from schemas.messages import (
+        ACTION_MODELS,
+        AcknowledgeNotice,
+        ActionResult,
+        ApproveGrades,
+        CloseEvaluation,
+        CloseFollowUp,
+        CloseStage,
+        ProposeGrades,
+        RecordBallots,
+        RecordFollowUp,
+        RecordTalk,
+        SubmitReport,
+    )
+    from schemas.status import (
+        EvaluationProgress,
+        FollowUpProgress,
+        FollowUpView,
+        GradingProgress,
+        Rejection,
+        ReportProgress,
+        StageVisit,
+        TalkProgress,
+        TargetTally,
+        UnitStatus,
+    )
+    from schemas.workflow_io import (
+        AcknowledgementRecord,
+        AuditRecord,
+        BallotBatchReceipt,
+        BallotBatchRecord,
+        FollowUpClosure,
+        FollowUpRecord,
+        FollowUpsRecord,
+        GradeDecisionRecord,
+        GradeProposalRecord,
+        Notification,
+        RegisterUnit,
+        ReportRecord,
+        TalkRecord,
+        TransitionRecord,
+        UnitInput,
+        UnitProgress,
+        UnitRef,
+    )
+    from workflows.details import unit_details
+    from workflows.rules import derive_follow_ups
+    from workflows.stages import ACTION_RULES, CLOSABLE_EARLY, NEXT, TERMINAL
+
+# Storage survives a database restart: retry with backoff for as long as it takes,
+# except for errors that say the request itself is wrong.
+ACTIVITY_RETRY = RetryPolicy(
+    initial_interval=timedelta(milliseconds=500),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    non_retryable_error_types=["BatchConflict"],
+)
+ACTIVITY_TIMEOUT = timedelta(seconds=30)
+MAX_REJECTIONS_KEPT = 50
+
+
+class ActionRejected(ValueError):
+    """A well-formed action that the unit's current state does not allow."""
+
+
+@workflow.defn(name="UnitAssessment")
+class UnitAssessment:
+    @workflow.init
+    def __init__(self, input: UnitInput) -> None:
+        self._input = input
+        self._unit = input.unit
+        self._stage = Stage.NOTICE
+        self._history = [StageVisit(stage=Stage.NOTICE, entered_at=workflow.now())]
+        self._seq = 0
+        self._lock = asyncio.Lock()
+        self._processed: dict[str, tuple[str, ActionResult]] = {}
+        self._acks = 0
+        self._reports: dict[str, int] = {}  # "team" or a cadre id -> latest revision
+        self._batches: dict[str, int] = {}  # batch id -> ballots
+        self._evaluation_closed = False
+        self._evaluation_close_reason: str | None = None
+        self._tallies: list[TargetTally] = []
+        self._talks: set[str] = set()
+        self._proposal_no = 0
+        self._pending: ProposeGrades | None = None  # sealed until approved
+        self._returned = 0
+        self._final: ProposeGrades | None = None
+        self._follow_ups: dict[str, FollowUpView] = {}
+        self._rejections: list[Rejection] = []
+        self._rejection_count = 0
+        self._background: list[asyncio.Task[None]] = []
+        self._appliers: dict[str, Callable[[Any], Awaitable[str]]] = {
+            "acknowledge_notice": self._apply_acknowledge_notice,
+            "submit_report": self._apply_submit_report,
+            "record_ballots": self._apply_record_ballots,
+            "close_evaluation": self._apply_close_evaluation,
+            "record_talk": self._apply_record_talk,
+            "propose_grades": self._apply_propose_grades,
+            "approve_grades": self._apply_approve_grades,
+            "record_follow_up": self._apply_record_follow_up,
+            "close_follow_up": self._apply_close_follow_up,
+            "close_stage": self._apply_close_stage,
+        }
+        self._checkers: dict[str, Callable[[Any], None]] = {
+            "submit_report": self._check_submit_report,
+            "record_ballots": self._check_record_ballots,
+            "close_evaluation": self._check_close_evaluation,
+            "record_talk": self._check_record_talk,
+            "propose_grades": self._check_propose_grades,
+            "approve_grades": self._check_approve_grades,
+            "record_follow_up": self._check_record_follow_up,
+            "close_follow_up": self._check_close_follow_up,
+            "close_stage": self._check_close_stage,
+        }
+
+    @workflow.run
+    async def run(self, input: UnitInput) -> UnitStatus:
+        async with self._lock:  # actions wait until the unit is registered
+            workflow.upsert_search_attributes(
+                [
+                    sa.CAMPAIGN.value_set(input.campaign_id),
+                    sa.YEAR.value_set(input.year),
+                    sa.UNIT.value_set(self._unit.unit_id),
+                    sa.STAGE.value_set(self._stage.value),
+                    sa.STALLED.value_set(False),
+                    sa.ESCALATION.value_set(0),
+                ]
+            )
+            await self._activity(
+                "register_unit",
+                RegisterUnit(
+                    ref=self._ref(),
+                    year=input.year,
+                    campaign_title=input.campaign_title,
+                    unit=self._unit,
+                ),
+            )
+            await self._record_transition(None, Stage.NOTICE, None, None)
+            await self._notify(
+                "notice",
+                [
+                    self._unit.contact or self._unit.unit_id,
+                    *(c.cadre_id for c in self._unit.cadres),
+                ],
+                f"{input.campaign_title}: 考核通知",
+                f"{self._unit.name} 年度考核已启动, 请确认收到通知。",
+            )
+            self._refresh_details()
+        await workflow.wait_condition(lambda: self._stage in TERMINAL)
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        if self._background:
+            await asyncio.gather(*self._background)
+        return self._status()
+
+    # ---- queries -------------------------------------------------------------------------
+
+    @workflow.query
+    def status(self) -> UnitStatus:
+        return self._status()
+
+    # ---- updates (validator + handler per action) ----------------------------------------
+
+    @workflow.update
+    async def acknowledge_notice(self, action: AcknowledgeNotice) -> ActionResult:
+        return await self._handle_update("acknowledge_notice", action)
+
+    @acknowledge_notice.validator
+    def _validate_acknowledge_notice(self, action: AcknowledgeNotice) -> None:
+        self._validate("acknowledge_notice", action)
+
+    @workflow.update
+    async def submit_report(self, action: SubmitReport) -> ActionResult:
+        return await self._handle_update("submit_report", action)
+
+    @submit_report.validator
+    def _validate_submit_report(self, action: SubmitReport) -> None:
+        self._validate("submit_report", action)
+
+    @workflow.update
+    async def record_ballots(self, action: RecordBallots) -> ActionResult:
+        return await self._handle_update("record_ballots", action)
+
+    @record_ballots.validator
+    def _validate_record_ballots(self, action: RecordBallots) -> None:
+        self._validate("record_ballots", action)
+
+    @workflow.update
+    async def close_evaluation(self, action: CloseEvaluation) -> ActionResult:
+        return await self._handle_update("close_evaluation", action)
+
+    @close_evaluation.validator
+    def _validate_close_evaluation(self, action: CloseEvaluation) -> None:
+        self._validate("close_evaluation", action)
+
+    @workflow.update
+    async def record_talk(self, action: RecordTalk) -> ActionResult:
+        return await self._handle_update("record_talk", action)
+
+    @record_talk.validator
+    def _validate_record_talk(self, action: RecordTalk) -> None:
+        self._validate("record_talk", action)
+
+    @workflow.update
+    async def propose_grades(self, action: ProposeGrades) -> ActionResult:
+        return await self._handle_update("propose_grades", action)
+
+    @propose_grades.validator
+    def _validate_propose_grades(self, action: ProposeGrades) -> None:
+        self._validate("propose_grades", action)
+
+    @workflow.update
+    async def approve_grades(self, action: ApproveGrades) -> ActionResult:
+        return await self._handle_update("approve_grades", action)
+
+    @approve_grades.validator
+    def _validate_approve_grades(self, action: ApproveGrades) -> None:
+        self._validate("approve_grades", action)
+
+    @workflow.update
+    async def record_follow_up(self, action: RecordFollowUp) -> ActionResult:
+        return await self._handle_update("record_follow_up", action)
+
+    @record_follow_up.validator
+    def _validate_record_follow_up(self, action: RecordFollowUp) -> None:
+        self._validate("record_follow_up", action)
+
+    @workflow.update
+    async def close_follow_up(self, action: CloseFollowUp) -> ActionResult:
+        return await self._handle_update("close_follow_up", action)
+
+    @close_follow_up.validator
+    def _validate_close_follow_up(self, action: CloseFollowUp) -> None:
+        self._validate("close_follow_up", action)
+
+    @workflow.update
+    async def close_stage(self, action: CloseStage) -> ActionResult:
+        return await self._handle_update("close_stage", action)
+
+    @close_stage.validator
+    def _validate_close_stage(self, action: CloseStage) -> None:
+        self._validate("close_stage", action)
+
+    # ---- signals: the same actions, fire and forget ------------------------------------
+    # The payload is taken raw (Any) so that a malformed one reaches us and is recorded as
+    # rejected, instead of being dropped by the SDK's decoder.
+
+    @workflow.signal(name="acknowledge_notice")
+    async def acknowledge_notice_signal(self, payload: Any) -> None:
+        await self._handle_signal("acknowledge_notice", payload)
+
+    @workflow.signal(name="submit_report")
+    async def submit_report_signal(self, payload: Any) -> None:
+        await self._handle_signal("submit_report", payload)
+
+    @workflow.signal(name="record_ballots")
+    async def record_ballots_signal(self, payload: Any) -> None:
+        await self._handle_signal("record_ballots", payload)
+
+    @workflow.signal(name="close_evaluation")
+    async def close_evaluation_signal(self, payload: Any) -> None:
+        await self._handle_signal("close_evaluation", payload)
+
+    @workflow.signal(name="record_talk")
+    async def record_talk_signal(self, payload: Any) -> None:
+        await self._handle_signal("record_talk", payload)
+
+    @workflow.signal(name="propose_grades")
+    async def propose_grades_signal(self, payload: Any) -> None:
+        await self._handle_signal("propose_grades", payload)
+
+    @workflow.signal(name="approve_grades")
+    async def approve_grades_signal(self, payload: Any) -> None:
+        await self._handle_signal("approve_grades", payload)
+
+    @workflow.signal(name="record_follow_up")
+    async def record_follow_up_signal(self, payload: Any) -> None:
+        await self._handle_signal("record_follow_up", payload)
+
+    @workflow.signal(name="close_follow_up")
+    async def close_follow_up_signal(self, payload: Any) -> None:
+        await self._handle_signal("close_follow_up", payload)
+
+    @workflow.signal(name="close_stage")
+    async def close_stage_signal(self, payload: Any) -> None:
+        await self._handle_signal("close_stage", payload)
+
+    # ---- dispatch ------------------------------------------------------------------------
+
+    def _duplicate(self, name: str, action: Action) -> ActionResult | None:
+        seen = self._processed.get(action.idempotency_key)
+        if seen is None:
+            return None
+        first_name, result = seen
+        if first_name != name:
+            raise ActionRejected(
+                f"idempotency_key {action.idempotency_key!r} was already used for {first_name}"
+            )
+        return result.model_copy(update={"duplicate": True})
+
+    def _validate(self, name: str, action: Action) -> None:
+        if self._duplicate(name, action) is None:
+            self._check(name, action)
+
+    def _check(self, name: str, action: Action) -> None:
+        rule = ACTION_RULES[name]
+        if self._stage not in rule.stages:
+            allowed = ", ".join(sorted(s.value for s in rule.stages))
+            raise ActionRejected(
+                f"{name} is not accepted in stage {self._stage.value!r}: the unit is in stage "
+                f"{self._stage.value!r}, and {name} belongs to {allowed}"
+            )
+        if action.actor.role not in rule.roles:
+            roles = ", ".join(sorted(r.value for r in rule.roles))
+            raise ActionRejected(
+                f"actor.role: {action.actor.role.value!r} may not {name}; allowed roles: {roles}"
+            )
+        checker = self._checkers.get(name)
+        if checker is not None:
+            checker(action)
+
+    async def _handle_update(self, name: str, action: Action) -> ActionResult:
+        try:
+            return await self._perform(name, action)
+        except ActionRejected as err:
+            # The state moved between validation and handling: fail the update, not the task.
+            raise ApplicationError(str(err), type="ActionRejected", non_retryable=True) from err
+
+    async def _handle_signal(self, name: str, payload: Any) -> None:
+        key = payload.get("idempotency_key") if isinstance(payload, dict) else None
+        try:
+            action = ACTION_MODELS[name].model_validate(payload)
+        except ValidationError as err:
+            await self._reject(name, key, format_validation_error(err))
+            return
+        try:
+            await self._perform(name, action)
+        except ActionRejected as err:
+            await self._reject(name, action.idempotency_key, str(err))
+
+    async def _perform(self, name: str, action: Action) -> ActionResult:
+        async with self._lock:
+            duplicate = self._duplicate(name, action)
+            if duplicate is not None:
+                return duplicate
+            self._check(name, action)
+            message = await self._appliers[name](action)
+            result = ActionResult(accepted=True, stage=self._stage, message=message)
+            self._processed[action.idempotency_key] = (name, result)
+            self._refresh_details()
+            return result
+
+    async def _reject(self, name: str, key: str | None, reason: str) -> None:
+        async with self._lock:
+            self._rejection_count += 1
+            self._rejections.append(
+                Rejection(name=name, idempotency_key=key, reason=reason, at=workflow.now())
+            )
+            del self._rejections[:-MAX_REJECTIONS_KEPT]
+            await self._activity(
+                "append_audit",
+                AuditRecord(
+                    ref=self._ref(),
+                    event_key=f"rejected:{self._rejection_count}",
+                    kind="signal_rejected",
+                    detail={"signal": name, "idempotency_key": key, "reason": reason},
+                ),
+            )
+            self._refresh_details()
+            workflow.logger.warning("signal %s rejected: %s", name, reason)
+
+    # ---- checks per action (raise ActionRejected; never mutate) --------------------------
+
+    def _require_cadre(self, field: str, cadre_id: str | None) -> None:
+        if cadre_id is not None and self._unit.cadre(cadre_id) is None:
+            raise ActionRejected(
+                f"{field}: unknown cadre {cadre_id!r}; unit {self._unit.unit_id} has "
+                + ", ".join(c.cadre_id for c in self._unit.cadres)
+            )
+
+    def _check_submit_report(self, a: SubmitReport) -> None:
+        self._require_cadre("cadre_id", a.cadre_id)
+        subject = a.cadre_id or "team"
+        if subject in self._reports and a.revision_reason is None:
+            raise ActionRejected(
+                f"revision_reason: a {a.kind} report for {subject!r} was already submitted; "
+                "give revision_reason to replace it"
+            )
+
+    def _check_record_ballots(self, a: RecordBallots) -> None:
+        if a.batch_id in self._batches:
+            raise ActionRejected(f"batch_id: batch {a.batch_id!r} was already recorded")
+        for i, ballot in enumerate(a.ballots):
+            self._require_cadre(f"ballots[{i}].target_id", ballot.target_id)
+
+    def _check_close_evaluation(self, a: CloseEvaluation) -> None:
+        if not self._batches and a.reason is None:
+            raise ActionRejected("reason: no ballots were recorded; give a reason to close anyway")
+
+    def _check_record_talk(self, a: RecordTalk) -> None:
+        if a.talk_id in self._talks:
+            raise ActionRejected(f"talk_id: talk {a.talk_id!r} was already recorded")
+
+    def _check_propose_grades(self, a: ProposeGrades) -> None:
+        if self._pending is not None:
+            raise ActionRejected(
+                f"proposal {self._proposal_no} awaits approval; it must be approved or returned"
+            )
+        for cadre_id in a.cadre_grades:
+            self._require_cadre(f"cadre_grades.{cadre_id}", cadre_id)
+        missing = [c.cadre_id for c in self._unit.cadres if c.cadre_id not in a.cadre_grades]
+        if missing:
+            raise ActionRejected(f"cadre_grades: no grade for {', '.join(missing)}")
+
+    def _check_approve_grades(self, a: ApproveGrades) -> None:
+        if self._pending is None:
+            raise ActionRejected("there is no grade proposal awaiting approval")
+        if a.actor.id == self._pending.actor.id:
+            raise ActionRejected(
+                f"actor.id: {a.actor.id!r} proposed these grades and cannot approve them"
+            )
+
+    def _check_record_follow_up(self, a: RecordFollowUp) -> None:
+        if a.follow_up_id in self._follow_ups:
+            raise ActionRejected(f"follow_up_id: {a.follow_up_id!r} already exists")
+        self._require_cadre("cadre_id", a.cadre_id)
+
+    def _check_close_follow_up(self, a: CloseFollowUp) -> None:
+        item = self._follow_ups.get(a.follow_up_id)
+        if item is None:
+            known = ", ".join(self._follow_ups) or "none"
+            raise ActionRejected(
+                f"follow_up_id: unknown follow-up {a.follow_up_id!r}; open: {known}"
+            )
+        if item.closed:
+            raise ActionRejected(f"follow_up_id: {a.follow_up_id!r} is already closed")
+
+    def _check_close_stage(self, a: CloseStage) -> None:
+        if a.stage != self._stage:
+            raise ActionRejected(
+                f"stage: {a.stage.value!r} is not the current stage {self._stage.value!r}"
+            )
+        if a.stage not in CLOSABLE_EARLY:
+            raise ActionRejected(f"stage: {a.stage.value!r} cannot be closed early")
+
+    # ---- effects per action (run under the lock, after the checks) -----------------------
+
+    async def _apply_acknowledge_notice(self, a: AcknowledgeNotice) -> str:
+        await self._activity(
+            "save_acknowledgement", AcknowledgementRecord(ref=self._ref(), action=a)
+        )
+        self._acks += 1
+        await self._advance(None, a.actor)
+        return "notice acknowledged"
+
+    async def _apply_submit_report(self, a: SubmitReport) -> str:
+        subject = a.cadre_id or "team"
+        revision = self._reports.get(subject, 0) + 1
+        await self._activity(
+            "save_report", ReportRecord(ref=self._ref(), action=a, revision=revision)
+        )
+        self._reports[subject] = revision
+        missing = self._missing_reports()
+        if not missing:
+            await self._advance(None, a.actor)
+            return f"{a.kind} report stored; all reports are in"
+        return f"{a.kind} report stored (revision {revision}); missing: {', '.join(missing)}"
+
+    async def _apply_record_ballots(self, a: RecordBallots) -> str:
+        receipt = await self._activity(
+            "save_ballots",
+            BallotBatchRecord(ref=self._ref(), action=a),
+            result_type=BallotBatchReceipt,
+        )
+        self._batches[a.batch_id] = receipt.count
+        return f"batch {a.batch_id}: {receipt.count} ballots recorded"
+
+    async def _apply_close_evaluation(self, a: CloseEvaluation) -> str:
+        await self._finish_evaluation(a.reason)
+        await self._advance(a.reason, a.actor)
+        return f"evaluation closed with {self._ballot_count()} ballots"
+
+    async def _apply_record_talk(self, a: RecordTalk) -> str:
+        await self._activity("save_talk", TalkRecord(ref=self._ref(), action=a))
+        self._talks.add(a.talk_id)
+        if len(self._talks) >= self._unit.talks_planned:
+            await self._advance(None, a.actor)
+            return "talk recorded; the talk plan is complete"
+        return f"talk recorded ({len(self._talks)}/{self._unit.talks_planned})"
+
+    async def _apply_propose_grades(self, a: ProposeGrades) -> str:
+        self._proposal_no += 1
+        await self._activity(
+            "save_grade_proposal",
+            GradeProposalRecord(ref=self._ref(), proposal_no=self._proposal_no, action=a),
+        )
+        self._pending = a
+        return f"proposal {self._proposal_no} recorded; sealed until approved and published"
+
+    async def _apply_approve_grades(self, a: ApproveGrades) -> str:
+        await self._activity(
+            "save_grade_decision",
+            GradeDecisionRecord(ref=self._ref(), proposal_no=self._proposal_no, action=a),
+        )
+        proposal, self._pending = self._pending, None
+        if a.decision == "return":
+            self._returned += 1
+            return f"proposal {self._proposal_no} returned to the assessment group"
+        assert proposal is not None
+        self._final = proposal
+        workflow.upsert_search_attributes([sa.TEAM_GRADE.value_set(proposal.team_grade.value)])
+        await self._advance(None, a.actor)
+        return f"proposal {self._proposal_no} approved; grades published"
+
+    async def _apply_record_follow_up(self, a: RecordFollowUp) -> str:
+        await self._activity("save_follow_up", FollowUpRecord(ref=self._ref(), action=a))
+        self._follow_ups[a.follow_up_id] = FollowUpView(
+            follow_up_id=a.follow_up_id,
+            kind=a.kind,
+            cadre_id=a.cadre_id,
+            owner=a.owner,
+            due_date=a.due_date,
+        )
+        return f"follow-up {a.follow_up_id} recorded"
+
+    async def _apply_close_follow_up(self, a: CloseFollowUp) -> str:
+        await self._activity("close_follow_up", FollowUpClosure(ref=self._ref(), action=a))
+        self._follow_ups[a.follow_up_id].closed = True
+        open_ids = [f.follow_up_id for f in self._follow_ups.values() if not f.closed]
+        if not open_ids:
+            await self._advance(None, a.actor)
+            return f"follow-up {a.follow_up_id} closed; every follow-up is closed"
+        return f"follow-up {a.follow_up_id} closed; open: {', '.join(open_ids)}"
+
+    async def _apply_close_stage(self, a: CloseStage) -> str:
+        closed = self._stage
+        if closed == Stage.EVALUATION:
+            await self._finish_evaluation(a.reason)
+        await self._advance(a.reason, a.actor)
+        return f"stage {closed.value} closed early: {a.reason}"
+
+    # ---- stage machinery -----------------------------------------------------------------
+
+    async def _advance(self, reason: str | None, actor: Actor | None) -> None:
+        previous = self._stage
+        now = workflow.now()
+        self._history[-1].left_at = now
+        self._history[-1].closed_early_reason = reason
+        self._stage = NEXT[previous]
+        self._history.append(StageVisit(stage=self._stage, entered_at=now))
+        await self._record_transition(previous, self._stage, reason, actor)
+        workflow.upsert_search_attributes([sa.STAGE.value_set(self._stage.value)])
+        if self._stage == Stage.RESULT_USE:
+            await self._enter_result_use()
+
+    async def _record_transition(
+        self, previous: Stage | None, stage: Stage, reason: str | None, actor: Actor | None
+    ) -> None:
+        self._seq += 1
+        await self._activity(
+            "record_transition",
+            TransitionRecord(
+                ref=self._ref(),
+                seq=self._seq,
+                from_stage=previous,
+                to_stage=stage,
+                reason=reason,
+                actor=actor,
+            ),
+        )
+        self._tell_campaign()
+
+    def _tell_campaign(self) -> None:
+        parent = workflow.info().parent
+        if parent is None:
+            return
+        progress = UnitProgress(unit_id=self._unit.unit_id, stage=self._stage)
+
+        async def send() -> None:
+            try:
+                await workflow.get_external_workflow_handle(parent.workflow_id).signal(
+                    "unit_progress", progress
+                )
+            except Exception:  # a closed campaign must not hold up its units
+                workflow.logger.info("campaign %s did not take progress", parent.workflow_id)
+
+        # Fire and forget, so an update's answer does not wait for the campaign.
+        self._background.append(asyncio.create_task(send()))
+
+    async def _finish_evaluation(self, reason: str | None) -> None:
+        self._tallies = await self._activity(
+            "compute_tallies", self._ref(), result_type=list[TargetTally]
+        )
+        self._evaluation_closed = True
+        self._evaluation_close_reason = reason
+
+    async def _enter_result_use(self) -> None:
+        assert self._final is not None
+        follow_ups = derive_follow_ups(
+            self._unit, self._final.team_grade, self._final.cadre_grades, workflow.now().date()
+        )
+        await self._activity(
+            "create_follow_ups",
+            FollowUpsRecord(
+                ref=self._ref(),
+                team_grade=self._final.team_grade,
+                cadre_grades=self._final.cadre_grades,
+                follow_ups=follow_ups,
+            ),
+        )
+        for f in follow_ups:
+            self._follow_ups[f.follow_up_id] = FollowUpView(
+                follow_up_id=f.follow_up_id,
+                kind=f.kind,
+                cadre_id=f.cadre_id,
+                owner=f.owner,
+                due_date=f.due_date,
+            )
+        await self._notify(
+            "feedback",
+            [self._unit.contact or self._unit.unit_id, *(c.cadre_id for c in self._unit.cadres)],
+            f"{self._input.campaign_title}: 考核结果反馈",
+            f"{self._unit.name} 的考核结果已公布, 请签收。",
+        )
+
+    # ---- helpers -------------------------------------------------------------------------
+
+    def _ref(self) -> UnitRef:
+        return UnitRef(
+            workflow_id=workflow.info().workflow_id,
+            campaign_id=self._input.campaign_id,
+            unit_id=self._unit.unit_id,
+            stage=self._stage,
+        )
+
+    async def _activity(self, name: str, arg: Any, result_type: Any = None) -> Any:
+        # Activities are called by name so that no I/O module is imported into workflow code.
+        return await workflow.execute_activity(
+            name,
+            arg,
+            result_type=result_type,
+            start_to_close_timeout=ACTIVITY_TIMEOUT,
+            retry_policy=ACTIVITY_RETRY,
+        )
+
+    async def _notify(self, step: str, recipients: list[str], subject: str, body: str) -> None:
+        await self._activity(
+            "notify",
+            Notification(
+                ref=self._ref(),
+                idempotency_key=f"{workflow.info().workflow_id}:{step}",
+                recipients=recipients,
+                subject=subject,
+                body=body,
+            ),
+        )
+
+    def _missing_reports(self) -> list[str]:
+        missing = [] if "team" in self._reports else ["team"]
+        return missing + [c.cadre_id for c in self._unit.cadres if c.cadre_id not in self._reports]
+
+    def _ballot_count(self) -> int:
+        return sum(self._batches.values())
+
+    def _status(self) -> UnitStatus:
+        cadre_reports = [c for c in self._unit.cadres if c.cadre_id in self._reports]
+        published = self._final is not None
+        return UnitStatus(
+            workflow_id=workflow.info().workflow_id,
+            campaign_id=self._input.campaign_id,
+            year=self._input.year,
+            unit_id=self._unit.unit_id,
+            unit_name=self._unit.name,
+            stage=self._stage,
+            history=self._history,
+            acknowledgements=self._acks,
+            reports=ReportProgress(
+                team_summary="team" in self._reports,
+                cadres_submitted=len(cadre_reports),
+                cadres_total=len(self._unit.cadres),
+                missing=self._missing_reports(),
+                revisions=sum(r - 1 for r in self._reports.values()),
+            ),
+            evaluation=EvaluationProgress(
+                batches=len(self._batches),
+                ballots=self._ballot_count(),
+                closed=self._evaluation_closed,
+                close_reason=self._evaluation_close_reason,
+                tallies=self._tallies,
+            ),
+            talks=TalkProgress(recorded=len(self._talks), planned=self._unit.talks_planned),
+            grading=GradingProgress(
+                proposals=self._proposal_no,
+                pending_proposal=self._pending is not None,
+                returned=self._returned,
+                approved=published,
+                published=published,
+                team_grade=self._final.team_grade if self._final else None,
+                cadre_grades=dict(self._final.cadre_grades) if self._final else None,
+            ),
+            follow_ups=FollowUpProgress(
+                open=sum(not f.closed for f in self._follow_ups.values()),
+                closed=sum(f.closed for f in self._follow_ups.values()),
+                items=list(self._follow_ups.values()),
+            ),
+            rejected_signals=self._rejections,
+        )
+
+    def _refresh_details(self) -> None:
+        workflow.set_current_details(unit_details(self._status()))
