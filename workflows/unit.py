@@ -99,6 +99,9 @@ class UnitAssessment:
         self._history = [StageVisit(stage=Stage.NOTICE, entered_at=workflow.now())]
         self._seq = 0
         self._lock = asyncio.Lock()
+        # Updates can be delivered in the same activation as the start, before run() has
+        # registered the unit: handlers wait for this.
+        self._registered = False
         self._processed: dict[str, tuple[str, ActionResult]] = {}
         self._acks = 0
         self._reports: dict[str, int] = {}  # "team" or a cadre id -> latest revision
@@ -141,7 +144,7 @@ class UnitAssessment:
 
     @workflow.run
     async def run(self, input: UnitInput) -> UnitStatus:
-        async with self._lock:  # actions wait until the unit is registered
+        async with self._lock:
             workflow.upsert_search_attributes(
                 [
                     sa.CAMPAIGN.value_set(input.campaign_id),
@@ -172,6 +175,7 @@ class UnitAssessment:
                 f"{self._unit.name} 年度考核已启动, 请确认收到通知。",
             )
             self._refresh_details()
+            self._registered = True
         await workflow.wait_condition(lambda: self._stage in TERMINAL)
         await workflow.wait_condition(workflow.all_handlers_finished)
         if self._background:
@@ -364,6 +368,7 @@ class UnitAssessment:
             await self._reject(name, action.idempotency_key, str(err))
 
     async def _perform(self, name: str, action: Action) -> ActionResult:
+        await workflow.wait_condition(lambda: self._registered)
         async with self._lock:
             duplicate = self._duplicate(name, action)
             if duplicate is not None:
@@ -376,6 +381,7 @@ class UnitAssessment:
             return result
 
     async def _reject(self, name: str, key: str | None, reason: str) -> None:
+        await workflow.wait_condition(lambda: self._registered)
         async with self._lock:
             self._rejection_count += 1
             self._rejections.append(

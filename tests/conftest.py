@@ -1,0 +1,88 @@
+"""Session fixtures: one real PostgreSQL and one real Temporal dev server per test process
+(per xdist worker), a kaohe worker in-process, and helpers to start units."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import asyncpg
+import pytest
+from temporalio.client import Client
+
+from activities.db import apply_migrations, create_pool
+from activities.notify import NotifyActivities
+from activities.storage import StorageActivities
+from kaohe.client import connect
+from kaohe.devstack import EmbeddedPostgres, TemporalDevServer, free_port
+from kaohe.settings import Settings
+from tests.helpers import TEST_KEY
+from worker import build_worker
+
+
+@dataclass
+class Stack:
+    postgres: EmbeddedPostgres
+    temporal: TemporalDevServer
+    database_url: str
+    settings: Settings
+    data_dir: Path
+
+    def env(self) -> dict[str, str]:
+        """Environment for a subprocess (a worker or the CLI) pointed at this stack."""
+        return {
+            **os.environ,
+            "KAOHE_TEMPORAL_ADDRESS": self.temporal.address,
+            "KAOHE_DATABASE_URL": self.database_url,
+            "KAOHE_TASK_QUEUE": self.settings.task_queue,
+            "KAOHE_DATA_DIR": str(self.data_dir),
+            "KAOHE_LOG_FORMAT": "json",
+        }
+
+
+@pytest.fixture(scope="session")
+async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    root = tmp_path_factory.mktemp("stack")
+    postgres = EmbeddedPostgres(root / "postgres", free_port())
+    temporal = TemporalDevServer(
+        root / "temporal", port=free_port(), ui_port=free_port(), http_port=free_port(), ui=False
+    )
+    url, _ = await asyncio.gather(postgres.start(), temporal.start())
+    await apply_migrations(url)
+    settings = Settings(
+        temporal_address=temporal.address,
+        database_url=url,
+        task_queue=f"kaohe-test-{uuid.uuid4().hex[:8]}",
+        data_dir=root,
+    )
+    try:
+        yield Stack(postgres, temporal, url, settings, root)
+    finally:
+        await temporal.stop()
+        await postgres.stop()
+
+
+@pytest.fixture(scope="session")
+async def client(stack: Stack) -> Client:
+    return await connect(stack.settings)
+
+
+@pytest.fixture(scope="session")
+async def pool(stack: Stack) -> AsyncIterator[asyncpg.Pool]:
+    pool = await create_pool(stack.database_url, 1, 10)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture(scope="session")
+async def worker(stack: Stack, client: Client, pool: asyncpg.Pool) -> AsyncIterator[str]:
+    """A worker in this process on the session's task queue; yields the task queue."""
+    w = build_worker(
+        client, StorageActivities(pool, TEST_KEY), NotifyActivities(pool), stack.settings.task_queue
+    )
+    async with w:
+        yield stack.settings.task_queue

@@ -1,0 +1,127 @@
+"""One unit through all six stages on the real servers, checked row by row in PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncpg
+from temporalio.client import Client
+
+from kaohe.simulate import drive_unit
+from schemas import search_attributes as sa
+from schemas.common import Stage
+from tests.helpers import TEST_KEY, sample_unit, start_unit
+from workflows.unit import UnitAssessment
+
+
+async def test_unit_through_all_stages(client: Client, worker: str, pool: asyncpg.Pool) -> None:
+    unit = sample_unit(cadres=3)
+    handle = await start_unit(client, worker, unit)
+
+    status = await drive_unit(client, handle.id, unit, voters=10, batch_size=7)
+
+    assert status.stage == Stage.COMPLETED
+    result = await handle.result()
+    assert result.stage == Stage.COMPLETED
+    assert [v.stage for v in result.history] == [
+        Stage.NOTICE,
+        Stage.REPORT_BACK,
+        Stage.EVALUATION,
+        Stage.TALKS,
+        Stage.GRADING,
+        Stage.RESULT_USE,
+        Stage.COMPLETED,
+    ]
+    assert result.evaluation.ballots == 10 * 4
+    assert result.grading.published and result.grading.team_grade is not None
+
+    wf = handle.id
+    async with pool.acquire() as conn:
+        transitions = await conn.fetch(
+            "SELECT detail->>'from' AS f, detail->>'to' AS t FROM audit_log "
+            "WHERE workflow_id = $1 AND kind = 'transition' ORDER BY id",
+            wf,
+        )
+        assert [r["t"] for r in transitions] == [
+            s.value
+            for s in (
+                Stage.NOTICE,
+                Stage.REPORT_BACK,
+                Stage.EVALUATION,
+                Stage.TALKS,
+                Stage.GRADING,
+                Stage.RESULT_USE,
+                Stage.COMPLETED,
+            )
+        ]
+        assert (
+            await conn.fetchval("SELECT stage FROM units WHERE workflow_id=$1", wf) == "completed"
+        )
+        assert await conn.fetchval("SELECT count(*) FROM cadres WHERE workflow_id=$1", wf) == 3
+        assert (
+            await conn.fetchval("SELECT count(*) FROM acknowledgements WHERE workflow_id=$1", wf)
+            == 1
+        )
+        assert await conn.fetchval("SELECT count(*) FROM reports WHERE workflow_id=$1", wf) == 4
+        assert await conn.fetchval("SELECT count(*) FROM ballots WHERE workflow_id=$1", wf) == 40
+        assert (
+            await conn.fetchval("SELECT count(*) FROM ballot_batches WHERE workflow_id=$1", wf) == 6
+        )
+        talk = await conn.fetchrow("SELECT * FROM talks WHERE workflow_id=$1 AND talk_id='t0'", wf)
+        assert b"\xe8\xb0\x88" not in talk["ciphertext"]  # no plaintext UTF-8 of 谈
+        assert TEST_KEY.open(talk["nonce"], talk["ciphertext"], f"{wf}/t0").startswith("谈话内容")
+        grades = await conn.fetch("SELECT cadre_id, grade FROM grades WHERE workflow_id=$1", wf)
+        assert len(grades) == 4  # team + 3 cadres
+        follow_ups = await conn.fetch(
+            "SELECT follow_up_id, closed_at FROM follow_ups WHERE workflow_id=$1", wf
+        )
+        assert follow_ups and all(f["closed_at"] is not None for f in follow_ups)
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM notifications WHERE workflow_id=$1 AND status='sent'", wf
+            )
+            == 2
+        )
+        # Tallies the workflow kept equal a recount from the raw rows.
+        recount = await conn.fetchval(
+            "SELECT count(*) FROM ballots WHERE workflow_id=$1 AND target_kind='team'", wf
+        )
+    team = next(t for t in result.evaluation.tallies if t.target_kind == "team")
+    assert team.ballots == recount == 10
+
+    desc = await handle.describe()
+    attrs = desc.typed_search_attributes
+    assert attrs.get(sa.STAGE) == "completed"
+    assert attrs.get(sa.UNIT) == unit.unit_id
+    assert attrs.get(sa.CAMPAIGN) == "test"
+    assert attrs.get(sa.TEAM_GRADE) == "好"
+
+
+async def test_audit_log_is_append_only(client: Client, worker: str, pool: asyncpg.Pool) -> None:
+    unit = sample_unit()
+    handle = await start_unit(client, worker, unit)
+    await drive_unit(client, handle.id, unit, stop_at=Stage.REPORT_BACK)
+    async with pool.acquire() as conn:
+        for sql in ("UPDATE audit_log SET kind = 'x'", "DELETE FROM audit_log"):
+            try:
+                await conn.execute(sql)
+            except asyncpg.RaiseError as err:
+                assert "append-only" in str(err)
+            else:
+                raise AssertionError(f"{sql} was allowed")
+
+
+async def test_status_query_shows_progress_and_seals_grades(client: Client, worker: str) -> None:
+    unit = sample_unit(cadres=2)
+    handle = await start_unit(client, worker, unit)
+    await drive_unit(client, handle.id, unit, stop_at=Stage.GRADING)
+    status = await handle.query(UnitAssessment.status)
+    assert status.stage == Stage.GRADING
+    assert status.reports.cadres_submitted == 2 and status.reports.team_summary
+    assert status.talks.recorded == status.talks.planned == 2
+
+    from kaohe.simulate import proposal_for
+
+    await handle.execute_update(UnitAssessment.propose_grades, proposal_for(unit))
+    status = await handle.query(UnitAssessment.status)
+    assert status.grading.pending_proposal
+    assert status.grading.team_grade is None and status.grading.cadre_grades is None
+    assert (await handle.describe()).typed_search_attributes.get(sa.TEAM_GRADE) is None
