@@ -189,90 +189,103 @@ class UnitAssessment:
         return self._status()
 
     # ---- updates (validator + handler per action) ----------------------------------------
+    # Payloads are taken raw (Any) and parsed here with the action's model: a malformed one
+    # is then rejected naming its fields, where the SDK's decoder would only say "Failed
+    # decoding arguments". Python callers still pass the models; they travel as JSON.
 
     @workflow.update
-    async def acknowledge_notice(self, action: AcknowledgeNotice) -> ActionResult:
-        return await self._handle_update("acknowledge_notice", action)
+    async def acknowledge_notice(self, payload: Any) -> ActionResult:
+        """Takes a AcknowledgeNotice."""
+        return await self._handle_update("acknowledge_notice", payload)
 
     @acknowledge_notice.validator
-    def _validate_acknowledge_notice(self, action: AcknowledgeNotice) -> None:
-        self._validate("acknowledge_notice", action)
+    def _validate_acknowledge_notice(self, payload: Any) -> None:
+        self._validate("acknowledge_notice", payload)
 
     @workflow.update
-    async def submit_report(self, action: SubmitReport) -> ActionResult:
-        return await self._handle_update("submit_report", action)
+    async def submit_report(self, payload: Any) -> ActionResult:
+        """Takes a SubmitReport."""
+        return await self._handle_update("submit_report", payload)
 
     @submit_report.validator
-    def _validate_submit_report(self, action: SubmitReport) -> None:
-        self._validate("submit_report", action)
+    def _validate_submit_report(self, payload: Any) -> None:
+        self._validate("submit_report", payload)
 
     @workflow.update
-    async def record_ballots(self, action: RecordBallots) -> ActionResult:
-        return await self._handle_update("record_ballots", action)
+    async def record_ballots(self, payload: Any) -> ActionResult:
+        """Takes a RecordBallots."""
+        return await self._handle_update("record_ballots", payload)
 
     @record_ballots.validator
-    def _validate_record_ballots(self, action: RecordBallots) -> None:
-        self._validate("record_ballots", action)
+    def _validate_record_ballots(self, payload: Any) -> None:
+        self._validate("record_ballots", payload)
 
     @workflow.update
-    async def close_evaluation(self, action: CloseEvaluation) -> ActionResult:
-        return await self._handle_update("close_evaluation", action)
+    async def close_evaluation(self, payload: Any) -> ActionResult:
+        """Takes a CloseEvaluation."""
+        return await self._handle_update("close_evaluation", payload)
 
     @close_evaluation.validator
-    def _validate_close_evaluation(self, action: CloseEvaluation) -> None:
-        self._validate("close_evaluation", action)
+    def _validate_close_evaluation(self, payload: Any) -> None:
+        self._validate("close_evaluation", payload)
 
     @workflow.update
-    async def record_talk(self, action: RecordTalk) -> ActionResult:
-        return await self._handle_update("record_talk", action)
+    async def record_talk(self, payload: Any) -> ActionResult:
+        """Takes a RecordTalk."""
+        return await self._handle_update("record_talk", payload)
 
     @record_talk.validator
-    def _validate_record_talk(self, action: RecordTalk) -> None:
-        self._validate("record_talk", action)
+    def _validate_record_talk(self, payload: Any) -> None:
+        self._validate("record_talk", payload)
 
     @workflow.update
-    async def propose_grades(self, action: ProposeGrades) -> ActionResult:
-        return await self._handle_update("propose_grades", action)
+    async def propose_grades(self, payload: Any) -> ActionResult:
+        """Takes a ProposeGrades."""
+        return await self._handle_update("propose_grades", payload)
 
     @propose_grades.validator
-    def _validate_propose_grades(self, action: ProposeGrades) -> None:
-        self._validate("propose_grades", action)
+    def _validate_propose_grades(self, payload: Any) -> None:
+        self._validate("propose_grades", payload)
 
     @workflow.update
-    async def approve_grades(self, action: ApproveGrades) -> ActionResult:
-        return await self._handle_update("approve_grades", action)
+    async def approve_grades(self, payload: Any) -> ActionResult:
+        """Takes a ApproveGrades."""
+        return await self._handle_update("approve_grades", payload)
 
     @approve_grades.validator
-    def _validate_approve_grades(self, action: ApproveGrades) -> None:
-        self._validate("approve_grades", action)
+    def _validate_approve_grades(self, payload: Any) -> None:
+        self._validate("approve_grades", payload)
 
     @workflow.update
-    async def record_follow_up(self, action: RecordFollowUp) -> ActionResult:
-        return await self._handle_update("record_follow_up", action)
+    async def record_follow_up(self, payload: Any) -> ActionResult:
+        """Takes a RecordFollowUp."""
+        return await self._handle_update("record_follow_up", payload)
 
     @record_follow_up.validator
-    def _validate_record_follow_up(self, action: RecordFollowUp) -> None:
-        self._validate("record_follow_up", action)
+    def _validate_record_follow_up(self, payload: Any) -> None:
+        self._validate("record_follow_up", payload)
 
     @workflow.update
-    async def close_follow_up(self, action: CloseFollowUp) -> ActionResult:
-        return await self._handle_update("close_follow_up", action)
+    async def close_follow_up(self, payload: Any) -> ActionResult:
+        """Takes a CloseFollowUp."""
+        return await self._handle_update("close_follow_up", payload)
 
     @close_follow_up.validator
-    def _validate_close_follow_up(self, action: CloseFollowUp) -> None:
-        self._validate("close_follow_up", action)
+    def _validate_close_follow_up(self, payload: Any) -> None:
+        self._validate("close_follow_up", payload)
 
     @workflow.update
-    async def close_stage(self, action: CloseStage) -> ActionResult:
-        return await self._handle_update("close_stage", action)
+    async def close_stage(self, payload: Any) -> ActionResult:
+        """Takes a CloseStage."""
+        return await self._handle_update("close_stage", payload)
 
     @close_stage.validator
-    def _validate_close_stage(self, action: CloseStage) -> None:
-        self._validate("close_stage", action)
+    def _validate_close_stage(self, payload: Any) -> None:
+        self._validate("close_stage", payload)
 
     # ---- signals: the same actions, fire and forget ------------------------------------
-    # The payload is taken raw (Any) so that a malformed one reaches us and is recorded as
-    # rejected, instead of being dropped by the SDK's decoder.
+    # Raw payloads here too, so that a malformed one reaches us and is recorded as rejected
+    # instead of being dropped by the SDK's decoder.
 
     @workflow.signal(name="acknowledge_notice")
     async def acknowledge_notice_signal(self, payload: Any) -> None:
@@ -327,7 +340,14 @@ class UnitAssessment:
             )
         return result.model_copy(update={"duplicate": True})
 
-    def _validate(self, name: str, action: Action) -> None:
+    def _parse(self, name: str, payload: Any) -> Action:
+        try:
+            return ACTION_MODELS[name].model_validate(payload)
+        except ValidationError as err:
+            raise ActionRejected(format_validation_error(err)) from None
+
+    def _validate(self, name: str, payload: Any) -> None:
+        action = self._parse(name, payload)
         if self._duplicate(name, action) is None:
             self._check(name, action)
 
@@ -336,8 +356,8 @@ class UnitAssessment:
         if self._stage not in rule.stages:
             allowed = ", ".join(sorted(s.value for s in rule.stages))
             raise ActionRejected(
-                f"{name} is not accepted in stage {self._stage.value!r}: the unit is in stage "
-                f"{self._stage.value!r}, and {name} belongs to {allowed}"
+                f"{name} is not accepted now: the unit is in stage {self._stage.value!r} "
+                f"(current stage), and {name} belongs to {allowed}"
             )
         if action.actor.role not in rule.roles:
             roles = ", ".join(sorted(r.value for r in rule.roles))
@@ -348,9 +368,9 @@ class UnitAssessment:
         if checker is not None:
             checker(action)
 
-    async def _handle_update(self, name: str, action: Action) -> ActionResult:
+    async def _handle_update(self, name: str, payload: Any) -> ActionResult:
         try:
-            return await self._perform(name, action)
+            return await self._perform(name, self._parse(name, payload))
         except ActionRejected as err:
             # The state moved between validation and handling: fail the update, not the task.
             raise ApplicationError(str(err), type="ActionRejected", non_retryable=True) from err
@@ -358,14 +378,10 @@ class UnitAssessment:
     async def _handle_signal(self, name: str, payload: Any) -> None:
         key = payload.get("idempotency_key") if isinstance(payload, dict) else None
         try:
-            action = ACTION_MODELS[name].model_validate(payload)
-        except ValidationError as err:
-            await self._reject(name, key, format_validation_error(err))
-            return
-        try:
+            action = self._parse(name, payload)
             await self._perform(name, action)
         except ActionRejected as err:
-            await self._reject(name, action.idempotency_key, str(err))
+            await self._reject(name, key, str(err))
 
     async def _perform(self, name: str, action: Action) -> ActionResult:
         await workflow.wait_condition(lambda: self._registered)
