@@ -137,7 +137,9 @@ async def start_campaign(client: Client, roster: Roster, task_queue: str) -> tup
             CampaignInput(roster=roster),
             id=workflow_id,
             task_queue=task_queue,
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            # A terminated or failed campaign may be started again (its units are not
+            # restarted: they are rejected as duplicates); a running or completed one not.
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
             id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
             static_summary=f"{roster.title} · {len(roster.units)} units",
         )
