@@ -20,7 +20,7 @@ from activities.storage import StorageActivities
 from kaohe.client import connect
 from kaohe.devstack import EmbeddedPostgres, TemporalDevServer, free_port
 from kaohe.settings import Settings
-from tests.helpers import TEST_KEY
+from tests.helpers import TEST_KEY, TEST_KEY_B64
 from worker import build_worker
 
 
@@ -41,6 +41,7 @@ class Stack:
             "KAOHE_TASK_QUEUE": self.settings.task_queue,
             "KAOHE_DATA_DIR": str(self.data_dir),
             "KAOHE_LOG_FORMAT": "json",
+            "KAOHE_TALK_KEY": TEST_KEY_B64,
         }
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import uuid
 
 from temporalio.client import Client, WorkflowHandle
@@ -11,7 +12,8 @@ from schemas.roster import CadreSpec, UnitSpec
 from schemas.workflow_io import UnitInput
 from workflows.unit import UnitAssessment
 
-TEST_KEY = TalkCipher(b"k" * 32, "test-key")
+TEST_KEY_B64 = base64.b64encode(b"k" * 32).decode()
+TEST_KEY = TalkCipher.from_base64(TEST_KEY_B64, "test-key")
 
 
 def sample_unit(unit_id: str | None = None, cadres: int = 2, **extra: object) -> UnitSpec:

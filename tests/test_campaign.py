@@ -36,8 +36,8 @@ async def unit_runs(client: Client, campaign_id: str) -> dict[str, int]:
     return runs
 
 
-async def wait_for(predicate, timeout: float = 30.0):  # type: ignore[no-untyped-def]
-    for _ in range(int(timeout * 10)):
+async def wait_for(predicate, seconds: float = 30.0):  # type: ignore[no-untyped-def]
+    for _ in range(int(seconds * 10)):
         value = await predicate()
         if value:
             return value
