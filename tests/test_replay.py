@@ -1,0 +1,44 @@
+"""Replay: recorded histories (and ones recorded just now) replay without nondeterminism."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client, WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
+
+from tests.record_histories import HISTORIES, record_paths
+from worker import WORKFLOWS, sandbox_runner
+
+RECORDED = sorted(HISTORIES.glob("*.json"))
+
+
+def replayer() -> Replayer:
+    return Replayer(
+        workflows=WORKFLOWS,
+        data_converter=pydantic_data_converter,
+        workflow_runner=sandbox_runner(),
+    )
+
+
+def test_every_stage_path_is_recorded() -> None:
+    assert {p.stem for p in RECORDED} >= {"full_path", "closed_early_path", "campaign"}
+
+
+def load(path: Path) -> WorkflowHistory:
+    return WorkflowHistory.from_json(path.stem, path.read_text())
+
+
+@pytest.mark.parametrize("path", RECORDED, ids=[p.stem for p in RECORDED])
+async def test_recorded_history_replays(path: Path) -> None:
+    history = load(path)
+    result = await replayer().replay_workflow(history)
+    assert result.replay_failure is None
+
+
+async def test_fresh_histories_replay(client: Client, worker: str) -> None:
+    histories = await record_paths(client, worker)
+    for history in histories.values():
+        assert (await replayer().replay_workflow(history)).replay_failure is None
