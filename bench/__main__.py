@@ -1,0 +1,84 @@
+"""`python -m bench <name> [options]`: run one benchmark on a private stack in a temp dir."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} is not a positive number")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} is negative")
+    return value
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    sub = p.add_subparsers(dest="name", required=True, metavar="<name>")
+
+    floor = sub.add_parser(
+        "floor", help="hello-world workflows/s, history events/s and update round trips"
+    )
+    floor.add_argument("--workflows", type=_positive, default=200, help="hello workflows")
+    floor.add_argument("--updates", type=_positive, default=200, help="sequential updates")
+    floor.add_argument("--concurrency", type=_positive, default=20, help="workflows in flight")
+    floor.add_argument("--warmup", type=_non_negative, default=10, help="untimed of each first")
+
+    unit = sub.add_parser("unit", help="UnitAssessment through all stages vs the floor")
+    unit.add_argument("--units", type=_positive, default=20, help="unit workflows")
+    unit.add_argument("--voters", type=_positive, default=12, help="voters per unit")
+    unit.add_argument("--cadres", type=_positive, default=3, help="cadres per unit")
+    unit.add_argument("--batch-size", type=_positive, default=500, help="ballots per update")
+    unit.add_argument("--concurrency", type=_positive, default=10, help="units in flight")
+    unit.add_argument("--warmup", type=_non_negative, default=1, help="untimed units first")
+    unit.add_argument("--floor-workflows", type=_positive, default=200)
+    unit.add_argument("--floor-updates", type=_positive, default=200)
+    unit.add_argument("--floor-concurrency", type=_positive, default=20)
+    unit.add_argument("--floor-warmup", type=_non_negative, default=10)
+
+    for each in (floor, unit):
+        each.add_argument(
+            "--keep", action="store_true", help="keep the temp dir (data and logs) afterwards"
+        )
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if args.name == "floor":
+        from bench import floor
+
+        return asyncio.run(
+            floor.main(args.workflows, args.updates, args.concurrency, args.warmup, args.keep)
+        )
+    from bench import unit
+
+    return asyncio.run(
+        unit.main(
+            units=args.units,
+            voters=args.voters,
+            cadres=args.cadres,
+            batch_size=args.batch_size,
+            concurrency=args.concurrency,
+            warmup=args.warmup,
+            floor_workflows=args.floor_workflows,
+            floor_updates=args.floor_updates,
+            floor_concurrency=args.floor_concurrency,
+            floor_warmup=args.floor_warmup,
+            keep=args.keep,
+        )
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

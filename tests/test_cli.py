@@ -1,0 +1,155 @@
+"""The `kaohe` command: roster validation, schema export, and acting on a real unit."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+import yaml
+from temporalio.client import Client
+
+from kaohe.roster_io import RosterError, load_roster
+from schemas.messages import ACTION_MODELS
+from tests.conftest import Stack
+from tests.helpers import sample_unit, start_unit
+
+KAOHE = str(Path(sys.executable).parent / "kaohe")
+
+
+def kaohe(stack: Stack | None, *args: str) -> subprocess.CompletedProcess[str]:
+    env = stack.env() if stack else None
+    return subprocess.run([KAOHE, *args], env=env, capture_output=True, text=True, timeout=60)
+
+
+async def akaohe(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+    """The CLI in a thread, so the in-process worker on this event loop keeps running."""
+    return await asyncio.to_thread(kaohe, stack, *args)
+
+
+def write_roster(tmp_path: Path, data: object) -> Path:
+    path = tmp_path / "roster.yaml"
+    path.write_text(yaml.safe_dump(data, allow_unicode=True), encoding="utf-8")
+    return path
+
+
+def good_roster(campaign_id: str = "cli-test") -> dict:
+    return {
+        "campaign_id": campaign_id,
+        "year": 2026,
+        "title": "CLI 测试",
+        "units": [
+            {
+                "unit_id": "a",
+                "name": "甲单位",
+                "cadres": [{"cadre_id": "a1", "name": "张三", "position": "局长"}],
+            },
+            {
+                "unit_id": "b",
+                "name": "乙单位",
+                "cadres": [{"cadre_id": "b1", "name": "李四", "position": "主任"}],
+            },
+        ],
+    }
+
+
+def test_bad_roster_lists_every_error_with_its_path(tmp_path: Path) -> None:
+    data = good_roster()
+    del data["units"][1]["cadres"][0]["name"]
+    data["units"][0]["cadres"][0]["principal"] = "maybe"
+    data["year"] = "last year"
+    with pytest.raises(RosterError) as info:
+        load_roster(write_roster(tmp_path, data))
+    problems = "\n".join(info.value.problems)
+    assert "units[1].cadres[0].name: Field required" in problems
+    assert "units[0].cadres[0].principal:" in problems
+    assert "year:" in problems
+    assert len(info.value.problems) == 3
+
+
+def test_duplicate_ids_are_refused(tmp_path: Path) -> None:
+    data = good_roster()
+    data["units"][1]["unit_id"] = "a"
+    with pytest.raises(RosterError, match="problem") as info:
+        load_roster(write_roster(tmp_path, data))
+    assert "unit_id 'a' appears twice" in info.value.problems[0]
+
+
+def test_start_with_a_bad_roster_starts_nothing(stack: Stack, tmp_path: Path) -> None:
+    data = good_roster(f"bad-{uuid.uuid4().hex[:6]}")
+    del data["units"][1]["cadres"][0]["name"]
+    run = kaohe(stack, "start", str(write_roster(tmp_path, data)))
+    assert run.returncode == 2
+    assert "units[1].cadres[0].name: Field required" in run.stderr
+    listed = kaohe(stack, "status", "--campaign", data["campaign_id"])
+    assert listed.returncode != 0  # no campaign workflow exists
+
+
+async def test_start_status_and_update_from_the_cli(
+    stack: Stack, worker: str, client: Client, tmp_path: Path
+) -> None:
+    campaign_id = f"cli-{uuid.uuid4().hex[:6]}"
+    path = write_roster(tmp_path, good_roster(campaign_id))
+    first = await akaohe(stack, "start", str(path))
+    assert first.returncode == 0, first.stderr
+    assert "started" in first.stdout
+    again = await akaohe(stack, "start", str(path))
+    assert "already exists" in again.stdout
+
+    unit_wf = f"kaohe-{campaign_id}-a"
+    for _ in range(50):
+        if (await akaohe(stack, "status", unit_wf)).returncode == 0:
+            break
+    ack = await akaohe(stack, "acknowledge", unit_wf)
+    assert ack.returncode == 0, ack.stderr
+    assert '"stage": "report_back"' in ack.stdout
+    wrong = await akaohe(
+        stack, "update", unit_wf, "record_talk", "{}", "--actor", "g:assessment_group"
+    )
+    assert wrong.returncode == 1
+    assert "talk_id" in wrong.stderr  # checked before anything is sent
+    early = await akaohe(
+        stack,
+        "update",
+        unit_wf,
+        "close_evaluation",
+        '{"reason": "测试"}',
+        "--actor",
+        "g:assessment_group",
+    )
+    assert early.returncode == 1 and "report_back" in early.stderr
+    status = await akaohe(stack, "status", unit_wf, "--json")
+    assert json.loads(status.stdout)["stage"] == "report_back"
+    campaign = await akaohe(stack, "status", "--campaign", campaign_id)
+    assert campaign.returncode == 0 and unit_wf in campaign.stdout
+
+
+async def test_signal_from_the_cli(stack: Stack, worker: str, client: Client) -> None:
+    unit = sample_unit()
+    handle = await start_unit(client, worker, unit)
+    run = await akaohe(stack, "signal", handle.id, "acknowledge_notice", "{}", "--actor", "u:unit")
+    assert run.returncode == 0, run.stderr
+    result = await handle.execute_update(
+        "close_stage",
+        {
+            "idempotency_key": "x",
+            "actor": {"id": "d", "role": "department"},
+            "stage": "report_back",
+            "reason": "信号已确认",
+        },
+        result_type=dict,
+    )
+    assert result["stage"] == "evaluation"
+
+
+def test_schema_export(tmp_path: Path) -> None:
+    run = kaohe(None, "schema", "export", str(tmp_path / "schemas"))
+    assert run.returncode == 0, run.stderr
+    files = {p.stem for p in (tmp_path / "schemas").glob("*.json")}
+    assert set(ACTION_MODELS) | {"status", "roster", "action_result"} <= files
+    schema = json.loads((tmp_path / "schemas" / "record_ballots.json").read_text())
+    assert {"idempotency_key", "actor", "batch_id", "ballots"} <= set(schema["required"])
