@@ -78,7 +78,11 @@ def dev(
 
         worker_task = asyncio.create_task(run_worker(settings, database_url))
         try:
-            await run_demo(settings, load_roster(_sample_roster()), pace=2.0)
+            try:
+                await run_demo(settings, load_roster(_sample_roster()), pace=2.0)
+            except Exception:  # a failed demo must not take the stack down with it
+                err_console.print_exception()
+                err_console.print("[red]the demo failed[/]; the stack keeps running")
             await worker_task
         finally:
             worker_task.cancel()

