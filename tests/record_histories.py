@@ -5,7 +5,7 @@ Refresh them (after a change that is meant to be compatible, or to add a path) w
     .venv/bin/python -m tests.record_histories
 
 which starts a private stack, runs each path with the current code and writes
-tests/histories/<path>.json. A change that breaks replay of the old files needs
+tests/histories/<VERSION>_<path>.json. A change that breaks replay of the old files needs
 `workflow.patched`, not new files.
 """
 
@@ -27,6 +27,11 @@ from workflows.campaign import unit_workflow_id
 from workflows.unit import UnitAssessment
 
 HISTORIES = Path(__file__).parent / "histories"
+# Bump when the workflows change in a way recorded histories should capture; keep the
+# older files: they are what running workflows started before the change look like.
+#   v0: storage through (server) activities
+#   v1: storage through local activities (workflow.patched "local-storage-activities")
+VERSION = "v1"
 
 
 async def record_paths(client: Client, task_queue: str) -> dict[str, WorkflowHistory]:
@@ -149,7 +154,7 @@ async def main() -> None:
             await postgres.stop()
     HISTORIES.mkdir(exist_ok=True)
     for name, history in histories.items():
-        path = HISTORIES / f"{name}.json"
+        path = HISTORIES / f"{VERSION}_{name}.json"
         path.write_text(history.to_json())
         print(f"wrote {path} ({len(history.events)} events)")
 

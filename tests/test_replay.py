@@ -9,7 +9,7 @@ from temporalio.client import Client, WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
-from tests.record_histories import HISTORIES, record_paths
+from tests.record_histories import HISTORIES, VERSION, record_paths
 from worker import WORKFLOWS, sandbox_runner
 
 RECORDED = sorted(HISTORIES.glob("*.json"))
@@ -23,8 +23,22 @@ def replayer() -> Replayer:
     )
 
 
-def test_every_stage_path_is_recorded() -> None:
-    assert {p.stem for p in RECORDED} >= {"full_path", "closed_early_path", "campaign"}
+def test_every_stage_path_is_recorded_for_every_version() -> None:
+    paths = {"full_path", "closed_early_path", "campaign"}
+    names = {p.stem for p in RECORDED}
+    for version in ("v0", VERSION):
+        assert {f"{version}_{path}" for path in paths} <= names
+
+
+async def test_pre_patch_history_takes_the_old_branch() -> None:
+    """v0 histories have no patch marker: replaying them must not use local activities."""
+    from temporalio.api.enums.v1 import EventType
+
+    history = load(HISTORIES / "v0_full_path.json")
+    kinds = {e.event_type for e in history.events}
+    assert EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED in kinds
+    assert EventType.EVENT_TYPE_MARKER_RECORDED not in kinds
+    assert (await replayer().replay_workflow(history)).replay_failure is None
 
 
 def load(path: Path) -> WorkflowHistory:

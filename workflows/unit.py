@@ -73,8 +73,9 @@ with workflow.unsafe.imports_passed_through():
     from workflows.rules import derive_follow_ups
     from workflows.stages import ACTION_RULES, CLOSABLE_EARLY, NEXT, TERMINAL
 
-# Storage survives a database restart: retry with backoff for as long as it takes,
-# except for errors that say the request itself is wrong.
+# Storage survives a database restart: retry with backoff for as long as it takes
+# (past a minute the SDK waits between local attempts with a timer), except for errors
+# that say the request itself is wrong.
 ACTIVITY_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=500),
     backoff_coefficient=2.0,
@@ -83,6 +84,8 @@ ACTIVITY_RETRY = RetryPolicy(
 )
 ACTIVITY_TIMEOUT = timedelta(seconds=30)
 MAX_REJECTIONS_KEPT = 50
+# workflow.patched id: storage moved from activities to local activities.
+LOCAL_STORAGE_PATCH = "local-storage-activities"
 
 
 class ActionRejected(ValueError):
@@ -681,7 +684,19 @@ class UnitAssessment:
         )
 
     async def _activity(self, name: str, arg: Any, result_type: Any = None) -> Any:
-        # Activities are called by name so that no I/O module is imported into workflow code.
+        # Called by name so no I/O module is imported into workflow code.
+        if workflow.patched(LOCAL_STORAGE_PATCH):
+            # Local activities: short, idempotent database writes in this worker, with no
+            # round trip through the server, and their inputs (ballots, talk content) are
+            # not copied into history.
+            return await workflow.execute_local_activity(
+                name,
+                arg,
+                result_type=result_type,
+                start_to_close_timeout=ACTIVITY_TIMEOUT,
+                retry_policy=ACTIVITY_RETRY,
+            )
+        # Units started before the patch keep their (server-scheduled) activities.
         return await workflow.execute_activity(
             name,
             arg,
