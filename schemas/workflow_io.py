@@ -35,6 +35,7 @@ class CampaignInput(Model):
     # Carried over continue-as-new so a restarted campaign starts nothing twice.
     started: list[str] = Field(default_factory=list)
     stages: dict[str, Stage] = Field(default_factory=dict)
+    seqs: dict[str, int] = Field(default_factory=dict)
 
 
 class UnitProgress(Model):
@@ -42,6 +43,8 @@ class UnitProgress(Model):
 
     unit_id: str
     stage: Stage
+    # The transition's number: signals to another workflow may arrive out of order.
+    seq: int = 0
 
 
 class UnitRef(Model):

@@ -109,3 +109,23 @@ async def test_campaign_completes_when_every_unit_completes(client: Client, work
     assert result.completed and result.by_stage == {Stage.COMPLETED: 2}
     desc = await client.get_workflow_handle(wf_id).describe()
     assert desc.status == WorkflowExecutionStatus.COMPLETED
+
+
+async def test_late_progress_signal_does_not_move_a_unit_back(client: Client, worker: str) -> None:
+    """Signals between workflows may arrive out of order: the transition number decides."""
+    r = roster(1)
+    wf_id, _ = await start_campaign(client, r, worker)
+    unit_id = r.units[0].unit_id
+
+    async def started() -> bool:
+        return (await progress(client, r)).units_started == 1
+
+    await wait_for(started)
+    handle = client.get_workflow_handle(wf_id)
+    late = {"unit_id": unit_id, "stage": "result_use", "seq": 6}
+    await handle.signal(AssessmentCampaign.unit_progress, {**late, "stage": "grading", "seq": 5})
+    await handle.signal(AssessmentCampaign.unit_progress, {**late, "stage": "completed", "seq": 7})
+    await handle.signal(AssessmentCampaign.unit_progress, late)
+    result = await client.get_workflow_handle_for(AssessmentCampaign.run, wf_id).result()
+    assert result.by_stage == {Stage.COMPLETED: 1}
+    await client.get_workflow_handle(unit_workflow_id(r.campaign_id, unit_id)).terminate("test")

@@ -41,6 +41,7 @@ class AssessmentCampaign:
         self._roster = input.roster
         self._started: set[str] = set(input.started)
         self._stages: dict[str, Stage] = dict(input.stages)
+        self._seqs: dict[str, int] = dict(input.seqs)
 
     @workflow.run
     async def run(self, input: CampaignInput) -> CampaignProgress:
@@ -83,12 +84,16 @@ class AssessmentCampaign:
                         max_concurrent_starts=step,
                         started=sorted(self._started),
                         stages=self._stages,
+                        seqs=self._seqs,
                     )
                 )
         return self._progress()
 
     @workflow.signal
     def unit_progress(self, progress: UnitProgress) -> None:
+        if progress.seq < self._seqs.get(progress.unit_id, 0):
+            return  # an earlier transition delivered late
+        self._seqs[progress.unit_id] = progress.seq
         self._stages[progress.unit_id] = progress.stage
         self._refresh_details()
 

@@ -624,7 +624,7 @@ class UnitAssessment:
         parent = workflow.info().parent
         if parent is None:
             return
-        progress = UnitProgress(unit_id=self._unit.unit_id, stage=self._stage)
+        progress = UnitProgress(unit_id=self._unit.unit_id, stage=self._stage, seq=self._seq)
 
         async def send() -> None:
             try:
