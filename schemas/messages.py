@@ -6,7 +6,7 @@ import datetime as dt
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, StringConstraints, model_validator
 
 from schemas.common import (
     Action,
@@ -22,6 +22,7 @@ from schemas.common import (
 )
 
 MAX_BALLOTS_PER_BATCH = 500
+MAX_SHEETS_PER_BATCH = 500
 MAX_TALK_CHARS = 20_000
 
 
@@ -52,14 +53,15 @@ class SubmitReport(Action):
 
 
 class Ballot(Model):
-    """One anonymous ballot: no voter identity, only the rater group (票类)."""
+    """Legacy flat ballot (no token), kept so units started before ballot sheets replay.
+
+    New units refuse it: send `sheets` instead.
+    """
 
     target_kind: Literal["team", "cadre"]
     target_id: Identifier | None = Field(default=None, description="The cadre; empty for team.")
     rater_group: Identifier = Field(description="票类, e.g. A (leaders), B, C.")
-    overall: str = Field(
-        description="team: 好/较好/一般/较差; cadre: 优秀/称职/基本称职/不称职/不了解"
-    )
+    overall: str
 
     @model_validator(mode="after")
     def _option_in_set(self) -> Ballot:
@@ -76,11 +78,85 @@ class Ballot(Model):
         return self
 
 
+Token = Annotated[str, StringConstraints(min_length=16, max_length=128)]
+Items = dict[Annotated[str, StringConstraints(min_length=1, max_length=50)], str]
+
+
+class TeamRating(Model):
+    """民主测评 of the leadership team: overall 好/较好/一般/较差, team dimensions, focus items."""
+
+    overall: str
+    items: Items = Field(default_factory=dict)
+
+
+class CadreRating(Model):
+    """民主测评 of one cadre: overall grade or 不了解, 政治素质/德/能/勤/绩/廉, principal items."""
+
+    cadre_id: Identifier
+    overall: str
+    items: Items = Field(default_factory=dict)
+
+
+class NewCadreRating(Model):
+    """民主评议 of a newly promoted cadre: 认同/基本认同/不认同/不了解."""
+
+    cadre_id: Identifier
+    opinion: str
+
+
+class BallotSheet(Model):
+    """One rater's anonymous sheet. The one-time token proves the right to rate and gives the
+    rater group; it is never stored with the ratings."""
+
+    token: Token
+    team: TeamRating | None = None
+    cadres: list[CadreRating] = Field(default_factory=list, max_length=200)
+    selection_work: Items | None = Field(
+        default=None, description="民主评议 of the year's selection work: question -> option."
+    )
+    new_cadres: list[NewCadreRating] = Field(default_factory=list, max_length=200)
+
+    def ballot_count(self) -> int:
+        """Ballots on the sheet: one per rated target (team, cadre, selection work)."""
+        return (
+            (self.team is not None)
+            + len(self.cadres)
+            + len(self.new_cadres)
+            + (self.selection_work is not None)
+        )
+
+
 class RecordBallots(Action):
-    """A batch of ballots (民主测评); all-or-nothing, idempotent by batch_id."""
+    """A batch of ballot sheets; all-or-nothing, idempotent by batch_id."""
 
     batch_id: Identifier
-    ballots: Annotated[list[Ballot], Field(min_length=1, max_length=MAX_BALLOTS_PER_BATCH)]
+    sheets: list[BallotSheet] = Field(default_factory=list, max_length=MAX_SHEETS_PER_BATCH)
+    ballots: list[Ballot] = Field(
+        default_factory=list,
+        max_length=MAX_BALLOTS_PER_BATCH,
+        description="Legacy flat ballots; refused by units started with ballot sheets.",
+    )
+
+    @model_validator(mode="after")
+    def _one_form(self) -> RecordBallots:
+        if bool(self.sheets) == bool(self.ballots):
+            raise ValueError("sheets: give the batch's ballot sheets (and no legacy ballots)")
+        total = sum(s.ballot_count() for s in self.sheets)
+        if total > MAX_BALLOTS_PER_BATCH:
+            raise ValueError(
+                f"sheets: {total} ballots in one batch; at most {MAX_BALLOTS_PER_BATCH} "
+                "(split the batch, or use `kaohe ballots import`)"
+            )
+        return self
+
+
+class RegisterBallotBatch(Action):
+    """The bulk path: ballots already COPYed into PostgreSQL by `kaohe ballots import`."""
+
+    batch_id: Identifier
+    ballots: int = Field(ge=1)
+    sheets: int = Field(ge=1)
+    checksum: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
 
 
 class CloseEvaluation(Action):
@@ -165,6 +241,7 @@ ACTION_MODELS: dict[str, type[Action]] = {
     "acknowledge_notice": AcknowledgeNotice,
     "submit_report": SubmitReport,
     "record_ballots": RecordBallots,
+    "register_ballot_batch": RegisterBallotBatch,
     "close_evaluation": CloseEvaluation,
     "record_talk": RecordTalk,
     "propose_grades": ProposeGrades,

@@ -7,6 +7,7 @@ from typing import Annotated
 from pydantic import Field, model_validator
 
 from schemas.common import Identifier, Model, ShortText
+from schemas.policy import RaterGroup, check_weights
 
 
 class CadreSpec(Model):
@@ -26,6 +27,18 @@ class UnitSpec(Model):
     planned_talks: int | None = Field(
         default=None, ge=1, le=1000, description="个别谈话 planned; default one per cadre."
     )
+    talk_plan: dict[ShortText, Annotated[int, Field(ge=1, le=1000)]] | None = Field(
+        default=None,
+        description="个别谈话 planned per interviewee role, e.g. {班子成员: 5, 中层干部: 8}; "
+        "talks complete when every role's count is met.",
+    )
+    rater_groups: list[RaterGroup] | None = Field(
+        default=None, description="票类 with planned counts and weights; default from the policy."
+    )
+    selection_review: bool = Field(
+        default=False,
+        description="民主评议 in scope: the selection-work ballot and newly promoted cadres.",
+    )
 
     @model_validator(mode="after")
     def _unique_cadres(self) -> UnitSpec:
@@ -38,10 +51,16 @@ class UnitSpec(Model):
             seen.add(cadre.cadre_id)
         if sum(c.principal for c in self.cadres) > 1:
             raise ValueError(f"unit {self.unit_id} has more than one principal leader")
+        if self.rater_groups is not None:
+            check_weights(self.rater_groups, "rater_groups")
+        if self.talk_plan is not None and self.planned_talks is not None:
+            raise ValueError("give talk_plan or planned_talks, not both")
         return self
 
     @property
     def talks_planned(self) -> int:
+        if self.talk_plan is not None:
+            return sum(self.talk_plan.values())
         return self.planned_talks or len(self.cadres)
 
     def cadre(self, cadre_id: str) -> CadreSpec | None:

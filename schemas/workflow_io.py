@@ -17,8 +17,10 @@ from schemas.messages import (
     RecordBallots,
     RecordFollowUp,
     RecordTalk,
+    RegisterBallotBatch,
     SubmitReport,
 )
+from schemas.policy import Policy, RaterGroup
 from schemas.roster import Roster, UnitSpec
 
 
@@ -27,10 +29,16 @@ class UnitInput(Model):
     year: int
     campaign_title: str
     unit: UnitSpec
+    policy: Policy = Field(default_factory=Policy)
+
+    @property
+    def rater_groups(self) -> list[RaterGroup]:
+        return self.unit.rater_groups or self.policy.rater_groups
 
 
 class CampaignInput(Model):
     roster: Roster
+    policy: Policy = Field(default_factory=Policy)
     max_concurrent_starts: int = Field(default=50, ge=1, le=500)
     # Carried over continue-as-new so a restarted campaign starts nothing twice.
     started: list[str] = Field(default_factory=list)
@@ -61,6 +69,7 @@ class RegisterUnit(Model):
     year: int
     campaign_title: str
     unit: UnitSpec
+    rater_groups: list[RaterGroup] = Field(default_factory=list)
 
 
 class TransitionRecord(Model):
@@ -93,6 +102,38 @@ class BallotBatchReceipt(Model):
     count: int
     checksum: str
     duplicate: bool
+    # Sheets of this batch per rater group (the token tells the group).
+    sheets_by_group: dict[str, int] = Field(default_factory=dict)
+
+
+class BallotSheetsRecord(Model):
+    """record_ballots with sheets: tokens checked and marked used, marks stored, at once."""
+
+    ref: UnitRef
+    action: RecordBallots
+    rater_groups: list[RaterGroup]
+
+
+class BallotBatchCheck(Model):
+    """register_ballot_batch: the bulk import stored the batch; confirm it is as announced."""
+
+    ref: UnitRef
+    action: RegisterBallotBatch
+
+
+class OverallCount(Model):
+    """Ballots of one target from one rater group with one overall option."""
+
+    kind: str
+    target_id: str
+    rater_group: str
+    option: str
+    n: int
+
+
+class BallotCounts(Model):
+    overall: list[OverallCount]
+    sheets_by_group: dict[str, int]
 
 
 class TalkRecord(Model):

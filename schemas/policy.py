@@ -1,0 +1,118 @@
+"""The yearly assessment policy: every number and label DOMAIN.md calls policy.
+
+A policy file (YAML) is versioned per campaign year; `kaohe/policies/<year>.yaml` ships the
+defaults. The campaign carries it, so a unit is judged by the policy it started under.
+"""
+
+from __future__ import annotations
+
+from fractions import Fraction
+from typing import Annotated
+
+from pydantic import BeforeValidator, Field, PlainSerializer, WithJsonSchema, model_validator
+
+from schemas.common import Identifier, Model, ShortText
+
+
+def _to_fraction(value: object) -> Fraction:
+    if isinstance(value, Fraction):
+        return value
+    if isinstance(value, str) and value.strip().endswith("%"):
+        return Fraction(value.strip()[:-1]) / 100
+    try:
+        result = Fraction(str(value).strip())
+    except (ValueError, ZeroDivisionError) as err:
+        raise ValueError(f"{value!r} is not a fraction such as 1/3, 0.2 or 20%") from err
+    return result
+
+
+# Exact ratios ("1/3", "20%", "0.8"): boundaries such as 30 of 90 must compare exactly.
+Ratio = Annotated[
+    Fraction,
+    BeforeValidator(_to_fraction),
+    PlainSerializer(lambda f: f"{f.numerator}/{f.denominator}", return_type=str),
+    WithJsonSchema({"type": "string", "examples": ["1/3", "20%", "0.8"]}),
+]
+
+LIKERT_4 = ["好", "较好", "一般", "较差"]
+
+
+class RaterGroup(Model):
+    """A 票类: who rates (e.g. A unit leaders, B middle-level cadres, C staff)."""
+
+    group_id: Identifier
+    label: ShortText
+    planned: int = Field(ge=1, le=100_000, description="Participants planned; tokens issued.")
+    weight: Ratio = Field(description="Share of this group in weighted rates; all sum to 100%.")
+
+
+def check_weights(groups: list[RaterGroup], where: str) -> None:
+    """Weights must sum to exactly 100% (local practice)."""
+    total = sum((g.weight for g in groups), Fraction(0))
+    if total != 1:
+        shares = ", ".join(f"{g.group_id} {float(g.weight) * 100:g}%" for g in groups)
+        raise ValueError(
+            f"{where}: weights must sum to 100%, they sum to {float(total) * 100:g}% ({shares})"
+        )
+    ids = [g.group_id for g in groups]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"{where}: a rater group appears twice")
+
+
+class BallotPolicy(Model):
+    team_options: list[str] = Field(default_factory=lambda: list(LIKERT_4))
+    team_dimensions: list[str] = Field(
+        default_factory=lambda: ["政治思想建设", "领导能力", "工作实绩", "党风廉政建设", "作风建设"]
+    )
+    focus_items: list[str] = Field(
+        default_factory=lambda: ["政治素质", "高质量发展成效", "作风建设", "制度执行力"],
+        description="The year's focus items (年度重点), rated on the team ballot.",
+    )
+    dimension_options: list[str] = Field(default_factory=lambda: list(LIKERT_4))
+    cadre_options: list[str] = Field(
+        default_factory=lambda: ["优秀", "称职", "基本称职", "不称职", "不了解"]
+    )
+    cadre_dimensions: list[str] = Field(
+        default_factory=lambda: ["政治素质", "德", "能", "勤", "绩", "廉"]
+    )
+    principal_items: list[str] = Field(
+        default_factory=lambda: ["抓班子带队伍", "执行民主集中制", "发挥表率作用"]
+    )
+    selection_questions: list[str] = Field(
+        default_factory=lambda: ["选人用人工作总体评价", "选人用人监督", "上年度整改情况"]
+    )
+    selection_options: list[str] = Field(default_factory=lambda: ["好", "较好", "一般", "差"])
+    new_cadre_options: list[str] = Field(
+        default_factory=lambda: ["认同", "基本认同", "不认同", "不了解"]
+    )
+    # Local systems require every item to be filled before a sheet is accepted.
+    items_mandatory: bool = True
+
+
+class FlagPolicy(Model):
+    """Thresholds of the flags (DOMAIN.md "Flags and rules"); strict comparisons as worded."""
+
+    incompetent_more_than: Ratio = Fraction(1, 3)  # 不称职票率 more than 1/3
+    competent_or_better_below: Ratio = Fraction(2, 3)  # 优秀+称职 below 2/3
+    new_cadre_disapproval_more_than: Ratio = Fraction(1, 3)  # 不认同 more than 1/3
+    min_participation: Ratio = Fraction(4, 5)  # returned / planned, per group
+
+
+class Policy(Model):
+    version: ShortText = "default"
+    year: int | None = Field(default=None, ge=2000, le=2100)
+    ballots: BallotPolicy = Field(default_factory=BallotPolicy)
+    flags: FlagPolicy = Field(default_factory=FlagPolicy)
+    rater_groups: list[RaterGroup] = Field(
+        default_factory=lambda: [
+            RaterGroup(group_id="A", label="领导班子成员", planned=5, weight=Fraction(2, 5)),
+            RaterGroup(group_id="B", label="中层干部", planned=10, weight=Fraction(3, 10)),
+            RaterGroup(group_id="C", label="职工代表", planned=15, weight=Fraction(3, 10)),
+        ],
+        description="Default rater groups of a unit whose roster entry names none.",
+    )
+
+    @model_validator(mode="after")
+    def _weights(self) -> Policy:
+        check_weights(self.rater_groups, "rater_groups")
+        return self
