@@ -40,6 +40,8 @@ from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client
 
 from activities.db import apply_migrations
+from kaohe.codec import codec_from_settings
+from kaohe.codec_server import CodecServer
 from kaohe.settings import Settings
 from schemas.search_attributes import CLI_TYPES
 
@@ -418,6 +420,7 @@ class TemporalDevServer:
         namespace: str = "default",
         ui: bool = True,
         log_level: str = "warn",
+        ui_codec_endpoint: str | None = None,
     ) -> None:
         self.data_dir = data_dir.resolve()
         self.db_path = self.data_dir / "temporal.db"
@@ -430,6 +433,7 @@ class TemporalDevServer:
         self.namespace = namespace
         self.ui = ui
         self.log_level = log_level
+        self.ui_codec_endpoint = ui_codec_endpoint  # the UI decodes payloads there
         self._proc: Process | None = None
 
     @property
@@ -462,6 +466,8 @@ class TemporalDevServer:
             *("--log-level", self.log_level),
         ]
         cmd += ["--ui-port", str(self.ui_port)] if self.ui else ["--headless"]
+        if self.ui and self.ui_codec_endpoint:
+            cmd += ["--ui-codec-endpoint", self.ui_codec_endpoint]
         for name, cli_type in CLI_TYPES.items():
             cmd += ["--search-attribute", f"{name}={cli_type}"]
         return cmd
@@ -581,12 +587,14 @@ async def run_dev(
     """Run PostgreSQL, Temporal and (if given) the worker until Ctrl-C, SIGTERM or cancellation.
 
     Run it with asyncio.run(), which turns Ctrl-C into cancellation of this coroutine.
-    Everything is stopped in reverse order (worker, Temporal, PostgreSQL) however it ends.
+    Everything is stopped in reverse order (worker, Temporal, codec server, PostgreSQL)
+    however it ends. The codec server starts before Temporal so the UI can decode payloads.
     """
     console = Console()
     data_dir = settings.data_dir.resolve()
     postgres: EmbeddedPostgres | None = None
     temporal: TemporalDevServer | None = None
+    codec_server: CodecServer | None = None
     tasks: dict[asyncio.Task[Any], str] = {}
     loop = asyncio.get_running_loop()
     current = asyncio.current_task()
@@ -611,6 +619,18 @@ async def run_dev(
             database_url = settings.database_url.get_secret_value()
         applied = await apply_migrations(database_url)
 
+        # Before Temporal, so the UI finds it; only when there are payload keys to decode with.
+        if codec_from_settings(settings) is not None:
+            codec_server = CodecServer(settings, settings.temporal_host)
+            try:
+                await codec_server.start()
+            except OSError as err:
+                codec_server = None
+                raise RuntimeError(
+                    f"codec server: cannot listen on port {settings.codec_port} ({err}); "
+                    "set KAOHE_CODEC_PORT"
+                ) from err
+
         temporal = TemporalDevServer(
             data_dir / "temporal",
             host=settings.temporal_host,
@@ -618,6 +638,7 @@ async def run_dev(
             ui_port=settings.temporal_ui_port,
             http_port=settings.temporal_http_port,
             namespace=settings.temporal_namespace,
+            ui_codec_endpoint=codec_server.url if codec_server is not None else None,
         )
         await temporal.start()
 
@@ -626,6 +647,9 @@ async def run_dev(
         console.print(f"  HTTP API       [cyan]{temporal.http_url}[/]")
         console.print(f"  gRPC           [cyan]{temporal.address}[/] ({temporal.namespace})")
         console.print(f"  PostgreSQL     [cyan]{database_url}[/]")
+        if codec_server is not None:
+            token = codec_server.token_file or "$KAOHE_CODEC_TOKEN"
+            console.print(f"  codec server   [cyan]{codec_server.url}[/] (token: {token})")
         console.print(f"  migrations     {', '.join(applied) if applied else 'up to date'}")
         console.print(f"  data / logs    {data_dir}")
 
@@ -659,8 +683,12 @@ async def run_dev(
                 if temporal is not None:
                     await temporal.stop()
             finally:
-                if postgres is not None:
-                    await postgres.stop()
+                try:
+                    if codec_server is not None:
+                        await codec_server.stop()
+                finally:
+                    if postgres is not None:
+                        await postgres.stop()
                 if sigterm_handled:
                     loop.remove_signal_handler(signal.SIGTERM)
                 console.print("kaohe dev stack stopped")

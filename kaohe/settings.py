@@ -34,6 +34,22 @@ class Settings(BaseSettings):
     talk_key: SecretStr | None = None
     talk_key_id: str = "k1"
 
+    # Payload encryption (kaohe/codec.py): every payload in workflow history is AES-256-GCM
+    # encrypted. Keys as "id:base64key,..." with the first one current (older ones only
+    # decrypt); unset means a key file in data_dir, created on first use. Turning encryption
+    # off stops encrypting new payloads; existing keys still decrypt the old ones.
+    payload_encryption: bool = True
+    payload_keys: SecretStr | None = None
+
+    # The codec server the Temporal UI decodes payloads with (kaohe/codec_server.py).
+    codec_port: int = 8234
+    # Bearer token for /encode and /decode; unset means a token file in data_dir.
+    codec_token: SecretStr | None = None
+    # Let the UI's own origin in without a token, only while the server is on loopback.
+    codec_allow_ui_origin: bool = True
+    # Further browser origins allowed by CORS (e.g. a deployed UI), besides the dev UI's.
+    codec_cors_origins: list[str] = Field(default_factory=list)
+
     log_format: Literal["console", "json"] = "console"
     log_level: str = "INFO"
 
@@ -51,6 +67,13 @@ class Settings(BaseSettings):
     @property
     def temporal_grpc_port(self) -> int:
         return int(self.temporal_address.rsplit(":", 1)[1])
+
+    @property
+    def temporal_ui_origins(self) -> list[str]:
+        """The origins a browser shows the dev server's UI under (127.0.0.1 and localhost)."""
+        hosts = dict.fromkeys([self.temporal_host, "127.0.0.1", "localhost"])
+        hosts.pop("0.0.0.0", None)
+        return [f"http://{host}:{self.temporal_ui_port}" for host in hosts]
 
 
 @lru_cache(maxsize=1)

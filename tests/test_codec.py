@@ -1,0 +1,528 @@
+"""Payload encryption: the codec and its keyring, history without plaintext on the real
+servers, the codec server the UI decodes with, and the dev stack wiring them together."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import json
+import os
+import re
+import urllib.request
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+from temporalio.api.common.v1 import Payload, Payloads
+from temporalio.client import Client, WorkflowHandle, WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
+
+from kaohe.client import data_converter
+from kaohe.codec import (
+    ENCODING,
+    KEY_FILE_NAME,
+    EncryptionCodec,
+    Keyring,
+    PayloadKeyError,
+    codec_from_settings,
+    format_key,
+    rotate_key_file,
+)
+from kaohe.codec_server import CodecServer, codec_token
+from kaohe.devstack import TemporalDevServer, free_port, run_dev
+from kaohe.settings import Settings
+from schemas.messages import ActionResult
+from tests.conftest import Stack
+from tests.helpers import sample_unit, start_unit
+from worker import WORKFLOWS, sandbox_runner
+
+HISTORIES = Path(__file__).parent / "histories"
+K1, K2 = os.urandom(32), os.urandom(32)
+
+
+def plain(data: bytes, encoding: bytes = b"json/plain") -> Payload:
+    return Payload(metadata={"encoding": encoding}, data=data)
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+# ---- the codec -------------------------------------------------------------------------------
+
+
+async def test_round_trip() -> None:
+    codec = EncryptionCodec(Keyring([("k1", K1)]))
+    original = [plain('{"content": "谈话内容 SECRET"}'.encode()), plain(b"", b"binary/null")]
+    encoded = await codec.encode(original)
+    assert len(encoded) == 2
+    for p in encoded:
+        assert p.metadata["encoding"] == b"binary/encrypted"
+        assert p.metadata["encryption-key-id"] == b"k1"
+        assert b"SECRET" not in p.data and "谈话".encode() not in p.data
+    assert encoded[0].data[:12] != (await codec.encode(original[:1]))[0].data[:12]  # fresh nonce
+    assert await codec.decode(encoded) == original
+
+
+async def test_data_converter_round_trip(tmp_path: Path) -> None:
+    converter = data_converter(Settings(data_dir=tmp_path))
+    [payload] = await converter.encode([ActionResult(accepted=True, stage="talks", message="m")])
+    assert payload.metadata["encoding"] == ENCODING
+    [value] = await converter.decode([payload], [ActionResult])
+    assert value == ActionResult(accepted=True, stage="talks", message="m")
+
+
+async def test_key_rotation() -> None:
+    old = EncryptionCodec(Keyring([("k1", K1)]))
+    written_before = await old.encode([plain(b'"before"')])
+
+    rotated = EncryptionCodec(Keyring.parse(f"{format_key('k2', K2)},{format_key('k1', K1)}"))
+    assert rotated.keyring.current_id == "k2"
+    assert await rotated.decode(written_before) == [plain(b'"before"')]
+    written_after = await rotated.encode([plain(b'"after"')])
+    assert written_after[0].metadata["encryption-key-id"] == b"k2"
+    assert await rotated.decode(written_after) == [plain(b'"after"')]
+
+    with pytest.raises(PayloadKeyError, match="'k2', which is not in the keyring"):
+        await old.decode(written_after)
+
+
+async def test_unknown_or_wrong_key_is_a_clear_error() -> None:
+    encoded = await EncryptionCodec(Keyring([("k9", K1)])).encode([plain(b"1")])
+    with pytest.raises(PayloadKeyError) as info:
+        await EncryptionCodec(Keyring([("k1", K1), ("k0", K2)])).decode(encoded)
+    assert "'k9'" in str(info.value) and "known: k1, k0" in str(info.value)
+    assert b64(K1) not in str(info.value)
+
+    with pytest.raises(PayloadKeyError, match="does not decrypt with that key"):
+        await EncryptionCodec(Keyring([("k9", K2)])).decode(encoded)
+
+
+async def test_plain_payloads_pass_through_decode() -> None:
+    codec = EncryptionCodec(Keyring([("k1", K1)]))
+    payloads = [plain(b'{"a": 1}'), plain(b"", b"binary/null"), Payload(data=b"x")]
+    assert await codec.decode(payloads) == payloads
+
+
+def test_keyring_parsing_and_no_secret_in_repr() -> None:
+    ring = Keyring.parse(f" {format_key('b', K2)} ,\n{format_key('a', K1)}\n")
+    assert ring.key_ids == ["b", "a"] and ring.current_id == "b"
+    assert b64(K1) not in repr(ring) and b64(K1) not in repr(EncryptionCodec(ring))
+    for spec, problem in [
+        ("", "empty"),
+        ("k1", "id:base64key"),
+        ("k1:not-base64!", "not valid base64"),
+        (f"k1:{b64(b'short')}", "32 bytes"),
+        (f"{format_key('k1', K1)},{format_key('k1', K2)}", "twice"),
+        (f"k 1:{b64(K1)}", "must be non-empty ASCII"),
+    ]:
+        with pytest.raises(ValueError, match=problem):
+            Keyring.parse(spec)
+
+
+async def test_key_file_is_created_once_and_rotates(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path / "data")
+    first = codec_from_settings(settings)
+    assert first is not None and first.encrypt
+    path = tmp_path / "data" / KEY_FILE_NAME
+    assert path.stat().st_mode & 0o777 == 0o600
+    again = codec_from_settings(settings)
+    assert again is not None and again.keyring.key_ids == first.keyring.key_ids == ["p1"]
+    before = await first.encode([plain(b'"x"')])
+
+    assert rotate_key_file(path) == "p2"
+    rotated = codec_from_settings(settings)
+    assert rotated is not None and rotated.keyring.key_ids == ["p2", "p1"]
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert await rotated.decode(before) == [plain(b'"x"')]
+    assert (await rotated.encode([plain(b'"y"')]))[0].metadata["encryption-key-id"] == b"p2"
+
+
+async def test_settings_choose_the_converter(tmp_path: Path) -> None:
+    keys = f"{format_key('e2', K2)},{format_key('e1', K1)}"
+    from_env = codec_from_settings(Settings(data_dir=tmp_path, payload_keys=keys))
+    assert from_env is not None and from_env.keyring.key_ids == ["e2", "e1"]
+    assert not (tmp_path / KEY_FILE_NAME).exists()  # no key file when keys are given
+
+    # Off, and no key ever made: the plain pydantic converter, and no key file appears.
+    off = Settings(data_dir=tmp_path, payload_encryption=False)
+    assert data_converter(off) is pydantic_data_converter
+    assert not (tmp_path / KEY_FILE_NAME).exists()
+
+    # Off after it was on: nothing new is encrypted, old payloads still decode.
+    encrypted = await data_converter(Settings(data_dir=tmp_path)).encode(["old"])
+    converter = data_converter(off)
+    assert converter.payload_codec is not None
+    [new] = await converter.encode(["new"])
+    assert new.metadata["encoding"] == b"json/plain"
+    assert await converter.decode(encrypted, [str]) == ["old"]
+
+
+def load_history(path: Path) -> WorkflowHistory:
+    return WorkflowHistory.from_json(path.stem, path.read_text())
+
+
+@pytest.mark.parametrize("path", sorted(HISTORIES.glob("*.json")), ids=lambda p: p.stem)
+async def test_plaintext_histories_replay_with_the_codec(path: Path, tmp_path: Path) -> None:
+    """Histories recorded without a codec replay through the converter every process uses."""
+    replayer = Replayer(
+        workflows=WORKFLOWS,
+        data_converter=data_converter(Settings(data_dir=tmp_path)),
+        workflow_runner=sandbox_runner(),
+    )
+    history = load_history(path)
+    assert (await replayer.replay_workflow(history)).replay_failure is None
+
+
+# ---- on the real servers ---------------------------------------------------------------------
+
+
+def payloads_in(message: Message, path: str = "") -> Iterator[tuple[str, Payload]]:
+    """Every Payload anywhere in a proto message, with where it is."""
+    if isinstance(message, Payload):
+        yield path, message
+        return
+    for field, value in message.ListFields():
+        if field.type != FieldDescriptor.TYPE_MESSAGE:
+            continue
+        where = f"{path}.{field.name}"
+        if field.message_type.GetOptions().map_entry:
+            if field.message_type.fields_by_name["value"].type == FieldDescriptor.TYPE_MESSAGE:
+                for key, item in value.items():
+                    yield from payloads_in(item, f"{where}[{key}]")
+        elif field.is_repeated:
+            for n, item in enumerate(value):
+                yield from payloads_in(item, f"{where}[{n}]")
+        else:
+            yield from payloads_in(value, where)
+
+
+SDK_OWN = re.compile(
+    r"\.search_attributes\.|\.marker_recorded_event_attributes\.details\[(data|patch-data)\]"
+)
+
+
+def actor(id: str, role: str) -> dict[str, str]:
+    return {"id": id, "role": role}
+
+
+async def update(handle: WorkflowHandle, name: str, **payload: Any) -> ActionResult:
+    payload.setdefault("idempotency_key", f"{name}-{uuid.uuid4().hex[:8]}")
+    return await handle.execute_update(name, payload, result_type=ActionResult)
+
+
+async def unit_with_secrets(client: Client, task_queue: str, marker: str) -> WorkflowHandle:
+    """A unit with the marker in a report's text (report_back) and a talk's content (talks)."""
+    handle = await start_unit(client, task_queue, sample_unit())
+    dept = actor("department", "department")
+    await update(handle, "acknowledge_notice", actor=actor("unit-office", "unit"))
+    await update(
+        handle,
+        "submit_report",
+        actor=actor("unit-office", "unit"),
+        kind="team",
+        title="年度工作总结",
+        text=f"总结 {marker}",
+    )
+    await update(handle, "close_stage", actor=dept, stage="report_back", reason="测试")
+    result = await update(handle, "close_stage", actor=dept, stage="evaluation", reason="测试")
+    assert result.stage == "talks", result
+    result = await update(
+        handle,
+        "record_talk",
+        actor=actor("group-leader", "assessment_group"),
+        talk_id="t0",
+        interviewer="考核组",
+        interviewee_role="中层干部",
+        talk_date="2026-12-15",
+        content=f"谈话内容 {marker}",
+    )
+    assert result.accepted, result
+    return handle
+
+
+@pytest.fixture(scope="module")
+async def secret_unit(client: Client, worker: str) -> tuple[WorkflowHandle, str]:
+    marker = f"PLAINTEXT-MARKER-{uuid.uuid4().hex}"
+    return await unit_with_secrets(client, worker, marker), marker
+
+
+async def test_history_holds_no_plaintext(
+    stack: Stack, secret_unit: tuple[WorkflowHandle, str]
+) -> None:
+    handle, marker = secret_unit
+    # A client without the codec sees the history as the server stores it.
+    raw_client = await Client.connect(stack.temporal.address)
+    history = await raw_client.get_workflow_handle(handle.id).fetch_history()
+    raw = b"".join(event.SerializeToString() for event in history.events)
+    raw += history.to_json().encode()
+    assert marker.encode() not in raw
+    assert "谈话内容".encode() not in raw and "总结".encode() not in raw
+
+    found = [(where, p) for event in history.events for where, p in payloads_in(event)]
+    assert found
+    plain_ones = [where for where, p in found if p.metadata.get("encoding") != ENCODING]
+    # Only what the SDK core and the server keep for themselves is left readable: search
+    # attributes, and the core's bookkeeping in markers (patch ids; a local activity's seq,
+    # type and times; its result is in `details[result]`, encrypted).
+    assert {w for w in plain_ones if not SDK_OWN.search(w)} == set()
+    assert any(".details[result]" in where for where, _ in found)
+
+    # Decoded, the marker is there: in the report and in the talk.
+    codec = codec_from_settings(stack.settings)
+    assert codec is not None
+    decoded = b"".join(p.data for p in await codec.decode([p for _, p in found]))
+    assert decoded.count(marker.encode()) >= 2
+    assert f"谈话内容 {marker}".encode() in decoded
+
+
+async def test_http_api_integrator_sends_plain_json(
+    stack: Stack, client: Client, worker: str
+) -> None:
+    """Plain JSON in (passed through by the codec); the result comes back encrypted, and the
+    integrator decodes it with the codec server."""
+    handle = await start_unit(client, worker, sample_unit())
+    url = (
+        f"{stack.temporal.http_url}/api/v1/namespaces/default/workflows/{handle.id}"
+        "/update/acknowledge_notice"
+    )
+    body = {
+        "request": {
+            "meta": {"updateId": "http-ack"},
+            "input": {
+                "name": "acknowledge_notice",
+                "args": {
+                    "payloads": [
+                        {"idempotency_key": "http-ack", "actor": actor("oa", "integrator")}
+                    ]
+                },
+            },
+        },
+        "waitPolicy": {"lifecycleStage": "UPDATE_WORKFLOW_EXECUTION_LIFECYCLE_STAGE_COMPLETED"},
+    }
+    async with aiohttp.ClientSession() as session:
+        async with session.post(url, json=body) as response:
+            assert response.status == 200, await response.text()
+            answer = await response.json(content_type=None)  # the HTTP API says "*"
+        [result] = answer["outcome"]["success"]["payloads"]
+        assert base64.b64decode(result["metadata"]["encoding"]) == ENCODING
+
+        server = CodecServer(stack.settings.model_copy(update={"codec_port": free_port()}))
+        await server.start()
+        try:
+            async with session.post(
+                f"{server.url}/decode",
+                json={"payloads": [result]},
+                headers={"Authorization": f"Bearer {codec_token(stack.settings)}"},
+            ) as response:
+                assert response.status == 200
+                [decoded] = (await response.json())["payloads"]
+        finally:
+            await server.stop()
+    assert json.loads(base64.b64decode(decoded["data"]))["stage"] == "report_back"
+
+
+# ---- the codec server ------------------------------------------------------------------------
+
+UI_PORT = 18233
+UI_ORIGIN = f"http://127.0.0.1:{UI_PORT}"
+
+
+@contextlib.asynccontextmanager
+async def codec_server(
+    stack: Stack, **settings: Any
+) -> AsyncIterator[tuple[CodecServer, aiohttp.ClientSession]]:
+    update = {"codec_port": free_port(), "temporal_ui_port": UI_PORT, **settings}
+    server = CodecServer(stack.settings.model_copy(update=update))
+    await server.start()
+    try:
+        async with aiohttp.ClientSession() as session:
+            yield server, session
+    finally:
+        await server.stop()
+
+
+async def encrypted_history_payloads(stack: Stack, handle: WorkflowHandle) -> list[dict[str, Any]]:
+    history = await handle.fetch_history()
+    found = [p for e in history.events for w, p in payloads_in(e) if not SDK_OWN.search(w)]
+    return json.loads(json_format.MessageToJson(Payloads(payloads=found)))["payloads"]
+
+
+async def test_codec_server_decodes_with_the_token(
+    stack: Stack, secret_unit: tuple[WorkflowHandle, str]
+) -> None:
+    handle, marker = secret_unit
+    payloads = await encrypted_history_payloads(stack, handle)
+    bearer = {"Authorization": f"Bearer {codec_token(stack.settings)}"}
+    async with codec_server(stack) as (server, session):
+        # The UI's request shape: a path prefix is allowed, the query ignored.
+        url = f"{server.url}/codec/decode?preserveStorageRefs=true"
+        headers = {**bearer, "X-Namespace": "default"}
+        async with session.post(url, json={"payloads": payloads}, headers=headers) as response:
+            assert response.status == 200
+            decoded = (await response.json())["payloads"]
+        assert len(decoded) == len(payloads)
+        texts = b"".join(base64.b64decode(p.get("data", "")) for p in decoded)
+        assert texts.count(marker.encode()) >= 2
+
+        # Encode, then decode again: the round trip through HTTP.
+        original = {"metadata": {"encoding": b64(b"json/plain")}, "data": b64(b'"hi"')}
+        async with session.post(
+            f"{server.url}/encode", json={"payloads": [original]}, headers=bearer
+        ) as response:
+            [encoded] = (await response.json())["payloads"]
+        assert base64.b64decode(encoded["metadata"]["encoding"]) == ENCODING
+        async with session.post(
+            f"{server.url}/decode", json={"payloads": [encoded]}, headers=bearer
+        ) as response:
+            assert (await response.json())["payloads"] == [original]
+
+        # Errors say what is wrong and never echo a payload.
+        async with session.post(
+            f"{server.url}/decode", data=b"not json", headers=bearer
+        ) as response:
+            assert response.status == 400
+        stranger = (await EncryptionCodec(Keyring([("zz", K1)])).encode([plain(b"1")]))[0]
+        body = json.loads(json_format.MessageToJson(Payloads(payloads=[stranger])))
+        async with session.post(f"{server.url}/decode", json=body, headers=bearer) as response:
+            assert response.status == 422
+            assert "'zz'" in (await response.json())["error"]
+
+
+async def test_codec_server_refuses_without_a_valid_token(
+    stack: Stack, secret_unit: tuple[WorkflowHandle, str]
+) -> None:
+    handle, _ = secret_unit
+    body = {"payloads": (await encrypted_history_payloads(stack, handle))[:1]}
+    async with codec_server(stack) as (server, session):
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": codec_token(stack.settings)},  # not "Bearer ..."
+            {"Origin": "http://evil.example"},
+            {"Origin": f"http://127.0.0.1:{UI_PORT + 1}"},
+        ):
+            async with session.post(f"{server.url}/decode", json=body, headers=headers) as r:
+                assert r.status == 401, headers
+                assert r.headers["WWW-Authenticate"].startswith("Bearer")
+                assert "Access-Control-Allow-Origin" not in r.headers
+            async with session.post(f"{server.url}/encode", json=body, headers=headers) as r:
+                assert r.status == 401, headers
+
+
+async def test_codec_server_cors_and_the_dev_ui(
+    stack: Stack, secret_unit: tuple[WorkflowHandle, str]
+) -> None:
+    handle, marker = secret_unit
+    body = {"payloads": await encrypted_history_payloads(stack, handle)}
+    preflight = {
+        "Origin": UI_ORIGIN,
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type,x-namespace",
+    }
+    async with codec_server(stack) as (server, session):
+        # The browser's preflight: no token, CORS headers for the UI's origins.
+        for origin in (UI_ORIGIN, f"http://localhost:{UI_PORT}"):
+            headers = {**preflight, "Origin": origin}
+            async with session.options(f"{server.url}/decode", headers=headers) as r:
+                assert r.status == 204
+                assert r.headers["Access-Control-Allow-Origin"] == origin
+                allowed = r.headers["Access-Control-Allow-Headers"].lower()
+                assert "content-type" in allowed and "x-namespace" in allowed
+                assert "POST" in r.headers["Access-Control-Allow-Methods"]
+                assert r.headers["Access-Control-Allow-Credentials"] == "true"
+        headers = {**preflight, "Origin": "http://evil.example"}
+        async with session.options(f"{server.url}/decode", headers=headers) as r:
+            assert r.status == 403 and "Access-Control-Allow-Origin" not in r.headers
+
+        # What the dev UI sends (no Authorization): served on loopback.
+        ui = {"Origin": UI_ORIGIN, "X-Namespace": "default"}
+        async with session.post(f"{server.url}/decode", json=body, headers=ui) as r:
+            assert r.status == 200
+            assert r.headers["Access-Control-Allow-Origin"] == UI_ORIGIN
+            decoded = (await r.json())["payloads"]
+        assert marker.encode() in b"".join(base64.b64decode(p.get("data", "")) for p in decoded)
+
+    # Turned off, the UI's origin needs the token like everyone else (CORS still answers).
+    async with codec_server(stack, codec_allow_ui_origin=False) as (server, session):
+        async with session.options(f"{server.url}/decode", headers=preflight) as r:
+            assert r.status == 204
+        async with session.post(f"{server.url}/decode", json=body, headers=ui) as r:
+            assert r.status == 401
+            assert r.headers["Access-Control-Allow-Origin"] == UI_ORIGIN  # the UI sees why
+
+    # Off loopback the origin never stands in for the token.
+    assert CodecServer(stack.settings, "0.0.0.0").tokenless is False
+    assert CodecServer(stack.settings, "::1").tokenless is True
+
+
+async def test_codec_token_from_settings_or_file(tmp_path: Path) -> None:
+    assert codec_token(Settings(data_dir=tmp_path, codec_token="s3cret")) == "s3cret"
+    assert not (tmp_path / "codec.token").exists()
+    token = codec_token(Settings(data_dir=tmp_path))
+    assert len(token) >= 32 and codec_token(Settings(data_dir=tmp_path)) == token
+    assert (tmp_path / "codec.token").stat().st_mode & 0o777 == 0o600
+
+
+# ---- the dev stack ---------------------------------------------------------------------------
+
+
+def test_dev_server_gets_the_codec_endpoint(tmp_path: Path) -> None:
+    server = TemporalDevServer(tmp_path, ui_codec_endpoint="http://127.0.0.1:9999")
+    command = server.command()
+    assert command[command.index("--ui-codec-endpoint") + 1] == "http://127.0.0.1:9999"
+    assert "--ui-codec-endpoint" not in TemporalDevServer(tmp_path).command()
+
+
+class Checked(Exception):
+    pass
+
+
+async def test_run_dev_serves_the_codec_to_the_ui(tmp_path: Path) -> None:
+    """`kaohe dev`: the codec server is up before Temporal, and the UI is told where it is."""
+    settings = Settings(
+        data_dir=tmp_path,
+        database_url=None,
+        postgres_port=free_port(),
+        temporal_address=f"127.0.0.1:{free_port()}",
+        temporal_ui_port=free_port(),
+        temporal_http_port=free_port(),
+        codec_port=free_port(),
+    )
+    codec_url = f"http://127.0.0.1:{settings.codec_port}"
+    ui_url = f"http://127.0.0.1:{settings.temporal_ui_port}"
+    checked: dict[str, Any] = {}
+
+    async def worker(database_url: str) -> None:
+        def ui_settings() -> dict[str, Any]:
+            with urllib.request.urlopen(f"{ui_url}/api/v1/settings", timeout=10) as r:
+                return json.loads(r.read())
+
+        checked["ui"] = await asyncio.to_thread(ui_settings)
+        async with aiohttp.ClientSession() as session:
+            original = {"metadata": {"encoding": b64(b"json/plain")}, "data": b64(b'"x"')}
+            headers = {"Origin": ui_url, "X-Namespace": "default"}
+            async with session.post(
+                f"{codec_url}/encode", json={"payloads": [original]}, headers=headers
+            ) as r:
+                checked["encode"] = r.status
+        raise Checked  # run_dev re-raises the worker's error after stopping everything
+
+    with pytest.raises(Checked):
+        await asyncio.wait_for(run_dev(settings, with_worker=worker), 120)
+    assert checked["ui"]["Codec"]["Endpoint"] == codec_url
+    # What the dev UI will do with it: no access token, no credentials (see codec_server).
+    assert checked["ui"]["Codec"]["PassAccessToken"] is False
+    assert checked["ui"]["Auth"]["Enabled"] is False
+    assert checked["encode"] == 200
+    with pytest.raises(OSError):
+        _, writer = await asyncio.open_connection("127.0.0.1", settings.codec_port)
+        writer.close()
