@@ -10,6 +10,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities.ballots import BallotActivities
 from activities.db import create_pool
 from activities.notify import NotifyActivities
 from activities.storage import StorageActivities
@@ -39,7 +40,10 @@ def sandbox_runner() -> SandboxedWorkflowRunner:
     )
 
 
-def activities_of(storage: StorageActivities, notify: NotifyActivities) -> list[object]:
+def activities_of(
+    storage: StorageActivities, notify: NotifyActivities, ballots: BallotActivities | None = None
+) -> list[object]:
+    ballots = ballots or BallotActivities(storage.pool)
     return [
         storage.register_unit,
         storage.record_transition,
@@ -48,6 +52,9 @@ def activities_of(storage: StorageActivities, notify: NotifyActivities) -> list[
         storage.save_report,
         storage.save_ballots,
         storage.compute_tallies,
+        ballots.save_ballot_sheets,
+        ballots.verify_ballot_batch,
+        ballots.count_ballots,
         storage.save_talk,
         storage.save_grade_proposal,
         storage.save_grade_decision,

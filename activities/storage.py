@@ -15,6 +15,7 @@ import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.ballot_store import store_rater_groups
 from activities.talk_cipher import TalkCipher
 from schemas.common import Actor
 from schemas.status import TargetTally
@@ -86,6 +87,10 @@ class StorageActivities:
         self._pool = pool
         self._cipher = cipher
 
+    @property
+    def pool(self) -> asyncpg.Pool:
+        return self._pool
+
     @activity.defn
     async def register_unit(self, rec: RegisterUnit) -> None:
         unit = rec.unit
@@ -123,8 +128,16 @@ class StorageActivities:
                     for c in unit.cadres
                 ],
             )
+            await store_rater_groups(conn, rec.ref.workflow_id, rec.rater_groups)
             await _audit(
-                conn, rec.ref, "registered", "unit_registered", detail={"cadres": len(unit.cadres)}
+                conn,
+                rec.ref,
+                "registered",
+                "unit_registered",
+                detail={
+                    "cadres": len(unit.cadres),
+                    "rater_groups": {g.group_id: g.planned for g in rec.rater_groups},
+                },
             )
         _log(rec.ref, "unit registered", cadres=len(unit.cadres))
 
@@ -175,11 +188,14 @@ class StorageActivities:
     @activity.defn
     async def save_report(self, rec: ReportRecord) -> None:
         a = rec.action
+        f = a.file
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 """INSERT INTO reports (workflow_id, idempotency_key, kind, cadre_id, revision,
-                                        revision_reason, title, body, submitted_by)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) ON CONFLICT DO NOTHING""",
+                                        revision_reason, title, body, submitted_by, file_uri,
+                                        file_sha256, file_size, file_media_type)
+                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                   ON CONFLICT DO NOTHING""",
                 rec.ref.workflow_id,
                 a.idempotency_key,
                 a.kind,
@@ -189,6 +205,10 @@ class StorageActivities:
                 a.title,
                 a.text,
                 a.actor.id,
+                f.uri if f else None,
+                f.sha256 if f else None,
+                f.size if f else None,
+                f.media_type if f else None,
             )
             await _audit(
                 conn,
@@ -200,7 +220,8 @@ class StorageActivities:
                     "kind": a.kind,
                     "cadre_id": a.cadre_id,
                     "revision": rec.revision,
-                    "chars": len(a.text),
+                    "chars": len(a.text) if a.text else None,
+                    "file_sha256": f.sha256 if f else None,
                 },
             )
         _log(rec.ref, "report stored", kind=a.kind, cadre=a.cadre_id, revision=rec.revision)

@@ -46,7 +46,14 @@ def parser() -> argparse.ArgumentParser:
     unit.add_argument("--floor-concurrency", type=_positive, default=20)
     unit.add_argument("--floor-warmup", type=_non_negative, default=10)
 
-    for each in (floor, unit):
+    ballots = sub.add_parser(
+        "ballots", help="bulk import vs raw COPY, record_ballots updates vs bare updates"
+    )
+    ballots.add_argument("--n", type=_positive, default=100_000, help="ballots per path")
+    ballots.add_argument("--cadres", type=_positive, default=4, help="cadres per unit")
+    ballots.add_argument("--batch-size", type=_positive, default=500, help="ballots per update")
+
+    for each in (floor, unit, ballots):
         each.add_argument(
             "--keep", action="store_true", help="keep the temp dir (data and logs) afterwards"
         )
@@ -60,6 +67,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return asyncio.run(
             floor.main(args.workflows, args.updates, args.concurrency, args.warmup, args.keep)
+        )
+    if args.name == "ballots":
+        from bench import ballots
+
+        return asyncio.run(
+            ballots.main(n=args.n, cadres=args.cadres, batch_size=args.batch_size, keep=args.keep)
         )
     from bench import unit
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from fractions import Fraction
 from typing import Any
 
 from rich.table import Table
@@ -33,8 +34,10 @@ from bench.stack import (
     private_stack,
     ratio,
 )
+from kaohe.ballot_io import token_source
 from kaohe.simulate import drive_unit
 from schemas.common import Stage
+from schemas.policy import RaterGroup
 from schemas.roster import CadreSpec, UnitSpec
 from schemas.workflow_io import UnitInput
 from workflows.unit import UnitAssessment
@@ -73,7 +76,10 @@ class _TimedClient:
         return getattr(self._client, name)
 
 
-def bench_unit(unit_id: str, cadres: int) -> UnitSpec:
+def bench_unit(unit_id: str, cadres: int, voters: int) -> UnitSpec:
+    """`voters` sheets in three rater groups (A, B, C), every token used."""
+    sizes = [voters // 3 + (1 if i < voters % 3 else 0) for i in range(3)]
+    weights = (Fraction(2, 5), Fraction(3, 10), Fraction(3, 10))
     return UnitSpec(
         unit_id=unit_id,
         name=f"基准单位 {unit_id}",
@@ -83,6 +89,10 @@ def bench_unit(unit_id: str, cadres: int) -> UnitSpec:
                 cadre_id=f"{unit_id}-c{i}", name=f"干部{i}", position="副主任", principal=i == 0
             )
             for i in range(cadres)
+        ],
+        rater_groups=[
+            RaterGroup(group_id=g, label=f"票类{g}", planned=max(1, n), weight=w)
+            for g, n, w in zip("ABC", sizes, weights, strict=True)
         ],
     )
 
@@ -163,10 +173,11 @@ async def _run_units(
     samples: dict[str, list[float]],
 ) -> list[WorkflowHandle[Any, Any]]:
     timed = _TimedClient(stack.client, samples)
+    tokens = token_source(stack.pool)
     handles: list[WorkflowHandle[Any, Any]] = []
 
     async def one(i: int) -> None:
-        unit = bench_unit(f"u{i:04d}", cadres)
+        unit = bench_unit(f"u{i:04d}", cadres, voters)
         handle = await stack.client.start_workflow(
             UnitAssessment.run,
             UnitInput(campaign_id=prefix, year=2026, campaign_title="基准考核", unit=unit),
@@ -178,7 +189,7 @@ async def _run_units(
             timed,  # type: ignore[arg-type]  # duck-typed: drive_unit only asks for handles
             handle.id,
             unit,
-            voters=voters,
+            tokens=tokens,
             batch_size=batch_size,
             seed=i,
         )

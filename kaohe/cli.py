@@ -19,13 +19,15 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
+from kaohe.cli_ballots import ballots_app, tokens_app
 from kaohe.client import connect
 from kaohe.logs import configure_logging
-from kaohe.roster_io import RosterError, load_roster
+from kaohe.roster_io import RosterError, load_policy, load_roster
 from kaohe.settings import get_settings
 from schemas.common import Actor, Stage
 from schemas.errors import format_validation_error
 from schemas.messages import ACTION_MODELS, ActionResult
+from schemas.policy import Policy
 from schemas.roster import Roster
 from schemas.status import CampaignProgress, UnitStatus
 from schemas.workflow_io import CampaignInput
@@ -39,6 +41,8 @@ app = typer.Typer(
 )
 schema_app = typer.Typer(help="JSON Schemas of the public messages.", no_args_is_help=True)
 app.add_typer(schema_app, name="schema")
+app.add_typer(tokens_app, name="tokens")
+app.add_typer(ballots_app, name="ballots")
 console = Console()
 err_console = Console(stderr=True)
 T = TypeVar("T")
@@ -122,23 +126,36 @@ def _sample_roster() -> Path:
     return Path(str(resources.files("kaohe") / SAMPLE_ROSTER))
 
 
+def _report_and_exit(err: RosterError) -> typer.Exit:
+    err_console.print(f"[red]{err}[/]")
+    for line in err.problems:
+        err_console.print(f"  {line}")
+    return typer.Exit(code=2)
+
+
 def _load_or_exit(path: Path) -> Roster:
     try:
         return load_roster(path)
     except RosterError as err:
-        err_console.print(f"[red]{err}[/]")
-        for line in err.problems:
-            err_console.print(f"  {line}")
-        raise typer.Exit(code=2) from err
+        raise _report_and_exit(err) from err
 
 
-async def start_campaign(client: Client, roster: Roster, task_queue: str) -> tuple[str, bool]:
+def _policy_or_exit(path: Path | None, year: int) -> Policy:
+    try:
+        return load_policy(path, year)
+    except RosterError as err:
+        raise _report_and_exit(err) from err
+
+
+async def start_campaign(
+    client: Client, roster: Roster, task_queue: str, policy: Policy | None = None
+) -> tuple[str, bool]:
     """Starts the campaign workflow; (workflow id, False) if it already exists."""
     workflow_id = campaign_workflow_id(roster.campaign_id)
     try:
         await client.start_workflow(
             AssessmentCampaign.run,
-            CampaignInput(roster=roster),
+            CampaignInput(roster=roster, policy=policy or load_policy(None, roster.year)),
             id=workflow_id,
             task_queue=task_queue,
             # A terminated or failed campaign may be started again (its units are not
@@ -153,13 +170,19 @@ async def start_campaign(client: Client, roster: Roster, task_queue: str) -> tup
 
 
 @app.command()
-def start(roster_file: Annotated[Path, typer.Argument(help="Roster YAML.")]) -> None:
+def start(
+    roster_file: Annotated[Path, typer.Argument(help="Roster YAML.")],
+    policy_file: Annotated[
+        Path | None, typer.Option("--policy", help="Policy YAML; default: kaohe's for the year.")
+    ] = None,
+) -> None:
     """Validate a roster and start its campaign (starting it twice starts nothing twice)."""
     roster = _load_or_exit(roster_file)
+    policy = _policy_or_exit(policy_file, roster.year)
     settings = get_settings()
 
     async def go() -> tuple[str, bool]:
-        return await start_campaign(await connect(settings), roster, settings.task_queue)
+        return await start_campaign(await connect(settings), roster, settings.task_queue, policy)
 
     workflow_id, new = _run(go())
     verb = "started" if new else "already exists, nothing started again:"

@@ -13,7 +13,10 @@ from pathlib import Path
 from rich.console import Console
 from temporalio.client import Client, WorkflowExecutionDescription, WorkflowExecutionStatus
 
+from activities.db import create_pool
+from kaohe.ballot_io import token_source
 from kaohe.client import connect
+from kaohe.roster_io import load_policy
 from kaohe.settings import Settings
 from kaohe.simulate import drive_unit
 from schemas.common import Stage
@@ -29,6 +32,10 @@ async def run_demo(settings: Settings, roster: Roster, *, pace: float = 2.0) -> 
     from kaohe.cli import start_campaign
 
     client = await connect(settings)
+    policy = load_policy(None, roster.year)
+    pool = await create_pool(settings.effective_database_url, 1, 2)
+    # reissue: a rerun of the demo replaces the unused tokens of the run before.
+    tokens = token_source(pool, reissue=True)
     workflow_id, new = await start_campaign(client, roster, settings.task_queue)
     console.print(
         f"[bold]demo campaign[/] {workflow_id} "
@@ -61,10 +68,22 @@ async def run_demo(settings: Settings, roster: Roster, *, pace: float = 2.0) -> 
                 f"  {unit.unit_id:>8} {name:<20} -> {result.stage.value:<11} {result.message}"
             )
 
-        status = await drive_unit(client, wf_id, unit, pace=pace, stop_at=hold, on_step=show)
+        status = await drive_unit(
+            client,
+            wf_id,
+            unit,
+            tokens=tokens,
+            policy=policy,
+            pace=pace,
+            stop_at=hold,
+            on_step=show,
+        )
         console.print(f"[green]{unit.unit_id}[/] now in [bold]{status.stage.value}[/]")
 
-    await asyncio.gather(*(drive(i) for i in range(len(roster.units))))
+    try:
+        await asyncio.gather(*(drive(i) for i in range(len(roster.units))))
+    finally:
+        await pool.close()
     console.print(
         "[bold green]demo done[/]: units completed; the last one waits in talks. "
         "Ctrl-C stops the stack."

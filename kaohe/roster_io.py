@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from importlib import resources
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 from pydantic import ValidationError
 
+from schemas.common import Model
 from schemas.errors import error_lines
+from schemas.policy import Policy
 from schemas.roster import Roster
+
+M = TypeVar("M", bound=Model)
 
 
 class RosterError(Exception):
@@ -18,13 +24,32 @@ class RosterError(Exception):
         self.problems = problems
 
 
-def load_roster(path: Path) -> Roster:
-    """Parses and validates a YAML roster; raises RosterError listing every problem."""
+def _load(path: Path, model: type[M]) -> M:
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, yaml.YAMLError) as err:
         raise RosterError(str(path), [str(err)]) from err
     try:
-        return Roster.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as err:
         raise RosterError(str(path), error_lines(err)) from err
+
+
+def load_roster(path: Path) -> Roster:
+    """Parses and validates a YAML roster; raises RosterError listing every problem."""
+    return _load(path, Roster)
+
+
+def load_policy(path: Path | None, year: int) -> Policy:
+    """The given policy file, else the one kaohe ships for `year`, else the defaults."""
+    if path is None:
+        shipped = resources.files("kaohe") / "policies" / f"{year}.yaml"
+        if not shipped.is_file():
+            return Policy(year=year)
+        path = Path(str(shipped))
+    policy = _load(path, Policy)
+    if policy.year is not None and policy.year != year:
+        raise RosterError(
+            str(path), [f"year: the policy is for {policy.year}, the roster for {year}"]
+        )
+    return policy

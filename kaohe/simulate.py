@@ -7,27 +7,34 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from temporalio.client import Client, WorkflowHandle
 
-from schemas.common import Actor, CadreGrade, CadreOverall, Role, Stage, TeamGrade
+from schemas.common import Actor, CadreGrade, Role, Stage, TeamGrade
 from schemas.messages import (
     AcknowledgeNotice,
     ActionResult,
     ApproveGrades,
-    Ballot,
+    BallotSheet,
+    CadreRating,
     CloseEvaluation,
     CloseFollowUp,
+    NewCadreRating,
     ProposeGrades,
     RecordBallots,
     RecordTalk,
     SubmitReport,
+    TeamRating,
 )
+from schemas.policy import BallotPolicy, Policy
 from schemas.roster import UnitSpec
 from schemas.status import UnitStatus
 from workflows.stages import ORDER
 from workflows.unit import UnitAssessment
+
+# workflow id -> rater group -> one-time ballot tokens
+TokenSource = Callable[[str], Awaitable[dict[str, list[str]]]]
 
 UNIT_CONTACT = Actor(id="unit-office", role=Role.UNIT)
 BALLOT_SYSTEM = Actor(id="ballot-system", role=Role.INTEGRATOR)
@@ -36,30 +43,53 @@ APPROVER = Actor(id="department-approver", role=Role.APPROVER)
 DEPARTMENT = Actor(id="department", role=Role.DEPARTMENT)
 
 
-def ballots_for(unit: UnitSpec, voters: int, rng: random.Random) -> list[Ballot]:
-    """One team ballot and one ballot per cadre from each voter, mostly favourable."""
-    team_options = [g.value for g in TeamGrade]
-    cadre_options = [o.value for o in CadreOverall]
-    out: list[Ballot] = []
-    for i in range(voters):
-        group = "ABC"[i % 3]
-        out.append(
-            Ballot(
-                target_kind="team",
-                rater_group=group,
-                overall=rng.choices(team_options, weights=[6, 3, 1, 0.2])[0],
-            )
-        )
-        out.extend(
-            Ballot(
-                target_kind="cadre",
-                target_id=c.cadre_id,
-                rater_group=group,
-                overall=rng.choices(cadre_options, weights=[3, 6, 0.6, 0.2, 0.4])[0],
+def _pick(options: list[str], rng: random.Random, favourable: int = 2) -> str:
+    """Mostly one of the first `favourable` options, now and then any other."""
+    return rng.choice(options[:favourable]) if rng.random() < 0.85 else rng.choice(options)
+
+
+def sheet_for(token: str, unit: UnitSpec, policy: BallotPolicy, rng: random.Random) -> BallotSheet:
+    """A complete, valid sheet: the team, every cadre and, in scope, the 民主评议 ballots."""
+    dims = policy.dimension_options
+    team_items = list(dict.fromkeys(policy.team_dimensions + policy.focus_items))
+    sheet = BallotSheet(
+        token=token,
+        team=TeamRating(
+            overall=_pick(policy.team_options, rng), items={k: _pick(dims, rng) for k in team_items}
+        ),
+        cadres=[
+            CadreRating(
+                cadre_id=c.cadre_id,
+                overall=_pick(policy.cadre_options, rng),
+                items={
+                    k: _pick(dims, rng)
+                    for k in policy.cadre_dimensions
+                    + (policy.principal_items if c.principal else [])
+                },
             )
             for c in unit.cadres
-        )
-    return out
+        ],
+    )
+    if unit.selection_review:
+        sheet.selection_work = {
+            q: _pick(policy.selection_options, rng) for q in policy.selection_questions
+        }
+        sheet.new_cadres = [
+            NewCadreRating(cadre_id=c.cadre_id, opinion=_pick(policy.new_cadre_options, rng))
+            for c in unit.cadres
+            if c.newly_promoted
+        ]
+    return sheet
+
+
+def batches_of(sheets: list[BallotSheet], max_ballots: int) -> list[list[BallotSheet]]:
+    """Consecutive sheets grouped so that no batch holds more than `max_ballots` ballots."""
+    out: list[list[BallotSheet]] = [[]]
+    for sheet in sheets:
+        if out[-1] and sum(x.ballot_count() for x in out[-1]) + sheet.ballot_count() > max_ballots:
+            out.append([])
+        out[-1].append(sheet)
+    return [b for b in out if b]
 
 
 def proposal_for(unit: UnitSpec) -> ProposeGrades:
@@ -79,14 +109,20 @@ async def drive_unit(
     workflow_id: str,
     unit: UnitSpec,
     *,
+    tokens: TokenSource,
+    policy: Policy | None = None,
     pace: float = 0.0,
-    voters: int = 12,
+    returned: float = 1.0,
     batch_size: int = 500,
     stop_at: Stage | None = None,
     seed: int = 0,
     on_step: Callable[[str, ActionResult], None] | None = None,
 ) -> UnitStatus:
-    """Performs every action of every stage; stops on entering `stop_at` if given."""
+    """Performs every action of every stage; stops on entering `stop_at` if given.
+
+    `tokens` issues the unit's ballot tokens (workflow id -> rater group -> tokens); a
+    `returned` share of them is used, and the evaluation is closed by hand when that leaves
+    a group short of its plan."""
     handle: WorkflowHandle = client.get_workflow_handle_for(UnitAssessment.run, workflow_id)
     rng = random.Random(f"{seed}-{unit.unit_id}")
     key = unit.unit_id
@@ -132,21 +168,9 @@ async def drive_unit(
         )
     if reached(Stage.EVALUATION):
         return await handle.query(UnitAssessment.status)
-    ballots = ballots_for(unit, voters, rng)
-    for n, start in enumerate(range(0, len(ballots), batch_size)):
-        await step(
-            UnitAssessment.record_ballots,
-            RecordBallots(
-                idempotency_key=f"{key}-ballots-{n}",
-                actor=BALLOT_SYSTEM,
-                batch_id=f"b{n}",
-                ballots=ballots[start : start + batch_size],
-            ),
-        )
-    await step(
-        UnitAssessment.close_evaluation,
-        CloseEvaluation(idempotency_key=f"{key}-close-eval", actor=GROUP),
-    )
+    # A rerun (the demo started again) finds the ballots already in: skip them.
+    if (await handle.query(UnitAssessment.status)).stage == Stage.EVALUATION:
+        await _cast_ballots(handle, unit, step, tokens, policy, returned, batch_size, rng, key)
     if reached(Stage.TALKS):
         return await handle.query(UnitAssessment.status)
     for t in range(unit.talks_planned):
@@ -184,3 +208,42 @@ async def drive_unit(
                 ),
             )
     return await handle.query(UnitAssessment.status)
+
+
+async def _cast_ballots(
+    handle: WorkflowHandle,
+    unit: UnitSpec,
+    step: Callable[..., Awaitable[ActionResult]],
+    tokens: TokenSource,
+    policy: Policy | None,
+    returned: float,
+    batch_size: int,
+    rng: random.Random,
+    key: str,
+) -> None:
+    """Every token holder (or a `returned` share) sends a sheet, in batches; the evaluation
+    is closed by hand if that leaves a group short of its plan."""
+    ballot_policy = (policy or Policy()).ballots
+    issued = await tokens(handle.id)
+    sheets = [
+        sheet_for(token, unit, ballot_policy, rng)
+        for group_tokens in issued.values()
+        for token in group_tokens[: max(1, round(len(group_tokens) * returned))]
+    ]
+    for n, batch in enumerate(batches_of(sheets, batch_size)):
+        await step(
+            UnitAssessment.record_ballots,
+            RecordBallots(
+                idempotency_key=f"{key}-ballots-{n}",
+                actor=BALLOT_SYSTEM,
+                batch_id=f"b{n}",
+                sheets=batch,
+            ),
+        )
+    if (await handle.query(UnitAssessment.status)).stage == Stage.EVALUATION:
+        await step(
+            UnitAssessment.close_evaluation,
+            CloseEvaluation(
+                idempotency_key=f"{key}-close-eval", actor=GROUP, reason="部分人员未参加测评"
+            ),
+        )

@@ -32,13 +32,24 @@ class AcknowledgeNotice(Action):
     note: ShortText | None = None
 
 
+class FileRef(Model):
+    """A report kept in a document system: where it is and what it must hash to."""
+
+    uri: Annotated[str, StringConstraints(min_length=1, max_length=2000)]
+    sha256: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+    size: int = Field(ge=1, le=2**40)
+    media_type: ShortText | None = None
+
+
 class SubmitReport(Action):
-    """The team's annual summary (kind=team) or one cadre's duty report (kind=cadre, 述职述廉)."""
+    """The team's annual summary (kind=team) or one cadre's duty report (kind=cadre, 述职述廉),
+    as text or as a file reference (exactly one of them)."""
 
     kind: Literal["team", "cadre"]
     cadre_id: Identifier | None = Field(default=None, description="Required when kind=cadre.")
     title: ShortText
-    text: LongText
+    text: LongText | None = None
+    file: FileRef | None = None
     revision_reason: Reason | None = Field(
         default=None, description="Required to replace a report already submitted."
     )
@@ -49,6 +60,8 @@ class SubmitReport(Action):
             raise ValueError("cadre_id is required when kind is 'cadre'")
         if self.kind == "team" and self.cadre_id is not None:
             raise ValueError("cadre_id must be empty when kind is 'team'")
+        if (self.text is None) == (self.file is None):
+            raise ValueError("text: give the report as text or as a file reference (file)")
         return self
 
 

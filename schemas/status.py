@@ -28,7 +28,28 @@ class TargetTally(Model):
     excellent_rate: float | None = None  # 优秀率
     competent_or_better_rate: float | None = None  # 称职以上率
     incompetent_rate: float | None = None  # 不称职票率
-    good_rate: float | None = None  # 好评率 (team: 好 + 较好)
+    good_rate: float | None = None  # 好评率 (team, selection work: 好 + 较好)
+    approval_rate: float | None = None  # 认同率 (newly promoted: 认同 + 基本认同)
+    disapproval_rate: float | None = None  # 不认同率
+    # rater group -> option -> ballots; the rates above are weighted by group.
+    by_group: dict[str, dict[str, int]] = Field(default_factory=dict)
+
+
+class Flag(Model):
+    """A policy flag raised by the tallies, for the grading stage to weigh."""
+
+    code: str
+    target_kind: str
+    target_id: str | None
+    message: str
+
+
+class GroupParticipation(Model):
+    group_id: str
+    label: str
+    planned: int
+    returned: int
+    weight: float
 
 
 class ReportProgress(Model):
@@ -42,14 +63,19 @@ class ReportProgress(Model):
 class EvaluationProgress(Model):
     batches: int = 0
     ballots: int = 0
+    sheets: int = 0
     closed: bool = False
     close_reason: str | None = None
+    participation: list[GroupParticipation] = Field(default_factory=list)
     tallies: list[TargetTally] = Field(default_factory=list)
+    flags: list[Flag] = Field(default_factory=list)
 
 
 class TalkProgress(Model):
     recorded: int = 0
     planned: int = 0
+    # interviewee role -> (recorded, planned), when the unit has a talk plan
+    by_role: dict[str, tuple[int, int]] = Field(default_factory=dict)
 
 
 class GradingProgress(Model):

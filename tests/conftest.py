@@ -17,11 +17,16 @@ from temporalio.client import Client
 from activities.db import apply_migrations, create_pool
 from activities.notify import NotifyActivities
 from activities.storage import StorageActivities
+from kaohe.ballot_io import token_source
 from kaohe.client import connect
 from kaohe.devstack import EmbeddedPostgres, TemporalDevServer, free_port
 from kaohe.settings import Settings
+from kaohe.simulate import TokenSource
 from tests.helpers import TEST_KEY, TEST_KEY_B64
 from worker import build_worker
+
+# run_dev() in tests starts a codec server: never on the port of a `make run` on this machine.
+os.environ.setdefault("KAOHE_CODEC_PORT", str(free_port()))
 
 
 @dataclass
@@ -87,3 +92,9 @@ async def worker(stack: Stack, client: Client, pool: asyncpg.Pool) -> AsyncItera
     )
     async with w:
         yield stack.settings.task_queue
+
+
+@pytest.fixture(scope="session")
+def tokens(pool: asyncpg.Pool) -> TokenSource:
+    """Issues a unit's one-time ballot tokens as `kaohe tokens issue` does (once per unit)."""
+    return token_source(pool)

@@ -8,6 +8,7 @@ import uuid
 from temporalio.client import Client, WorkflowHandle
 
 from activities.talk_cipher import TalkCipher
+from schemas.policy import RaterGroup
 from schemas.roster import CadreSpec, UnitSpec
 from schemas.workflow_io import UnitInput
 from workflows.unit import UnitAssessment
@@ -16,8 +17,17 @@ TEST_KEY_B64 = base64.b64encode(b"k" * 32).decode()
 TEST_KEY = TalkCipher.from_base64(TEST_KEY_B64, "test-key")
 
 
+# Small rater groups keep the tests fast: 7 sheets close a unit's evaluation.
+SMALL_GROUPS = [
+    RaterGroup(group_id="A", label="领导班子成员", planned=2, weight="40%"),
+    RaterGroup(group_id="B", label="中层干部", planned=2, weight="30%"),
+    RaterGroup(group_id="C", label="职工代表", planned=3, weight="30%"),
+]
+
+
 def sample_unit(unit_id: str | None = None, cadres: int = 2, **extra: object) -> UnitSpec:
     unit_id = unit_id or f"u{uuid.uuid4().hex[:10]}"
+    extra.setdefault("rater_groups", SMALL_GROUPS)
     return UnitSpec(
         unit_id=unit_id,
         name=f"测试单位 {unit_id}",

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from temporalio.client import Client, WorkflowHistory
 
-from kaohe.simulate import APPROVER, DEPARTMENT, GROUP, drive_unit, proposal_for
+from kaohe.simulate import APPROVER, DEPARTMENT, GROUP, TokenSource, drive_unit, proposal_for
 from schemas.common import Stage
 from schemas.messages import ApproveGrades, CloseStage, RecordFollowUp
 from schemas.roster import Roster
@@ -31,10 +31,13 @@ HISTORIES = Path(__file__).parent / "histories"
 # older files: they are what running workflows started before the change look like.
 #   v0: storage through (server) activities
 #   v1: storage through local activities (workflow.patched "local-storage-activities")
-VERSION = "v1"
+#   v2: ballot sheets with tokens, weighted tallies (workflow.patched "ballot-sheets")
+VERSION = "v2"
 
 
-async def record_paths(client: Client, task_queue: str) -> dict[str, WorkflowHistory]:
+async def record_paths(
+    client: Client, task_queue: str, tokens: TokenSource
+) -> dict[str, WorkflowHistory]:
     from kaohe.cli import start_campaign
     from tests.helpers import sample_unit, start_unit
 
@@ -45,7 +48,7 @@ async def record_paths(client: Client, task_queue: str) -> dict[str, WorkflowHis
     unit = sample_unit(f"full-{tag}", cadres=2)
     handle = await start_unit(client, task_queue, unit, campaign_id="replay")
     await handle.signal("acknowledge_notice", {"idempotency_key": "bad"})
-    await drive_unit(client, handle.id, unit, voters=6, batch_size=5)
+    await drive_unit(client, handle.id, unit, batch_size=9, tokens=tokens)
     await handle.result()
     out["full_path"] = await handle.fetch_history()
 
@@ -113,7 +116,7 @@ async def record_paths(client: Client, task_queue: str) -> dict[str, WorkflowHis
                 break
             except Exception:
                 await asyncio.sleep(0.1)
-        await drive_unit(client, wf, u, voters=3)
+        await drive_unit(client, wf, u, tokens=tokens)
     campaign = client.get_workflow_handle(campaign_id)
     await campaign.result()
     out["campaign"] = await campaign.fetch_history()
@@ -124,6 +127,7 @@ async def main() -> None:
     from activities.db import apply_migrations, create_pool
     from activities.notify import NotifyActivities
     from activities.storage import StorageActivities
+    from kaohe.ballot_io import token_source
     from kaohe.client import connect
     from kaohe.devstack import EmbeddedPostgres, TemporalDevServer, free_port
     from kaohe.settings import Settings
@@ -141,13 +145,17 @@ async def main() -> None:
         await temporal.start()
         try:
             await apply_migrations(url)
-            client = await connect(Settings(temporal_address=temporal.address))
+            # Plaintext payloads: the files stay readable and diffable; the codec passes
+            # them through on replay.
+            client = await connect(
+                Settings(temporal_address=temporal.address, payload_encryption=False)
+            )
             pool = await create_pool(url)
             worker = build_worker(
                 client, StorageActivities(pool, key), NotifyActivities(pool), "record"
             )
             async with worker:
-                histories = await record_paths(client, "record")
+                histories = await record_paths(client, "record", token_source(pool))
             await pool.close()
         finally:
             await temporal.stop()

@@ -8,7 +8,7 @@ import uuid
 from temporalio.client import Client, WorkflowExecutionStatus
 
 from kaohe.cli import start_campaign
-from kaohe.simulate import drive_unit
+from kaohe.simulate import TokenSource, drive_unit
 from schemas.common import Stage
 from schemas.roster import Roster
 from schemas.status import CampaignProgress
@@ -50,7 +50,9 @@ async def progress(client: Client, r: Roster) -> CampaignProgress:
     return await handle.query(AssessmentCampaign.progress, result_type=CampaignProgress)
 
 
-async def test_campaign_started_twice_starts_nothing_twice(client: Client, worker: str) -> None:
+async def test_campaign_started_twice_starts_nothing_twice(
+    client: Client, worker: str, tokens: TokenSource
+) -> None:
     r = roster(3)
     wf_id, new = await start_campaign(client, r, worker)
     assert new and wf_id == f"kaohe-campaign-{r.campaign_id}"
@@ -67,7 +69,11 @@ async def test_campaign_started_twice_starts_nothing_twice(client: Client, worke
     # Drive one unit a little: the campaign hears about it.
     first = r.units[0]
     await drive_unit(
-        client, unit_workflow_id(r.campaign_id, first.unit_id), first, stop_at=Stage.EVALUATION
+        client,
+        unit_workflow_id(r.campaign_id, first.unit_id),
+        first,
+        stop_at=Stage.EVALUATION,
+        tokens=tokens,
     )
 
     async def heard() -> bool:
@@ -94,7 +100,9 @@ async def _three(client: Client, campaign_id: str) -> dict[str, int] | None:
     return runs if len(runs) == 3 else None
 
 
-async def test_campaign_completes_when_every_unit_completes(client: Client, worker: str) -> None:
+async def test_campaign_completes_when_every_unit_completes(
+    client: Client, worker: str, tokens: TokenSource
+) -> None:
     r = roster(2)
     wf_id, _ = await start_campaign(client, r, worker)
 
@@ -103,7 +111,10 @@ async def test_campaign_completes_when_every_unit_completes(client: Client, work
 
     await wait_for(started)
     await asyncio.gather(
-        *(drive_unit(client, unit_workflow_id(r.campaign_id, u.unit_id), u) for u in r.units)
+        *(
+            drive_unit(client, unit_workflow_id(r.campaign_id, u.unit_id), u, tokens=tokens)
+            for u in r.units
+        )
     )
     result = await client.get_workflow_handle_for(AssessmentCampaign.run, wf_id).result()
     assert result.completed and result.by_stage == {Stage.COMPLETED: 2}

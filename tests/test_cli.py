@@ -152,4 +152,5 @@ def test_schema_export(tmp_path: Path) -> None:
     files = {p.stem for p in (tmp_path / "schemas").glob("*.json")}
     assert set(ACTION_MODELS) | {"status", "roster", "action_result"} <= files
     schema = json.loads((tmp_path / "schemas" / "record_ballots.json").read_text())
-    assert {"idempotency_key", "actor", "batch_id", "ballots"} <= set(schema["required"])
+    assert {"idempotency_key", "actor", "batch_id"} <= set(schema["required"])
+    assert "sheets" in schema["properties"]

@@ -8,8 +8,11 @@ import urllib.error
 import urllib.request
 from typing import Any
 
+from google.protobuf import json_format
+from temporalio.api.common.v1 import Payload
 from temporalio.client import Client
 
+from kaohe.client import data_converter
 from schemas.common import Stage
 from tests.conftest import Stack
 from tests.helpers import sample_unit, start_unit
@@ -25,6 +28,17 @@ def post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
             return response.status, json.loads(response.read() or b"{}")
     except urllib.error.HTTPError as err:
         return err.code, json.loads(err.read() or b"{}")
+
+
+async def decoded(stack: Stack, payloads: dict[str, Any]) -> dict[str, Any]:
+    """An encrypted result as an integrator reads it: through the codec (what the codec
+    server's /decode runs; see tests/test_codec.py for the server itself)."""
+    [payload] = payloads["payloads"]
+    proto = json_format.ParseDict(payload, Payload())
+    codec = data_converter(stack.settings).payload_codec
+    assert codec is not None
+    [plain] = await codec.decode([proto])
+    return json.loads(plain.data)
 
 
 def update_body(name: str, payload: dict[str, Any], update_id: str) -> dict[str, Any]:
@@ -47,7 +61,7 @@ async def test_update_and_signal_over_http(stack: Stack, client: Client, worker:
         post, f"{base}/update/acknowledge_notice", update_body("acknowledge_notice", ack, "u1")
     )
     assert status == 200, body
-    assert body["outcome"]["success"][0]["stage"] == "report_back"
+    assert (await decoded(stack, body["outcome"]["success"]))["stage"] == "report_back"
 
     # A rejection comes back as a failure naming the field.
     bad = {

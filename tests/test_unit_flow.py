@@ -5,18 +5,20 @@ from __future__ import annotations
 import asyncpg
 from temporalio.client import Client
 
-from kaohe.simulate import drive_unit
+from kaohe.simulate import TokenSource, drive_unit
 from schemas import search_attributes as sa
 from schemas.common import Stage
 from tests.helpers import TEST_KEY, sample_unit, start_unit
 from workflows.unit import UnitAssessment
 
 
-async def test_unit_through_all_stages(client: Client, worker: str, pool: asyncpg.Pool) -> None:
+async def test_unit_through_all_stages(
+    client: Client, worker: str, pool: asyncpg.Pool, tokens: TokenSource
+) -> None:
     unit = sample_unit(cadres=3)
     handle = await start_unit(client, worker, unit)
 
-    status = await drive_unit(client, handle.id, unit, voters=10, batch_size=7)
+    status = await drive_unit(client, handle.id, unit, tokens=tokens)
 
     assert status.stage == Stage.COMPLETED
     result = await handle.result()
@@ -30,7 +32,15 @@ async def test_unit_through_all_stages(client: Client, worker: str, pool: asyncp
         Stage.RESULT_USE,
         Stage.COMPLETED,
     ]
-    assert result.evaluation.ballots == 10 * 4
+    # 7 sheets (groups of 2, 2 and 3), each a team ballot and one per cadre; all tokens
+    # used, so the evaluation closed by itself.
+    assert (result.evaluation.sheets, result.evaluation.ballots) == (7, 7 * 4)
+    assert result.evaluation.close_reason == "every rater group returned its planned sheets"
+    assert [(g.group_id, g.returned) for g in result.evaluation.participation] == [
+        ("A", 2),
+        ("B", 2),
+        ("C", 3),
+    ]
     assert result.grading.published and result.grading.team_grade is not None
 
     wf = handle.id
@@ -61,9 +71,20 @@ async def test_unit_through_all_stages(client: Client, worker: str, pool: asyncp
             == 1
         )
         assert await conn.fetchval("SELECT count(*) FROM reports WHERE workflow_id=$1", wf) == 4
-        assert await conn.fetchval("SELECT count(*) FROM ballots WHERE workflow_id=$1", wf) == 40
         assert (
-            await conn.fetchval("SELECT count(*) FROM ballot_batches WHERE workflow_id=$1", wf) == 6
+            await conn.fetchval(
+                "SELECT count(*) FROM ballot_marks WHERE workflow_id=$1 AND item='overall'", wf
+            )
+            == 28
+        )
+        assert (
+            await conn.fetchval("SELECT count(*) FROM ballot_batches WHERE workflow_id=$1", wf) == 1
+        )
+        assert (
+            await conn.fetchval(
+                "SELECT count(*) FROM ballot_tokens WHERE workflow_id=$1 AND used_at IS NULL", wf
+            )
+            == 0
         )
         talk = await conn.fetchrow("SELECT * FROM talks WHERE workflow_id=$1 AND talk_id='t0'", wf)
         assert b"\xe8\xb0\x88" not in talk["ciphertext"]  # no plaintext UTF-8 of 谈
@@ -81,11 +102,17 @@ async def test_unit_through_all_stages(client: Client, worker: str, pool: asyncp
             == 2
         )
         # Tallies the workflow kept equal a recount from the raw rows.
-        recount = await conn.fetchval(
-            "SELECT count(*) FROM ballots WHERE workflow_id=$1 AND target_kind='team'", wf
+        recount = await conn.fetch(
+            "SELECT kind, target_id, count(*) AS n FROM ballot_marks "
+            "WHERE workflow_id=$1 AND item='overall' GROUP BY kind, target_id",
+            wf,
         )
+    # Tallies the workflow kept equal a recount from the raw rows.
+    assert {(r["kind"], r["target_id"] or None): r["n"] for r in recount} == {
+        (t.target_kind, t.target_id): t.ballots for t in result.evaluation.tallies
+    }
     team = next(t for t in result.evaluation.tallies if t.target_kind == "team")
-    assert team.ballots == recount == 10
+    assert team.ballots == 7 and set(team.by_group) == {"A", "B", "C"}
 
     desc = await handle.describe()
     attrs = desc.typed_search_attributes
@@ -95,10 +122,12 @@ async def test_unit_through_all_stages(client: Client, worker: str, pool: asyncp
     assert attrs.get(sa.TEAM_GRADE) == "好"
 
 
-async def test_audit_log_is_append_only(client: Client, worker: str, pool: asyncpg.Pool) -> None:
+async def test_audit_log_is_append_only(
+    client: Client, worker: str, pool: asyncpg.Pool, tokens: TokenSource
+) -> None:
     unit = sample_unit()
     handle = await start_unit(client, worker, unit)
-    await drive_unit(client, handle.id, unit, stop_at=Stage.REPORT_BACK)
+    await drive_unit(client, handle.id, unit, stop_at=Stage.REPORT_BACK, tokens=tokens)
     async with pool.acquire() as conn:
         for sql in ("UPDATE audit_log SET kind = 'x'", "DELETE FROM audit_log"):
             try:
@@ -109,10 +138,12 @@ async def test_audit_log_is_append_only(client: Client, worker: str, pool: async
                 raise AssertionError(f"{sql} was allowed")
 
 
-async def test_status_query_shows_progress_and_seals_grades(client: Client, worker: str) -> None:
+async def test_status_query_shows_progress_and_seals_grades(
+    client: Client, worker: str, tokens: TokenSource
+) -> None:
     unit = sample_unit(cadres=2)
     handle = await start_unit(client, worker, unit)
-    await drive_unit(client, handle.id, unit, stop_at=Stage.GRADING)
+    await drive_unit(client, handle.id, unit, stop_at=Stage.GRADING, tokens=tokens)
     status = await handle.query(UnitAssessment.status)
     assert status.stage == Stage.GRADING
     assert status.reports.cadres_submitted == 2 and status.reports.team_summary

@@ -10,7 +10,7 @@ import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 
-from kaohe.simulate import APPROVER, GROUP, UNIT_CONTACT, drive_unit, proposal_for
+from kaohe.simulate import APPROVER, GROUP, UNIT_CONTACT, TokenSource, drive_unit, proposal_for
 from schemas.common import Stage
 from schemas.messages import (
     AcknowledgeNotice,
@@ -140,10 +140,10 @@ async def test_repeated_idempotency_key_returns_the_first_result(
     assert n == 1
 
 
-async def test_roles_and_four_eyes(client: Client, worker: str) -> None:
+async def test_roles_and_four_eyes(client: Client, worker: str, tokens: TokenSource) -> None:
     unit = sample_unit()
     handle = await start_unit(client, worker, unit)
-    await drive_unit(client, handle.id, unit, stop_at=Stage.GRADING)
+    await drive_unit(client, handle.id, unit, stop_at=Stage.GRADING, tokens=tokens)
 
     by_unit = proposal_for(unit).model_copy(update={"actor": UNIT_CONTACT})
     msg = await rejection(handle, "propose_grades", by_unit)

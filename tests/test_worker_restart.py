@@ -13,7 +13,7 @@ from pathlib import Path
 import asyncpg
 from temporalio.client import Client
 
-from kaohe.simulate import drive_unit
+from kaohe.simulate import TokenSource, drive_unit
 from schemas.common import Stage
 from tests.conftest import Stack
 from tests.helpers import sample_unit, start_unit
@@ -28,7 +28,7 @@ def spawn_worker(stack: Stack, task_queue: str, log: Path) -> subprocess.Popen[b
 
 
 async def test_killed_worker_is_replaced_and_the_unit_finishes(
-    stack: Stack, client: Client, pool: asyncpg.Pool, tmp_path: Path
+    stack: Stack, client: Client, pool: asyncpg.Pool, tmp_path: Path, tokens: TokenSource
 ) -> None:
     task_queue = f"kill-{uuid.uuid4().hex[:8]}"
     log = tmp_path / "worker.log"
@@ -36,14 +36,14 @@ async def test_killed_worker_is_replaced_and_the_unit_finishes(
     try:
         unit = sample_unit(cadres=3)
         handle = await start_unit(client, task_queue, unit)
-        status = await drive_unit(client, handle.id, unit, stop_at=Stage.TALKS)
+        status = await drive_unit(client, handle.id, unit, stop_at=Stage.TALKS, tokens=tokens)
         assert status.stage == Stage.TALKS
     finally:
         os.kill(first.pid, signal.SIGKILL)
         first.wait()
 
     # With no worker, the rest of the flow waits; a new worker takes it from history.
-    rest = asyncio.create_task(drive_unit(client, handle.id, unit))
+    rest = asyncio.create_task(drive_unit(client, handle.id, unit, tokens=tokens))
     await asyncio.sleep(1)
     assert not rest.done()
     second = spawn_worker(stack, task_queue, log)

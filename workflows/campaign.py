@@ -81,6 +81,7 @@ class AssessmentCampaign:
                 workflow.continue_as_new(
                     CampaignInput(
                         roster=self._roster,
+                        policy=self._input.policy,
                         max_concurrent_starts=step,
                         started=sorted(self._started),
                         stages=self._stages,
@@ -108,7 +109,11 @@ class AssessmentCampaign:
             await workflow.start_child_workflow(
                 UnitAssessment.run,
                 UnitInput(
-                    campaign_id=r.campaign_id, year=r.year, campaign_title=r.title, unit=unit
+                    campaign_id=r.campaign_id,
+                    year=r.year,
+                    campaign_title=r.title,
+                    unit=unit,
+                    policy=self._input.policy,
                 ),
                 id=unit_workflow_id(r.campaign_id, unit.unit_id),
                 parent_close_policy=workflow.ParentClosePolicy.ABANDON,

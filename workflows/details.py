@@ -39,9 +39,15 @@ def unit_details(s: UnitStatus) -> str:
         ),
         (
             "Ballots",
-            f"{s.evaluation.ballots} in {s.evaluation.batches} batch(es)"
-            + (" — closed" if s.evaluation.closed else ""),
+            f"{s.evaluation.ballots} on {s.evaluation.sheets} sheet(s), "
+            f"{s.evaluation.batches} batch(es)" + (" — closed" if s.evaluation.closed else ""),
         ),
+        (
+            "Participation",
+            ", ".join(f"{g.group_id} {g.returned}/{g.planned}" for g in s.evaluation.participation)
+            or "—",
+        ),
+        ("Flags", "; ".join(f.message for f in s.evaluation.flags) or "none"),
         ("Talks", f"{s.talks.recorded}/{s.talks.planned}"),
         ("Grades", grading),
         ("Follow-ups", f"{s.follow_ups.closed} closed, {s.follow_ups.open} open"),

@@ -40,6 +40,9 @@ ACTION_RULES: dict[str, ActionRule] = {
     "record_ballots": ActionRule(
         frozenset({Stage.EVALUATION}), frozenset({Role.INTEGRATOR, Role.ASSESSMENT_GROUP})
     ),
+    "register_ballot_batch": ActionRule(
+        frozenset({Stage.EVALUATION}), frozenset({Role.INTEGRATOR, Role.ASSESSMENT_GROUP})
+    ),
     "close_evaluation": ActionRule(frozenset({Stage.EVALUATION}), _GROUP),
     "record_talk": ActionRule(
         frozenset({Stage.TALKS}), frozenset({Role.ASSESSMENT_GROUP, Role.INTEGRATOR})

@@ -16,7 +16,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from pydantic import ValidationError
@@ -36,13 +36,16 @@ with workflow.unsafe.imports_passed_through():
         RecordBallots,
         RecordFollowUp,
         RecordTalk,
+        RegisterBallotBatch,
         SubmitReport,
     )
     from schemas.status import (
         EvaluationProgress,
+        Flag,
         FollowUpProgress,
         FollowUpView,
         GradingProgress,
+        GroupParticipation,
         Rejection,
         ReportProgress,
         StageVisit,
@@ -53,8 +56,11 @@ with workflow.unsafe.imports_passed_through():
     from schemas.workflow_io import (
         AcknowledgementRecord,
         AuditRecord,
+        BallotBatchCheck,
         BallotBatchReceipt,
         BallotBatchRecord,
+        BallotCounts,
+        BallotSheetsRecord,
         FollowUpClosure,
         FollowUpRecord,
         FollowUpsRecord,
@@ -69,9 +75,11 @@ with workflow.unsafe.imports_passed_through():
         UnitProgress,
         UnitRef,
     )
+    from workflows.ballots import batch_problems
     from workflows.details import unit_details
     from workflows.rules import derive_follow_ups
     from workflows.stages import ACTION_RULES, CLOSABLE_EARLY, NEXT, TERMINAL
+    from workflows.tally import groups_complete, tally_ballots
 
 # Storage survives a database restart: retry with backoff for as long as it takes
 # (past a minute the SDK waits between local attempts with a timer), except for errors
@@ -86,6 +94,10 @@ ACTIVITY_TIMEOUT = timedelta(seconds=30)
 MAX_REJECTIONS_KEPT = 50
 # workflow.patched id: storage moved from activities to local activities.
 LOCAL_STORAGE_PATCH = "local-storage-activities"
+# workflow.patched id: tokened ballot sheets, weighted tallies and flags (issue 4); units
+# started before keep flat ballots and plain tallies.
+BALLOT_SHEETS_PATCH = "ballot-sheets"
+MAX_PROBLEMS_SHOWN = 20
 
 
 class ActionRejected(ValueError):
@@ -109,6 +121,10 @@ class UnitAssessment:
         self._acks = 0
         self._reports: dict[str, int] = {}  # "team" or a cadre id -> latest revision
         self._batches: dict[str, int] = {}  # batch id -> ballots
+        self._sheets_mode = False  # set in run(), see BALLOT_SHEETS_PATCH
+        self._group_sheets: dict[str, int] = {}  # rater group -> sheets returned
+        self._flags: list[Flag] = []
+        self._talk_roles: dict[str, int] = {}  # interviewee role -> talks
         self._evaluation_closed = False
         self._evaluation_close_reason: str | None = None
         self._tallies: list[TargetTally] = []
@@ -125,6 +141,7 @@ class UnitAssessment:
             "acknowledge_notice": self._apply_acknowledge_notice,
             "submit_report": self._apply_submit_report,
             "record_ballots": self._apply_record_ballots,
+            "register_ballot_batch": self._apply_register_ballot_batch,
             "close_evaluation": self._apply_close_evaluation,
             "record_talk": self._apply_record_talk,
             "propose_grades": self._apply_propose_grades,
@@ -136,6 +153,7 @@ class UnitAssessment:
         self._checkers: dict[str, Callable[[Any], None]] = {
             "submit_report": self._check_submit_report,
             "record_ballots": self._check_record_ballots,
+            "register_ballot_batch": self._check_register_ballot_batch,
             "close_evaluation": self._check_close_evaluation,
             "record_talk": self._check_record_talk,
             "propose_grades": self._check_propose_grades,
@@ -147,6 +165,7 @@ class UnitAssessment:
 
     @workflow.run
     async def run(self, input: UnitInput) -> UnitStatus:
+        self._sheets_mode = workflow.patched(BALLOT_SHEETS_PATCH)
         async with self._lock:
             workflow.upsert_search_attributes(
                 [
@@ -165,6 +184,7 @@ class UnitAssessment:
                     year=input.year,
                     campaign_title=input.campaign_title,
                     unit=self._unit,
+                    rater_groups=input.rater_groups,
                 ),
             )
             await self._record_transition(None, Stage.NOTICE, None, None)
@@ -222,6 +242,15 @@ class UnitAssessment:
     @record_ballots.validator
     def _validate_record_ballots(self, payload: Any) -> None:
         self._validate("record_ballots", payload)
+
+    @workflow.update
+    async def register_ballot_batch(self, payload: Any) -> ActionResult:
+        """Takes a RegisterBallotBatch."""
+        return await self._handle_update("register_ballot_batch", payload)
+
+    @register_ballot_batch.validator
+    def _validate_register_ballot_batch(self, payload: Any) -> None:
+        self._validate("register_ballot_batch", payload)
 
     @workflow.update
     async def close_evaluation(self, payload: Any) -> ActionResult:
@@ -301,6 +330,10 @@ class UnitAssessment:
     @workflow.signal(name="record_ballots")
     async def record_ballots_signal(self, payload: Any) -> None:
         await self._handle_signal("record_ballots", payload)
+
+    @workflow.signal(name="register_ballot_batch")
+    async def register_ballot_batch_signal(self, payload: Any) -> None:
+        await self._handle_signal("register_ballot_batch", payload)
 
     @workflow.signal(name="close_evaluation")
     async def close_evaluation_signal(self, payload: Any) -> None:
@@ -440,8 +473,25 @@ class UnitAssessment:
     def _check_record_ballots(self, a: RecordBallots) -> None:
         if a.batch_id in self._batches:
             raise ActionRejected(f"batch_id: batch {a.batch_id!r} was already recorded")
-        for i, ballot in enumerate(a.ballots):
-            self._require_cadre(f"ballots[{i}].target_id", ballot.target_id)
+        if not self._sheets_mode:
+            for i, ballot in enumerate(a.ballots):
+                self._require_cadre(f"ballots[{i}].target_id", ballot.target_id)
+            return
+        if a.ballots:
+            raise ActionRejected(
+                "ballots: flat ballots without tokens are not accepted; send sheets"
+            )
+        problems = batch_problems(a.sheets, self._unit, self._input.policy.ballots)
+        if problems:
+            more = len(problems) - MAX_PROBLEMS_SHOWN
+            raise ActionRejected(
+                "; ".join(problems[:MAX_PROBLEMS_SHOWN])
+                + (f"; and {more} more" if more > 0 else "")
+            )
+
+    def _check_register_ballot_batch(self, a: RegisterBallotBatch) -> None:
+        if a.batch_id in self._batches:
+            raise ActionRejected(f"batch_id: batch {a.batch_id!r} was already recorded")
 
     def _check_close_evaluation(self, a: CloseEvaluation) -> None:
         if not self._batches and a.reason is None:
@@ -450,6 +500,12 @@ class UnitAssessment:
     def _check_record_talk(self, a: RecordTalk) -> None:
         if a.talk_id in self._talks:
             raise ActionRejected(f"talk_id: talk {a.talk_id!r} was already recorded")
+        plan = self._unit.talk_plan
+        if plan is not None and a.interviewee_role not in plan:
+            raise ActionRejected(
+                f"interviewee_role: {a.interviewee_role!r} is not in the talk plan "
+                f"({', '.join(plan)})"
+            )
 
     def _check_propose_grades(self, a: ProposeGrades) -> None:
         if self._pending is not None:
@@ -517,13 +573,49 @@ class UnitAssessment:
         return f"{a.kind} report stored (revision {revision}); missing: {', '.join(missing)}"
 
     async def _apply_record_ballots(self, a: RecordBallots) -> str:
-        receipt = await self._activity(
-            "save_ballots",
-            BallotBatchRecord(ref=self._ref(), action=a),
-            result_type=BallotBatchReceipt,
+        if not self._sheets_mode:
+            receipt = await self._activity(
+                "save_ballots",
+                BallotBatchRecord(ref=self._ref(), action=a),
+                result_type=BallotBatchReceipt,
+            )
+            self._batches[a.batch_id] = receipt.count
+            return f"batch {a.batch_id}: {receipt.count} ballots recorded"
+        record = BallotSheetsRecord(
+            ref=self._ref(), action=a, rater_groups=self._input.rater_groups
         )
-        self._batches[a.batch_id] = receipt.count
-        return f"batch {a.batch_id}: {receipt.count} ballots recorded"
+        return await self._take_batch("save_ballot_sheets", record, a)
+
+    async def _apply_register_ballot_batch(self, a: RegisterBallotBatch) -> str:
+        return await self._take_batch(
+            "verify_ballot_batch", BallotBatchCheck(ref=self._ref(), action=a), a
+        )
+
+    async def _take_batch(self, activity: str, record: Any, a: Action) -> str:
+        """Stores or verifies a batch, counts its sheets per group, and closes the evaluation
+        when every rater group has returned its planned sheets."""
+        try:
+            receipt: BallotBatchReceipt = await self._activity(
+                activity, record, result_type=BallotBatchReceipt
+            )
+        except ActivityError as err:
+            cause = err.cause
+            if isinstance(cause, ApplicationError) and cause.type == "BallotRejected":
+                raise ActionRejected(cause.message) from err
+            raise
+        self._batches[receipt.batch_id] = receipt.count
+        for group, n in receipt.sheets_by_group.items():
+            self._group_sheets[group] = self._group_sheets.get(group, 0) + n
+        message = (
+            f"batch {receipt.batch_id}: {receipt.count} ballots on "
+            f"{sum(receipt.sheets_by_group.values())} sheets recorded"
+        )
+        if groups_complete(self._input.rater_groups, self._group_sheets):
+            reason = "every rater group returned its planned sheets"
+            await self._finish_evaluation(reason)
+            await self._advance(reason, a.actor)
+            return f"{message}; {reason}, evaluation closed"
+        return message
 
     async def _apply_close_evaluation(self, a: CloseEvaluation) -> str:
         await self._finish_evaluation(a.reason)
@@ -533,7 +625,8 @@ class UnitAssessment:
     async def _apply_record_talk(self, a: RecordTalk) -> str:
         await self._activity("save_talk", TalkRecord(ref=self._ref(), action=a))
         self._talks.add(a.talk_id)
-        if len(self._talks) >= self._unit.talks_planned:
+        self._talk_roles[a.interviewee_role] = self._talk_roles.get(a.interviewee_role, 0) + 1
+        if self._talk_plan_met():
             await self._advance(None, a.actor)
             return "talk recorded; the talk plan is complete"
         return f"talk recorded ({len(self._talks)}/{self._unit.talks_planned})"
@@ -638,9 +731,15 @@ class UnitAssessment:
         self._background.append(asyncio.create_task(send()))
 
     async def _finish_evaluation(self, reason: str | None) -> None:
-        self._tallies = await self._activity(
-            "compute_tallies", self._ref(), result_type=list[TargetTally]
-        )
+        if self._sheets_mode:
+            counts = await self._activity("count_ballots", self._ref(), result_type=BallotCounts)
+            self._tallies, _, self._flags = tally_ballots(
+                counts, self._input.rater_groups, self._input.policy.flags
+            )
+        else:
+            self._tallies = await self._activity(
+                "compute_tallies", self._ref(), result_type=list[TargetTally]
+            )
         self._evaluation_closed = True
         self._evaluation_close_reason = reason
 
@@ -717,6 +816,26 @@ class UnitAssessment:
             ),
         )
 
+    def _participation(self) -> list[GroupParticipation]:
+        if not self._sheets_mode:
+            return []
+        return [
+            GroupParticipation(
+                group_id=g.group_id,
+                label=g.label,
+                planned=g.planned,
+                returned=self._group_sheets.get(g.group_id, 0),
+                weight=float(g.weight),
+            )
+            for g in self._input.rater_groups
+        ]
+
+    def _talk_plan_met(self) -> bool:
+        plan = self._unit.talk_plan
+        if plan is None:
+            return len(self._talks) >= self._unit.talks_planned
+        return all(self._talk_roles.get(role, 0) >= n for role, n in plan.items())
+
     def _missing_reports(self) -> list[str]:
         missing = [] if "team" in self._reports else ["team"]
         return missing + [c.cadre_id for c in self._unit.cadres if c.cadre_id not in self._reports]
@@ -746,11 +865,21 @@ class UnitAssessment:
             evaluation=EvaluationProgress(
                 batches=len(self._batches),
                 ballots=self._ballot_count(),
+                sheets=sum(self._group_sheets.values()),
                 closed=self._evaluation_closed,
                 close_reason=self._evaluation_close_reason,
+                participation=self._participation(),
                 tallies=self._tallies,
+                flags=self._flags,
             ),
-            talks=TalkProgress(recorded=len(self._talks), planned=self._unit.talks_planned),
+            talks=TalkProgress(
+                recorded=len(self._talks),
+                planned=self._unit.talks_planned,
+                by_role={
+                    role: (self._talk_roles.get(role, 0), n)
+                    for role, n in (self._unit.talk_plan or {}).items()
+                },
+            ),
             grading=GradingProgress(
                 proposals=self._proposal_no,
                 pending_proposal=self._pending is not None,

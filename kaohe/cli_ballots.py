@@ -1,0 +1,206 @@
+"""`kaohe tokens ...` and `kaohe ballots ...`: ballot tokens and the bulk ballot import.
+
+kaohe/cli.py mounts these: `app.add_typer(tokens_app, name="tokens")` and
+`app.add_typer(ballots_app, name="ballots")`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import asyncpg
+import typer
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    Progress,
+    TaskProgressColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from temporalio.client import WorkflowUpdateFailedError
+from temporalio.service import RPCError
+
+from kaohe.ballot_io import (
+    BallotImportError,
+    ImportResult,
+    IssuedTokens,
+    TokensError,
+    import_ballots,
+    issue_tokens,
+    write_tokens_csv,
+)
+from kaohe.client import connect
+from kaohe.logs import configure_logging
+from kaohe.settings import get_settings
+from workflows.campaign import unit_workflow_id
+
+tokens_app = typer.Typer(
+    help="One-time anonymous ballot tokens (only their hashes are stored).", no_args_is_help=True
+)
+ballots_app = typer.Typer(help="Ballot sheets: the bulk import.", no_args_is_help=True)
+console = Console()
+err_console = Console(stderr=True)
+T = TypeVar("T")
+
+
+# Callbacks make both apps command groups even with one command each (`... tokens issue`).
+@tokens_app.callback()
+def _tokens() -> None:
+    pass
+
+
+@ballots_app.callback()
+def _ballots() -> None:
+    pass
+
+
+CampaignOption = Annotated[str, typer.Option("--campaign", help="The campaign id.")]
+UnitOption = Annotated[str, typer.Option("--unit", help="The unit id.")]
+
+
+def _run(coro: Coroutine[Any, Any, T]) -> T:
+    settings = get_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    return asyncio.run(coro)
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    err_console.print(f"[red]error:[/] {message}")
+    return typer.Exit(code=code)
+
+
+@tokens_app.command("issue")
+def tokens_issue(
+    campaign: CampaignOption,
+    unit: UnitOption,
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="CSV to write (rater_group,token); default tokens-C-U.csv."),
+    ] = None,
+    reissue: Annotated[
+        bool, typer.Option("--reissue", help="Delete the unused tokens and issue them anew.")
+    ] = False,
+) -> None:
+    """Issue a unit's one-time ballot tokens into a new CSV (rater_group,token).
+
+    `planned` tokens per rater group; only their sha256 is stored, so the file is the one
+    place they exist. --reissue deletes the unused tokens and issues as many as each group
+    has not used yet."""
+    path = out or Path(f"tokens-{campaign}-{unit}.csv")
+    if path.exists():
+        raise _fail(f"{path} exists; tokens are written to a new file (choose another --out)")
+    workflow_id = unit_workflow_id(campaign, unit)
+    settings = get_settings()
+
+    async def go() -> IssuedTokens:
+        conn = await asyncpg.connect(settings.effective_database_url)
+        try:
+            return await issue_tokens(
+                conn,
+                workflow_id,
+                reissue=reissue,
+                before_commit=lambda issued: write_tokens_csv(path, issued),
+            )
+        finally:
+            await conn.close()
+
+    try:
+        issued = _run(go())
+    except TokensError as err:
+        raise _fail(str(err)) from err
+    table = Table(title=f"ballot tokens of {workflow_id}", title_justify="left")
+    for column in ("group", "label", "planned", "used", "issued now"):
+        table.add_column(column, justify="left" if column in ("group", "label") else "right")
+    for g in issued.groups:
+        table.add_row(g.group_id, g.label, str(g.planned), str(g.used), str(g.issued))
+    console.print(table)
+    if issued.deleted_unused:
+        console.print(f"{issued.deleted_unused} unused tokens issued before were deleted")
+    console.print(
+        f"[green]{sum(g.issued for g in issued.groups)} tokens written to {path}[/] "
+        "(readable by you only): hand one to each participant of its group; "
+        "they are not stored anywhere else."
+    )
+
+
+@ballots_app.command("import")
+def ballots_import(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            exists=True,
+            dir_okay=False,
+            readable=True,
+            help="CSV with header sheet,token,kind,target_id,item,option (one row per mark).",
+        ),
+    ],
+    campaign: CampaignOption,
+    unit: UnitOption,
+    batch_id: Annotated[
+        str | None,
+        typer.Option("--batch-id", help="Batch id; default import-<sha256 prefix of the file>."),
+    ] = None,
+) -> None:
+    """Import a ballot CSV in one transaction and register it with the unit's workflow.
+
+    Sheets are checked as the record_ballots update checks them, and every problem is shown
+    with its line; then the tokens are used, the marks COPYed and the batch announced with
+    the register_ballot_batch update. Running it again with the same file changes nothing
+    and prints the first result."""
+    settings = get_settings()
+    progress = Progress(
+        TextColumn("{task.description:<14}"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=err_console,
+        disable=not err_console.is_terminal,
+    )
+
+    async def go() -> ImportResult:
+        client = await connect(settings)
+        conn = await asyncpg.connect(settings.effective_database_url)
+        try:
+            with progress:
+                return await import_ballots(
+                    client, conn, file, campaign, unit, batch_id=batch_id, progress=progress
+                )
+        finally:
+            await conn.close()
+
+    try:
+        result = _run(go())
+    except BallotImportError as err:
+        err_console.print(
+            f"[red]{file}: {len(err.problems)} problem(s); nothing imported[/]", soft_wrap=True
+        )
+        for problem in err.problems:  # one line each, never wrapped: scripts grep them
+            err_console.print(f"  {problem}", markup=False, highlight=False, soft_wrap=True)
+        raise typer.Exit(code=2) from err
+    except WorkflowUpdateFailedError as err:
+        raise _fail(
+            f"register_ballot_batch rejected: {err.cause}; the batch is stored but not counted"
+        ) from err
+    except RPCError as err:
+        raise _fail(str(err)) from err
+    table = Table(title=f"ballot import into {result.workflow_id}", show_header=False)
+    table.add_column("figure")
+    table.add_column("value", overflow="fold")
+    table.add_row("batch", result.batch_id)
+    table.add_row("stored", "now" if result.stored else "already (a re-run: nothing stored)")
+    table.add_row("sheets", str(result.sheets))
+    table.add_row("ballots", str(result.ballots))
+    table.add_row("marks", str(result.rows))
+    table.add_row(
+        "sheets per group", ", ".join(f"{g} {n}" for g, n in result.sheets_by_group.items())
+    )
+    table.add_row("checksum", result.checksum)
+    console.print(table)
+    console.print_json(data=result.update)

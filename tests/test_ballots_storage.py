@@ -1,0 +1,603 @@
+"""Ballot tokens, the ballot activities and the bulk import, on the real servers.
+
+Storage tests call the activities directly on a registered unit (no workflow needed); the
+import tests drive a real unit workflow to its evaluation first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import hashlib
+import random
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import asyncpg
+import pytest
+from temporalio.client import Client
+from temporalio.exceptions import ApplicationError
+
+from activities.ballot_store import MARK_COLUMNS, prepare_batch, store_batch
+from activities.ballots import BallotActivities
+from activities.storage import StorageActivities
+from kaohe.ballot_csv import (
+    BallotCsvReader,
+    MarksDigest,
+    ReadSheet,
+    parse_ballot_csv,
+    write_ballot_csv,
+)
+from kaohe.ballot_io import (
+    BallotImportError,
+    TokensError,
+    import_ballots,
+    issue_tokens,
+)
+from kaohe.simulate import BALLOT_SYSTEM, TokenSource, drive_unit, sheet_for
+from schemas.common import Stage
+from schemas.messages import BallotSheet, RecordBallots, RegisterBallotBatch
+from schemas.policy import BallotPolicy
+from schemas.roster import UnitSpec
+from schemas.workflow_io import (
+    BallotBatchCheck,
+    BallotSheetsRecord,
+    RegisterUnit,
+    UnitRef,
+)
+from tests.conftest import Stack
+from tests.helpers import SMALL_GROUPS, TEST_KEY, sample_unit, start_unit
+from workflows.ballots import marks_checksum, sheet_marks
+
+POLICY = BallotPolicy()
+
+
+async def registered(pool: asyncpg.Pool, cadres: int = 2) -> tuple[UnitSpec, UnitRef]:
+    """A unit registered in PostgreSQL as the workflow registers it, in evaluation."""
+    unit = sample_unit(cadres=cadres)
+    ref = UnitRef(
+        workflow_id=f"kaohe-store-{unit.unit_id}",
+        campaign_id="store",
+        unit_id=unit.unit_id,
+        stage=Stage.EVALUATION,
+    )
+    rec = RegisterUnit(
+        ref=ref, year=2026, campaign_title="测试", unit=unit, rater_groups=SMALL_GROUPS
+    )
+    storage = StorageActivities(pool, TEST_KEY)
+    await storage.register_unit(rec)
+    await storage.register_unit(rec)  # idempotent
+    return unit, ref
+
+
+def record(
+    ref: UnitRef, batch_id: str, sheets: list[BallotSheet], key: str | None = None
+) -> BallotSheetsRecord:
+    action = RecordBallots(
+        idempotency_key=key or batch_id, actor=BALLOT_SYSTEM, batch_id=batch_id, sheets=sheets
+    )
+    return BallotSheetsRecord(ref=ref, action=action, rater_groups=SMALL_GROUPS)
+
+
+async def rejection(coro: object) -> str:
+    with pytest.raises(ApplicationError) as info:
+        await coro  # type: ignore[misc]
+    assert info.value.type == "BallotRejected" and info.value.non_retryable
+    return info.value.message
+
+
+async def fetchval(pool: asyncpg.Pool, sql: str, *args: object) -> object:
+    async with pool.acquire() as conn:
+        return await conn.fetchval(sql, *args)
+
+
+async def test_rater_groups_are_stored_once(pool: asyncpg.Pool) -> None:
+    _, ref = await registered(pool)
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT group_id, planned, weight_num, weight_den FROM unit_rater_groups "
+            "WHERE workflow_id = $1 ORDER BY group_id",
+            ref.workflow_id,
+        )
+    assert [tuple(r) for r in rows] == [("A", 2, 2, 5), ("B", 2, 3, 10), ("C", 3, 3, 10)]
+
+
+async def test_tokens_are_stored_only_as_hashes(pool: asyncpg.Pool) -> None:
+    unit, ref = await registered(pool)
+    issued = await issue_tokens(pool, ref.workflow_id)
+    assert {g: len(t) for g, t in issued.tokens.items()} == {"A": 2, "B": 2, "C": 3}
+    tokens = [t for group in issued.tokens.values() for t in group]
+    assert len(set(tokens)) == 7 and all(len(t) >= 16 for t in tokens)
+    rng = random.Random(0)
+    ballots = BallotActivities(pool)
+    await ballots.save_ballot_sheets(
+        record(ref, "b1", [sheet_for(t, unit, POLICY, rng) for t in tokens[:3]])
+    )
+
+    async with pool.acquire() as conn:
+        stored = {
+            bytes(r["token_hash"]): r["rater_group"]
+            for r in await conn.fetch(
+                "SELECT token_hash, rater_group FROM ballot_tokens WHERE workflow_id = $1",
+                ref.workflow_id,
+            )
+        }
+        assert stored == {
+            hashlib.sha256(t.encode()).digest(): g for g, ts in issued.tokens.items() for t in ts
+        }
+        # No table holds a token in plain text (every row of every table, as text).
+        tables = await conn.fetch(
+            "SELECT quote_ident(table_name) AS t FROM information_schema.tables "
+            "WHERE table_schema = 'public' AND table_type = 'BASE TABLE'"
+        )
+        for table in tables:
+            text = "\n".join(r[0] for r in await conn.fetch(f"SELECT x::text FROM {table['t']} x"))
+            assert not any(t in text for t in tokens), table["t"]
+
+    with pytest.raises(TokensError, match="already issued"):
+        await issue_tokens(pool, ref.workflow_id)
+    again = await issue_tokens(pool, ref.workflow_id, reissue=True)
+    # 3 used (all from A and B, in the order issued), so 4 are issued again.
+    assert again.deleted_unused == 4
+    assert sum(g.issued for g in again.groups) == 4
+    assert (
+        await fetchval(
+            pool, "SELECT count(*) FROM ballot_tokens WHERE workflow_id = $1", ref.workflow_id
+        )
+        == 7
+    )
+    assert (
+        await fetchval(
+            pool,
+            "SELECT count(*) FROM audit_log WHERE workflow_id = $1 AND kind LIKE 'tokens_%'",
+            ref.workflow_id,
+        )
+        == 2
+    )
+
+
+async def test_issue_needs_a_registered_unit(pool: asyncpg.Pool) -> None:
+    with pytest.raises(TokensError, match="not registered"):
+        await issue_tokens(pool, "kaohe-nowhere-nothing")
+
+
+async def test_a_reused_token_rejects_the_whole_batch(pool: asyncpg.Pool) -> None:
+    unit, ref = await registered(pool)
+    issued = (await issue_tokens(pool, ref.workflow_id)).tokens
+    a, b, c = issued["A"], issued["B"], issued["C"]
+    rng = random.Random(1)
+    ballots = BallotActivities(pool)
+
+    b1 = [sheet_for(t, unit, POLICY, rng) for t in (a[0], b[0])]
+    first = await ballots.save_ballot_sheets(record(ref, "b1", b1))
+    assert (first.count, first.sheets_by_group, first.duplicate) == (6, {"A": 1, "B": 1}, False)
+
+    reuse = [sheet_for(t, unit, POLICY, rng) for t in (c[0], c[1], a[0])]
+    assert await rejection(ballots.save_ballot_sheets(record(ref, "b2", reuse))) == (
+        "sheets[2].token: already used"
+    )
+    forged = [sheet_for(c[0], unit, POLICY, rng), sheet_for("f" * 22, unit, POLICY, rng)]
+    assert await rejection(ballots.save_ballot_sheets(record(ref, "b3", forged))) == (
+        "sheets[1].token: not issued for this unit"
+    )
+    twice = [sheet_for(c[0], unit, POLICY, rng), sheet_for(c[0], unit, POLICY, rng)]
+    assert "sheets[1].token: used twice" in await rejection(
+        ballots.save_ballot_sheets(record(ref, "b4", twice))
+    )
+    # Nothing of the rejected batches: no batch row, no mark, their good tokens still unused.
+    wf = ref.workflow_id
+    assert await fetchval(pool, "SELECT count(*) FROM ballot_batches WHERE workflow_id=$1", wf) == 1
+    assert (
+        await fetchval(
+            pool, "SELECT count(DISTINCT batch_id) FROM ballot_marks WHERE workflow_id=$1", wf
+        )
+        == 1
+    )
+    assert (
+        await fetchval(
+            pool,
+            "SELECT count(*) FROM ballot_tokens WHERE workflow_id=$1 AND used_at IS NOT NULL",
+            wf,
+        )
+        == 2
+    )
+    # A token of another unit is not issued for this one.
+    _, other = await registered(pool)
+    other_tokens = (await issue_tokens(pool, other.workflow_id)).tokens
+    elsewhere = [sheet_for(other_tokens["A"][0], unit, POLICY, rng)]
+    assert "not issued for this unit" in await rejection(
+        ballots.save_ballot_sheets(record(ref, "b5", elsewhere))
+    )
+
+    # The same batch again is a duplicate; the same id with other sheets a rejection.
+    again = await ballots.save_ballot_sheets(record(ref, "b1", b1, key="retry"))
+    assert (again.duplicate, again.count, again.sheets_by_group) == (True, 6, {"A": 1, "B": 1})
+    other_sheets = [sheet_for(t, unit, POLICY, rng) for t in (c[2],)]
+    assert "batch_id: batch 'b1' was already stored" in await rejection(
+        ballots.save_ballot_sheets(record(ref, "b1", other_sheets))
+    )
+
+
+async def test_sheets_beyond_the_planned_count_are_refused(pool: asyncpg.Pool) -> None:
+    unit, ref = await registered(pool)
+    issued = (await issue_tokens(pool, ref.workflow_id)).tokens
+    # A token issued outside kaohe (or a tampered table): group A now has 3 for 2 planned.
+    extra = "e" * 22
+    async with pool.acquire() as conn:
+        await conn.execute(
+            "INSERT INTO ballot_tokens (workflow_id, token_hash, rater_group) VALUES ($1, $2, 'A')",
+            ref.workflow_id,
+            hashlib.sha256(extra.encode()).digest(),
+        )
+    rng = random.Random(2)
+    ballots = BallotActivities(pool)
+    sheets = [sheet_for(t, unit, POLICY, rng) for t in [*issued["A"], extra, issued["B"][0]]]
+    msg = await rejection(ballots.save_ballot_sheets(record(ref, "b1", sheets)))
+    assert msg.startswith("sheets[2].token: rater group A has returned its 2 planned sheets")
+    assert (
+        await fetchval(
+            pool, "SELECT count(*) FROM ballot_marks WHERE workflow_id=$1", ref.workflow_id
+        )
+        == 0
+    )
+    ok = await ballots.save_ballot_sheets(record(ref, "b2", sheets[:2]))
+    assert ok.sheets_by_group == {"A": 2}
+    late = await rejection(ballots.save_ballot_sheets(record(ref, "b3", sheets[2:])))
+    assert late.startswith("sheets[0].token: rater group A has returned its 2 planned")
+
+
+async def test_ballot_tables_have_no_voter_or_token_link(pool: asyncpg.Pool) -> None:
+    async with pool.acquire() as conn:
+        columns = {
+            table: [
+                r["column_name"]
+                for r in await conn.fetch(
+                    "SELECT column_name FROM information_schema.columns "
+                    "WHERE table_schema = 'public' AND table_name = $1 ORDER BY ordinal_position",
+                    table,
+                )
+            ]
+            for table in ("ballot_marks", "ballot_tokens", "ballot_batches")
+        }
+        links = await conn.fetch(
+            """SELECT tc.table_name, ccu.table_name AS target
+               FROM information_schema.table_constraints tc
+               JOIN information_schema.constraint_column_usage ccu USING (constraint_name)
+               WHERE tc.constraint_type = 'FOREIGN KEY' AND tc.table_name = 'ballot_tokens'"""
+        )
+    assert columns["ballot_marks"] == MARK_COLUMNS
+    for table, cols in columns.items():
+        assert not {"voter", "voter_id", "rater_id", "token", "token_hash", "actor_id"} & (
+            set(cols) - ({"token_hash"} if table == "ballot_tokens" else set())
+        ), table
+    assert not {"batch_id", "sheet_no"} & set(columns["ballot_tokens"])
+    assert {r["target"] for r in links} <= {"units", "unit_rater_groups"}
+
+
+async def test_verify_and_count_take_registered_batches_only(pool: asyncpg.Pool) -> None:
+    unit, ref = await registered(pool)
+    issued = (await issue_tokens(pool, ref.workflow_id)).tokens
+    rng = random.Random(3)
+    ballots = BallotActivities(pool)
+    await ballots.save_ballot_sheets(
+        record(ref, "u1", [sheet_for(issued["A"][0], unit, POLICY, rng)])
+    )
+    imported = prepare_batch("i1", [sheet_for(t, unit, POLICY, rng) for t in issued["C"]])
+    async with pool.acquire() as conn, conn.transaction():
+        await store_batch(conn, ref.workflow_id, imported, "import")
+
+    counts = await ballots.count_ballots(ref)
+    assert counts.sheets_by_group == {"A": 1}  # the import is not registered yet
+    assert sum(c.n for c in counts.overall if c.kind == "team") == 1
+
+    def check(**change: object) -> BallotBatchCheck:
+        action = RegisterBallotBatch(
+            idempotency_key="reg-i1",
+            actor=BALLOT_SYSTEM,
+            batch_id="i1",
+            ballots=imported.ballots,
+            sheets=imported.sheets,
+            checksum=imported.checksum,
+        )
+        return BallotBatchCheck(ref=ref, action=action.model_copy(update=change))
+
+    assert await rejection(ballots.verify_ballot_batch(check(batch_id="i2"))) == (
+        "batch_id: batch 'i2' was not imported"
+    )
+    assert await rejection(ballots.verify_ballot_batch(check(sheets=4))) == (
+        "sheets: announced 4, imported 3"
+    )
+    assert "checksum: announced" in await rejection(
+        ballots.verify_ballot_batch(check(checksum="0" * 64))
+    )
+    receipt = await ballots.verify_ballot_batch(check())
+    assert (receipt.count, receipt.sheets_by_group, receipt.duplicate) == (9, {"C": 3}, False)
+    assert (await ballots.verify_ballot_batch(check())).duplicate
+
+    counts = await ballots.count_ballots(ref)
+    assert counts.sheets_by_group == {"A": 1, "C": 3}
+    team: dict[str, int] = {}
+    for c in counts.overall:
+        if c.kind == "team":
+            team[c.rater_group] = team.get(c.rater_group, 0) + c.n
+    assert team == {"A": 1, "C": 3}
+    cadre = [c for c in counts.overall if c.kind == "cadre"]
+    assert {c.target_id for c in cadre} == {x.cadre_id for x in unit.cadres}
+    assert sum(c.n for c in cadre) == 8
+    async with pool.acquire() as conn:
+        view = await conn.fetchval(
+            "SELECT sum(n) FROM ballot_tallies WHERE workflow_id = $1 AND item = 'overall'",
+            ref.workflow_id,
+        )
+    assert view == 12
+
+
+# ---- the bulk import, against a real unit workflow ---------------------------------------
+
+
+async def unit_in_evaluation(
+    client: Client, worker: str, tokens: TokenSource
+) -> tuple[UnitSpec, str, dict[str, list[str]]]:
+    unit = sample_unit(cadres=2)
+    campaign = f"imp{uuid.uuid4().hex[:6]}"
+    handle = await start_unit(client, worker, unit, campaign_id=campaign)
+    await drive_unit(client, handle.id, unit, stop_at=Stage.EVALUATION, tokens=tokens)
+    return unit, campaign, await tokens(handle.id)
+
+
+def without_duplicate(result: dict[str, object]) -> dict[str, object]:
+    return {k: v for k, v in result.items() if k != "duplicate"}
+
+
+def rows_of(path: Path) -> list[list[str]]:
+    with path.open(encoding="utf-8", newline="") as f:
+        return list(csv.reader(f))
+
+
+def write_rows(path: Path, rows: list[list[str]]) -> Path:
+    with path.open("w", encoding="utf-8", newline="") as f:
+        csv.writer(f).writerows(rows)
+    return path
+
+
+async def test_import_with_a_bad_csv_names_lines_and_stores_nothing(
+    client: Client,
+    worker: str,
+    pool: asyncpg.Pool,
+    tokens: TokenSource,
+    stack: Stack,
+    tmp_path: Path,
+) -> None:
+    unit, campaign, issued = await unit_in_evaluation(client, worker, tokens)
+    rng = random.Random(4)
+    good = tmp_path / "good.csv"
+    sheets = [sheet_for(t, unit, POLICY, rng) for t in issued["A"] + issued["C"]]
+    write_ballot_csv(good, [(f"s{i + 1}", s) for i, s in enumerate(sheets)])
+    rows = rows_of(good)
+    per_sheet = len(rows[1:]) // len(sheets)
+    assert rows[0] == ["sheet", "token", "kind", "target_id", "item", "option"]
+    assert rows[1][2:5] == ["team", "", "overall"]
+    # Line n of the file is rows[n - 1].
+    rows[1][5] = "极好"  # line 2: sheet s1's team overall
+    rows[per_sheet + 3][2] = "teem"  # line per_sheet + 4: in sheet s2
+    del rows[2 * per_sheet + 1]  # sheet s3 loses its team overall (was line 2*per_sheet+2)
+    bad = write_rows(tmp_path / "bad.csv", rows)
+
+    with pytest.raises(BallotImportError) as info:
+        await import_ballots(client, pool, bad, campaign, unit.unit_id)
+    problems = [str(p) for p in info.value.problems]
+    assert problems[0].startswith("line 2: sheet s1: team.overall: '极好' is not one of")
+    assert f"line {per_sheet + 4}: sheet s2: kind: 'teem' is not one of" in problems[1]
+    assert f"line {2 * per_sheet + 2}: sheet s3: team: no overall row" in problems
+
+    # The same over the command line: every problem with its line, exit code 2.
+    run = await asyncio.to_thread(
+        subprocess.run,
+        [
+            sys.executable,
+            "-c",
+            "from kaohe.cli_ballots import ballots_app; ballots_app()",  # as `kaohe ballots`
+            "import",
+            str(bad),
+            "--campaign",
+            campaign,
+            "--unit",
+            unit.unit_id,
+        ],
+        env=stack.env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert run.returncode == 2, run.stderr
+    assert "nothing imported" in run.stderr
+    assert "line 2: sheet s1: team.overall" in run.stderr
+
+    # A token used already is reported at its sheet's first line, and nothing is stored.
+    only_s1 = write_rows(tmp_path / "s1.csv", rows_of(good)[: per_sheet + 1])
+    await import_ballots(client, pool, only_s1, campaign, unit.unit_id)
+    with pytest.raises(BallotImportError) as info:
+        await import_ballots(client, pool, good, campaign, unit.unit_id)
+    assert [str(p) for p in info.value.problems] == ["line 2: sheet s1: token: already used"]
+    wf = f"kaohe-{campaign}-{unit.unit_id}"
+    assert await fetchval(pool, "SELECT count(*) FROM ballot_batches WHERE workflow_id=$1", wf) == 1
+    assert (
+        await fetchval(
+            pool,
+            "SELECT count(*) FROM ballot_tokens WHERE workflow_id=$1 AND used_at IS NOT NULL",
+            wf,
+        )
+        == 1
+    )
+
+
+async def test_import_twice_is_idempotent(
+    client: Client, worker: str, pool: asyncpg.Pool, tokens: TokenSource, tmp_path: Path
+) -> None:
+    unit, campaign, issued = await unit_in_evaluation(client, worker, tokens)
+    rng = random.Random(5)
+    path = tmp_path / "ballots.csv"
+    sheets = [sheet_for(t, unit, POLICY, rng) for t in issued["A"] + issued["B"][:1]]
+    write_ballot_csv(path, [(str(i), s) for i, s in enumerate(sheets)])
+
+    first = await import_ballots(client, pool, path, campaign, unit.unit_id)
+    assert first.stored and first.batch_id.startswith("import-")
+    assert (first.sheets, first.ballots, first.sheets_by_group) == (3, 9, {"A": 2, "B": 1})
+    assert first.update["accepted"] is True
+    again = await import_ballots(client, pool, path, campaign, unit.unit_id)
+    assert not again.stored
+    assert without_duplicate(again.update) == without_duplicate(first.update)
+    assert again.checksum == first.checksum
+
+    wf = first.workflow_id
+    assert await fetchval(pool, "SELECT count(*) FROM ballot_batches WHERE workflow_id=$1", wf) == 1
+    assert (
+        await fetchval(
+            pool,
+            "SELECT count(*) FROM audit_log WHERE workflow_id=$1 AND kind = 'ballots_registered'",
+            wf,
+        )
+        == 1
+    )
+    handle = client.get_workflow_handle(wf)
+    status = await handle.query("status")
+    assert status["evaluation"]["ballots"] == 9
+    assert status["evaluation"]["sheets"] == 3
+    assert status["stage"] == "evaluation"
+
+    # The rest of the sheets through the update path close the evaluation by themselves.
+    rest = [sheet_for(t, unit, POLICY, rng) for t in issued["B"][1:] + issued["C"]]
+    result = await handle.execute_update(
+        "record_ballots",
+        RecordBallots(idempotency_key="rest", actor=BALLOT_SYSTEM, batch_id="rest", sheets=rest),
+        result_type=dict,
+    )
+    assert result["stage"] == "talks"
+    # A re-run after the evaluation closed still finds its batch and returns the first result.
+    late = await import_ballots(client, pool, path, campaign, unit.unit_id)
+    assert without_duplicate(late.update) == without_duplicate(first.update)
+    assert not late.stored
+
+
+async def test_tokens_issue_from_the_cli(
+    client: Client, worker: str, pool: asyncpg.Pool, stack: Stack, tmp_path: Path
+) -> None:
+    unit = sample_unit(cadres=1)
+    campaign = f"tok{uuid.uuid4().hex[:6]}"
+    handle = await start_unit(client, worker, unit, campaign_id=campaign)
+    for _ in range(100):
+        if await fetchval(pool, "SELECT 1 FROM units WHERE workflow_id=$1", handle.id):
+            break
+        await asyncio.sleep(0.1)
+
+    def issue(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from kaohe.cli_ballots import tokens_app; tokens_app()",
+                "issue",
+                "--campaign",
+                campaign,
+                "--unit",
+                unit.unit_id,
+                *extra,
+            ],
+            env=stack.env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+            cwd=tmp_path,
+        )
+
+    first = await asyncio.to_thread(issue)
+    assert first.returncode == 0, first.stderr
+    path = tmp_path / f"tokens-{campaign}-{unit.unit_id}.csv"
+    rows = rows_of(path)
+    assert rows[0] == ["rater_group", "token"]
+    assert [r[0] for r in rows[1:]] == ["A", "A", "B", "B", "C", "C", "C"]
+    assert path.stat().st_mode & 0o077 == 0
+    assert "7 tokens written" in first.stdout
+    refused = await asyncio.to_thread(issue, "--out", "second.csv")
+    assert refused.returncode == 1 and "already issued" in refused.stderr
+    assert not (tmp_path / "second.csv").exists()
+    again = await asyncio.to_thread(issue, "--out", "second.csv", "--reissue")
+    assert again.returncode == 0, again.stderr
+    assert len(rows_of(tmp_path / "second.csv")) == 8
+    assert set(r[1] for r in rows_of(tmp_path / "second.csv")[1:]).isdisjoint(
+        r[1] for r in rows[1:]
+    )
+
+
+# ---- the CSV reader: its fast path agrees with the full one -----------------------------
+
+
+def test_the_csv_reader_agrees_with_batch_problems_and_marks_checksum(tmp_path: Path) -> None:
+    unit = sample_unit(cadres=3, selection_review=True)
+    unit.cadres[2].newly_promoted = True
+    rng = random.Random(6)
+    sheets = [sheet_for(f"token-{i:012d}", unit, POLICY, rng) for i in range(30)]
+    # Sheet 3 in another (valid) order: its rows are not in the standard layout.
+    path = tmp_path / "b.csv"
+    write_ballot_csv(path, [(f"s{i}", s) for i, s in enumerate(sheets)])
+    rows = rows_of(path)
+    per_sheet = (len(rows) - 1) // len(sheets)
+    block = rows[1 + 3 * per_sheet : 1 + 4 * per_sheet]
+    rows[1 + 3 * per_sheet : 1 + 4 * per_sheet] = block[::-1]
+    write_rows(path, rows)
+
+    def marks_of(read: list[ReadSheet]) -> list[list[tuple[str, ...]]]:
+        return [[tuple(r[2:6]) for r in s.rows] for s in read]
+
+    reader = BallotCsvReader(unit, POLICY)
+    assert reader.fast_path
+    fast = list(reader.read(path))
+    full_reader = BallotCsvReader(unit, POLICY)
+    full_reader.fast_path = False  # every sheet through BallotSheet and batch_problems
+    full = list(full_reader.read(path))
+    assert reader.problems == full_reader.problems == []
+    assert [s.label for s in fast] == [s.label for s in full] == [f"s{i}" for i in range(30)]
+    assert [s.ballots for s in fast] == [s.ballots for s in full]
+    assert [s.ballots for s in full] == [s.ballot_count() for s in sheets]
+    # Both give the marks as sheet_marks does (sheet 3 in its CSV's order), so one checksum.
+    assert marks_of(fast) == marks_of(full)
+    assert marks_of(full)[:3] == [sheet_marks(s) for s in sheets[:3]]
+    assert marks_of(full)[3] != sheet_marks(sheets[3])
+    digest = MarksDigest()
+    for sheet in fast:
+        digest.add(sheet.rows)
+    assert digest.hexdigest() == marks_checksum(marks_of(full))
+    assert parse_ballot_csv(path, unit, POLICY).checksum == digest.hexdigest()
+
+    # Every option outside the policy is caught on either path, at its line.
+    for n in range(2, len(rows) + 1):
+        if n % 7:
+            continue
+        bad = [list(r) for r in rows]
+        bad[n - 1][5] = "不存在"
+        write_rows(path, bad)
+        parsed = parse_ballot_csv(path, unit, POLICY)
+        assert [p.line for p in parsed.problems] == [n], parsed.problems
+        assert "'不存在' is not one of" in parsed.problems[0].message
+
+
+def test_the_csv_reader_takes_spreadsheet_files_and_refuses_other_encodings(
+    tmp_path: Path,
+) -> None:
+    unit = sample_unit(cadres=1)
+    path = tmp_path / "b.csv"
+    write_ballot_csv(path, [("1", sheet_for("t" * 20, unit, POLICY, random.Random(0)))])
+    text = path.read_text(encoding="utf-8")
+    # A byte-order mark and trailing rows of empty cells, as spreadsheets write them.
+    path.write_text("\ufeff" + text + ",,,,,\n\n", encoding="utf-8")
+    parsed = parse_ballot_csv(path, unit, POLICY)
+    assert parsed.problems == [] and len(parsed.sheets) == 1
+    path.write_bytes(text.encode("gbk"))
+    assert [str(p) for p in parse_ballot_csv(path, unit, POLICY).problems] == [
+        "the file is not UTF-8 text (save it as CSV UTF-8)"
+    ]
+    path.write_text("sheet,token,kind\n", encoding="utf-8")
+    problems = parse_ballot_csv(path, unit, POLICY).problems
+    assert str(problems[0]).startswith("line 1: header: expected the columns sheet,token,")

@@ -1,0 +1,196 @@
+"""Evaluation and talks with their real rules, through the workflow on the real servers."""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from typing import Any
+
+import asyncpg
+import pytest
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+
+from kaohe.simulate import BALLOT_SYSTEM, GROUP, TokenSource, drive_unit, sheet_for
+from schemas.common import Stage
+from schemas.messages import ActionResult, CloseEvaluation, RecordBallots, RecordTalk
+from schemas.policy import BallotPolicy
+from schemas.roster import UnitSpec
+from tests.helpers import sample_unit, start_unit
+from workflows.unit import UnitAssessment
+
+POLICY = BallotPolicy()
+
+
+async def unit_in_evaluation(
+    client: Client, worker: str, tokens: TokenSource, **extra: Any
+) -> tuple[UnitSpec, WorkflowHandle, dict[str, list[str]]]:
+    unit = sample_unit(cadres=2, **extra)
+    handle = await start_unit(client, worker, unit)
+    await drive_unit(client, handle.id, unit, stop_at=Stage.EVALUATION, tokens=tokens)
+    return unit, handle, await tokens(handle.id)
+
+
+def batch(key: str, sheets: list[Any]) -> RecordBallots:
+    return RecordBallots(idempotency_key=key, actor=BALLOT_SYSTEM, batch_id=key, sheets=sheets)
+
+
+async def rejected(handle: WorkflowHandle, name: str, payload: Any) -> str:
+    with pytest.raises(WorkflowUpdateFailedError) as info:
+        await handle.execute_update(name, payload, result_type=ActionResult)
+    return str(info.value.cause)
+
+
+async def marks(pool: asyncpg.Pool, workflow_id: str) -> int:
+    async with pool.acquire() as conn:
+        return await conn.fetchval(
+            "SELECT count(*) FROM ballot_marks WHERE workflow_id=$1", workflow_id
+        )
+
+
+async def test_bad_sheets_are_rejected_whole_with_the_reason(
+    client: Client, worker: str, pool: asyncpg.Pool, tokens: TokenSource
+) -> None:
+    unit, handle, issued = await unit_in_evaluation(client, worker, tokens)
+    rng = random.Random(1)
+    a = issued["A"]
+    good = sheet_for(a[0], unit, POLICY, rng)
+
+    unknown = good.model_copy(deep=True)
+    unknown.cadres[1].cadre_id = "nobody"
+    msg = await rejected(handle, "record_ballots", batch("b1", [good, unknown]))
+    assert "sheets[1].cadres[1].cadre_id: unknown cadre 'nobody'" in msg
+
+    outside = sheet_for(a[1], unit, POLICY, rng)
+    outside.team.overall = "极好"  # type: ignore[union-attr]
+    msg = await rejected(handle, "record_ballots", batch("b1", [good, outside]))
+    assert "sheets[1].team.overall: '极好' is not one of" in msg
+
+    missing = sheet_for(a[1], unit, POLICY, rng)
+    del missing.cadres[0].items["廉"]
+    msg = await rejected(handle, "record_ballots", batch("b1", [good, missing]))
+    assert "sheets[1].cadres[0].items: missing mandatory item(s) 廉" in msg
+
+    flat = {
+        "idempotency_key": "flat",
+        "actor": BALLOT_SYSTEM.model_dump(mode="json"),
+        "batch_id": "flat",
+        "ballots": [{"target_kind": "team", "rater_group": "A", "overall": "好"}],
+    }
+    assert "flat ballots without tokens" in await rejected(handle, "record_ballots", flat)
+    assert await marks(pool, handle.id) == 0
+
+    # A used token rejects the whole batch, whatever else it holds.
+    first = await handle.execute_update(UnitAssessment.record_ballots, batch("b1", [good]))
+    assert first.accepted
+    before = await marks(pool, handle.id)
+    reuse = [sheet_for(a[1], unit, POLICY, rng), sheet_for(a[0], unit, POLICY, rng)]
+    msg = await rejected(handle, "record_ballots", batch("b2", reuse))
+    assert "sheets[1].token" in msg and "used" in msg
+    forged = [sheet_for("x" * 20, unit, POLICY, rng)]
+    assert "sheets[0].token" in await rejected(handle, "record_ballots", batch("b3", forged))
+    assert await marks(pool, handle.id) == before
+
+    status = await handle.query(UnitAssessment.status)
+    assert status.stage == Stage.EVALUATION
+    assert [(g.group_id, g.returned) for g in status.evaluation.participation] == [
+        ("A", 1),
+        ("B", 0),
+        ("C", 0),
+    ]
+    # The unit goes on: the rejected batch's other sheet is still good on its own.
+    ok = await handle.execute_update(UnitAssessment.record_ballots, batch("b2", reuse[:1]))
+    assert "1 sheets recorded" in ok.message
+
+
+async def test_low_participation_is_flagged_not_passed(
+    client: Client, worker: str, tokens: TokenSource
+) -> None:
+    unit, handle, issued = await unit_in_evaluation(client, worker, tokens)
+    rng = random.Random(2)
+    sheets = [sheet_for(t, unit, POLICY, rng) for t in issued["A"] + issued["B"] + issued["C"][:1]]
+    await handle.execute_update(UnitAssessment.record_ballots, batch("b1", sheets))
+    result = await handle.execute_update(
+        UnitAssessment.close_evaluation,
+        CloseEvaluation(idempotency_key="close", actor=GROUP, reason="两名职工代表出差"),
+    )
+    assert result.stage == Stage.TALKS
+    status = await handle.query(UnitAssessment.status)
+    flags = [(f.code, f.target_id) for f in status.evaluation.flags]
+    assert ("low_participation", "C") in flags  # 1 of 3
+    assert ("low_participation", "A") not in flags
+    assert status.evaluation.closed and status.evaluation.close_reason == "两名职工代表出差"
+
+
+async def test_selection_review_ballots(client: Client, worker: str, tokens: TokenSource) -> None:
+    unit = sample_unit(cadres=2, selection_review=True)
+    unit.cadres[1].newly_promoted = True
+    handle = await start_unit(client, worker, unit)
+    await drive_unit(client, handle.id, unit, stop_at=Stage.EVALUATION, tokens=tokens)
+    issued = await tokens(handle.id)
+    rng = random.Random(3)
+    sheet = sheet_for(issued["A"][0], unit, POLICY, rng)
+    without = sheet.model_copy(update={"new_cadres": []})
+    msg = await rejected(handle, "record_ballots", batch("b1", [without]))
+    assert f"sheets[0].new_cadres: no ballot for {unit.cadres[1].cadre_id}" in msg
+    status = await drive_unit(client, handle.id, unit, stop_at=Stage.TALKS, tokens=tokens)
+    kinds = {t.target_kind for t in status.evaluation.tallies}
+    assert kinds == {"team", "cadre", "selection_work", "new_cadre"}
+    new_cadre = next(t for t in status.evaluation.tallies if t.target_kind == "new_cadre")
+    assert new_cadre.approval_rate is not None and new_cadre.ballots == 7
+
+
+async def test_talk_plan_by_role(client: Client, worker: str, tokens: TokenSource) -> None:
+    unit = sample_unit(cadres=2, talk_plan={"班子成员": 1, "中层干部": 1})
+    handle = await start_unit(client, worker, unit)
+    await drive_unit(client, handle.id, unit, stop_at=Stage.TALKS, tokens=tokens)
+
+    def talk(n: int, role: str) -> RecordTalk:
+        return RecordTalk(
+            idempotency_key=f"t{n}",
+            actor=GROUP,
+            talk_id=f"t{n}",
+            interviewer="考核组",
+            interviewee_role=role,
+            talk_date=dt.date(2026, 12, 15),
+            content="保密内容",
+        )
+
+    msg = await rejected(handle, "record_talk", talk(0, "门卫"))
+    assert "interviewee_role: '门卫' is not in the talk plan" in msg
+    first = await handle.execute_update(UnitAssessment.record_talk, talk(1, "班子成员"))
+    assert first.stage == Stage.TALKS
+    status = await handle.query(UnitAssessment.status)
+    assert status.talks.by_role == {"班子成员": (1, 1), "中层干部": (0, 1)}
+    second = await handle.execute_update(UnitAssessment.record_talk, talk(2, "中层干部"))
+    assert second.stage == Stage.GRADING
+
+
+async def test_report_as_a_file_reference(client: Client, worker: str, pool: asyncpg.Pool) -> None:
+    handle = await start_unit(client, worker, sample_unit())
+    await handle.execute_update(
+        "acknowledge_notice",
+        {"idempotency_key": "a", "actor": {"id": "u", "role": "unit"}},
+        result_type=ActionResult,
+    )
+    report = {
+        "idempotency_key": "r",
+        "actor": {"id": "u", "role": "unit"},
+        "kind": "team",
+        "title": "总结",
+        "file": {
+            "uri": "oa://docs/2026/summary.pdf",
+            "sha256": "a" * 64,
+            "size": 123456,
+            "media_type": "application/pdf",
+        },
+    }
+    both = {**report, "idempotency_key": "r0", "text": "正文"}
+    assert "text" in await rejected(handle, "submit_report", both)
+    await handle.execute_update("submit_report", report, result_type=ActionResult)
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT body, file_uri, file_sha256, file_size FROM reports WHERE workflow_id=$1",
+            handle.id,
+        )
+    assert row["body"] is None and row["file_uri"] == "oa://docs/2026/summary.pdf"
+    assert (row["file_sha256"], row["file_size"]) == ("a" * 64, 123456)
