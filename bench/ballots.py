@@ -8,10 +8,12 @@ On a private stack, with units in their evaluation whose rater groups plan enoug
     (written first, untimed): parse, check, tokens, COPY, the register_ballot_batch update;
 (c) update path: the same number of ballots on another unit through `record_ballots`
     updates of at most `--batch-size` ballots (each sheet: a team ballot and one per cadre);
-(d) bare updates: as many execute_update calls as (c) made, to BenchEcho's no-op update.
+(d) bare updates: as many execute_update calls as (c) made, to BenchEcho's no-op update,
+    empty, and (d') carrying the very batches (c) sent: the floor of an update that size.
 
 Ratios, last: bulk rows/s over raw COPY rows/s (goal >= 0.5), and update path time over
-bare updates time for the same number of calls (goal <= 2).
+bare updates time for the same number of calls (goal <= 2; the last line uses the
+same-size floor (d')).
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 from bench.floor import EchoWorkflow, floor_worker
 from bench.stack import (
@@ -136,6 +139,7 @@ class UpdatePath:
     timed: Timed
     calls: int
     samples: list[float]
+    payloads: list[RecordBallots]
 
 
 async def update_path(
@@ -158,10 +162,18 @@ async def update_path(
         if not result.accepted:
             raise RuntimeError(f"batch {n}: {result.message}")
     seconds = time.perf_counter() - t0
-    return UpdatePath(Timed(seconds, rows), len(batches), samples)
+    payloads = [
+        RecordBallots(
+            idempotency_key=f"bench-{n}", actor=BALLOT_SYSTEM, batch_id=f"b{n}", sheets=batch
+        )
+        for n, batch in enumerate(batches)
+    ]
+    return UpdatePath(Timed(seconds, rows), len(batches), samples, payloads)
 
 
-async def bare_updates(stack: BenchStack, calls: int) -> float:
+async def bare_updates(stack: BenchStack, calls: int, payloads: list[Any] | None = None) -> float:
+    """`calls` updates to a no-op handler: empty ones, or carrying `payloads` (the same
+    batches the update path sent, so transport, encryption and decoding cost the same)."""
     task_queue = stack.task_queue("echo")
     async with floor_worker(stack, task_queue):
         handle = await stack.client.start_workflow(
@@ -171,7 +183,10 @@ async def bare_updates(stack: BenchStack, calls: int) -> float:
             await handle.execute_update(EchoWorkflow.ping, i)
         t0 = time.perf_counter()
         for i in range(calls):
-            await handle.execute_update(EchoWorkflow.ping, i)
+            if payloads is None:
+                await handle.execute_update(EchoWorkflow.ping, i)
+            else:
+                await handle.execute_update(EchoWorkflow.carry, payloads[i])
         seconds = time.perf_counter() - t0
         await handle.signal(EchoWorkflow.finish)
         await handle.result()
@@ -236,6 +251,7 @@ async def main(*, n: int, cadres: int, batch_size: int, keep: bool) -> int:
             )
             updates = await update_path(stack, upd_wf, upd_sheets, batch_size)
         bare = await bare_updates(stack, updates.calls)
+        carried = await bare_updates(stack, updates.calls, updates.payloads)
 
         phases = ", ".join(f"{k} {v:.2f} s" for k, v in imported.seconds.items())
         rows: list[tuple[str, str]] = [
@@ -258,8 +274,12 @@ async def main(*, n: int, cadres: int, batch_size: int, keep: bool) -> int:
                 f"{ms(percentile(updates.samples, 50))} / {ms(percentile(updates.samples, 99))}",
             ),
             (
-                f"(d) bare updates ({updates.calls})",
+                f"(d) bare updates ({updates.calls}), empty",
                 f"{bare:.2f} s, {ratio(bare, updates.calls) * 1000:.1f} ms each",
+            ),
+            (
+                f"(d') bare updates ({updates.calls}) carrying the same batches",
+                f"{carried:.2f} s, {ratio(carried, updates.calls) * 1000:.1f} ms each",
             ),
         ]
         console.print(figures_table("ballots: bulk import and updates vs their floors", rows))
@@ -269,5 +289,11 @@ async def main(*, n: int, cadres: int, batch_size: int, keep: bool) -> int:
         )
         console.print(log_summary(stack))
     print_ratio_line("bulk rows/s / raw COPY rows/s", ratio(bulk.rows_per_s, raw.rows_per_s))
-    print_ratio_line("update path time / bare updates time", ratio(updates.timed.seconds, bare))
+    print_ratio_line(
+        "update path time / empty bare updates time", ratio(updates.timed.seconds, bare)
+    )
+    print_ratio_line(
+        "update path time / bare updates of the same batches time",
+        ratio(updates.timed.seconds, carried),
+    )
     return 0

@@ -67,6 +67,11 @@ class EchoWorkflow:
     def ping(self, n: int) -> int:
         return n
 
+    @workflow.update
+    def carry(self, payload: Any) -> int:
+        """Takes a payload and ignores it: the floor of an update of that size."""
+        return 0
+
     @workflow.signal
     def finish(self) -> None:
         self._done = True

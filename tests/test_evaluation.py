@@ -194,3 +194,18 @@ async def test_report_as_a_file_reference(client: Client, worker: str, pool: asy
         )
     assert row["body"] is None and row["file_uri"] == "oa://docs/2026/summary.pdf"
     assert (row["file_sha256"], row["file_size"]) == ("a" * 64, 123456)
+
+
+async def test_a_bad_sheet_sent_as_a_signal_is_recorded_as_rejected(
+    client: Client, worker: str, pool: asyncpg.Pool, tokens: TokenSource
+) -> None:
+    unit, handle, issued = await unit_in_evaluation(client, worker, tokens)
+    sheet = sheet_for(issued["A"][0], unit, POLICY, random.Random(4))
+    sheet.cadres[0].overall = "很好"
+    await handle.signal("record_ballots", batch("s1", [sheet]).model_dump(mode="json"))
+    for _ in range(50):
+        status = await handle.query(UnitAssessment.status)
+        if status.rejected_signals:
+            break
+    assert "sheets[0].cadres[0].overall: '很好'" in status.rejected_signals[0].reason
+    assert await marks(pool, handle.id) == 0

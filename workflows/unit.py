@@ -150,6 +150,9 @@ class UnitAssessment:
             "close_follow_up": self._apply_close_follow_up,
             "close_stage": self._apply_close_stage,
         }
+        self._payload_checkers: dict[str, Callable[[Any], None]] = {
+            "record_ballots": self._check_sheets,
+        }
         self._checkers: dict[str, Callable[[Any], None]] = {
             "submit_report": self._check_submit_report,
             "record_ballots": self._check_record_ballots,
@@ -385,9 +388,13 @@ class UnitAssessment:
     def _validate(self, name: str, payload: Any) -> None:
         action = self._parse(name, payload)
         if self._duplicate(name, action) is None:
-            self._check(name, action)
+            self._check(name, action, payload_checked=False)
 
-    def _check(self, name: str, action: Action) -> None:
+    def _check(self, name: str, action: Action, *, payload_checked: bool) -> None:
+        """Raises ActionRejected if the unit's state or the payload does not allow the action.
+
+        Payload-only checks (against the roster and the policy, which never change) run once:
+        in the validator for an update, here for a signal (`payload_checked`)."""
         rule = ACTION_RULES[name]
         if self._stage not in rule.stages:
             allowed = ", ".join(sorted(s.value for s in rule.stages))
@@ -400,13 +407,15 @@ class UnitAssessment:
             raise ActionRejected(
                 f"actor.role: {action.actor.role.value!r} may not {name}; allowed roles: {roles}"
             )
+        if not payload_checked and name in self._payload_checkers:
+            self._payload_checkers[name](action)
         checker = self._checkers.get(name)
         if checker is not None:
             checker(action)
 
     async def _handle_update(self, name: str, payload: Any) -> ActionResult:
         try:
-            return await self._perform(name, self._parse(name, payload))
+            return await self._perform(name, self._parse(name, payload), payload_checked=True)
         except ActionRejected as err:
             # The state moved between validation and handling: fail the update, not the task.
             raise ApplicationError(str(err), type="ActionRejected", non_retryable=True) from err
@@ -415,17 +424,17 @@ class UnitAssessment:
         key = payload.get("idempotency_key") if isinstance(payload, dict) else None
         try:
             action = self._parse(name, payload)
-            await self._perform(name, action)
+            await self._perform(name, action, payload_checked=False)
         except ActionRejected as err:
             await self._reject(name, key, str(err))
 
-    async def _perform(self, name: str, action: Action) -> ActionResult:
+    async def _perform(self, name: str, action: Action, *, payload_checked: bool) -> ActionResult:
         await workflow.wait_condition(lambda: self._registered)
         async with self._lock:
             duplicate = self._duplicate(name, action)
             if duplicate is not None:
                 return duplicate
-            self._check(name, action)
+            self._check(name, action, payload_checked=payload_checked)
             message = await self._appliers[name](action)
             result = ActionResult(accepted=True, stage=self._stage, message=message)
             self._processed[action.idempotency_key] = (name, result)
@@ -481,6 +490,10 @@ class UnitAssessment:
             raise ActionRejected(
                 "ballots: flat ballots without tokens are not accepted; send sheets"
             )
+
+    def _check_sheets(self, a: RecordBallots) -> None:
+        if not self._sheets_mode:
+            return
         problems = batch_problems(a.sheets, self._unit, self._input.policy.ballots)
         if problems:
             more = len(problems) - MAX_PROBLEMS_SHOWN
