@@ -6,6 +6,7 @@ defaults. The campaign carries it, so a unit is judged by the policy it started 
 
 from __future__ import annotations
 
+import datetime as dt
 from fractions import Fraction
 from typing import Annotated
 
@@ -101,6 +102,11 @@ class FlagPolicy(Model):
 class Policy(Model):
     version: ShortText = "default"
     year: int | None = Field(default=None, ge=2000, le=2100)
+    reports_due: dt.date | None = Field(
+        default=None,
+        description="述职 reports are due by the end of this day (Asia/Shanghai); later ones "
+        "show as late in status. Working-day deadlines per stage come with issue 6.",
+    )
     ballots: BallotPolicy = Field(default_factory=BallotPolicy)
     flags: FlagPolicy = Field(default_factory=FlagPolicy)
     rater_groups: list[RaterGroup] = Field(

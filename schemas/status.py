@@ -58,6 +58,9 @@ class ReportProgress(Model):
     cadres_total: int = 0
     missing: list[str] = Field(default_factory=list)
     revisions: int = 0
+    due: dt.datetime | None = None
+    # Submitted after `due`, or still missing once it passed ("team" or a cadre id).
+    late: list[str] = Field(default_factory=list)
 
 
 class EvaluationProgress(Model):

@@ -8,7 +8,7 @@ import uuid
 from temporalio.client import Client, WorkflowHandle
 
 from activities.talk_cipher import TalkCipher
-from schemas.policy import RaterGroup
+from schemas.policy import Policy, RaterGroup
 from schemas.roster import CadreSpec, UnitSpec
 from schemas.workflow_io import UnitInput
 from workflows.unit import UnitAssessment
@@ -43,11 +43,21 @@ def sample_unit(unit_id: str | None = None, cadres: int = 2, **extra: object) ->
 
 
 async def start_unit(
-    client: Client, task_queue: str, unit: UnitSpec, campaign_id: str = "test"
+    client: Client,
+    task_queue: str,
+    unit: UnitSpec,
+    campaign_id: str = "test",
+    policy: Policy | None = None,
 ) -> WorkflowHandle:
     return await client.start_workflow(
         UnitAssessment.run,
-        UnitInput(campaign_id=campaign_id, year=2026, campaign_title="测试考核", unit=unit),
+        UnitInput(
+            campaign_id=campaign_id,
+            year=2026,
+            campaign_title="测试考核",
+            unit=unit,
+            policy=policy or Policy(),
+        ),
         id=f"kaohe-{campaign_id}-{unit.unit_id}",
         task_queue=task_queue,
     )

@@ -13,7 +13,7 @@ from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from kaohe.simulate import BALLOT_SYSTEM, GROUP, TokenSource, drive_unit, sheet_for
 from schemas.common import Stage
 from schemas.messages import ActionResult, CloseEvaluation, RecordBallots, RecordTalk
-from schemas.policy import BallotPolicy
+from schemas.policy import BallotPolicy, Policy
 from schemas.roster import UnitSpec
 from tests.helpers import sample_unit, start_unit
 from workflows.unit import UnitAssessment
@@ -209,3 +209,32 @@ async def test_a_bad_sheet_sent_as_a_signal_is_recorded_as_rejected(
             break
     assert "sheets[0].cadres[0].overall: '很好'" in status.rejected_signals[0].reason
     assert await marks(pool, handle.id) == 0
+
+
+async def test_late_and_missing_reports_show_in_status(client: Client, worker: str) -> None:
+    unit = sample_unit(cadres=2)
+    past = await start_unit(client, worker, unit, policy=Policy(reports_due=dt.date(2026, 1, 5)))
+    future = await start_unit(
+        client, worker, sample_unit(cadres=2), policy=Policy(reports_due=dt.date(2099, 1, 5))
+    )
+    for handle in (past, future):
+        await handle.execute_update(
+            "acknowledge_notice",
+            {"idempotency_key": "a", "actor": {"id": "u", "role": "unit"}},
+            result_type=ActionResult,
+        )
+        await handle.execute_update(
+            "submit_report",
+            {
+                "idempotency_key": "r",
+                "actor": {"id": "u", "role": "unit"},
+                "kind": "team",
+                "title": "总结",
+                "text": "……",
+            },
+            result_type=ActionResult,
+        )
+    late = (await past.query(UnitAssessment.status)).reports
+    assert late.late == ["team", *(c.cadre_id for c in unit.cadres)]  # one late, two missing
+    assert late.due is not None and late.due.isoformat() == "2026-01-06T00:00:00+08:00"
+    assert (await future.query(UnitAssessment.status)).reports.late == []

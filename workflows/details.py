@@ -35,7 +35,8 @@ def unit_details(s: UnitStatus) -> str:
         (
             "Reports",
             f"team {'✓' if s.reports.team_summary else '✗'}, cadres "
-            f"{s.reports.cadres_submitted}/{s.reports.cadres_total}",
+            f"{s.reports.cadres_submitted}/{s.reports.cadres_total}"
+            + (f" — late: {', '.join(s.reports.late)}" if s.reports.late else ""),
         ),
         (
             "Ballots",

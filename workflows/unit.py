@@ -10,6 +10,7 @@ the state may have moved since validation.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any
@@ -98,6 +99,7 @@ LOCAL_STORAGE_PATCH = "local-storage-activities"
 # started before keep flat ballots and plain tallies.
 BALLOT_SHEETS_PATCH = "ballot-sheets"
 MAX_PROBLEMS_SHOWN = 20
+SHANGHAI = dt.timezone(dt.timedelta(hours=8))  # Asia/Shanghai has no DST
 
 
 class ActionRejected(ValueError):
@@ -120,6 +122,7 @@ class UnitAssessment:
         self._processed: dict[str, tuple[str, ActionResult]] = {}
         self._acks = 0
         self._reports: dict[str, int] = {}  # "team" or a cadre id -> latest revision
+        self._report_times: dict[str, dt.datetime] = {}  # first submission
         self._batches: dict[str, int] = {}  # batch id -> ballots
         self._sheets_mode = False  # set in run(), see BALLOT_SHEETS_PATCH
         self._group_sheets: dict[str, int] = {}  # rater group -> sheets returned
@@ -579,6 +582,7 @@ class UnitAssessment:
             "save_report", ReportRecord(ref=self._ref(), action=a, revision=revision)
         )
         self._reports[subject] = revision
+        self._report_times.setdefault(subject, workflow.now())
         missing = self._missing_reports()
         if not missing:
             await self._advance(None, a.actor)
@@ -849,6 +853,25 @@ class UnitAssessment:
             return len(self._talks) >= self._unit.talks_planned
         return all(self._talk_roles.get(role, 0) >= n for role, n in plan.items())
 
+    def _reports_due(self) -> dt.datetime | None:
+        due = self._input.policy.reports_due
+        if due is None:
+            return None
+        return dt.datetime.combine(due + dt.timedelta(days=1), dt.time(), tzinfo=SHANGHAI)
+
+    def _late_reports(self) -> list[str]:
+        due = self._reports_due()
+        if due is None:
+            return []
+        subjects = ["team", *(c.cadre_id for c in self._unit.cadres)]
+        now = workflow.now()
+        return [
+            s
+            for s in subjects
+            if (s in self._report_times and self._report_times[s] > due)
+            or (s not in self._report_times and now > due)
+        ]
+
     def _missing_reports(self) -> list[str]:
         missing = [] if "team" in self._reports else ["team"]
         return missing + [c.cadre_id for c in self._unit.cadres if c.cadre_id not in self._reports]
@@ -874,6 +897,8 @@ class UnitAssessment:
                 cadres_total=len(self._unit.cadres),
                 missing=self._missing_reports(),
                 revisions=sum(r - 1 for r in self._reports.values()),
+                due=self._reports_due(),
+                late=self._late_reports(),
             ),
             evaluation=EvaluationProgress(
                 batches=len(self._batches),
