@@ -23,7 +23,6 @@ import random
 import tempfile
 import time
 from dataclasses import dataclass
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -45,11 +44,11 @@ from bench.stack import (
 )
 from kaohe.ballot_csv import write_ballot_csv
 from kaohe.ballot_io import import_ballots, issue_tokens, token_source
-from kaohe.simulate import BALLOT_SYSTEM, batches_of, drive_unit, sheet_for
+from kaohe.simulate import BALLOT_SYSTEM, batches_of, drive_unit, sheet_for, simulated_unit
 from schemas.common import Stage
 from schemas.messages import BallotSheet, RecordBallots
-from schemas.policy import Policy, RaterGroup
-from schemas.roster import CadreSpec, UnitSpec
+from schemas.policy import Policy
+from schemas.roster import UnitSpec
 from schemas.workflow_io import UnitInput
 from workflows.ballots import sheet_marks
 from workflows.unit import UnitAssessment
@@ -61,22 +60,7 @@ def bench_unit(unit_id: str, cadres: int, sheets: int) -> UnitSpec:
     """A unit whose three rater groups plan one more token than the run uses, so that the
     evaluation stays open (closing it is timed on its own)."""
     per_group = math.ceil(sheets / 3) + 1
-    weights = (Fraction(2, 5), Fraction(3, 10), Fraction(3, 10))
-    return UnitSpec(
-        unit_id=unit_id,
-        name=f"基准单位 {unit_id}",
-        contact="办公室",
-        cadres=[
-            CadreSpec(
-                cadre_id=f"{unit_id}-c{i}", name=f"干部{i}", position="副主任", principal=i == 0
-            )
-            for i in range(cadres)
-        ],
-        rater_groups=[
-            RaterGroup(group_id=g, label=f"票类{g}", planned=per_group, weight=w)
-            for g, w in zip("ABC", weights, strict=True)
-        ],
-    )
+    return simulated_unit(unit_id, cadres, (per_group,) * 3, name="基准单位")
 
 
 async def unit_in_evaluation(

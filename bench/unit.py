@@ -10,7 +10,6 @@ from __future__ import annotations
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from fractions import Fraction
 from typing import Any
 
 from rich.table import Table
@@ -35,10 +34,9 @@ from bench.stack import (
     ratio,
 )
 from kaohe.ballot_io import token_source
-from kaohe.simulate import drive_unit
+from kaohe.simulate import drive_unit, simulated_unit
 from schemas.common import Stage
-from schemas.policy import RaterGroup
-from schemas.roster import CadreSpec, UnitSpec
+from schemas.roster import UnitSpec
 from schemas.workflow_io import UnitInput
 from workflows.unit import UnitAssessment
 
@@ -78,23 +76,8 @@ class _TimedClient:
 
 def bench_unit(unit_id: str, cadres: int, voters: int) -> UnitSpec:
     """`voters` sheets in three rater groups (A, B, C), every token used."""
-    sizes = [voters // 3 + (1 if i < voters % 3 else 0) for i in range(3)]
-    weights = (Fraction(2, 5), Fraction(3, 10), Fraction(3, 10))
-    return UnitSpec(
-        unit_id=unit_id,
-        name=f"基准单位 {unit_id}",
-        contact="办公室",
-        cadres=[
-            CadreSpec(
-                cadre_id=f"{unit_id}-c{i}", name=f"干部{i}", position="副主任", principal=i == 0
-            )
-            for i in range(cadres)
-        ],
-        rater_groups=[
-            RaterGroup(group_id=g, label=f"票类{g}", planned=max(1, n), weight=w)
-            for g, n, w in zip("ABC", sizes, weights, strict=True)
-        ],
-    )
+    sizes = tuple(voters // 3 + (1 if i < voters % 3 else 0) for i in range(3))
+    return simulated_unit(unit_id, cadres, sizes, name="基准单位")  # type: ignore[arg-type]
 
 
 @dataclass

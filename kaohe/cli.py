@@ -5,14 +5,12 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
-from collections.abc import Coroutine
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated, Any
 
 import typer
 from pydantic import TypeAdapter, ValidationError
-from rich.console import Console
 from rich.table import Table
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
@@ -20,8 +18,8 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from kaohe.cli_ballots import ballots_app, tokens_app
+from kaohe.cli_common import console, err_console, fail, run
 from kaohe.client import connect
-from kaohe.logs import configure_logging
 from kaohe.roster_io import RosterError, load_policy, load_roster
 from kaohe.settings import get_settings
 from schemas.common import Actor, Stage
@@ -43,22 +41,8 @@ schema_app = typer.Typer(help="JSON Schemas of the public messages.", no_args_is
 app.add_typer(schema_app, name="schema")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(ballots_app, name="ballots")
-console = Console()
-err_console = Console(stderr=True)
-T = TypeVar("T")
 
 SAMPLE_ROSTER = "samples/demo-roster.yaml"
-
-
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    settings = get_settings()
-    configure_logging(settings.log_format, settings.log_level)
-    return asyncio.run(coro)
-
-
-def _fail(message: str) -> typer.Exit:
-    err_console.print(f"[red]error:[/] {message}")
-    return typer.Exit(code=1)
 
 
 # ---- the stack -------------------------------------------------------------------------
@@ -93,7 +77,7 @@ def dev(
             await asyncio.gather(worker_task, return_exceptions=True)
 
     try:
-        _run(run_dev(settings, with_worker=worker_and_demo))
+        run(run_dev(settings, with_worker=worker_and_demo))
     except KeyboardInterrupt:
         pass
 
@@ -105,7 +89,7 @@ def worker() -> None:
 
     settings = get_settings()
     try:
-        _run(run_worker(settings, settings.effective_database_url))
+        run(run_worker(settings, settings.effective_database_url))
     except KeyboardInterrupt:
         pass
 
@@ -115,7 +99,7 @@ def migrate() -> None:
     """Apply the database migrations not yet applied (idempotent)."""
     from activities.db import apply_migrations
 
-    applied = _run(apply_migrations(get_settings().effective_database_url))
+    applied = run(apply_migrations(get_settings().effective_database_url))
     console.print(f"applied: {', '.join(applied)}" if applied else "migrations up to date")
 
 
@@ -184,7 +168,7 @@ def start(
     async def go() -> tuple[str, bool]:
         return await start_campaign(await connect(settings), roster, settings.task_queue, policy)
 
-    workflow_id, new = _run(go())
+    workflow_id, new = run(go())
     verb = "started" if new else "already exists, nothing started again:"
     console.print(f"campaign {roster.campaign_id} {verb} {workflow_id} ({len(roster.units)} units)")
 
@@ -206,7 +190,7 @@ def demo(
     from kaohe.demo import run_demo
 
     roster = _load_or_exit(roster_file or _sample_roster())
-    _run(run_demo(get_settings(), roster, pace=pace))
+    run(run_demo(get_settings(), roster, pace=pace))
 
 
 # ---- watching --------------------------------------------------------------------------
@@ -220,7 +204,7 @@ def status(
 ) -> None:
     """Show a unit's progress, or a campaign's units per stage."""
     if (workflow_id is None) == (campaign is None):
-        raise _fail("give either a WORKFLOW_ID or --campaign ID")
+        raise fail("give either a WORKFLOW_ID or --campaign ID")
     settings = get_settings()
 
     async def go() -> None:
@@ -249,9 +233,9 @@ def status(
         _print_campaign(progress, units)
 
     try:
-        _run(go())
+        run(go())
     except RPCError as err:
-        raise _fail(str(err)) from err
+        raise fail(str(err)) from err
 
 
 def _print_unit(s: UnitStatus) -> None:
@@ -262,7 +246,17 @@ def _print_unit(s: UnitStatus) -> None:
         f"team {'yes' if s.reports.team_summary else 'no'}, cadres "
         f"{s.reports.cadres_submitted}/{s.reports.cadres_total}",
     )
-    table.add_row("ballots", f"{s.evaluation.ballots} in {s.evaluation.batches} batches")
+    e = s.evaluation
+    table.add_row("ballots", f"{e.ballots} on {e.sheets} sheets in {e.batches} batches")
+    if e.participation:
+        table.add_row(
+            "participation",
+            ", ".join(f"{g.group_id} {g.returned}/{g.planned}" for g in e.participation),
+        )
+    if e.flags:
+        table.add_row("flags", "\n".join(f.message for f in e.flags))
+    if s.reports.late:
+        table.add_row("late reports", ", ".join(s.reports.late))
     table.add_row("talks", f"{s.talks.recorded}/{s.talks.planned}")
     g = s.grading
     table.add_row(
@@ -303,25 +297,25 @@ def _parse_actor(actor: str) -> Actor:
     try:
         return Actor.model_validate({"id": ident, "role": role})
     except ValidationError as err:
-        raise _fail(f"--actor: {format_validation_error(err)} (use ID:ROLE)") from err
+        raise fail(f"--actor: {format_validation_error(err)} (use ID:ROLE)") from err
 
 
 def _action_payload(name: str, body: str, actor: str | None) -> dict[str, Any]:
     if name not in ACTION_MODELS:
-        raise _fail(f"unknown action {name!r}; actions: {', '.join(ACTION_MODELS)}")
+        raise fail(f"unknown action {name!r}; actions: {', '.join(ACTION_MODELS)}")
     try:
         payload = json.loads(body)
     except json.JSONDecodeError as err:
-        raise _fail(f"JSON: {err}") from err
+        raise fail(f"JSON: {err}") from err
     if not isinstance(payload, dict):
-        raise _fail("JSON: the payload must be an object")
+        raise fail("JSON: the payload must be an object")
     payload.setdefault("idempotency_key", str(uuid.uuid4()))
     if actor is not None:
         payload.setdefault("actor", _parse_actor(actor).model_dump(mode="json"))
     try:  # check here too, so the error names the field before anything is sent
         ACTION_MODELS[name].model_validate(payload)
     except ValidationError as err:
-        raise _fail(format_validation_error(err)) from err
+        raise fail(format_validation_error(err)) from err
     return payload
 
 
@@ -348,11 +342,11 @@ def update(
         )
 
     try:
-        result = _run(go())
+        result = run(go())
     except WorkflowUpdateFailedError as err:
-        raise _fail(f"{name} rejected: {err.cause}") from err
+        raise fail(f"{name} rejected: {err.cause}") from err
     except RPCError as err:
-        raise _fail(str(err)) from err
+        raise fail(str(err)) from err
     console.print_json(result.model_dump_json())
 
 
@@ -370,7 +364,7 @@ def signal(
     async def go() -> None:
         await (await connect(settings)).get_workflow_handle(workflow_id).signal(name, payload)
 
-    _run(go())
+    run(go())
     console.print(f"signal {name} sent (idempotency_key {payload['idempotency_key']})")
 
 

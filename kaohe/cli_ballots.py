@@ -6,14 +6,11 @@ kaohe/cli.py mounts these: `app.add_typer(tokens_app, name="tokens")` and
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Coroutine
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import Annotated
 
 import asyncpg
 import typer
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     Progress,
@@ -35,8 +32,8 @@ from kaohe.ballot_io import (
     issue_tokens,
     write_tokens_csv,
 )
+from kaohe.cli_common import console, err_console, fail, run
 from kaohe.client import connect
-from kaohe.logs import configure_logging
 from kaohe.settings import get_settings
 from workflows.campaign import unit_workflow_id
 
@@ -44,9 +41,6 @@ tokens_app = typer.Typer(
     help="One-time anonymous ballot tokens (only their hashes are stored).", no_args_is_help=True
 )
 ballots_app = typer.Typer(help="Ballot sheets: the bulk import.", no_args_is_help=True)
-console = Console()
-err_console = Console(stderr=True)
-T = TypeVar("T")
 
 
 # Callbacks make both apps command groups even with one command each (`... tokens issue`).
@@ -62,17 +56,6 @@ def _ballots() -> None:
 
 CampaignOption = Annotated[str, typer.Option("--campaign", help="The campaign id.")]
 UnitOption = Annotated[str, typer.Option("--unit", help="The unit id.")]
-
-
-def _run(coro: Coroutine[Any, Any, T]) -> T:
-    settings = get_settings()
-    configure_logging(settings.log_format, settings.log_level)
-    return asyncio.run(coro)
-
-
-def _fail(message: str, code: int = 1) -> typer.Exit:
-    err_console.print(f"[red]error:[/] {message}")
-    return typer.Exit(code=code)
 
 
 @tokens_app.command("issue")
@@ -94,7 +77,7 @@ def tokens_issue(
     has not used yet."""
     path = out or Path(f"tokens-{campaign}-{unit}.csv")
     if path.exists():
-        raise _fail(f"{path} exists; tokens are written to a new file (choose another --out)")
+        raise fail(f"{path} exists; tokens are written to a new file (choose another --out)")
     workflow_id = unit_workflow_id(campaign, unit)
     settings = get_settings()
 
@@ -111,9 +94,9 @@ def tokens_issue(
             await conn.close()
 
     try:
-        issued = _run(go())
+        issued = run(go())
     except TokensError as err:
-        raise _fail(str(err)) from err
+        raise fail(str(err)) from err
     table = Table(title=f"ballot tokens of {workflow_id}", title_justify="left")
     for column in ("group", "label", "planned", "used", "issued now"):
         table.add_column(column, justify="left" if column in ("group", "label") else "right")
@@ -176,7 +159,7 @@ def ballots_import(
             await conn.close()
 
     try:
-        result = _run(go())
+        result = run(go())
     except BallotImportError as err:
         err_console.print(
             f"[red]{file}: {len(err.problems)} problem(s); nothing imported[/]", soft_wrap=True
@@ -185,11 +168,11 @@ def ballots_import(
             err_console.print(f"  {problem}", markup=False, highlight=False, soft_wrap=True)
         raise typer.Exit(code=2) from err
     except WorkflowUpdateFailedError as err:
-        raise _fail(
+        raise fail(
             f"register_ballot_batch rejected: {err.cause}; the batch is stored but not counted"
         ) from err
     except RPCError as err:
-        raise _fail(str(err)) from err
+        raise fail(str(err)) from err
     table = Table(title=f"ballot import into {result.workflow_id}", show_header=False)
     table.add_column("figure")
     table.add_column("value", overflow="fold")

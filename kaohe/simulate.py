@@ -8,6 +8,8 @@ import asyncio
 import datetime as dt
 import random
 from collections.abc import Awaitable, Callable
+from fractions import Fraction
+from typing import Any
 
 from temporalio.client import Client, WorkflowHandle
 
@@ -27,8 +29,8 @@ from schemas.messages import (
     SubmitReport,
     TeamRating,
 )
-from schemas.policy import BallotPolicy, Policy
-from schemas.roster import UnitSpec
+from schemas.policy import BallotPolicy, Policy, RaterGroup
+from schemas.roster import CadreSpec, UnitSpec
 from schemas.status import UnitStatus
 from workflows.stages import ORDER
 from workflows.unit import UnitAssessment
@@ -41,6 +43,39 @@ BALLOT_SYSTEM = Actor(id="ballot-system", role=Role.INTEGRATOR)
 GROUP = Actor(id="group-leader", role=Role.ASSESSMENT_GROUP)
 APPROVER = Actor(id="department-approver", role=Role.APPROVER)
 DEPARTMENT = Actor(id="department", role=Role.DEPARTMENT)
+
+
+def simulated_unit(
+    unit_id: str,
+    cadres: int,
+    group_sizes: tuple[int, int, int],
+    name: str = "测试单位",
+    **extra: Any,
+) -> UnitSpec:
+    """A unit of `cadres` cadres (the first its principal) whose rater groups A, B, C plan
+    `group_sizes` sheets with weights 40/30/30%: the tests', the benchmarks' stand-in."""
+    weights = (Fraction(2, 5), Fraction(3, 10), Fraction(3, 10))
+    extra.setdefault(
+        "rater_groups",
+        [
+            RaterGroup(group_id=g, label=label, planned=max(1, n), weight=w)
+            for g, label, n, w in zip(
+                "ABC", ("领导班子成员", "中层干部", "职工代表"), group_sizes, weights, strict=True
+            )
+        ],
+    )
+    return UnitSpec(
+        unit_id=unit_id,
+        name=f"{name} {unit_id}",
+        contact="办公室",
+        cadres=[
+            CadreSpec(
+                cadre_id=f"{unit_id}-c{i}", name=f"干部{i}", position="副主任", principal=i == 0
+            )
+            for i in range(cadres)
+        ],
+        **extra,
+    )
 
 
 def _pick(options: list[str], rng: random.Random, favourable: int = 2) -> str:

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import base64
 import uuid
+from typing import Any
 
 from temporalio.client import Client, WorkflowHandle
 
 from activities.talk_cipher import TalkCipher
-from schemas.policy import Policy, RaterGroup
-from schemas.roster import CadreSpec, UnitSpec
+from kaohe.simulate import simulated_unit
+from schemas.policy import Policy
+from schemas.roster import UnitSpec
 from schemas.workflow_io import UnitInput
 from workflows.unit import UnitAssessment
 
@@ -17,29 +19,13 @@ TEST_KEY_B64 = base64.b64encode(b"k" * 32).decode()
 TEST_KEY = TalkCipher.from_base64(TEST_KEY_B64, "test-key")
 
 
-# Small rater groups keep the tests fast: 7 sheets close a unit's evaluation.
-SMALL_GROUPS = [
-    RaterGroup(group_id="A", label="领导班子成员", planned=2, weight="40%"),
-    RaterGroup(group_id="B", label="中层干部", planned=2, weight="30%"),
-    RaterGroup(group_id="C", label="职工代表", planned=3, weight="30%"),
-]
+# The rater groups every sample unit has: 2, 2 and 3 sheets planned.
+SMALL_GROUPS = simulated_unit("template", 1, (2, 2, 3)).rater_groups or []
 
 
-def sample_unit(unit_id: str | None = None, cadres: int = 2, **extra: object) -> UnitSpec:
-    unit_id = unit_id or f"u{uuid.uuid4().hex[:10]}"
-    extra.setdefault("rater_groups", SMALL_GROUPS)
-    return UnitSpec(
-        unit_id=unit_id,
-        name=f"测试单位 {unit_id}",
-        contact="办公室",
-        cadres=[
-            CadreSpec(
-                cadre_id=f"{unit_id}-c{i}", name=f"干部{i}", position="副主任", principal=i == 0
-            )
-            for i in range(cadres)
-        ],
-        **extra,  # type: ignore[arg-type]
-    )
+def sample_unit(unit_id: str | None = None, cadres: int = 2, **extra: Any) -> UnitSpec:
+    """Small rater groups (2, 2 and 3 sheets) keep the tests fast."""
+    return simulated_unit(unit_id or f"u{uuid.uuid4().hex[:10]}", cadres, (2, 2, 3), **extra)
 
 
 async def start_unit(

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 from temporalio.client import Client
+from temporalio.service import RPCError
 
 from kaohe.roster_io import RosterError, load_roster
 from schemas.messages import ACTION_MODELS
@@ -101,9 +102,12 @@ async def test_start_status_and_update_from_the_cli(
     assert "already exists" in again.stdout
 
     unit_wf = f"kaohe-{campaign_id}-a"
-    for _ in range(50):
-        if (await akaohe(stack, "status", unit_wf)).returncode == 0:
+    for _ in range(300):  # the campaign starts its units asynchronously
+        try:
+            await client.get_workflow_handle(unit_wf).describe()
             break
+        except RPCError:
+            await asyncio.sleep(0.1)
     ack = await akaohe(stack, "acknowledge", unit_wf)
     assert ack.returncode == 0, ack.stderr
     assert '"stage": "report_back"' in ack.stdout
@@ -124,8 +128,12 @@ async def test_start_status_and_update_from_the_cli(
     assert early.returncode == 1 and "report_back" in early.stderr
     status = await akaohe(stack, "status", unit_wf, "--json")
     assert json.loads(status.stdout)["stage"] == "report_back"
-    campaign = await akaohe(stack, "status", "--campaign", campaign_id)
-    assert campaign.returncode == 0 and unit_wf in campaign.stdout
+    for _ in range(20):  # the unit list comes from visibility, which lags a little
+        campaign = await akaohe(stack, "status", "--campaign", campaign_id)
+        if unit_wf in campaign.stdout:
+            break
+        await asyncio.sleep(0.5)
+    assert campaign.returncode == 0 and unit_wf in campaign.stdout, campaign.stdout
 
 
 async def test_signal_from_the_cli(stack: Stack, worker: str, client: Client) -> None:

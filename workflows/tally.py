@@ -80,16 +80,7 @@ def tally_ballots(
     raised: list[Flag] = []
     for (kind, target), c in by_target.items():
         raised += target_flags(kind, target, c, weights, flags)
-    participation = [
-        GroupParticipation(
-            group_id=g.group_id,
-            label=g.label,
-            planned=g.planned,
-            returned=counts.sheets_by_group.get(g.group_id, 0),
-            weight=float(g.weight),
-        )
-        for g in groups
-    ]
+    participation = group_participation(groups, counts.sheets_by_group)
     raised += participation_flags(participation, flags)
     return tallies, participation, raised
 
@@ -137,6 +128,21 @@ def target_flags(
                 )
             )
     return out
+
+
+def group_participation(
+    groups: list[RaterGroup], sheets_by_group: dict[str, int]
+) -> list[GroupParticipation]:
+    return [
+        GroupParticipation(
+            group_id=g.group_id,
+            label=g.label,
+            planned=g.planned,
+            returned=sheets_by_group.get(g.group_id, 0),
+            weight=float(g.weight),
+        )
+        for g in groups
+    ]
 
 
 def participation_flags(groups: list[GroupParticipation], policy: FlagPolicy) -> list[Flag]:

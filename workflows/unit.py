@@ -80,7 +80,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.details import unit_details
     from workflows.rules import derive_follow_ups
     from workflows.stages import ACTION_RULES, CLOSABLE_EARLY, NEXT, TERMINAL
-    from workflows.tally import groups_complete, tally_ballots
+    from workflows.tally import group_participation, groups_complete, tally_ballots
 
 # Storage survives a database restart: retry with backoff for as long as it takes
 # (past a minute the SDK waits between local attempts with a timer), except for errors
@@ -836,16 +836,7 @@ class UnitAssessment:
     def _participation(self) -> list[GroupParticipation]:
         if not self._sheets_mode:
             return []
-        return [
-            GroupParticipation(
-                group_id=g.group_id,
-                label=g.label,
-                planned=g.planned,
-                returned=self._group_sheets.get(g.group_id, 0),
-                weight=float(g.weight),
-            )
-            for g in self._input.rater_groups
-        ]
+        return group_participation(self._input.rater_groups, self._group_sheets)
 
     def _talk_plan_met(self) -> bool:
         plan = self._unit.talk_plan

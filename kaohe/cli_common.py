@@ -1,0 +1,31 @@
+"""What every `kaohe` command group shares: consoles, running a coroutine, failing."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+import typer
+from rich.console import Console
+
+from kaohe.logs import configure_logging
+from kaohe.settings import get_settings
+
+T = TypeVar("T")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def run(coro: Coroutine[Any, Any, T]) -> T:
+    """Runs a command's coroutine with logging configured from the settings."""
+    settings = get_settings()
+    configure_logging(settings.log_format, settings.log_level)
+    return asyncio.run(coro)
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    """Prints the error; the caller raises what this returns."""
+    err_console.print(f"[red]error:[/] {message}")
+    return typer.Exit(code=code)
