@@ -107,11 +107,11 @@ class BallotBatchReceipt(Model):
 
 
 class BallotSheetsRecord(Model):
-    """record_ballots with sheets: tokens checked and marked used, marks stored, at once."""
+    """record_ballots with sheets: tokens checked and marked used, marks stored, at once.
+    The planned counts come from unit_rater_groups, stored by register_unit."""
 
     ref: UnitRef
     action: RecordBallots
-    rater_groups: list[RaterGroup]
 
 
 class BallotBatchCheck(Model):

@@ -78,7 +78,7 @@ def record(
     action = RecordBallots(
         idempotency_key=key or batch_id, actor=BALLOT_SYSTEM, batch_id=batch_id, sheets=sheets
     )
-    return BallotSheetsRecord(ref=ref, action=action, rater_groups=SMALL_GROUPS)
+    return BallotSheetsRecord(ref=ref, action=action)
 
 
 async def rejection(coro: object) -> str:

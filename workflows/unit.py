@@ -89,7 +89,7 @@ ACTIVITY_RETRY = RetryPolicy(
     initial_interval=timedelta(milliseconds=500),
     backoff_coefficient=2.0,
     maximum_interval=timedelta(seconds=30),
-    non_retryable_error_types=["BatchConflict"],
+    non_retryable_error_types=["BatchConflict", "BallotRejected"],
 )
 ACTIVITY_TIMEOUT = timedelta(seconds=30)
 MAX_REJECTIONS_KEPT = 50
@@ -598,9 +598,7 @@ class UnitAssessment:
             )
             self._batches[a.batch_id] = receipt.count
             return f"batch {a.batch_id}: {receipt.count} ballots recorded"
-        record = BallotSheetsRecord(
-            ref=self._ref(), action=a, rater_groups=self._input.rater_groups
-        )
+        record = BallotSheetsRecord(ref=self._ref(), action=a)
         return await self._take_batch("save_ballot_sheets", record, a)
 
     async def _apply_register_ballot_batch(self, a: RegisterBallotBatch) -> str:
