@@ -32,6 +32,20 @@ class Stage(StrEnum):
     CANCELLED = "cancelled"
 
 
+class AccountabilityLevel(StrEnum):
+    """问责 and organizational measures, mildest first (the order the 优秀 gate reads)."""
+
+    REMINDER = "提醒谈话"
+    CRITICISM = "批评教育"
+    ADMONISHMENT = "诫勉"
+    ORGANIZATIONAL = "组织处理"
+    DISCIPLINARY = "纪律处分"
+
+    @property
+    def rank(self) -> int:
+        return list(AccountabilityLevel).index(self)
+
+
 class Role(StrEnum):
     UNIT = "unit"
     ASSESSMENT_GROUP = "assessment_group"

@@ -12,7 +12,7 @@ from typing import Annotated
 
 from pydantic import BeforeValidator, Field, PlainSerializer, WithJsonSchema, model_validator
 
-from schemas.common import Identifier, Model, ShortText
+from schemas.common import AccountabilityLevel, Identifier, Model, ShortText
 
 
 def _to_fraction(value: object) -> Fraction:
@@ -99,6 +99,27 @@ class FlagPolicy(Model):
     min_participation: Ratio = Fraction(4, 5)  # returned / planned, per group
 
 
+class GradingPolicy(Model):
+    """评定等次: the 优秀 quota, the 优秀 gates and how a grade is suggested from the tallies."""
+
+    excellent_ratio: Ratio = Fraction(1, 5)  # at most 20% of the graded cadres
+    excellent_ratio_by_category: dict[str, Ratio] = Field(default_factory=dict)
+    max_leave_days: int = Field(default=180, ge=0, le=366)
+    # An accountability at this level or above, overlapping the year, bars 优秀.
+    accountability_bars_excellent_from: AccountabilityLevel = AccountabilityLevel.ADMONISHMENT
+    # Suggested grade: each ballot's points (不了解 not counted), averaged per rater group,
+    # weighted by group; the first band whose minimum the score reaches.
+    points: dict[str, int] = Field(
+        default_factory=lambda: {"优秀": 100, "称职": 80, "基本称职": 60, "不称职": 0}
+    )
+    bands: list[tuple[int, str]] = Field(
+        default_factory=lambda: [(90, "优秀"), (75, "称职"), (60, "基本称职"), (0, "不称职")]
+    )
+
+    def ratio_for(self, category: str) -> Fraction:
+        return self.excellent_ratio_by_category.get(category, self.excellent_ratio)
+
+
 class Policy(Model):
     version: ShortText = "default"
     year: int | None = Field(default=None, ge=2000, le=2100)
@@ -109,6 +130,7 @@ class Policy(Model):
     )
     ballots: BallotPolicy = Field(default_factory=BallotPolicy)
     flags: FlagPolicy = Field(default_factory=FlagPolicy)
+    grading: GradingPolicy = Field(default_factory=GradingPolicy)
     rater_groups: list[RaterGroup] = Field(
         default_factory=lambda: [
             RaterGroup(group_id="A", label="领导班子成员", planned=5, weight=Fraction(2, 5)),

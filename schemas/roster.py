@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Annotated
 
 from pydantic import Field, model_validator
 
-from schemas.common import Identifier, Model, ShortText
+from schemas.common import AccountabilityLevel, Identifier, Model, ShortText
 from schemas.policy import RaterGroup, check_weights
+
+
+class Accountability(Model):
+    """A 问责 whose influence period (影响期) runs from `start` to `end`."""
+
+    level: AccountabilityLevel
+    start: dt.date
+    end: dt.date
 
 
 class CadreSpec(Model):
@@ -16,6 +25,12 @@ class CadreSpec(Model):
     position: ShortText
     principal: bool = Field(default=False, description="主要负责人: rated on extra items.")
     newly_promoted: bool = Field(default=False, description="新提拔任用干部 this year.")
+    accountabilities: list[Accountability] = Field(default_factory=list, max_length=50)
+    leave_days: int = Field(default=0, ge=0, le=366, description="Days of leave this year.")
+    negative_list: bool = Field(default=False, description="On the 负面清单 this year.")
+    ungraded_reason: ShortText | None = Field(
+        default=None, description="Not graded this year (e.g. newly appointed): 不确定等次."
+    )
 
 
 class UnitSpec(Model):

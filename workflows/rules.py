@@ -1,16 +1,18 @@
-"""Pure rules of result use (结果运用): which follow-ups the final grades call for.
+"""Pure, deterministic rules: result use (结果运用: which follow-ups the final grades call
+for) and grading (评定等次: quota, 优秀 gates, 不确定等次, the 不称职 flag, the suggested grade).
 
-Defaults from DOMAIN.md ("Result use defaults", local practice); issue 5 moves them into
-the yearly policy file.
+Defaults from DOMAIN.md (local practice); the numbers come from the yearly policy.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+from fractions import Fraction
 
 from schemas.common import CadreGrade, TeamGrade
 from schemas.messages import FollowUpKind
-from schemas.roster import UnitSpec
+from schemas.policy import GradingPolicy
+from schemas.roster import CadreSpec, UnitSpec
 from schemas.workflow_io import FollowUpSpec
 
 FOLLOW_UP_DAYS = 30
@@ -71,3 +73,139 @@ def derive_follow_ups(
                 )
             )
     return out
+
+
+# ---- 评定等次: grading rules -----------------------------------------------------------------
+# One function per rule, each returning the violation (naming the rule and the cadre) or None;
+# `proposal_violations` applies them all. Pure: the validator and the suggestion share them.
+
+EXCELLENT = "优秀"
+UNDETERMINED = "不确定等次"
+COMPETENT_OR_BETTER = ("优秀", "称职")
+
+
+def excellent_quota(headcount: int, ratio: Fraction) -> int:
+    """DOMAIN.md: quota = headcount × ratio, rounded down (default ratio 20%)."""
+    return int(headcount * ratio)  # int() of a non-negative Fraction rounds down
+
+
+def accountability_bar(cadre: CadreSpec, year: int, policy: GradingPolicy) -> str | None:
+    """DOMAIN.md: accountability at 诫勉 level or above whose influence period overlaps the
+    year bars 优秀."""
+    floor = policy.accountability_bars_excellent_from.rank
+    first, last = dt.date(year, 1, 1), dt.date(year, 12, 31)
+    for a in cadre.accountabilities:
+        if a.level.rank >= floor and a.start <= last and a.end >= first:
+            return (
+                f"{cadre.cadre_id}: not eligible for 优秀: {a.level.value} "
+                f"({a.start}–{a.end}) overlaps {year}"
+            )
+    return None
+
+
+def leave_bar(cadre: CadreSpec, policy: GradingPolicy) -> str | None:
+    """DOMAIN.md: leave over 180 days in the year bars 优秀."""
+    if cadre.leave_days > policy.max_leave_days:
+        return (
+            f"{cadre.cadre_id}: not eligible for 优秀: {cadre.leave_days} days of leave, "
+            f"more than {policy.max_leave_days}"
+        )
+    return None
+
+
+def negative_list_bar(cadre: CadreSpec) -> str | None:
+    """DOMAIN.md: an entry on the negative list (负面清单) bars 优秀."""
+    return (
+        f"{cadre.cadre_id}: not eligible for 优秀: on the 负面清单" if cadre.negative_list else None
+    )
+
+
+def undetermined_rule(cadre: CadreSpec, grade: str) -> str | None:
+    """DOMAIN.md: 不确定等次 for cadres not graded this year, and only for them."""
+    if cadre.ungraded_reason and grade != UNDETERMINED:
+        return (
+            f"{cadre.cadre_id}: is not graded this year ({cadre.ungraded_reason}): {UNDETERMINED}"
+        )
+    if not cadre.ungraded_reason and grade == UNDETERMINED:
+        return f"{cadre.cadre_id}: {UNDETERMINED} is only for a cadre not graded this year"
+    return None
+
+
+def incompetent_flag_rule(
+    cadre_id: str, grade: str, flagged: set[str], determinations: dict[str, str]
+) -> str | None:
+    """DOMAIN.md: a cadre flagged 不称职 (不称职票率 over the threshold) cannot be proposed 称职
+    or better without a written determination recorded by the group."""
+    if cadre_id in flagged and grade in COMPETENT_OR_BETTER and not determinations.get(cadre_id):
+        return (
+            f"{cadre_id}: flagged by 不称职票率; proposing {grade} needs a written "
+            "determination (determinations)"
+        )
+    return None
+
+
+def quota_rule(unit: UnitSpec, grades: dict[str, str], policy: GradingPolicy) -> str | None:
+    """DOMAIN.md: 优秀 at most ratio × the graded cadres of the category, rounded down."""
+    graded = sum(1 for c in unit.cadres if grades.get(c.cadre_id) != UNDETERMINED)
+    ratio = policy.ratio_for(unit.category)
+    quota = excellent_quota(graded, ratio)
+    excellent = sorted(c for c, g in grades.items() if g == EXCELLENT)
+    if len(excellent) > quota:
+        return (
+            f"quota: {len(excellent)} 优秀 ({', '.join(excellent)}) exceed the quota of "
+            f"{quota} ({graded} graded cadres × {ratio}, rounded down, category "
+            f"{unit.category})"
+        )
+    return None
+
+
+def proposal_violations(
+    unit: UnitSpec,
+    year: int,
+    policy: GradingPolicy,
+    grades: dict[str, str],
+    flagged_incompetent: set[str],
+    determinations: dict[str, str],
+) -> list[str]:
+    """Every rule a proposal of cadre grades breaks; [] if it may go to approval."""
+    out: list[str] = []
+    for cadre in unit.cadres:
+        grade = grades.get(cadre.cadre_id)
+        if grade is None:
+            continue  # completeness is checked where the proposal is parsed
+        found = [
+            undetermined_rule(cadre, grade),
+            incompetent_flag_rule(cadre.cadre_id, grade, flagged_incompetent, determinations),
+        ]
+        if grade == EXCELLENT:
+            found += [
+                accountability_bar(cadre, year, policy),
+                leave_bar(cadre, policy),
+                negative_list_bar(cadre),
+            ]
+        out += [v for v in found if v]
+    quota = quota_rule(unit, grades, policy)
+    return out + ([quota] if quota else [])
+
+
+def suggested_grade(
+    by_group: dict[str, dict[str, int]], weights: dict[str, Fraction], policy: GradingPolicy
+) -> tuple[str, Fraction] | None:
+    """A grade suggested from a cadre's tallies (configurable method: weighted score bands).
+
+    Each group's score is the mean points of its ballots (不了解 and unknown options not
+    counted); groups are weighted, their weights rescaled over the groups that scored."""
+    scores: dict[str, Fraction] = {}
+    for group, counts in by_group.items():
+        scored = {o: n for o, n in counts.items() if o in policy.points}
+        total = sum(scored.values())
+        if total and weights.get(group, 0) > 0:
+            scores[group] = Fraction(sum(policy.points[o] * n for o, n in scored.items()), total)
+    weight = sum((weights[g] for g in scores), Fraction(0))
+    if not weight:
+        return None
+    score = sum((weights[g] * s for g, s in scores.items()), Fraction(0)) / weight
+    for minimum, grade in policy.bands:
+        if score >= minimum:
+            return grade, score
+    return policy.bands[-1][1], score
