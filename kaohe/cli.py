@@ -19,6 +19,7 @@ from temporalio.service import RPCError
 
 from kaohe.cli_ballots import ballots_app, tokens_app
 from kaohe.cli_common import console, err_console, fail, run
+from kaohe.cli_report import report
 from kaohe.client import connect
 from kaohe.roster_io import RosterError, load_policy, load_roster
 from kaohe.settings import get_settings
@@ -41,6 +42,7 @@ schema_app = typer.Typer(help="JSON Schemas of the public messages.", no_args_is
 app.add_typer(schema_app, name="schema")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(ballots_app, name="ballots")
+app.command()(report)
 
 SAMPLE_ROSTER = "samples/demo-roster.yaml"
 
@@ -409,3 +411,6 @@ def schema_export(directory: Path) -> None:
             json.dumps(schema, ensure_ascii=False, indent=2) + "\n", encoding="utf-8"
         )
     console.print(f"wrote {len(public_schemas())} schemas to {directory}")
+
+
+# ---- results out: `kaohe report` (kaohe/cli_report.py) ---------------------------------

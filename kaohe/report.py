@@ -1,0 +1,453 @@
+"""A campaign's results out of PostgreSQL (`kaohe report`): one consistent read of its units,
+cadres, tallies, final grades and follow-ups, and an xlsx workbook of them.
+
+Only what may leave the system is read: talks are counted, never their content; ballot
+tokens are not touched; grades come from the `grades` table, which holds approved grades
+only, so a sealed proposal (`grade_proposals`) never shows.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import unicodedata
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import asyncpg
+from openpyxl import Workbook
+from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
+from openpyxl.styles import Alignment, Font
+from openpyxl.utils import get_column_letter
+from openpyxl.worksheet.worksheet import Worksheet
+from pydantic import BaseModel, Field
+
+from schemas.common import CadreGrade, CadreOverall, Stage, TeamGrade
+from workflows.stages import ORDER
+
+TEAM = ""  # grades.cadre_id of a team's own grade
+STAGES: tuple[Stage, ...] = (*ORDER, Stage.CANCELLED)
+CADRE_OPTIONS: tuple[str, ...] = tuple(o.value for o in CadreOverall)
+NOT_FINAL = "not final yet"
+
+SHEETS = ("Summary", "Units", "Cadres", "Follow-ups")
+
+
+class ReportError(Exception):
+    """The report cannot be built (e.g. the campaign is unknown)."""
+
+
+class UnitRow(BaseModel):
+    workflow_id: str
+    unit_id: str
+    name: str
+    category: str
+    stage: str
+    team_grade: str | None  # only once approved
+    ballots: int
+    sheets: int
+    talks: int
+    reports: int
+    follow_ups_open: int
+    follow_ups_closed: int
+
+
+class CadreRow(BaseModel):
+    unit_id: str
+    unit_name: str
+    cadre_id: str
+    name: str
+    position: str
+    principal: bool
+    newly_promoted: bool
+    grade: str | None  # only once approved
+    ballots: int  # every overall cadre ballot, 不了解 included
+    counts: dict[str, int]  # option -> ballots, unweighted, all rater groups
+
+    @property
+    def competent_or_better_share(self) -> float | None:
+        """(优秀 + 称职) / ballots, unweighted; None without ballots."""
+        if not self.ballots:
+            return None
+        return (self.counts.get("优秀", 0) + self.counts.get("称职", 0)) / self.ballots
+
+
+class FollowUpRow(BaseModel):
+    unit_id: str
+    unit_name: str
+    follow_up_id: str
+    kind: str
+    cadre_id: str | None
+    cadre_name: str | None
+    owner: str
+    due_date: dt.date | None
+    closed_at: dt.datetime | None
+    outcome: str | None
+
+
+class CampaignReport(BaseModel):
+    campaign_id: str
+    year: int
+    title: str
+    generated_at: dt.datetime
+    units: list[UnitRow] = Field(default_factory=list)
+    cadres: list[CadreRow] = Field(default_factory=list)
+    follow_ups: list[FollowUpRow] = Field(default_factory=list)
+    team_grades: dict[str, int] = Field(default_factory=dict)  # grade -> units (final only)
+    cadre_grades: dict[str, int] = Field(default_factory=dict)  # grade -> cadres (final only)
+
+    @property
+    def units_by_stage(self) -> dict[str, int]:
+        """Every stage in workflow order (zeros included), then any unknown stage."""
+        out = {s.value: 0 for s in STAGES}
+        for u in self.units:
+            out[u.stage] = out.get(u.stage, 0) + 1
+        return out
+
+    @property
+    def follow_ups_open(self) -> int:
+        return sum(1 for f in self.follow_ups if f.closed_at is None)
+
+    @property
+    def follow_ups_closed(self) -> int:
+        return sum(1 for f in self.follow_ups if f.closed_at is not None)
+
+
+# ---- reading ---------------------------------------------------------------------------
+
+_CAMPAIGN = "SELECT campaign_id, year, title FROM campaigns WHERE campaign_id = $1"
+
+# Ballots and sheets of registered batches only: an imported batch counts once the workflow
+# has verified it (as the tallies do). Reports are documents, a revision not counted twice.
+_UNITS = """
+SELECT u.workflow_id, u.unit_id, u.name, u.category, u.stage,
+       g.grade AS team_grade,
+       coalesce(b.ballots, 0) AS ballots, coalesce(b.sheets, 0) AS sheets,
+       coalesce(t.n, 0) AS talks, coalesce(r.n, 0) AS reports,
+       coalesce(f.open, 0) AS follow_ups_open, coalesce(f.closed, 0) AS follow_ups_closed
+FROM units u
+LEFT JOIN grades g ON g.workflow_id = u.workflow_id AND g.cadre_id = $2
+LEFT JOIN LATERAL (
+    SELECT sum(ballots)::bigint AS ballots, sum(sheets)::bigint AS sheets FROM ballot_batches
+    WHERE workflow_id = u.workflow_id AND registered_at IS NOT NULL) b ON true
+LEFT JOIN LATERAL (
+    SELECT count(*) AS n FROM talks WHERE workflow_id = u.workflow_id) t ON true
+LEFT JOIN LATERAL (
+    SELECT count(DISTINCT (kind, coalesce(cadre_id, ''))) AS n FROM reports
+    WHERE workflow_id = u.workflow_id) r ON true
+LEFT JOIN LATERAL (
+    SELECT count(*) FILTER (WHERE closed_at IS NULL) AS open,
+           count(*) FILTER (WHERE closed_at IS NOT NULL) AS closed
+    FROM follow_ups WHERE workflow_id = u.workflow_id) f ON true
+WHERE u.campaign_id = $1
+ORDER BY u.unit_id
+"""
+
+_CADRES = """
+SELECT c.workflow_id, u.unit_id, u.name AS unit_name, c.cadre_id, c.name, c.position,
+       c.principal, c.newly_promoted, g.grade
+FROM cadres c
+JOIN units u USING (workflow_id)
+LEFT JOIN grades g ON g.workflow_id = c.workflow_id AND g.cadre_id = c.cadre_id
+WHERE u.campaign_id = $1
+ORDER BY u.unit_id, c.principal DESC, c.cadre_id
+"""
+
+_CADRE_TALLIES = """
+SELECT t.workflow_id, t.target_id, t.option, sum(t.n)::bigint AS n
+FROM ballot_tallies t
+JOIN units u USING (workflow_id)
+WHERE u.campaign_id = $1 AND t.kind = 'cadre' AND t.item = 'overall'
+GROUP BY t.workflow_id, t.target_id, t.option
+"""
+
+_GRADES = """
+SELECT g.cadre_id = $2 AS team, g.grade, count(*) AS n
+FROM grades g
+JOIN units u USING (workflow_id)
+WHERE u.campaign_id = $1
+GROUP BY 1, 2
+"""
+
+_FOLLOW_UPS = """
+SELECT u.unit_id, u.name AS unit_name, f.follow_up_id, f.kind, f.cadre_id,
+       c.name AS cadre_name, f.owner, f.due_date, f.closed_at, f.outcome
+FROM follow_ups f
+JOIN units u USING (workflow_id)
+LEFT JOIN cadres c ON c.workflow_id = f.workflow_id AND c.cadre_id = f.cadre_id
+WHERE u.campaign_id = $1
+ORDER BY u.unit_id, f.created_at, f.follow_up_id
+"""
+
+
+async def build_report(
+    conn_or_pool: asyncpg.Connection | asyncpg.Pool, campaign_id: str
+) -> CampaignReport:
+    """Reads the campaign's report in one read-only, repeatable-read transaction."""
+    if isinstance(conn_or_pool, asyncpg.Pool):
+        async with conn_or_pool.acquire() as conn:
+            return await _read(conn, campaign_id)
+    return await _read(conn_or_pool, campaign_id)
+
+
+async def _read(conn: asyncpg.Connection, campaign_id: str) -> CampaignReport:
+    # One snapshot; inside a caller's transaction, that transaction's (a savepoint: the
+    # isolation level of a nested transaction cannot be chosen).
+    snapshot = (
+        conn.transaction()
+        if conn.is_in_transaction()
+        else conn.transaction(isolation="repeatable_read", readonly=True)
+    )
+    async with snapshot:
+        campaign = await conn.fetchrow(_CAMPAIGN, campaign_id)
+        if campaign is None:
+            raise ReportError(f"campaign {campaign_id!r} is not in the database")
+        units = await conn.fetch(_UNITS, campaign_id, TEAM)
+        cadres = await conn.fetch(_CADRES, campaign_id)
+        tallies = await conn.fetch(_CADRE_TALLIES, campaign_id)
+        grades = await conn.fetch(_GRADES, campaign_id, TEAM)
+        follow_ups = await conn.fetch(_FOLLOW_UPS, campaign_id)
+        generated_at = await conn.fetchval("SELECT now()")
+
+    counts: dict[tuple[str, str], dict[str, int]] = {}
+    for r in tallies:
+        counts.setdefault((r["workflow_id"], r["target_id"]), {})[r["option"]] = r["n"]
+    team_grades = {g.value: 0 for g in TeamGrade}
+    cadre_grades = {g.value: 0 for g in CadreGrade}
+    for r in grades:
+        into = team_grades if r["team"] else cadre_grades
+        into[r["grade"]] = into.get(r["grade"], 0) + r["n"]
+    return CampaignReport(
+        campaign_id=campaign["campaign_id"],
+        year=campaign["year"],
+        title=campaign["title"],
+        generated_at=generated_at,
+        units=[UnitRow(**dict(r)) for r in units],
+        cadres=[_cadre_row(r, counts.get((r["workflow_id"], r["cadre_id"]), {})) for r in cadres],
+        follow_ups=[FollowUpRow(**dict(r)) for r in follow_ups],
+        team_grades=team_grades,
+        cadre_grades=cadre_grades,
+    )
+
+
+def _cadre_row(r: asyncpg.Record, counts: dict[str, int]) -> CadreRow:
+    fields = {k: v for k, v in dict(r).items() if k != "workflow_id"}
+    return CadreRow(**fields, ballots=sum(counts.values()), counts=counts)
+
+
+# ---- the workbook ----------------------------------------------------------------------
+
+BOLD = Font(bold=True)
+NOTE = Font(italic=True, color="666666")
+MAX_WIDTH = 60
+
+
+def write_xlsx(report: CampaignReport, path: str | Path) -> Path:
+    """Writes the workbook (sheets Summary, Units, Cadres, Follow-ups); returns its path.
+
+    Each sheet has a caption in row 1, a bold header in row 2 and its panes frozen below
+    the header (and right of the id columns)."""
+    wb = Workbook()
+    summary = wb.active
+    assert summary is not None
+    summary.title = SHEETS[0]
+    caption = f"{report.title} ({report.campaign_id}, {report.year})"
+
+    _table(
+        summary,
+        f"{caption} — generated {_local(report.generated_at):%Y-%m-%d %H:%M}",
+        ["section", "item", "value"],
+        _summary_rows(report),
+        freeze="A3",
+    )
+    _table(
+        wb.create_sheet(SHEETS[1]),
+        f"{caption} — units. Grades show once approved; ballots and sheets of registered "
+        "batches; reports: team summary and duty reports received (revisions once).",
+        [
+            "unit id",
+            "name",
+            "category",
+            "stage",
+            "team grade",
+            "ballots",
+            "sheets",
+            "talks",
+            "reports",
+            "follow-ups open",
+            "follow-ups closed",
+            "workflow id",
+        ],
+        (
+            [
+                u.unit_id,
+                u.name,
+                u.category,
+                u.stage,
+                u.team_grade,
+                u.ballots,
+                u.sheets,
+                u.talks,
+                u.reports,
+                u.follow_ups_open,
+                u.follow_ups_closed,
+                u.workflow_id,
+            ]
+            for u in report.units
+        ),
+        freeze="B3",
+    )
+    cadres = wb.create_sheet(SHEETS[2])
+    _table(
+        cadres,
+        f"{caption} — cadres. Ballot figures are UNWEIGHTED counts of the overall cadre "
+        "ballots of all rater groups (不了解 included in ballots and in the share); the "
+        "weighted rates the rules use are in each unit's status. Grades show once approved.",
+        [
+            "unit id",
+            "unit",
+            "cadre id",
+            "name",
+            "position",
+            "principal",
+            "newly promoted",
+            "grade",
+            "ballots",
+            *CADRE_OPTIONS,
+            "优秀+称职 share",
+        ],
+        (
+            [
+                c.unit_id,
+                c.unit_name,
+                c.cadre_id,
+                c.name,
+                c.position,
+                "yes" if c.principal else "no",
+                "yes" if c.newly_promoted else "no",
+                c.grade,
+                c.ballots,
+                *(c.counts.get(o, 0) for o in CADRE_OPTIONS),
+                c.competent_or_better_share,
+            ]
+            for c in report.cadres
+        ),
+        freeze="D3",
+        formats={len(CADRE_OPTIONS) + 10: "0.0%"},
+    )
+    _table(
+        wb.create_sheet(SHEETS[3]),
+        f"{caption} — follow-ups (结果运用). Times are local.",
+        [
+            "unit id",
+            "unit",
+            "follow-up id",
+            "kind",
+            "cadre id",
+            "cadre",
+            "owner",
+            "due date",
+            "closed at",
+            "outcome",
+        ],
+        (
+            [
+                f.unit_id,
+                f.unit_name,
+                f.follow_up_id,
+                f.kind,
+                f.cadre_id,
+                f.cadre_name,
+                f.owner,
+                f.due_date,
+                _local(f.closed_at) if f.closed_at else None,
+                f.outcome,
+            ]
+            for f in report.follow_ups
+        ),
+        freeze="D3",
+        formats={8: "yyyy-mm-dd", 9: "yyyy-mm-dd hh:mm"},
+    )
+    out = Path(path)
+    wb.save(out)
+    return out
+
+
+def _summary_rows(report: CampaignReport) -> list[list[Any]]:
+    rows: list[list[Any]] = [
+        ["campaign", "campaign id", report.campaign_id],
+        ["campaign", "year", report.year],
+        ["campaign", "title", report.title],
+        ["units", "total", len(report.units)],
+        ["cadres", "total", len(report.cadres)],
+    ]
+    rows += [["units per stage", stage, n] for stage, n in report.units_by_stage.items()]
+    rows += [["team grades", grade, n] for grade, n in report.team_grades.items()]
+    rows.append(["team grades", NOT_FINAL, len(report.units) - sum(report.team_grades.values())])
+    rows += [["cadre grades", grade, n] for grade, n in report.cadre_grades.items()]
+    rows.append(["cadre grades", NOT_FINAL, len(report.cadres) - sum(report.cadre_grades.values())])
+    rows += [
+        ["follow-ups", "open", report.follow_ups_open],
+        ["follow-ups", "closed", report.follow_ups_closed],
+    ]
+    return rows
+
+
+def _table(
+    ws: Worksheet,
+    caption: str,
+    header: Sequence[str],
+    rows: Iterable[Sequence[Any]],
+    *,
+    freeze: str,
+    formats: dict[int, str] | None = None,
+) -> None:
+    """Caption in row 1, bold header in row 2, data below; widths fitted to the content.
+    `formats` maps 1-based column numbers to number formats."""
+    ws.cell(row=1, column=1, value=_text(caption)).font = NOTE
+    widths = [_width(h) for h in header]
+    for col, title in enumerate(header, start=1):
+        cell = ws.cell(row=2, column=col, value=_text(title))
+        cell.font = BOLD
+        cell.alignment = Alignment(vertical="center")
+    formats = formats or {}
+    for r, row in enumerate(rows, start=3):
+        for col, value in enumerate(row, start=1):
+            cell = ws.cell(row=r, column=col)
+            if isinstance(value, str):
+                cell.value = _text(value)
+                cell.data_type = "s"  # never a formula, whatever the text starts with
+            else:
+                cell.value = value
+            if col in formats:
+                cell.number_format = formats[col]
+            widths[col - 1] = max(widths[col - 1], _width(value, formats.get(col)))
+    for col, width in enumerate(widths, start=1):
+        ws.column_dimensions[get_column_letter(col)].width = min(MAX_WIDTH, width + 2)
+    ws.freeze_panes = freeze
+    if ws.max_row >= 2:
+        ws.auto_filter.ref = f"A2:{get_column_letter(len(header))}{ws.max_row}"
+
+
+def _text(value: str) -> str:
+    """Strips the control characters an xlsx cannot hold."""
+    return ILLEGAL_CHARACTERS_RE.sub("", value)
+
+
+def _width(value: Any, number_format: str | None = None) -> int:
+    """Display width: CJK characters count double."""
+    if value is None:
+        return 0
+    if isinstance(value, dt.datetime):
+        return 16
+    if isinstance(value, dt.date):
+        return 10
+    if isinstance(value, float) and number_format and "%" in number_format:
+        return 6
+    text = str(value)
+    return sum(2 if unicodedata.east_asian_width(ch) in "WF" else 1 for ch in text)
+
+
+def _local(at: dt.datetime) -> dt.datetime:
+    """Excel holds no time zones: the local wall-clock time."""
+    return at.astimezone().replace(tzinfo=None)
