@@ -335,14 +335,15 @@ class StorageActivities:
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 """INSERT INTO grade_proposals (workflow_id, proposal_no, proposer_id, evaluation,
-                                                team_grade, cadre_grades)
-                   VALUES ($1, $2, $3, $4, $5, $6::jsonb) ON CONFLICT DO NOTHING""",
+                                                team_grade, cadre_grades, determinations)
+                   VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb) ON CONFLICT DO NOTHING""",
                 rec.ref.workflow_id,
                 rec.proposal_no,
                 a.actor.id,
                 a.evaluation,
                 a.team_grade.value,
                 json.dumps({k: v.value for k, v in a.cadre_grades.items()}, ensure_ascii=False),
+                json.dumps(a.determinations, ensure_ascii=False),
             )
             # The audit row says a proposal exists, never its grades: they are sealed.
             await _audit(

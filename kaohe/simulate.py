@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import random
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from fractions import Fraction
 from typing import Any
 
@@ -32,6 +32,7 @@ from schemas.messages import (
 from schemas.policy import BallotPolicy, Policy, RaterGroup
 from schemas.roster import CadreSpec, UnitSpec
 from schemas.status import UnitStatus
+from workflows.rules import excellent_quota
 from workflows.stages import ORDER
 from workflows.unit import UnitAssessment
 
@@ -127,15 +128,28 @@ def batches_of(sheets: list[BallotSheet], max_ballots: int) -> list[list[BallotS
     return [b for b in out if b]
 
 
-def proposal_for(unit: UnitSpec) -> ProposeGrades:
-    grades = {c.cadre_id: CadreGrade.COMPETENT for c in unit.cadres}
-    grades[unit.cadres[0].cadre_id] = CadreGrade.EXCELLENT
+def proposal_for(
+    unit: UnitSpec, policy: Policy | None = None, flagged: Iterable[str] = ()
+) -> ProposeGrades:
+    """A proposal the grading rules accept: 称职 for all, 优秀 for as many of the first cadres
+    as the quota allows, 不确定等次 for the ungraded, and a written determination for each
+    cadre flagged by 不称职票率."""
+    grading = (policy or Policy()).grading
+    grades = {
+        c.cadre_id: CadreGrade.UNDETERMINED if c.ungraded_reason else CadreGrade.COMPETENT
+        for c in unit.cadres
+    }
+    graded = [c for c in unit.cadres if not c.ungraded_reason]
+    quota = excellent_quota(len(graded), grading.ratio_for(unit.category))
+    for cadre in graded[:quota]:
+        grades[cadre.cadre_id] = CadreGrade.EXCELLENT
     return ProposeGrades(
         idempotency_key=f"{unit.unit_id}-proposal",
         actor=GROUP,
         evaluation="综合分析研判: 班子团结, 实绩突出; 不足: 创新不够。",
         team_grade=TeamGrade.GOOD,
         cadre_grades=grades,
+        determinations={c: "经核实, 不称职票系对工作安排的误解所致" for c in flagged},
     )
 
 
@@ -223,7 +237,9 @@ async def drive_unit(
         )
     if reached(Stage.GRADING):
         return await handle.query(UnitAssessment.status)
-    await step(UnitAssessment.propose_grades, proposal_for(unit))
+    evaluation = (await handle.query(UnitAssessment.status)).evaluation
+    flagged = [f.target_id for f in evaluation.flags if f.code == "incompetent_votes"]
+    await step(UnitAssessment.propose_grades, proposal_for(unit, policy, flagged))
     await step(
         UnitAssessment.approve_grades,
         ApproveGrades(idempotency_key=f"{key}-approve", actor=APPROVER, decision="approve"),

@@ -192,6 +192,11 @@ class ProposeGrades(Action):
     evaluation: LongText
     team_grade: TeamGrade
     cadre_grades: dict[Identifier, CadreGrade]
+    determinations: dict[Identifier, Reason] = Field(
+        default_factory=dict,
+        description="Written determinations for cadres flagged by 不称职票率 and proposed "
+        "称职 or better.",
+    )
 
 
 class ApproveGrades(Action):

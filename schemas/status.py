@@ -82,6 +82,8 @@ class TalkProgress(Model):
 
 
 class GradingProgress(Model):
+    # Suggested from the tallies by the policy's method (not a proposal: not sealed).
+    suggested: dict[str, str] = Field(default_factory=dict)
     proposals: int = 0
     pending_proposal: bool = False
     returned: int = 0

@@ -67,7 +67,7 @@ async def campaign(
 ) -> Campaign:
     c = Campaign(
         f"rep-{uuid.uuid4().hex[:8]}",
-        {"done": sample_unit(cadres=2), "using": sample_unit(cadres=3), "pending": sample_unit()},
+        {"done": sample_unit(cadres=5), "using": sample_unit(cadres=5), "pending": sample_unit()},
     )
     for unit in c.units.values():
         await start_unit(client, worker, unit, campaign_id=c.id)
@@ -160,16 +160,16 @@ async def test_report_workbook(campaign: Campaign, pool: asyncpg.Pool, tmp_path:
     s = {(r["section"], r["item"]): r["value"] for r in records(summary)}
     assert s["campaign", "campaign id"] == c.id
     assert s["campaign", "year"] == 2026 and s["campaign", "title"] == "测试考核"
-    assert s["units", "total"] == 3 and s["cadres", "total"] == 7
+    assert s["units", "total"] == 3 and s["cadres", "total"] == 12
     assert s["units per stage", "completed"] == 1
     assert s["units per stage", "result_use"] == 1
     assert s["units per stage", "grading"] == 1
     assert s["units per stage", "talks"] == 0
-    # Approved: two teams 好, the principals 优秀, the others 称职 (kaohe.simulate's
-    # proposal). The pending unit's sealed 较差 / 不称职 are counted nowhere.
+    # Approved: two teams 好, the principals 优秀 (5 cadres × 20%: one each), the others 称职
+    # (kaohe.simulate's proposal). The pending unit's sealed 较差 / 不称职 count nowhere.
     assert s["team grades", "好"] == 2 and s["team grades", "较差"] == 0
     assert s["team grades", "not final yet"] == 1
-    assert s["cadre grades", "优秀"] == 2 and s["cadre grades", "称职"] == 3
+    assert s["cadre grades", "优秀"] == 2 and s["cadre grades", "称职"] == 8
     assert s["cadre grades", "不称职"] == 0 and s["cadre grades", "not final yet"] == 2
     using_open = sum(1 for f in c.statuses["using"].follow_ups.items if not f.closed)
     done_closed = len(c.statuses["done"].follow_ups.items)

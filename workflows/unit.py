@@ -78,7 +78,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.ballots import batch_problems
     from workflows.details import unit_details
-    from workflows.rules import derive_follow_ups
+    from workflows.rules import derive_follow_ups, proposal_violations, suggested_grade
     from workflows.stages import ACTION_RULES, CLOSABLE_EARLY, NEXT, TERMINAL
     from workflows.tally import group_participation, groups_complete, tally_ballots
 
@@ -153,8 +153,12 @@ class UnitAssessment:
             "close_follow_up": self._apply_close_follow_up,
             "close_stage": self._apply_close_stage,
         }
+        # Checks against the roster, the policy and settled results (the evaluation's flags):
+        # run by validators and signal handlers, never again on replay, so they may grow
+        # stricter without breaking recorded histories.
         self._payload_checkers: dict[str, Callable[[Any], None]] = {
             "record_ballots": self._check_sheets,
+            "propose_grades": self._check_grading_rules,
         }
         self._checkers: dict[str, Callable[[Any], None]] = {
             "submit_report": self._check_submit_report,
@@ -534,6 +538,21 @@ class UnitAssessment:
         if missing:
             raise ActionRejected(f"cadre_grades: no grade for {', '.join(missing)}")
 
+    def _check_grading_rules(self, a: ProposeGrades) -> None:
+        flagged = {
+            f.target_id for f in self._flags if f.code == "incompetent_votes" and f.target_id
+        }
+        violations = proposal_violations(
+            self._unit,
+            self._input.year,
+            self._input.policy.grading,
+            {k: v.value for k, v in a.cadre_grades.items()},
+            flagged,
+            a.determinations,
+        )
+        if violations:
+            raise ActionRejected("cadre_grades: " + "; ".join(violations))
+
     def _check_approve_grades(self, a: ApproveGrades) -> None:
         if self._pending is None:
             raise ActionRejected("there is no grade proposal awaiting approval")
@@ -831,6 +850,16 @@ class UnitAssessment:
             ),
         )
 
+    def _suggested_grades(self) -> dict[str, str]:
+        weights = {g.group_id: g.weight for g in self._input.rater_groups}
+        out: dict[str, str] = {}
+        for tally in self._tallies:
+            if tally.target_kind == "cadre" and tally.target_id and tally.by_group:
+                found = suggested_grade(tally.by_group, weights, self._input.policy.grading)
+                if found is not None:
+                    out[tally.target_id] = found[0]
+        return out
+
     def _participation(self) -> list[GroupParticipation]:
         if not self._sheets_mode:
             return []
@@ -908,6 +937,7 @@ class UnitAssessment:
                 },
             ),
             grading=GradingProgress(
+                suggested=self._suggested_grades(),
                 proposals=self._proposal_no,
                 pending_proposal=self._pending is not None,
                 returned=self._returned,
