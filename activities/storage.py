@@ -29,6 +29,8 @@ from schemas.workflow_io import (
     FollowUpsRecord,
     GradeDecisionRecord,
     GradeProposalRecord,
+    ObjectionDecision,
+    ObjectionRecord,
     RegisterUnit,
     ReportRecord,
     TalkRecord,
@@ -385,11 +387,21 @@ class StorageActivities:
                     **json.loads(proposal["cadre_grades"]),
                 }
                 await conn.executemany(
-                    """INSERT INTO grades (workflow_id, year, unit_id, cadre_id, grade)
-                       VALUES ($1, $2, $3, $4, $5)
-                       ON CONFLICT (workflow_id, cadre_id) DO UPDATE SET grade = EXCLUDED.grade""",
+                    """INSERT INTO grades (workflow_id, year, unit_id, cadre_id, grade, final,
+                                           final_at)
+                       VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $6 THEN now() END)
+                       ON CONFLICT (workflow_id, cadre_id) DO UPDATE
+                       SET grade = EXCLUDED.grade, final = EXCLUDED.final,
+                           final_at = EXCLUDED.final_at""",
                     [
-                        (rec.ref.workflow_id, unit["year"], unit["unit_id"], cadre, grade)
+                        (
+                            rec.ref.workflow_id,
+                            unit["year"],
+                            unit["unit_id"],
+                            cadre,
+                            grade,
+                            not rec.publicity,
+                        )
                         for cadre, grade in grades.items()
                     ],
                 )
@@ -402,6 +414,70 @@ class StorageActivities:
                 {"proposal_no": rec.proposal_no, "comment": a.comment},
             )
         _log(rec.ref, "grade decision stored", proposal_no=rec.proposal_no, decision=a.decision)
+
+    @activity.defn
+    async def finalize_grades(self, ref: UnitRef) -> None:
+        """Publicity ended with no open objection: the published grades become final."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                "UPDATE grades SET final = true, final_at = now() "
+                "WHERE workflow_id = $1 AND NOT final",
+                ref.workflow_id,
+            )
+            await _audit(conn, ref, "grades_final", "grades_final")
+        _log(ref, "grades final")
+
+    @activity.defn
+    async def save_objection(self, rec: ObjectionRecord) -> None:
+        a = rec.action
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                """INSERT INTO objections (workflow_id, objection_id, raised_by, cadre_id, reason)
+                   VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING""",
+                rec.ref.workflow_id,
+                a.objection_id,
+                a.raised_by,
+                a.cadre_id,
+                a.reason,
+            )
+            await _audit(
+                conn,
+                rec.ref,
+                f"objection:{a.objection_id}",
+                "objection_raised",
+                a.actor,
+                {"objection_id": a.objection_id, "cadre_id": a.cadre_id},
+            )
+        _log(rec.ref, "objection raised", objection_id=a.objection_id)
+
+    @activity.defn
+    async def resolve_objection(self, rec: ObjectionDecision) -> None:
+        a = rec.action
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute(
+                """UPDATE objections SET decision = $3, decision_reason = $4, decided_by = $5,
+                          decided_at = now()
+                   WHERE workflow_id = $1 AND objection_id = $2 AND decision IS NULL""",
+                rec.ref.workflow_id,
+                a.objection_id,
+                a.decision,
+                a.reason,
+                a.actor.id,
+            )
+            if a.decision == "uphold":
+                # The published grades are withdrawn; a new approval publishes new ones.
+                await conn.execute(
+                    "DELETE FROM grades WHERE workflow_id = $1 AND NOT final", rec.ref.workflow_id
+                )
+            await _audit(
+                conn,
+                rec.ref,
+                f"objection_resolved:{a.objection_id}",
+                f"objection_{a.decision}",
+                a.actor,
+                {"objection_id": a.objection_id, "decision": a.decision},
+            )
+        _log(rec.ref, "objection resolved", objection_id=a.objection_id, decision=a.decision)
 
     @activity.defn
     async def create_follow_ups(self, rec: FollowUpsRecord) -> None:

@@ -28,6 +28,7 @@ from typing import Any
 
 from bench.floor import EchoWorkflow, floor_worker
 from bench.stack import (
+    BENCH_POLICY,
     BenchStack,
     console,
     cpu_rows,
@@ -69,7 +70,13 @@ async def unit_in_evaluation(
     """Starts the unit, drives it to its evaluation, issues its tokens and fills `sheets`."""
     handle = await stack.client.start_workflow(
         UnitAssessment.run,
-        UnitInput(campaign_id=campaign, year=2026, campaign_title="基准考核", unit=unit),
+        UnitInput(
+            campaign_id=campaign,
+            year=2026,
+            campaign_title="基准考核",
+            unit=unit,
+            policy=BENCH_POLICY,
+        ),
         id=f"kaohe-{campaign}-{unit.unit_id}",
         task_queue=task_queue,
     )

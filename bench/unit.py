@@ -17,6 +17,7 @@ from temporalio.client import Client, WorkflowHandle
 
 from bench.floor import FloorResult, measure_floor
 from bench.stack import (
+    BENCH_POLICY,
     BenchStack,
     Phase,
     bounded,
@@ -163,7 +164,13 @@ async def _run_units(
         unit = bench_unit(f"u{i:04d}", cadres, voters)
         handle = await stack.client.start_workflow(
             UnitAssessment.run,
-            UnitInput(campaign_id=prefix, year=2026, campaign_title="基准考核", unit=unit),
+            UnitInput(
+                campaign_id=prefix,
+                year=2026,
+                campaign_title="基准考核",
+                unit=unit,
+                policy=BENCH_POLICY,
+            ),
             id=f"kaohe-{prefix}-{unit.unit_id}",
             task_queue=task_queue,
         )

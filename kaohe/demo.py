@@ -36,7 +36,11 @@ async def run_demo(settings: Settings, roster: Roster, *, pace: float = 2.0) -> 
     pool = await create_pool(settings.effective_database_url, 1, 2)
     # reissue: a rerun of the demo replaces the unused tokens of the run before.
     tokens = token_source(pool, reissue=True)
-    workflow_id, new = await start_campaign(client, roster, settings.task_queue)
+    # A short publicity (公示) so the demo's units finish while you watch.
+    demo_policy = policy.model_copy(
+        update={"grading": policy.grading.model_copy(update={"publicity_seconds": pace * 5})}
+    )
+    workflow_id, new = await start_campaign(client, roster, settings.task_queue, demo_policy)
     console.print(
         f"[bold]demo campaign[/] {workflow_id} "
         f"{'started' if new else 'already exists: driving its units on'}"

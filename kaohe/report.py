@@ -126,7 +126,7 @@ SELECT u.workflow_id, u.unit_id, u.name, u.category, u.stage,
        coalesce(t.n, 0) AS talks, coalesce(r.n, 0) AS reports,
        coalesce(f.open, 0) AS follow_ups_open, coalesce(f.closed, 0) AS follow_ups_closed
 FROM units u
-LEFT JOIN grades g ON g.workflow_id = u.workflow_id AND g.cadre_id = $2
+LEFT JOIN grades g ON g.workflow_id = u.workflow_id AND g.cadre_id = $2 AND g.final
 LEFT JOIN LATERAL (
     SELECT sum(ballots)::bigint AS ballots, sum(sheets)::bigint AS sheets FROM ballot_batches
     WHERE workflow_id = u.workflow_id AND registered_at IS NOT NULL) b ON true
@@ -148,7 +148,7 @@ SELECT c.workflow_id, u.unit_id, u.name AS unit_name, c.cadre_id, c.name, c.posi
        c.principal, c.newly_promoted, g.grade
 FROM cadres c
 JOIN units u USING (workflow_id)
-LEFT JOIN grades g ON g.workflow_id = c.workflow_id AND g.cadre_id = c.cadre_id
+LEFT JOIN grades g ON g.workflow_id = c.workflow_id AND g.cadre_id = c.cadre_id AND g.final
 WHERE u.campaign_id = $1
 ORDER BY u.unit_id, c.principal DESC, c.cadre_id
 """
@@ -165,7 +165,7 @@ _GRADES = """
 SELECT g.cadre_id = $2 AS team, g.grade, count(*) AS n
 FROM grades g
 JOIN units u USING (workflow_id)
-WHERE u.campaign_id = $1
+WHERE u.campaign_id = $1 AND g.final
 GROUP BY 1, 2
 """
 

@@ -163,6 +163,7 @@ async def drive_unit(
     pace: float = 0.0,
     returned: float = 1.0,
     batch_size: int = 500,
+    publicity_timeout: float = 120.0,
     stop_at: Stage | None = None,
     seed: int = 0,
     on_step: Callable[[str, ActionResult], None] | None = None,
@@ -244,9 +245,9 @@ async def drive_unit(
         UnitAssessment.approve_grades,
         ApproveGrades(idempotency_key=f"{key}-approve", actor=APPROVER, decision="approve"),
     )
+    status = await _through_publicity(handle, publicity_timeout)
     if reached(Stage.RESULT_USE):
-        return await handle.query(UnitAssessment.status)
-    status = await handle.query(UnitAssessment.status)
+        return status
     for f in status.follow_ups.items:
         if not f.closed:
             await step(
@@ -259,6 +260,17 @@ async def drive_unit(
                 ),
             )
     return await handle.query(UnitAssessment.status)
+
+
+async def _through_publicity(handle: WorkflowHandle, seconds: float) -> UnitStatus:
+    """The published grades become final when publicity (公示) ends: wait for that."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while True:
+        status: UnitStatus = await handle.query(UnitAssessment.status)
+        if status.stage != Stage.GRADING or loop.time() > deadline:
+            return status
+        await asyncio.sleep(0.2)
 
 
 async def _cast_ballots(

@@ -210,6 +210,24 @@ class ApproveGrades(Action):
         return self
 
 
+class RaiseObjection(Action):
+    """An objection (异议) during publicity, against the team's grade or one cadre's."""
+
+    objection_id: Identifier
+    raised_by: ShortText
+    cadre_id: Identifier | None = Field(default=None, description="Empty: the team's grade.")
+    reason: Reason
+
+
+class ResolveObjection(Action):
+    """Upheld: the published grades are withdrawn and go through a new proposal and approval.
+    Dismissed: the reason is recorded."""
+
+    objection_id: Identifier
+    decision: Literal["uphold", "dismiss"]
+    reason: Reason
+
+
 class FollowUpKind(StrEnum):
     FEEDBACK = "feedback"
     INCENTIVE = "incentive"
@@ -264,6 +282,8 @@ ACTION_MODELS: dict[str, type[Action]] = {
     "record_talk": RecordTalk,
     "propose_grades": ProposeGrades,
     "approve_grades": ApproveGrades,
+    "raise_objection": RaiseObjection,
+    "resolve_objection": ResolveObjection,
     "record_follow_up": RecordFollowUp,
     "close_follow_up": CloseFollowUp,
     "close_stage": CloseStage,

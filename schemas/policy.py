@@ -116,6 +116,11 @@ class GradingPolicy(Model):
         default_factory=lambda: [(90, "优秀"), (75, "称职"), (60, "基本称职"), (0, "不称职")]
     )
 
+    # 公示: working days from the first working day after publication, to 24:00 Shanghai.
+    publicity_working_days: int = Field(default=5, ge=0, le=30)
+    # A plain duration instead (tests and demos): seconds after publication.
+    publicity_seconds: float | None = Field(default=None, ge=0)
+
     def ratio_for(self, category: str) -> Fraction:
         return self.excellent_ratio_by_category.get(category, self.excellent_ratio)
 

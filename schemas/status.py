@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from typing import Literal
 
 from pydantic import Field
 
@@ -81,6 +82,12 @@ class TalkProgress(Model):
     by_role: dict[str, tuple[int, int]] = Field(default_factory=dict)
 
 
+class ObjectionView(Model):
+    objection_id: str
+    cadre_id: str | None
+    state: Literal["open", "upheld", "dismissed"]
+
+
 class GradingProgress(Model):
     # Suggested from the tallies by the policy's method (not a proposal: not sealed).
     suggested: dict[str, str] = Field(default_factory=dict)
@@ -89,6 +96,9 @@ class GradingProgress(Model):
     returned: int = 0
     approved: bool = False
     published: bool = False
+    publicity_ends: dt.datetime | None = None
+    final: bool = False
+    objections: list[ObjectionView] = Field(default_factory=list)
     # Sealed: stay None until publication (DOMAIN.md: 不承诺评定等次).
     team_grade: TeamGrade | None = None
     cadre_grades: dict[str, CadreGrade] | None = None

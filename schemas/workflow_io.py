@@ -14,10 +14,12 @@ from schemas.messages import (
     CloseFollowUp,
     FollowUpKind,
     ProposeGrades,
+    RaiseObjection,
     RecordBallots,
     RecordFollowUp,
     RecordTalk,
     RegisterBallotBatch,
+    ResolveObjection,
     SubmitReport,
 )
 from schemas.policy import Policy, RaterGroup
@@ -151,6 +153,18 @@ class GradeDecisionRecord(Model):
     ref: UnitRef
     proposal_no: int
     action: ApproveGrades
+    # With publicity the approved grades are published, not yet final.
+    publicity: bool = False
+
+
+class ObjectionRecord(Model):
+    ref: UnitRef
+    action: RaiseObjection
+
+
+class ObjectionDecision(Model):
+    ref: UnitRef
+    action: ResolveObjection
 
 
 class FollowUpSpec(Model):

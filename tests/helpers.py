@@ -10,7 +10,7 @@ from temporalio.client import Client, WorkflowHandle
 
 from activities.talk_cipher import TalkCipher
 from kaohe.simulate import simulated_unit
-from schemas.policy import Policy
+from schemas.policy import GradingPolicy, Policy
 from schemas.roster import UnitSpec
 from schemas.workflow_io import UnitInput
 from workflows.unit import UnitAssessment
@@ -21,6 +21,10 @@ TEST_KEY = TalkCipher.from_base64(TEST_KEY_B64, "test-key")
 
 # The rater groups every sample unit has: 2, 2 and 3 sheets planned.
 SMALL_GROUPS = simulated_unit("template", 1, (2, 2, 3)).rater_groups or []
+
+
+# Publicity (公示) of a second instead of five working days, so units finish in a test.
+TEST_POLICY = Policy(grading=GradingPolicy(publicity_seconds=1))
 
 
 def sample_unit(unit_id: str | None = None, cadres: int = 2, **extra: Any) -> UnitSpec:
@@ -42,7 +46,7 @@ async def start_unit(
             year=2026,
             campaign_title="测试考核",
             unit=unit,
-            policy=policy or Policy(),
+            policy=policy or TEST_POLICY,
         ),
         id=f"kaohe-{campaign_id}-{unit.unit_id}",
         task_queue=task_queue,

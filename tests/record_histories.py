@@ -17,29 +17,54 @@ import tempfile
 import uuid
 from pathlib import Path
 
-from temporalio.client import Client, WorkflowHistory
+from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 
-from kaohe.simulate import APPROVER, DEPARTMENT, GROUP, TokenSource, drive_unit, proposal_for
+from kaohe.simulate import (
+    APPROVER,
+    DEPARTMENT,
+    GROUP,
+    UNIT_CONTACT,
+    TokenSource,
+    drive_unit,
+    proposal_for,
+)
 from schemas.common import Stage
-from schemas.messages import ApproveGrades, CloseStage, RecordFollowUp
+from schemas.messages import (
+    ApproveGrades,
+    CloseStage,
+    RaiseObjection,
+    RecordFollowUp,
+    ResolveObjection,
+)
 from schemas.roster import Roster
 from workflows.campaign import unit_workflow_id
 from workflows.unit import UnitAssessment
 
 HISTORIES = Path(__file__).parent / "histories"
+
+
+async def wait_for_stage(handle: WorkflowHandle, stage: Stage, seconds: float = 60) -> None:
+    for _ in range(int(seconds * 10)):
+        if (await handle.query(UnitAssessment.status)).stage == stage:
+            return
+        await asyncio.sleep(0.1)
+    raise TimeoutError(f"{handle.id} did not reach {stage.value}")
+
+
 # Bump when the workflows change in a way recorded histories should capture; keep the
 # older files: they are what running workflows started before the change look like.
 #   v0: storage through (server) activities
 #   v1: storage through local activities (workflow.patched "local-storage-activities")
 #   v2: ballot sheets with tokens, weighted tallies (workflow.patched "ballot-sheets")
-VERSION = "v2"
+#   v3: publicity and objections after approval (workflow.patched "publicity")
+VERSION = "v3"
 
 
 async def record_paths(
     client: Client, task_queue: str, tokens: TokenSource
 ) -> dict[str, WorkflowHistory]:
     from kaohe.cli import start_campaign
-    from tests.helpers import sample_unit, start_unit
+    from tests.helpers import TEST_POLICY, sample_unit, start_unit
 
     out: dict[str, WorkflowHistory] = {}
     tag = uuid.uuid4().hex[:6]
@@ -76,6 +101,40 @@ async def record_paths(
         UnitAssessment.approve_grades,
         ApproveGrades(idempotency_key="ok", actor=APPROVER, decision="approve"),
     )
+    # Publicity: one objection upheld (grades withdrawn, proposed and approved again),
+    # another dismissed, then publicity ends and the grades are final.
+    for n, decision in enumerate(("uphold", "dismiss")):
+        await handle.execute_update(
+            UnitAssessment.raise_objection,
+            RaiseObjection(
+                idempotency_key=f"obj-{n}",
+                actor=UNIT_CONTACT,
+                objection_id=f"o{n}",
+                raised_by="职工群众",
+                cadre_id=unit.cadres[0].cadre_id,
+                reason="对等次有不同意见",
+            ),
+        )
+        await handle.execute_update(
+            UnitAssessment.resolve_objection,
+            ResolveObjection(
+                idempotency_key=f"res-{n}",
+                actor=DEPARTMENT,
+                objection_id=f"o{n}",
+                decision=decision,
+                reason="经核查",
+            ),
+        )
+        if decision == "uphold":
+            await handle.execute_update(
+                UnitAssessment.propose_grades,
+                proposal_for(unit).model_copy(update={"idempotency_key": "proposal-3"}),
+            )
+            await handle.execute_update(
+                UnitAssessment.approve_grades,
+                ApproveGrades(idempotency_key="ok-2", actor=APPROVER, decision="approve"),
+            )
+    await wait_for_stage(handle, Stage.RESULT_USE)
     await handle.execute_update(
         UnitAssessment.record_follow_up,
         RecordFollowUp(
@@ -107,7 +166,7 @@ async def record_paths(
         title="回放考核",
         units=[sample_unit(f"c{i}-{tag}") for i in range(2)],
     )
-    campaign_id, _ = await start_campaign(client, roster, task_queue)
+    campaign_id, _ = await start_campaign(client, roster, task_queue, TEST_POLICY)
     for u in roster.units:
         wf = unit_workflow_id(roster.campaign_id, u.unit_id)
         for _ in range(100):

@@ -12,7 +12,7 @@ from kaohe.simulate import TokenSource, drive_unit
 from schemas.common import Stage
 from schemas.roster import Roster
 from schemas.status import CampaignProgress
-from tests.helpers import sample_unit
+from tests.helpers import TEST_POLICY, sample_unit
 from workflows.campaign import AssessmentCampaign, campaign_workflow_id, unit_workflow_id
 
 
@@ -54,9 +54,9 @@ async def test_campaign_started_twice_starts_nothing_twice(
     client: Client, worker: str, tokens: TokenSource
 ) -> None:
     r = roster(3)
-    wf_id, new = await start_campaign(client, r, worker)
+    wf_id, new = await start_campaign(client, r, worker, TEST_POLICY)
     assert new and wf_id == f"kaohe-campaign-{r.campaign_id}"
-    _, again = await start_campaign(client, r, worker)
+    _, again = await start_campaign(client, r, worker, TEST_POLICY)
     assert not again
 
     async def all_started() -> bool:
@@ -84,7 +84,7 @@ async def test_campaign_started_twice_starts_nothing_twice(
     # Terminate the campaign and start it again: units keep running, none starts twice,
     # and the new run recovers their stages.
     await client.get_workflow_handle(wf_id).terminate("test restart")
-    _, restarted = await start_campaign(client, r, worker)
+    _, restarted = await start_campaign(client, r, worker, TEST_POLICY)
     assert restarted
 
     async def recovered() -> bool:
@@ -104,7 +104,7 @@ async def test_campaign_completes_when_every_unit_completes(
     client: Client, worker: str, tokens: TokenSource
 ) -> None:
     r = roster(2)
-    wf_id, _ = await start_campaign(client, r, worker)
+    wf_id, _ = await start_campaign(client, r, worker, TEST_POLICY)
 
     async def started() -> bool:
         return (await progress(client, r)).units_started == 2
@@ -124,12 +124,12 @@ async def test_campaign_completes_when_every_unit_completes(
 
 async def test_late_progress_signal_does_not_move_a_unit_back(client: Client, worker: str) -> None:
     """Signals between workflows may arrive out of order: the transition number decides."""
-    r = roster(1)
-    wf_id, _ = await start_campaign(client, r, worker)
+    r = roster(2)  # the second unit keeps the campaign open while we look
+    wf_id, _ = await start_campaign(client, r, worker, TEST_POLICY)
     unit_id = r.units[0].unit_id
 
     async def started() -> bool:
-        return (await progress(client, r)).units_started == 1
+        return (await progress(client, r)).units_started == 2
 
     await wait_for(started)
     handle = client.get_workflow_handle(wf_id)
@@ -137,6 +137,19 @@ async def test_late_progress_signal_does_not_move_a_unit_back(client: Client, wo
     await handle.signal(AssessmentCampaign.unit_progress, {**late, "stage": "grading", "seq": 5})
     await handle.signal(AssessmentCampaign.unit_progress, {**late, "stage": "completed", "seq": 7})
     await handle.signal(AssessmentCampaign.unit_progress, late)
-    result = await client.get_workflow_handle_for(AssessmentCampaign.run, wf_id).result()
-    assert result.by_stage == {Stage.COMPLETED: 1}
-    await client.get_workflow_handle(unit_workflow_id(r.campaign_id, unit_id)).terminate("test")
+
+    # Signals are handled in order: once this one shows, the late one has been handled too.
+    other = r.units[1].unit_id
+    await handle.signal(
+        AssessmentCampaign.unit_progress, {"unit_id": other, "stage": "report_back", "seq": 2}
+    )
+
+    async def settled() -> bool:
+        return (await progress(client, r)).by_stage.get(Stage.REPORT_BACK) == 1
+
+    await wait_for(settled)
+    p = await progress(client, r)
+    assert p.by_stage.get(Stage.COMPLETED) == 1 and p.by_stage.get(Stage.RESULT_USE) is None
+    await handle.terminate("test")
+    for u in r.units:
+        await client.get_workflow_handle(unit_workflow_id(r.campaign_id, u.unit_id)).terminate()

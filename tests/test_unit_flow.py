@@ -99,7 +99,7 @@ async def test_unit_through_all_stages(
             await conn.fetchval(
                 "SELECT count(*) FROM notifications WHERE workflow_id=$1 AND status='sent'", wf
             )
-            == 2
+            == 3  # notice, publicity, feedback
         )
         # Tallies the workflow kept equal a recount from the raw rows.
         recount = await conn.fetch(
@@ -151,7 +151,8 @@ async def test_status_query_shows_progress_and_seals_grades(
 
     from kaohe.simulate import proposal_for
 
-    await handle.execute_update(UnitAssessment.propose_grades, proposal_for(unit))
+    flagged = [f.target_id for f in status.evaluation.flags if f.code == "incompetent_votes"]
+    await handle.execute_update(UnitAssessment.propose_grades, proposal_for(unit, None, flagged))
     status = await handle.query(UnitAssessment.status)
     assert status.grading.pending_proposal
     assert status.grading.team_grade is None and status.grading.cadre_grades is None

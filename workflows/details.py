@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from schemas.common import Stage
 from schemas.status import CampaignProgress, UnitStatus
+from workflows.calendar import SHANGHAI
 from workflows.stages import ORDER, stage_number
 
 STAGE_LABELS: dict[Stage, str] = {
@@ -24,8 +25,13 @@ def unit_details(s: UnitStatus) -> str:
     if s.stalled:
         head += f" — ⚠ stalled, escalation level {s.escalation_level}"
     g = s.grading
+    open_objections = sum(o.state == "open" for o in g.objections)
     if g.published:
-        grading = f"published, team {g.team_grade}"
+        grading = f"{'final' if g.final else 'published'}, team {g.team_grade}"
+        if g.publicity_ends is not None:
+            grading += f"; 公示 until {g.publicity_ends.astimezone(SHANGHAI):%Y-%m-%d %H:%M}"
+        if open_objections:
+            grading += f"; {open_objections} open objection(s)"
     elif g.pending_proposal:
         grading = "proposal awaiting approval (sealed)"
     else:

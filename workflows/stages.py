@@ -51,6 +51,10 @@ ACTION_RULES: dict[str, ActionRule] = {
     "approve_grades": ActionRule(
         frozenset({Stage.GRADING}), frozenset({Role.APPROVER, Role.DEPARTMENT})
     ),
+    "raise_objection": ActionRule(frozenset({Stage.GRADING}), _OUTSIDE | {Role.DEPARTMENT}),
+    "resolve_objection": ActionRule(
+        frozenset({Stage.GRADING}), frozenset({Role.DEPARTMENT, Role.APPROVER})
+    ),
     "record_follow_up": ActionRule(frozenset({Stage.RESULT_USE}), _GROUP | _OUTSIDE),
     "close_follow_up": ActionRule(frozenset({Stage.RESULT_USE}), _GROUP | _OUTSIDE),
     "close_stage": ActionRule(CLOSABLE_EARLY, _GROUP),

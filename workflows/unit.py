@@ -34,10 +34,12 @@ with workflow.unsafe.imports_passed_through():
         CloseFollowUp,
         CloseStage,
         ProposeGrades,
+        RaiseObjection,
         RecordBallots,
         RecordFollowUp,
         RecordTalk,
         RegisterBallotBatch,
+        ResolveObjection,
         SubmitReport,
     )
     from schemas.status import (
@@ -47,6 +49,7 @@ with workflow.unsafe.imports_passed_through():
         FollowUpView,
         GradingProgress,
         GroupParticipation,
+        ObjectionView,
         Rejection,
         ReportProgress,
         StageVisit,
@@ -68,6 +71,8 @@ with workflow.unsafe.imports_passed_through():
         GradeDecisionRecord,
         GradeProposalRecord,
         Notification,
+        ObjectionDecision,
+        ObjectionRecord,
         RegisterUnit,
         ReportRecord,
         TalkRecord,
@@ -77,6 +82,7 @@ with workflow.unsafe.imports_passed_through():
         UnitRef,
     )
     from workflows.ballots import batch_problems
+    from workflows.calendar import SHANGHAI, publicity_end
     from workflows.details import unit_details
     from workflows.rules import derive_follow_ups, proposal_violations, suggested_grade
     from workflows.stages import ACTION_RULES, CLOSABLE_EARLY, NEXT, TERMINAL
@@ -98,8 +104,9 @@ LOCAL_STORAGE_PATCH = "local-storage-activities"
 # workflow.patched id: tokened ballot sheets, weighted tallies and flags (issue 4); units
 # started before keep flat ballots and plain tallies.
 BALLOT_SHEETS_PATCH = "ballot-sheets"
+# workflow.patched id: approved grades go through publicity (公示) and objections (issue 5).
+PUBLICITY_PATCH = "publicity"
 MAX_PROBLEMS_SHOWN = 20
-SHANGHAI = dt.timezone(dt.timedelta(hours=8))  # Asia/Shanghai has no DST
 
 
 class ActionRejected(ValueError):
@@ -135,7 +142,10 @@ class UnitAssessment:
         self._proposal_no = 0
         self._pending: ProposeGrades | None = None  # sealed until approved
         self._returned = 0
-        self._final: ProposeGrades | None = None
+        self._final: ProposeGrades | None = None  # approved: published, sealed no more
+        self._publicity_ends: dt.datetime | None = None  # set while publicity runs
+        self._grades_final = False
+        self._objections: dict[str, ObjectionView] = {}
         self._follow_ups: dict[str, FollowUpView] = {}
         self._rejections: list[Rejection] = []
         self._rejection_count = 0
@@ -149,6 +159,8 @@ class UnitAssessment:
             "record_talk": self._apply_record_talk,
             "propose_grades": self._apply_propose_grades,
             "approve_grades": self._apply_approve_grades,
+            "raise_objection": self._apply_raise_objection,
+            "resolve_objection": self._apply_resolve_objection,
             "record_follow_up": self._apply_record_follow_up,
             "close_follow_up": self._apply_close_follow_up,
             "close_stage": self._apply_close_stage,
@@ -168,6 +180,8 @@ class UnitAssessment:
             "record_talk": self._check_record_talk,
             "propose_grades": self._check_propose_grades,
             "approve_grades": self._check_approve_grades,
+            "raise_objection": self._check_raise_objection,
+            "resolve_objection": self._check_resolve_objection,
             "record_follow_up": self._check_record_follow_up,
             "close_follow_up": self._check_close_follow_up,
             "close_stage": self._check_close_stage,
@@ -209,7 +223,7 @@ class UnitAssessment:
             )
             self._refresh_details()
             self._registered = True
-        await workflow.wait_condition(lambda: self._stage in TERMINAL)
+        await self._follow_publicity()
         await workflow.wait_condition(workflow.all_handlers_finished)
         if self._background:
             await asyncio.gather(*self._background)
@@ -299,6 +313,24 @@ class UnitAssessment:
         self._validate("approve_grades", payload)
 
     @workflow.update
+    async def raise_objection(self, payload: Any) -> ActionResult:
+        """Takes a RaiseObjection."""
+        return await self._handle_update("raise_objection", payload)
+
+    @raise_objection.validator
+    def _validate_raise_objection(self, payload: Any) -> None:
+        self._validate("raise_objection", payload)
+
+    @workflow.update
+    async def resolve_objection(self, payload: Any) -> ActionResult:
+        """Takes a ResolveObjection."""
+        return await self._handle_update("resolve_objection", payload)
+
+    @resolve_objection.validator
+    def _validate_resolve_objection(self, payload: Any) -> None:
+        self._validate("resolve_objection", payload)
+
+    @workflow.update
     async def record_follow_up(self, payload: Any) -> ActionResult:
         """Takes a RecordFollowUp."""
         return await self._handle_update("record_follow_up", payload)
@@ -360,6 +392,14 @@ class UnitAssessment:
     @workflow.signal(name="approve_grades")
     async def approve_grades_signal(self, payload: Any) -> None:
         await self._handle_signal("approve_grades", payload)
+
+    @workflow.signal(name="raise_objection")
+    async def raise_objection_signal(self, payload: Any) -> None:
+        await self._handle_signal("raise_objection", payload)
+
+    @workflow.signal(name="resolve_objection")
+    async def resolve_objection_signal(self, payload: Any) -> None:
+        await self._handle_signal("resolve_objection", payload)
 
     @workflow.signal(name="record_follow_up")
     async def record_follow_up_signal(self, payload: Any) -> None:
@@ -528,6 +568,11 @@ class UnitAssessment:
             )
 
     def _check_propose_grades(self, a: ProposeGrades) -> None:
+        if self._final is not None:
+            raise ActionRejected(
+                f"proposal {self._proposal_no} is approved and published; a new proposal "
+                "follows only an upheld objection"
+            )
         if self._pending is not None:
             raise ActionRejected(
                 f"proposal {self._proposal_no} awaits approval; it must be approved or returned"
@@ -537,6 +582,21 @@ class UnitAssessment:
         missing = [c.cadre_id for c in self._unit.cadres if c.cadre_id not in a.cadre_grades]
         if missing:
             raise ActionRejected(f"cadre_grades: no grade for {', '.join(missing)}")
+
+    def _check_raise_objection(self, a: RaiseObjection) -> None:
+        if self._publicity_ends is None or workflow.now() >= self._publicity_ends:
+            raise ActionRejected("objections are taken during publicity (公示) only")
+        if a.objection_id in self._objections:
+            raise ActionRejected(f"objection_id: {a.objection_id!r} already exists")
+        self._require_cadre("cadre_id", a.cadre_id)
+
+    def _check_resolve_objection(self, a: ResolveObjection) -> None:
+        item = self._objections.get(a.objection_id)
+        if item is None:
+            known = ", ".join(self._objections) or "none"
+            raise ActionRejected(f"objection_id: unknown objection {a.objection_id!r}; {known}")
+        if item.state != "open":
+            raise ActionRejected(f"objection_id: {a.objection_id!r} is already {item.state}")
 
     def _check_grading_rules(self, a: ProposeGrades) -> None:
         flagged = {
@@ -675,9 +735,13 @@ class UnitAssessment:
         return f"proposal {self._proposal_no} recorded; sealed until approved and published"
 
     async def _apply_approve_grades(self, a: ApproveGrades) -> str:
+        # Units approved before publicity existed went straight to result use.
+        publicity = a.decision == "approve" and workflow.patched(PUBLICITY_PATCH)
         await self._activity(
             "save_grade_decision",
-            GradeDecisionRecord(ref=self._ref(), proposal_no=self._proposal_no, action=a),
+            GradeDecisionRecord(
+                ref=self._ref(), proposal_no=self._proposal_no, action=a, publicity=publicity
+            ),
         )
         proposal, self._pending = self._pending, None
         if a.decision == "return":
@@ -686,8 +750,42 @@ class UnitAssessment:
         assert proposal is not None
         self._final = proposal
         workflow.upsert_search_attributes([sa.TEAM_GRADE.value_set(proposal.team_grade.value)])
+        if publicity:
+            self._publicity_ends = self._publicity_end()
+            await self._notify(
+                f"publicity-{self._proposal_no}",
+                [self._unit.contact or self._unit.unit_id],
+                f"{self._input.campaign_title}: 考核结果公示",
+                f"{self._unit.name} 的考核等次已公示, 至 "
+                f"{self._publicity_ends.astimezone(SHANGHAI):%Y-%m-%d %H:%M} 止。",
+            )
+            return (
+                f"proposal {self._proposal_no} approved; grades published for publicity "
+                f"until {self._publicity_ends.isoformat()}"
+            )
         await self._advance(None, a.actor)
         return f"proposal {self._proposal_no} approved; grades published"
+
+    async def _apply_raise_objection(self, a: RaiseObjection) -> str:
+        await self._activity("save_objection", ObjectionRecord(ref=self._ref(), action=a))
+        self._objections[a.objection_id] = ObjectionView(
+            objection_id=a.objection_id, cadre_id=a.cadre_id, state="open"
+        )
+        return f"objection {a.objection_id} recorded; the grades are not final until it is resolved"
+
+    async def _apply_resolve_objection(self, a: ResolveObjection) -> str:
+        await self._activity("resolve_objection", ObjectionDecision(ref=self._ref(), action=a))
+        item = self._objections[a.objection_id]
+        if a.decision == "dismiss":
+            item.state = "dismissed"
+            return f"objection {a.objection_id} dismissed"
+        item.state = "upheld"
+        # The published grades are withdrawn: the group proposes again, the approver approves
+        # again, and a new publicity follows.
+        self._final = None
+        self._publicity_ends = None
+        workflow.upsert_search_attributes([sa.TEAM_GRADE.value_unset()])
+        return f"objection {a.objection_id} upheld; grades withdrawn for a new proposal"
 
     async def _apply_record_follow_up(self, a: RecordFollowUp) -> str:
         await self._activity("save_follow_up", FollowUpRecord(ref=self._ref(), action=a))
@@ -717,6 +815,45 @@ class UnitAssessment:
         return f"stage {closed.value} closed early: {a.reason}"
 
     # ---- stage machinery -----------------------------------------------------------------
+
+    def _publicity_end(self) -> dt.datetime:
+        grading = self._input.policy.grading
+        if grading.publicity_seconds is not None:
+            return workflow.now() + timedelta(seconds=grading.publicity_seconds)
+        return publicity_end(workflow.now(), grading.publicity_working_days)
+
+    def _open_objections(self) -> bool:
+        return any(o.state == "open" for o in self._objections.values())
+
+    async def _follow_publicity(self) -> None:
+        """Until the unit ends: when a publicity period is over and no objection is open, the
+        published grades become final and the unit moves to result use."""
+        while self._stage not in TERMINAL:
+            ends = self._publicity_ends
+            if ends is None:
+                await workflow.wait_condition(
+                    lambda: self._stage in TERMINAL or self._publicity_ends is not None
+                )
+                continue
+            remaining = (ends - workflow.now()).total_seconds()
+            if remaining > 0:
+                try:  # a wait_condition timeout must not fail the task (sdk-python #792)
+                    await workflow.wait_condition(
+                        lambda ends=ends: self._publicity_ends != ends, timeout=remaining
+                    )
+                except TimeoutError:
+                    pass
+                continue
+            await workflow.wait_condition(
+                lambda ends=ends: self._publicity_ends != ends or not self._open_objections()
+            )
+            async with self._lock:
+                if self._publicity_ends != ends or self._open_objections():
+                    continue  # an objection was upheld, or raised, while we waited
+                await self._activity("finalize_grades", self._ref())
+                self._publicity_ends = None
+                self._grades_final = True
+                await self._advance("publicity ended with no open objection", None)
 
     async def _advance(self, reason: str | None, actor: Actor | None) -> None:
         previous = self._stage
@@ -943,6 +1080,9 @@ class UnitAssessment:
                 returned=self._returned,
                 approved=published,
                 published=published,
+                publicity_ends=self._publicity_ends,
+                final=self._grades_final or (published and self._stage != Stage.GRADING),
+                objections=list(self._objections.values()),
                 team_grade=self._final.team_grade if self._final else None,
                 cadre_grades=dict(self._final.cadre_grades) if self._final else None,
             ),

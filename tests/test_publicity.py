@@ -1,0 +1,156 @@
+"""Publicity (公示) and objections after approval, on the real servers (second-long publicity)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable
+
+import asyncpg
+import pytest
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+
+from kaohe.simulate import APPROVER, DEPARTMENT, UNIT_CONTACT, TokenSource, drive_unit, proposal_for
+from schemas import search_attributes as sa
+from schemas.common import Stage
+from schemas.messages import ActionResult, ApproveGrades, RaiseObjection, ResolveObjection
+from schemas.policy import GradingPolicy, Policy
+from schemas.status import UnitStatus
+from tests.helpers import sample_unit, start_unit
+from workflows.unit import UnitAssessment
+
+PUBLICITY = Policy(grading=GradingPolicy(publicity_seconds=3))
+
+
+async def approved_unit(
+    client: Client, worker: str, tokens: TokenSource
+) -> tuple[WorkflowHandle, list[str]]:
+    unit = sample_unit(cadres=2)
+    handle = await start_unit(client, worker, unit, policy=PUBLICITY)
+    await drive_unit(client, handle.id, unit, stop_at=Stage.GRADING, tokens=tokens)
+    await handle.execute_update(UnitAssessment.propose_grades, proposal_for(unit))
+    result = await handle.execute_update(UnitAssessment.approve_grades, approve("ok"))
+    assert "publicity until" in result.message and result.stage == Stage.GRADING
+    return handle, [c.cadre_id for c in unit.cadres]
+
+
+async def rejection(update: Awaitable[object]) -> str:
+    with pytest.raises(WorkflowUpdateFailedError) as info:
+        await update
+    return str(info.value.cause)
+
+
+def approve(key: str) -> ApproveGrades:
+    return ApproveGrades(idempotency_key=key, actor=APPROVER, decision="approve")
+
+
+def objection(n: int, cadre_id: str | None = None) -> RaiseObjection:
+    return RaiseObjection(
+        idempotency_key=f"obj-{n}",
+        actor=UNIT_CONTACT,
+        objection_id=f"o{n}",
+        raised_by="职工群众",
+        cadre_id=cadre_id,
+        reason="对评定等次有异议",
+    )
+
+
+def resolve(n: int, decision: str) -> ResolveObjection:
+    return ResolveObjection(
+        idempotency_key=f"res-{n}-{decision}",
+        actor=DEPARTMENT,
+        objection_id=f"o{n}",
+        decision=decision,
+        reason="经组织核查",
+    )  # type: ignore[arg-type]
+
+
+async def status(handle: WorkflowHandle) -> UnitStatus:
+    return await handle.query(UnitAssessment.status)
+
+
+async def final_flags(pool: asyncpg.Pool, workflow_id: str) -> set[bool]:
+    async with pool.acquire() as conn:
+        rows = await conn.fetch("SELECT final FROM grades WHERE workflow_id = $1", workflow_id)
+    return {r["final"] for r in rows}
+
+
+async def test_grades_become_final_when_publicity_ends(
+    client: Client, worker: str, pool: asyncpg.Pool, tokens: TokenSource
+) -> None:
+    handle, _ = await approved_unit(client, worker, tokens)
+    published = await status(handle)
+    assert published.grading.published and not published.grading.final
+    assert published.grading.publicity_ends is not None and published.grading.team_grade == "好"
+    assert (await handle.describe()).typed_search_attributes.get(sa.TEAM_GRADE) == "好"
+    assert await final_flags(pool, handle.id) == {False}
+
+    for _ in range(100):
+        if (await status(handle)).stage == Stage.RESULT_USE:
+            break
+        await asyncio.sleep(0.1)
+    final = await status(handle)
+    assert final.stage == Stage.RESULT_USE and final.grading.final
+    assert final.history[-2].closed_early_reason == "publicity ended with no open objection"
+    assert await final_flags(pool, handle.id) == {True}
+    assert "result_use" in await rejection(
+        handle.execute_update(UnitAssessment.raise_objection, objection(9))
+    )
+
+
+async def test_an_open_objection_blocks_finalization(
+    client: Client, worker: str, pool: asyncpg.Pool, tokens: TokenSource
+) -> None:
+    handle, cadres = await approved_unit(client, worker, tokens)
+    await handle.execute_update(UnitAssessment.raise_objection, objection(1, cadres[1]))
+    assert "cadre_id: unknown cadre" in await rejection(
+        handle.execute_update(UnitAssessment.raise_objection, objection(2, "nobody"))
+    )
+    await asyncio.sleep(4)  # past the publicity's end
+    blocked = await status(handle)
+    assert blocked.stage == Stage.GRADING and not blocked.grading.final
+    assert [(o.objection_id, o.state) for o in blocked.grading.objections] == [("o1", "open")]
+    assert await final_flags(pool, handle.id) == {False}
+
+    result = await handle.execute_update(UnitAssessment.resolve_objection, resolve(1, "dismiss"))
+    assert "dismissed" in result.message
+    for _ in range(50):
+        if (await status(handle)).stage == Stage.RESULT_USE:
+            break
+        await asyncio.sleep(0.1)
+    assert (await status(handle)).stage == Stage.RESULT_USE
+    assert await final_flags(pool, handle.id) == {True}
+
+
+async def test_an_upheld_objection_withdraws_the_grades(
+    client: Client, worker: str, pool: asyncpg.Pool, tokens: TokenSource
+) -> None:
+    handle, cadres = await approved_unit(client, worker, tokens)
+    await handle.execute_update(UnitAssessment.raise_objection, objection(1))
+    assert "approved and published" in await rejection(
+        handle.execute_update(
+            "propose_grades",
+            proposal_for(sample_unit()).model_dump(mode="json"),
+            result_type=ActionResult,
+        )
+    )
+    result = await handle.execute_update(UnitAssessment.resolve_objection, resolve(1, "uphold"))
+    assert "withdrawn" in result.message
+    withdrawn = await status(handle)
+    assert withdrawn.stage == Stage.GRADING
+    assert not withdrawn.grading.published and withdrawn.grading.team_grade is None
+    assert (await handle.describe()).typed_search_attributes.get(sa.TEAM_GRADE) is None
+    assert await final_flags(pool, handle.id) == set()
+    assert "already upheld" in await rejection(
+        handle.execute_update(UnitAssessment.resolve_objection, resolve(1, "dismiss"))
+    )
+
+    # A new proposal and approval, then a new publicity.
+    unit_proposal = proposal_for(sample_unit()).model_copy(
+        update={
+            "idempotency_key": "proposal-2",
+            "cadre_grades": dict.fromkeys(cadres, "称职"),
+        }
+    )
+    await handle.execute_update(UnitAssessment.propose_grades, unit_proposal)
+    await handle.execute_update(UnitAssessment.approve_grades, approve("ok-2"))
+    assert (await status(handle)).grading.publicity_ends is not None
