@@ -60,6 +60,7 @@ def activities_of(
         storage.save_grade_decision,
         storage.create_follow_ups,
         storage.finalize_grades,
+        storage.previous_grades,
         storage.save_objection,
         storage.resolve_objection,
         storage.save_follow_up,

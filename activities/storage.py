@@ -31,6 +31,7 @@ from schemas.workflow_io import (
     GradeProposalRecord,
     ObjectionDecision,
     ObjectionRecord,
+    PreviousGradesQuery,
     RegisterUnit,
     ReportRecord,
     TalkRecord,
@@ -414,6 +415,17 @@ class StorageActivities:
                 {"proposal_no": rec.proposal_no, "comment": a.comment},
             )
         _log(rec.ref, "grade decision stored", proposal_no=rec.proposal_no, decision=a.decision)
+
+    @activity.defn
+    async def previous_grades(self, q: PreviousGradesQuery) -> dict[str, str]:
+        async with self._pool.acquire() as conn:
+            rows = await conn.fetch(
+                "SELECT cadre_id, grade FROM grades "
+                "WHERE year = $1 AND final AND cadre_id = ANY($2::text[])",
+                q.year,
+                q.cadre_ids,
+            )
+        return {r["cadre_id"]: r["grade"] for r in rows}
 
     @activity.defn
     async def finalize_grades(self, ref: UnitRef) -> None:

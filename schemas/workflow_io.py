@@ -157,6 +157,14 @@ class GradeDecisionRecord(Model):
     publicity: bool = False
 
 
+class PreviousGradesQuery(Model):
+    """Final grades of these cadres in `year` (any unit): the two-year rule needs them."""
+
+    ref: UnitRef
+    year: int
+    cadre_ids: list[str]
+
+
 class ObjectionRecord(Model):
     ref: UnitRef
     action: RaiseObjection

@@ -57,7 +57,8 @@ async def wait_for_stage(handle: WorkflowHandle, stage: Stage, seconds: float = 
 #   v1: storage through local activities (workflow.patched "local-storage-activities")
 #   v2: ballot sheets with tokens, weighted tallies (workflow.patched "ballot-sheets")
 #   v3: publicity and objections after approval (workflow.patched "publicity")
-VERSION = "v3"
+#   v4: cadres sign for feedback, two-year rule (workflow.patched "result-use-two-years")
+VERSION = "v4"
 
 
 async def record_paths(

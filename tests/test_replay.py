@@ -31,7 +31,7 @@ def replayer(converter: DataConverter = pydantic_data_converter) -> Replayer:
 def test_every_stage_path_is_recorded_for_every_version() -> None:
     paths = {"full_path", "closed_early_path", "campaign"}
     names = {p.stem for p in RECORDED}
-    for version in ("v0", "v1", "v2", VERSION):
+    for version in ("v0", "v1", "v2", "v3", VERSION):
         assert {f"{version}_{path}" for path in paths} <= names
 
 
@@ -83,8 +83,6 @@ def test_each_version_took_its_branches() -> None:
     assert patches(HISTORIES / "v0_full_path.json") == set()
     assert patches(HISTORIES / "v1_full_path.json") == {"local-storage-activities"}
     assert patches(HISTORIES / "v2_full_path.json") == {"local-storage-activities", "ballot-sheets"}
-    assert patches(HISTORIES / f"{VERSION}_full_path.json") == {
-        "local-storage-activities",
-        "ballot-sheets",
-        "publicity",
-    }
+    v3 = {"local-storage-activities", "ballot-sheets", "publicity"}
+    assert patches(HISTORIES / "v3_full_path.json") == v3
+    assert patches(HISTORIES / f"{VERSION}_full_path.json") == v3 | {"result-use-two-years"}

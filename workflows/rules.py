@@ -16,6 +16,7 @@ from schemas.roster import CadreSpec, UnitSpec
 from schemas.workflow_io import FollowUpSpec
 
 FOLLOW_UP_DAYS = 30
+LOW_GRADES = (CadreGrade.BASICALLY_COMPETENT, CadreGrade.INCOMPETENT)
 
 # DOMAIN.md: 优秀 -> incentive; 基本称职 -> admonishing talk and training;
 # 不称职 -> removal/demotion proposal and accountability.
@@ -37,7 +38,10 @@ def derive_follow_ups(
     team_grade: TeamGrade,
     cadre_grades: dict[str, CadreGrade],
     today: dt.date,
+    previous_grades: dict[str, str] | None = None,
 ) -> list[FollowUpSpec]:
+    """The follow-ups the final grades call for. With `previous_grades` (last year's final
+    grades by cadre) each cadre also signs for its feedback, and the two-year rule applies."""
     due = today + dt.timedelta(days=FOLLOW_UP_DAYS)
     # Feedback (反馈) to the unit always; the unit completes once it is acknowledged.
     out = [
@@ -72,7 +76,42 @@ def derive_follow_ups(
                     description=f"{cadre.name}: {text}",
                 )
             )
+    if previous_grades is None:
+        return out
+    for cadre in unit.cadres:
+        # DOMAIN.md: results are notified in writing and the cadre signs (acknowledges) them.
+        out.append(
+            FollowUpSpec(
+                follow_up_id=f"feedback-{cadre.cadre_id}",
+                kind=FollowUpKind.FEEDBACK,
+                cadre_id=cadre.cadre_id,
+                owner=cadre.cadre_id,
+                due_date=due,
+                description=f"{cadre.name}: 签收考核结果",
+            )
+        )
+        repeated = two_year_rule(cadre.cadre_id, cadre_grades.get(cadre.cadre_id), previous_grades)
+        if repeated:
+            out.append(
+                FollowUpSpec(
+                    follow_up_id=f"adjustment-{cadre.cadre_id}",
+                    kind=FollowUpKind.ADJUSTMENT,
+                    cadre_id=cadre.cadre_id,
+                    owner="department",
+                    due_date=due,
+                    description=f"{cadre.name}: {repeated}",
+                )
+            )
     return out
+
+
+def two_year_rule(
+    cadre_id: str, grade: CadreGrade | None, previous_grades: dict[str, str]
+) -> str | None:
+    """DOMAIN.md: the same low grade two years in a row -> adjustment (调整)."""
+    if grade in LOW_GRADES and previous_grades.get(cadre_id) == grade:
+        return f"连续两年{grade.value}, 予以调整"  # type: ignore[union-attr]
+    return None
 
 
 # ---- 评定等次: grading rules -----------------------------------------------------------------

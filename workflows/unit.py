@@ -73,6 +73,7 @@ with workflow.unsafe.imports_passed_through():
         Notification,
         ObjectionDecision,
         ObjectionRecord,
+        PreviousGradesQuery,
         RegisterUnit,
         ReportRecord,
         TalkRecord,
@@ -106,6 +107,8 @@ LOCAL_STORAGE_PATCH = "local-storage-activities"
 BALLOT_SHEETS_PATCH = "ballot-sheets"
 # workflow.patched id: approved grades go through publicity (公示) and objections (issue 5).
 PUBLICITY_PATCH = "publicity"
+# workflow.patched id: each cadre signs for its feedback; the two-year rule (issue 5).
+RESULT_USE_PATCH = "result-use-two-years"
 MAX_PROBLEMS_SHOWN = 20
 
 
@@ -916,8 +919,23 @@ class UnitAssessment:
 
     async def _enter_result_use(self) -> None:
         assert self._final is not None
+        previous: dict[str, str] | None = None
+        if workflow.patched(RESULT_USE_PATCH):
+            previous = await self._activity(
+                "previous_grades",
+                PreviousGradesQuery(
+                    ref=self._ref(),
+                    year=self._input.year - 1,
+                    cadre_ids=[c.cadre_id for c in self._unit.cadres],
+                ),
+                result_type=dict[str, str],
+            )
         follow_ups = derive_follow_ups(
-            self._unit, self._final.team_grade, self._final.cadre_grades, workflow.now().date()
+            self._unit,
+            self._final.team_grade,
+            self._final.cadre_grades,
+            workflow.now().date(),
+            previous,
         )
         await self._activity(
             "create_follow_ups",
