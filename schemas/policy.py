@@ -13,6 +13,7 @@ from typing import Annotated
 from pydantic import BeforeValidator, Field, PlainSerializer, WithJsonSchema, model_validator
 
 from schemas.common import AccountabilityLevel, Identifier, Model, ShortText
+from schemas.messages import FollowUpKind
 
 
 def _to_fraction(value: object) -> Fraction:
@@ -125,6 +126,49 @@ class GradingPolicy(Model):
         return self.excellent_ratio_by_category.get(category, self.excellent_ratio)
 
 
+class FollowUpAction(Model):
+    kind: FollowUpKind
+    text: ShortText
+
+
+def _actions(*pairs: tuple[FollowUpKind, str]) -> list[FollowUpAction]:
+    return [FollowUpAction(kind=k, text=t) for k, t in pairs]
+
+
+class ResultUsePolicy(Model):
+    """结果运用: which follow-ups final grades and flags call for (DOMAIN.md defaults)."""
+
+    follow_up_days: int = Field(default=30, ge=1, le=366)
+    cadre_actions: dict[str, list[FollowUpAction]] = Field(
+        default_factory=lambda: {
+            "优秀": _actions(
+                (FollowUpKind.INCENTIVE, "激励"),
+                (FollowUpKind.CANDIDATE_POOL, "纳入优秀干部人选库"),
+            ),
+            "基本称职": _actions(
+                (FollowUpKind.ADMONISHING_TALK, "诫勉谈话"),
+                (FollowUpKind.TRAINING, "培训提升; 不发年度奖金"),
+            ),
+            "不称职": _actions(
+                (FollowUpKind.REMOVAL_PROPOSAL, "免职或降职建议"),
+                (FollowUpKind.ACCOUNTABILITY, "问责追责"),
+            ),
+        }
+    )
+    team_actions: dict[str, list[FollowUpAction]] = Field(
+        default_factory=lambda: {
+            "一般": _actions((FollowUpKind.RECTIFICATION, "班子整改方案及整改落实")),
+            "较差": _actions((FollowUpKind.RECTIFICATION, "班子整改方案及整改落实")),
+        }
+    )
+    # Flags of the evaluation, by code (workflows/tally.py).
+    flag_actions: dict[str, list[FollowUpAction]] = Field(
+        default_factory=lambda: {
+            "selection_review": _actions((FollowUpKind.SELECTION_REVIEW, "新提拔干部选任核查")),
+        }
+    )
+
+
 class Policy(Model):
     version: ShortText = "default"
     year: int | None = Field(default=None, ge=2000, le=2100)
@@ -136,6 +180,7 @@ class Policy(Model):
     ballots: BallotPolicy = Field(default_factory=BallotPolicy)
     flags: FlagPolicy = Field(default_factory=FlagPolicy)
     grading: GradingPolicy = Field(default_factory=GradingPolicy)
+    result_use: ResultUsePolicy = Field(default_factory=ResultUsePolicy)
     rater_groups: list[RaterGroup] = Field(
         default_factory=lambda: [
             RaterGroup(group_id="A", label="领导班子成员", planned=5, weight=Fraction(2, 5)),

@@ -4,14 +4,24 @@ kept in PostgreSQL across campaigns."""
 from __future__ import annotations
 
 import asyncio
+import random
 import uuid
 
 import asyncpg
 from temporalio.client import Client
 
-from kaohe.simulate import APPROVER, DEPARTMENT, TokenSource, drive_unit, proposal_for
+from kaohe.simulate import (
+    APPROVER,
+    BALLOT_SYSTEM,
+    DEPARTMENT,
+    TokenSource,
+    drive_unit,
+    proposal_for,
+    sheet_for,
+)
 from schemas.common import CadreGrade, Stage
-from schemas.messages import ApproveGrades, CloseFollowUp
+from schemas.messages import ApproveGrades, CloseFollowUp, RecordBallots
+from schemas.policy import BallotPolicy
 from schemas.status import UnitStatus
 from tests.helpers import sample_unit, start_unit
 from workflows.unit import UnitAssessment
@@ -85,3 +95,31 @@ async def test_same_low_grade_two_years_running_calls_for_adjustment(
         )
     done = await handle.query(UnitAssessment.status)
     assert done.stage == Stage.COMPLETED and done.follow_ups.open == 0
+
+
+async def test_policy_maps_grades_and_flags_to_follow_ups(
+    client: Client, worker: str, tokens: TokenSource
+) -> None:
+    unit = sample_unit(cadres=5, selection_review=True)
+    promoted = unit.cadres[3]
+    promoted.newly_promoted = True
+    handle = await start_unit(client, worker, unit)
+    await drive_unit(client, handle.id, unit, stop_at=Stage.EVALUATION, tokens=tokens)
+    rng = random.Random(5)
+    sheets = [
+        sheet_for(t, unit, BallotPolicy(), rng)
+        for group in (await tokens(handle.id)).values()
+        for t in group
+    ]
+    for sheet in sheets:  # nobody approves of the promotion
+        sheet.new_cadres[0].opinion = "不认同"
+    await handle.execute_update(
+        UnitAssessment.record_ballots,
+        RecordBallots(idempotency_key="b", actor=BALLOT_SYSTEM, batch_id="b", sheets=sheets),
+    )
+    status = await drive_unit(client, handle.id, unit, stop_at=Stage.RESULT_USE, tokens=tokens)
+    assert status.stage == Stage.RESULT_USE
+    ids = {f.follow_up_id for f in status.follow_ups.items}
+    principal = unit.cadres[0].cadre_id  # 优秀 within the quota of 5 x 20%
+    assert {f"incentive-{principal}", f"candidate_pool-{principal}"} <= ids
+    assert f"selection_review-{promoted.cadre_id}" in ids

@@ -7,12 +7,14 @@ Defaults from DOMAIN.md (local practice); the numbers come from the yearly polic
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from fractions import Fraction
 
 from schemas.common import CadreGrade, TeamGrade
 from schemas.messages import FollowUpKind
-from schemas.policy import GradingPolicy
+from schemas.policy import GradingPolicy, ResultUsePolicy
 from schemas.roster import CadreSpec, UnitSpec
+from schemas.status import Flag
 from schemas.workflow_io import FollowUpSpec
 
 FOLLOW_UP_DAYS = 30
@@ -39,9 +41,94 @@ def derive_follow_ups(
     cadre_grades: dict[str, CadreGrade],
     today: dt.date,
     previous_grades: dict[str, str] | None = None,
+    policy: ResultUsePolicy | None = None,
+    flags: Sequence[Flag] = (),
 ) -> list[FollowUpSpec]:
-    """The follow-ups the final grades call for. With `previous_grades` (last year's final
-    grades by cadre) each cadre also signs for its feedback, and the two-year rule applies."""
+    """The follow-ups the final grades call for, each once (ids are stable).
+
+    With `previous_grades` (last year's final grades by cadre; units started before
+    RESULT_USE_PATCH pass None and keep the first rules) the policy's mapping applies, each
+    cadre signs for its feedback, flags call for their actions and the two-year rule applies.
+    """
+    if previous_grades is None:
+        return _first_follow_ups(unit, team_grade, cadre_grades, today)
+    policy = policy or ResultUsePolicy()
+    due = today + dt.timedelta(days=policy.follow_up_days)
+
+    def spec(
+        ident: str, kind: FollowUpKind, owner: str, text: str, cadre_id: str | None = None
+    ) -> FollowUpSpec:
+        return FollowUpSpec(
+            follow_up_id=ident,
+            kind=kind,
+            cadre_id=cadre_id,
+            owner=owner,
+            due_date=due,
+            description=text,
+        )
+
+    out = [spec("feedback-unit", FollowUpKind.FEEDBACK, "department", f"向{unit.name}反馈考核结果")]
+    out += [
+        spec(f"{a.kind.value}-team", a.kind, unit.contact or unit.unit_id, a.text)
+        for a in policy.team_actions.get(team_grade.value, [])
+    ]
+    for cadre in unit.cadres:
+        grade = cadre_grades.get(cadre.cadre_id)
+        # DOMAIN.md: results are notified in writing and the cadre signs (acknowledges) them.
+        out.append(
+            spec(
+                f"feedback-{cadre.cadre_id}",
+                FollowUpKind.FEEDBACK,
+                cadre.cadre_id,
+                f"{cadre.name}: 签收考核结果",
+                cadre.cadre_id,
+            )
+        )
+        out += [
+            spec(
+                f"{a.kind.value}-{cadre.cadre_id}",
+                a.kind,
+                "department",
+                f"{cadre.name}: {a.text}",
+                cadre.cadre_id,
+            )
+            for a in policy.cadre_actions.get(grade.value if grade else "", [])
+        ]
+        repeated = two_year_rule(cadre.cadre_id, grade, previous_grades)
+        if repeated:
+            out.append(
+                spec(
+                    f"adjustment-{cadre.cadre_id}",
+                    FollowUpKind.ADJUSTMENT,
+                    "department",
+                    f"{cadre.name}: {repeated}",
+                    cadre.cadre_id,
+                )
+            )
+    for flag in flags:
+        target = unit.cadre(flag.target_id or "")
+        for a in policy.flag_actions.get(flag.code, []):
+            name = target.name if target else flag.target_id
+            out.append(
+                spec(
+                    f"{a.kind.value}-{flag.target_id}",
+                    a.kind,
+                    "department",
+                    f"{name}: {a.text}",
+                    target.cadre_id if target else None,
+                )
+            )
+    # One follow-up per id, the first wins (a grade and a flag may call for one action).
+    unique: dict[str, FollowUpSpec] = {}
+    for f in out:
+        unique.setdefault(f.follow_up_id, f)
+    return list(unique.values())
+
+
+def _first_follow_ups(
+    unit: UnitSpec, team_grade: TeamGrade, cadre_grades: dict[str, CadreGrade], today: dt.date
+) -> list[FollowUpSpec]:
+    """The follow-ups of units started before RESULT_USE_PATCH, unchanged for replay."""
     due = today + dt.timedelta(days=FOLLOW_UP_DAYS)
     # Feedback (反馈) to the unit always; the unit completes once it is acknowledged.
     out = [
@@ -74,32 +161,6 @@ def derive_follow_ups(
                     owner="department",
                     due_date=due,
                     description=f"{cadre.name}: {text}",
-                )
-            )
-    if previous_grades is None:
-        return out
-    for cadre in unit.cadres:
-        # DOMAIN.md: results are notified in writing and the cadre signs (acknowledges) them.
-        out.append(
-            FollowUpSpec(
-                follow_up_id=f"feedback-{cadre.cadre_id}",
-                kind=FollowUpKind.FEEDBACK,
-                cadre_id=cadre.cadre_id,
-                owner=cadre.cadre_id,
-                due_date=due,
-                description=f"{cadre.name}: 签收考核结果",
-            )
-        )
-        repeated = two_year_rule(cadre.cadre_id, cadre_grades.get(cadre.cadre_id), previous_grades)
-        if repeated:
-            out.append(
-                FollowUpSpec(
-                    follow_up_id=f"adjustment-{cadre.cadre_id}",
-                    kind=FollowUpKind.ADJUSTMENT,
-                    cadre_id=cadre.cadre_id,
-                    owner="department",
-                    due_date=due,
-                    description=f"{cadre.name}: {repeated}",
                 )
             )
     return out

@@ -936,6 +936,8 @@ class UnitAssessment:
             self._final.cadre_grades,
             workflow.now().date(),
             previous,
+            self._input.policy.result_use,
+            self._flags,
         )
         await self._activity(
             "create_follow_ups",
