@@ -239,6 +239,7 @@ class FollowUpKind(StrEnum):
     ADJUSTMENT = "adjustment"
     RECTIFICATION = "rectification"
     SELECTION_REVIEW = "selection_review"
+    REVIEW = "review"  # 复核 requested by a cadre
     OTHER = "other"
 
 
@@ -251,6 +252,14 @@ class RecordFollowUp(Action):
     owner: ShortText
     due_date: dt.date | None = None
     description: ShortText
+
+
+class RequestReview(Action):
+    """A cadre asks for 复核 of its final grade, within the policy's days after notification;
+    the department answers by closing the review follow-up it opens."""
+
+    cadre_id: Identifier
+    reason: Reason
 
 
 class CloseFollowUp(Action):
@@ -285,6 +294,7 @@ ACTION_MODELS: dict[str, type[Action]] = {
     "raise_objection": RaiseObjection,
     "resolve_objection": ResolveObjection,
     "record_follow_up": RecordFollowUp,
+    "request_review": RequestReview,
     "close_follow_up": CloseFollowUp,
     "close_stage": CloseStage,
 }

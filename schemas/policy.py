@@ -139,6 +139,9 @@ class ResultUsePolicy(Model):
     """结果运用: which follow-ups final grades and flags call for (DOMAIN.md defaults)."""
 
     follow_up_days: int = Field(default=30, ge=1, le=366)
+    # 复核: days after the results are notified to ask, and days to answer (local practice).
+    review_request_days: int = Field(default=10, ge=0, le=366)
+    review_answer_days: int = Field(default=10, ge=1, le=366)
     cadre_actions: dict[str, list[FollowUpAction]] = Field(
         default_factory=lambda: {
             "优秀": _actions(

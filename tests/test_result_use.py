@@ -8,19 +8,21 @@ import random
 import uuid
 
 import asyncpg
-from temporalio.client import Client
+import pytest
+from temporalio.client import Client, WorkflowUpdateFailedError
 
 from kaohe.simulate import (
     APPROVER,
     BALLOT_SYSTEM,
     DEPARTMENT,
+    UNIT_CONTACT,
     TokenSource,
     drive_unit,
     proposal_for,
     sheet_for,
 )
 from schemas.common import CadreGrade, Stage
-from schemas.messages import ApproveGrades, CloseFollowUp, RecordBallots
+from schemas.messages import ApproveGrades, CloseFollowUp, RecordBallots, RequestReview
 from schemas.policy import BallotPolicy
 from schemas.status import UnitStatus
 from tests.helpers import sample_unit, start_unit
@@ -82,6 +84,19 @@ async def test_same_low_grade_two_years_running_calls_for_adjustment(
             "SELECT count(*) FROM follow_ups WHERE workflow_id = $1", handle.id
         )
     assert stored == len(ids)  # created once
+
+    # 复核: a cadre asks within the policy's days; the department answers by closing it.
+    review = RequestReview(
+        idempotency_key="rv", actor=UNIT_CONTACT, cadre_id=repeat, reason="对基本称职等次申请复核"
+    )
+    result = await handle.execute_update(UnitAssessment.request_review, review)
+    assert "复核 requested" in result.message
+    again = review.model_copy(update={"idempotency_key": "rv2"})
+    with pytest.raises(WorkflowUpdateFailedError):
+        await handle.execute_update(UnitAssessment.request_review, again)
+    status = await handle.query(UnitAssessment.status)
+    [item] = [f for f in status.follow_ups.items if f.follow_up_id == f"review-{repeat}"]
+    assert item.kind == "review" and item.due_date is not None
 
     for f in status.follow_ups.items:  # the cadres sign, the department closes the rest
         await handle.execute_update(

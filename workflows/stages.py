@@ -56,6 +56,7 @@ ACTION_RULES: dict[str, ActionRule] = {
         frozenset({Stage.GRADING}), frozenset({Role.DEPARTMENT, Role.APPROVER})
     ),
     "record_follow_up": ActionRule(frozenset({Stage.RESULT_USE}), _GROUP | _OUTSIDE),
+    "request_review": ActionRule(frozenset({Stage.RESULT_USE}), _OUTSIDE),
     "close_follow_up": ActionRule(frozenset({Stage.RESULT_USE}), _GROUP | _OUTSIDE),
     "close_stage": ActionRule(CLOSABLE_EARLY, _GROUP),
 }

@@ -33,12 +33,14 @@ with workflow.unsafe.imports_passed_through():
         CloseEvaluation,
         CloseFollowUp,
         CloseStage,
+        FollowUpKind,
         ProposeGrades,
         RaiseObjection,
         RecordBallots,
         RecordFollowUp,
         RecordTalk,
         RegisterBallotBatch,
+        RequestReview,
         ResolveObjection,
         SubmitReport,
     )
@@ -149,6 +151,7 @@ class UnitAssessment:
         self._publicity_ends: dt.datetime | None = None  # set while publicity runs
         self._grades_final = False
         self._objections: dict[str, ObjectionView] = {}
+        self._notified_at: dt.datetime | None = None  # results notified (复核 counts from it)
         self._follow_ups: dict[str, FollowUpView] = {}
         self._rejections: list[Rejection] = []
         self._rejection_count = 0
@@ -165,6 +168,7 @@ class UnitAssessment:
             "raise_objection": self._apply_raise_objection,
             "resolve_objection": self._apply_resolve_objection,
             "record_follow_up": self._apply_record_follow_up,
+            "request_review": self._apply_request_review,
             "close_follow_up": self._apply_close_follow_up,
             "close_stage": self._apply_close_stage,
         }
@@ -176,6 +180,7 @@ class UnitAssessment:
             "propose_grades": self._check_grading_rules,
         }
         self._checkers: dict[str, Callable[[Any], None]] = {
+            "request_review": self._check_request_review,
             "submit_report": self._check_submit_report,
             "record_ballots": self._check_record_ballots,
             "register_ballot_batch": self._check_register_ballot_batch,
@@ -343,6 +348,15 @@ class UnitAssessment:
         self._validate("record_follow_up", payload)
 
     @workflow.update
+    async def request_review(self, payload: Any) -> ActionResult:
+        """Takes a RequestReview."""
+        return await self._handle_update("request_review", payload)
+
+    @request_review.validator
+    def _validate_request_review(self, payload: Any) -> None:
+        self._validate("request_review", payload)
+
+    @workflow.update
     async def close_follow_up(self, payload: Any) -> ActionResult:
         """Takes a CloseFollowUp."""
         return await self._handle_update("close_follow_up", payload)
@@ -407,6 +421,10 @@ class UnitAssessment:
     @workflow.signal(name="record_follow_up")
     async def record_follow_up_signal(self, payload: Any) -> None:
         await self._handle_signal("record_follow_up", payload)
+
+    @workflow.signal(name="request_review")
+    async def request_review_signal(self, payload: Any) -> None:
+        await self._handle_signal("request_review", payload)
 
     @workflow.signal(name="close_follow_up")
     async def close_follow_up_signal(self, payload: Any) -> None:
@@ -629,6 +647,14 @@ class UnitAssessment:
             raise ActionRejected(f"follow_up_id: {a.follow_up_id!r} already exists")
         self._require_cadre("cadre_id", a.cadre_id)
 
+    def _check_request_review(self, a: RequestReview) -> None:
+        self._require_cadre("cadre_id", a.cadre_id)
+        days = self._input.policy.result_use.review_request_days
+        if self._notified_at is None or workflow.now() > self._notified_at + timedelta(days=days):
+            raise ActionRejected(f"复核 must be requested within {days} days of notification")
+        if f"review-{a.cadre_id}" in self._follow_ups:
+            raise ActionRejected(f"cadre_id: {a.cadre_id!r} has already requested 复核")
+
     def _check_close_follow_up(self, a: CloseFollowUp) -> None:
         item = self._follow_ups.get(a.follow_up_id)
         if item is None:
@@ -801,6 +827,23 @@ class UnitAssessment:
         )
         return f"follow-up {a.follow_up_id} recorded"
 
+    async def _apply_request_review(self, a: RequestReview) -> str:
+        cadre = self._unit.cadre(a.cadre_id)
+        assert cadre is not None
+        days = self._input.policy.result_use.review_answer_days
+        follow_up = RecordFollowUp(
+            idempotency_key=a.idempotency_key,
+            actor=a.actor,
+            follow_up_id=f"review-{a.cadre_id}",
+            kind=FollowUpKind.REVIEW,
+            cadre_id=a.cadre_id,
+            owner="department",
+            due_date=(workflow.now() + timedelta(days=days)).date(),
+            description=f"{cadre.name}: 复核 — {a.reason}"[:200],
+        )
+        await self._apply_record_follow_up(follow_up)
+        return f"复核 requested; the department answers by {follow_up.due_date}"
+
     async def _apply_close_follow_up(self, a: CloseFollowUp) -> str:
         await self._activity("close_follow_up", FollowUpClosure(ref=self._ref(), action=a))
         self._follow_ups[a.follow_up_id].closed = True
@@ -919,6 +962,7 @@ class UnitAssessment:
 
     async def _enter_result_use(self) -> None:
         assert self._final is not None
+        self._notified_at = workflow.now()
         previous: dict[str, str] | None = None
         if workflow.patched(RESULT_USE_PATCH):
             previous = await self._activity(
