@@ -229,6 +229,8 @@ class StorageActivities:
             )
         _log(rec.ref, "report stored", kind=a.kind, cadre=a.cadre_id, revision=rec.revision)
 
+    # Flat ballots and their tallies: only units started before BALLOT_SHEETS_PATCH (v0/v1
+    # histories) call these two; new units use activities/ballots.py.
     @activity.defn
     async def save_ballots(self, rec: BallotBatchRecord) -> BallotBatchReceipt:
         a = rec.action

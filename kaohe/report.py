@@ -43,7 +43,7 @@ class UnitRow(BaseModel):
     name: str
     category: str
     stage: str
-    team_grade: str | None  # only once approved
+    team_grade: str | None  # only once final (approved and through publicity)
     ballots: int
     sheets: int
     talks: int
@@ -60,7 +60,7 @@ class CadreRow(BaseModel):
     position: str
     principal: bool
     newly_promoted: bool
-    grade: str | None  # only once approved
+    grade: str | None  # only once final (approved and through publicity)
     ballots: int  # every overall cadre ballot, 不了解 included
     counts: dict[str, int]  # option -> ballots, unweighted, all rater groups
 
@@ -262,7 +262,7 @@ def write_xlsx(report: CampaignReport, path: str | Path) -> Path:
     )
     _table(
         wb.create_sheet(SHEETS[1]),
-        f"{caption} — units. Grades show once approved; ballots and sheets of registered "
+        f"{caption} — units. Grades show once final; ballots and sheets of registered "
         "batches; reports: team summary and duty reports received (revisions once).",
         [
             "unit id",
@@ -302,7 +302,7 @@ def write_xlsx(report: CampaignReport, path: str | Path) -> Path:
         cadres,
         f"{caption} — cadres. Ballot figures are UNWEIGHTED counts of the overall cadre "
         "ballots of all rater groups (不了解 included in ballots and in the share); the "
-        "weighted rates the rules use are in each unit's status. Grades show once approved.",
+        "weighted rates the rules use are in each unit's status. Grades show once final.",
         [
             "unit id",
             "unit",

@@ -207,7 +207,7 @@ async def test_report_workbook(campaign: Campaign, pool: asyncpg.Pool, tmp_path:
     assert units[c.units["pending"].unit_id]["stage"] == "grading"
     assert units[c.units["pending"].unit_id]["team grade"] is None
 
-    # Cadres: grades once approved, unweighted overall tallies equal to the workflow's.
+    # Cadres: grades once final, unweighted overall tallies equal to the workflow's.
     cadres_ws = wb["Cadres"]
     assert "UNWEIGHTED" in cadres_ws["A1"].value
     header = rows(cadres_ws)[1]
