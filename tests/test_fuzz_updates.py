@@ -1,0 +1,134 @@
+"""Fuzzing every update with hypothesis-generated bad payloads on the real servers: each is a
+clear rejection naming a field or the stage, none fails a workflow task, and afterwards the
+unit still takes a valid update."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowUpdateFailedError
+
+from kaohe.simulate import UNIT_CONTACT
+from schemas.messages import ACTION_MODELS, AcknowledgeNotice, ActionResult
+from tests.helpers import sample_unit, start_unit
+from workflows.unit import UnitAssessment
+
+CASES_PER_ACTION = 110  # x 12 actions: over 1,000 cases
+ACTOR = {"id": "fuzz", "role": "integrator"}
+
+json_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(),
+    st.floats(allow_nan=False),
+    st.text(max_size=30),
+)
+# Oversize, once per payload: a request over Temporal's 2 MB limit is the server's to refuse
+# (the SDK then answers nothing and the workflow task fails once; see the closing note).
+HUGE = "x" * 300_000
+json_value = st.recursive(
+    json_leaf,
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=10), inner, max_size=4)
+    ),
+    max_leaves=12,
+)
+
+
+def payloads(name: str) -> st.SearchStrategy[Any]:
+    """Bad payloads for one action: wrong types, missing or unknown fields, huge strings,
+    unknown ids, and well-formed ones sent in the wrong stage."""
+    fields = list(ACTION_MODELS[name].model_fields)
+    broken_field = st.builds(
+        lambda f, v: {"idempotency_key": "k", "actor": ACTOR, f: v},
+        st.sampled_from(fields),
+        json_value,
+    )
+    huge_field = st.builds(
+        lambda f: {"idempotency_key": "k", "actor": ACTOR, f: HUGE}, st.sampled_from(fields)
+    )
+    return st.one_of(
+        json_value,  # not even an object, or a random one
+        huge_field,
+        broken_field,  # one field with a random value, the others missing
+        st.fixed_dictionaries({"idempotency_key": st.text(max_size=200), "actor": json_value}),
+        st.fixed_dictionaries(
+            {"idempotency_key": st.just("k"), "actor": st.just(ACTOR)},
+            optional={f: json_value for f in fields if f not in ("idempotency_key", "actor")},
+        ),
+        st.just(
+            {
+                "idempotency_key": "k",
+                "actor": ACTOR,
+                "cadre_id": "nobody",
+                "stage": "talks",
+                "reason": "一个理由",
+                "follow_up_id": "nope",
+                "objection_id": "nope",
+            }
+        ),
+    )
+
+
+def collect(name: str) -> list[Any]:
+    found: list[Any] = []
+
+    @settings(
+        max_examples=CASES_PER_ACTION,
+        derandomize=True,
+        database=None,
+        suppress_health_check=list(HealthCheck),
+        deadline=None,
+    )
+    @given(payloads(name))
+    def gather(payload: Any) -> None:
+        found.append(payload)
+
+    gather()
+    return found
+
+
+async def test_every_update_rejects_bad_payloads_clearly(client: Client, worker: str) -> None:
+    unit = sample_unit()
+    handle = await start_unit(client, worker, unit)
+    cases = 0
+    for name in ACTION_MODELS:
+        if name == "acknowledge_notice":
+            continue  # a valid one would be accepted in this stage; fuzzed separately below
+        for payload in collect(name):
+            try:
+                await handle.execute_update(name, payload, result_type=ActionResult)
+            except WorkflowUpdateFailedError as err:
+                message = str(err.cause)
+                # "field: problem" or the stage; short: never an echo of the input
+                assert ":" in message and "Traceback" not in message and len(message) < 20_000
+                cases += 1
+                continue
+            raise AssertionError(f"{name} accepted a bad payload: {str(payload)[:200]}")
+    for payload in collect("acknowledge_notice"):
+        if (
+            isinstance(payload, dict)
+            and payload.get("actor") == ACTOR
+            and set(payload) <= {"idempotency_key", "actor", "note"}
+        ):
+            continue  # that one is valid
+        try:
+            await handle.execute_update("acknowledge_notice", payload, result_type=ActionResult)
+        except WorkflowUpdateFailedError:
+            cases += 1
+            continue
+        raise AssertionError(f"acknowledge_notice accepted {str(payload)[:200]}")
+    assert cases >= 1000
+
+    history = await handle.fetch_history()
+    kinds = [e.event_type for e in history.events]
+    assert EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED not in kinds
+    assert EventType.EVENT_TYPE_WORKFLOW_EXECUTION_UPDATE_ACCEPTED not in kinds
+    ok = await handle.execute_update(
+        UnitAssessment.acknowledge_notice,
+        AcknowledgeNotice(idempotency_key="valid", actor=UNIT_CONTACT),
+    )
+    assert ok.accepted and ok.stage == "report_back"
