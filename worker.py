@@ -105,6 +105,9 @@ async def run_worker(settings: Settings, database_url: str) -> None:
 
 
 if __name__ == "__main__":
-    from kaohe.cli import app
+    import sys
 
-    app(["worker"])
+    from kaohe.cli import main
+
+    sys.argv[1:] = ["worker"]
+    main()

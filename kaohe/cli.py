@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import sys
 import uuid
 from importlib import resources
 from pathlib import Path
@@ -414,3 +416,17 @@ def schema_export(directory: Path) -> None:
 
 
 # ---- results out: `kaohe report` (kaohe/cli_report.py) ---------------------------------
+
+
+def main() -> None:
+    """The `kaohe` console script. It leaves with os._exit once output is flushed: the
+    Temporal client's Rust threads can otherwise abort CPython's finalization of a short
+    process ("PyGILState_Release ... finalizing", temporalio/sdk-python#300)."""
+    try:
+        app()
+        code = 0
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
