@@ -96,7 +96,9 @@ def sheet_for(token: str, unit: UnitSpec, policy: BallotPolicy, rng: random.Rand
         cadres=[
             CadreRating(
                 cadre_id=c.cadre_id,
-                overall=_pick(policy.cadre_options, rng),
+                # Never 不称职: a simulated unit raises no 不称职 flag by chance (a flagged
+                # cadre needs a written determination); tests that want one cast them.
+                overall=_pick([o for o in policy.cadre_options if o != "不称职"], rng),
                 items={
                     k: _pick(dims, rng)
                     for k in policy.cadre_dimensions
