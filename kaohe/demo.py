@@ -11,14 +11,14 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
-from temporalio.client import Client, WorkflowExecutionDescription, WorkflowExecutionStatus
+from temporalio.client import WorkflowExecutionStatus
 
 from activities.db import create_pool
 from kaohe.ballot_io import token_source
 from kaohe.client import connect
 from kaohe.roster_io import load_policy
 from kaohe.settings import Settings
-from kaohe.simulate import drive_unit
+from kaohe.simulate import drive_unit, wait_started
 from schemas.common import Stage
 from schemas.messages import ActionResult
 from schemas.roster import Roster
@@ -60,7 +60,7 @@ async def run_demo(settings: Settings, roster: Roster, *, pace: float = 2.0) -> 
         await asyncio.sleep(i * pace * 2)
         hold = Stage.TALKS if i == len(roster.units) - 1 and len(roster.units) > 1 else None
         wf_id = unit_workflow_id(roster.campaign_id, unit.unit_id)
-        described = await _wait_started(client, wf_id)
+        described = await wait_started(client, wf_id)
         if described.status != WorkflowExecutionStatus.RUNNING:
             # A rerun of the demo: a closed unit takes no more updates.
             stage = described.typed_search_attributes.get(STAGE)
@@ -92,13 +92,3 @@ async def run_demo(settings: Settings, roster: Roster, *, pace: float = 2.0) -> 
         "[bold green]demo done[/]: units completed; the last one waits in talks. "
         "Ctrl-C stops the stack."
     )
-
-
-async def _wait_started(client: Client, workflow_id: str) -> WorkflowExecutionDescription:
-    """The campaign starts units asynchronously: wait until this one exists."""
-    for _ in range(600):
-        try:
-            return await client.get_workflow_handle(workflow_id).describe()
-        except Exception:
-            await asyncio.sleep(0.1)
-    raise TimeoutError(f"{workflow_id} was not started")

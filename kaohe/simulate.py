@@ -11,7 +11,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from fractions import Fraction
 from typing import Any
 
-from temporalio.client import Client, WorkflowHandle
+from temporalio.client import Client, WorkflowExecutionDescription, WorkflowHandle
+from temporalio.service import RPCError
 
 from schemas.common import Actor, CadreGrade, Role, Stage, TeamGrade
 from schemas.messages import (
@@ -247,7 +248,8 @@ async def drive_unit(
         UnitAssessment.approve_grades,
         ApproveGrades(idempotency_key=f"{key}-approve", actor=APPROVER, decision="approve"),
     )
-    status = await _through_publicity(handle, publicity_timeout)
+    # The grades become final when publicity (公示) ends.
+    status = await wait_for_status(handle, lambda s: s.stage != Stage.GRADING, publicity_timeout)
     if reached(Stage.RESULT_USE):
         return status
     for f in status.follow_ups.items:
@@ -264,15 +266,33 @@ async def drive_unit(
     return await handle.query(UnitAssessment.status)
 
 
-async def _through_publicity(handle: WorkflowHandle, seconds: float) -> UnitStatus:
-    """The published grades become final when publicity (公示) ends: wait for that."""
+async def wait_for_status(
+    handle: WorkflowHandle, condition: Callable[[UnitStatus], bool], seconds: float = 30.0
+) -> UnitStatus:
+    """Polls the unit's `status` until `condition` holds or `seconds` pass; returns the last
+    status either way, for the caller to check."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     while True:
         status: UnitStatus = await handle.query(UnitAssessment.status)
-        if status.stage != Stage.GRADING or loop.time() > deadline:
+        if condition(status) or loop.time() > deadline:
             return status
-        await asyncio.sleep(0.2)
+        await asyncio.sleep(0.1)
+
+
+async def wait_started(
+    client: Client, workflow_id: str, seconds: float = 60.0
+) -> WorkflowExecutionDescription:
+    """A campaign starts its units asynchronously: wait until this one exists."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while True:
+        try:
+            return await client.get_workflow_handle(workflow_id).describe()
+        except RPCError:
+            if loop.time() > deadline:
+                raise TimeoutError(f"{workflow_id} was not started") from None
+            await asyncio.sleep(0.1)
 
 
 async def _cast_ballots(

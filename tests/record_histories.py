@@ -27,6 +27,8 @@ from kaohe.simulate import (
     TokenSource,
     drive_unit,
     proposal_for,
+    wait_for_status,
+    wait_started,
 )
 from schemas.common import Stage
 from schemas.messages import (
@@ -44,11 +46,8 @@ HISTORIES = Path(__file__).parent / "histories"
 
 
 async def wait_for_stage(handle: WorkflowHandle, stage: Stage, seconds: float = 60) -> None:
-    for _ in range(int(seconds * 10)):
-        if (await handle.query(UnitAssessment.status)).stage == stage:
-            return
-        await asyncio.sleep(0.1)
-    raise TimeoutError(f"{handle.id} did not reach {stage.value}")
+    if (await wait_for_status(handle, lambda s: s.stage == stage, seconds)).stage != stage:
+        raise TimeoutError(f"{handle.id} did not reach {stage.value}")
 
 
 # Bump when the workflows change in a way recorded histories should capture; keep the
@@ -170,12 +169,7 @@ async def record_paths(
     campaign_id, _ = await start_campaign(client, roster, task_queue, TEST_POLICY)
     for u in roster.units:
         wf = unit_workflow_id(roster.campaign_id, u.unit_id)
-        for _ in range(100):
-            try:
-                await client.get_workflow_handle(wf).describe()
-                break
-            except Exception:
-                await asyncio.sleep(0.1)
+        await wait_started(client, wf)
         await drive_unit(client, wf, u, tokens=tokens)
     campaign = client.get_workflow_handle(campaign_id)
     await campaign.result()

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 import yaml
 from temporalio.client import Client
-from temporalio.service import RPCError
 
 from kaohe.roster_io import RosterError, load_roster
+from kaohe.simulate import wait_started
 from schemas.messages import ACTION_MODELS
 from tests.conftest import Stack
 from tests.helpers import sample_unit, start_unit
@@ -102,12 +102,7 @@ async def test_start_status_and_update_from_the_cli(
     assert "already exists" in again.stdout
 
     unit_wf = f"kaohe-{campaign_id}-a"
-    for _ in range(300):  # the campaign starts its units asynchronously
-        try:
-            await client.get_workflow_handle(unit_wf).describe()
-            break
-        except RPCError:
-            await asyncio.sleep(0.1)
+    await wait_started(client, unit_wf)
     ack = await akaohe(stack, "acknowledge", unit_wf)
     assert ack.returncode == 0, ack.stderr
     assert '"stage": "report_back"' in ack.stdout

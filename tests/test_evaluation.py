@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 
-from kaohe.simulate import BALLOT_SYSTEM, GROUP, TokenSource, drive_unit, sheet_for
+from kaohe.simulate import BALLOT_SYSTEM, GROUP, TokenSource, drive_unit, sheet_for, wait_for_status
 from schemas.common import Stage
 from schemas.messages import ActionResult, CloseEvaluation, RecordBallots, RecordTalk
 from schemas.policy import BallotPolicy, Policy
@@ -203,10 +203,7 @@ async def test_a_bad_sheet_sent_as_a_signal_is_recorded_as_rejected(
     sheet = sheet_for(issued["A"][0], unit, POLICY, random.Random(4))
     sheet.cadres[0].overall = "很好"
     await handle.signal("record_ballots", batch("s1", [sheet]).model_dump(mode="json"))
-    for _ in range(50):
-        status = await handle.query(UnitAssessment.status)
-        if status.rejected_signals:
-            break
+    status = await wait_for_status(handle, lambda s: bool(s.rejected_signals))
     assert "sheets[0].cadres[0].overall: '很好'" in status.rejected_signals[0].reason
     assert await marks(pool, handle.id) == 0
 

@@ -13,10 +13,10 @@ from temporalio.api.common.v1 import Payload
 from temporalio.client import Client
 
 from kaohe.client import data_converter
+from kaohe.simulate import wait_for_status
 from schemas.common import Stage
 from tests.conftest import Stack
 from tests.helpers import sample_unit, start_unit
-from workflows.unit import UnitAssessment
 
 
 def post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
@@ -86,8 +86,5 @@ async def test_update_and_signal_over_http(stack: Stack, client: Client, worker:
     }
     status, body = await asyncio.to_thread(post, f"{base}/signal/close_stage", {"input": [close]})
     assert status == 200, body
-    for _ in range(50):
-        if (await handle.query(UnitAssessment.status)).stage == Stage.EVALUATION:
-            break
-        await asyncio.sleep(0.1)
-    assert (await handle.query(UnitAssessment.status)).stage == Stage.EVALUATION
+    closed = await wait_for_status(handle, lambda s: s.stage == Stage.EVALUATION)
+    assert closed.stage == Stage.EVALUATION

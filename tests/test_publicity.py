@@ -9,7 +9,15 @@ import asyncpg
 import pytest
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 
-from kaohe.simulate import APPROVER, DEPARTMENT, UNIT_CONTACT, TokenSource, drive_unit, proposal_for
+from kaohe.simulate import (
+    APPROVER,
+    DEPARTMENT,
+    UNIT_CONTACT,
+    TokenSource,
+    drive_unit,
+    proposal_for,
+    wait_for_status,
+)
 from schemas import search_attributes as sa
 from schemas.common import Stage
 from schemas.messages import ActionResult, ApproveGrades, RaiseObjection, ResolveObjection
@@ -84,11 +92,7 @@ async def test_grades_become_final_when_publicity_ends(
     assert (await handle.describe()).typed_search_attributes.get(sa.TEAM_GRADE) == "好"
     assert await final_flags(pool, handle.id) == {False}
 
-    for _ in range(100):
-        if (await status(handle)).stage == Stage.RESULT_USE:
-            break
-        await asyncio.sleep(0.1)
-    final = await status(handle)
+    final = await wait_for_status(handle, lambda s: s.stage == Stage.RESULT_USE)
     assert final.stage == Stage.RESULT_USE and final.grading.final
     assert final.history[-2].closed_early_reason == "publicity ended with no open objection"
     assert await final_flags(pool, handle.id) == {True}
@@ -113,11 +117,8 @@ async def test_an_open_objection_blocks_finalization(
 
     result = await handle.execute_update(UnitAssessment.resolve_objection, resolve(1, "dismiss"))
     assert "dismissed" in result.message
-    for _ in range(50):
-        if (await status(handle)).stage == Stage.RESULT_USE:
-            break
-        await asyncio.sleep(0.1)
-    assert (await status(handle)).stage == Stage.RESULT_USE
+    dismissed = await wait_for_status(handle, lambda s: s.stage == Stage.RESULT_USE)
+    assert dismissed.stage == Stage.RESULT_USE
     assert await final_flags(pool, handle.id) == {True}
 
 

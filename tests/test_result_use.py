@@ -3,7 +3,6 @@ kept in PostgreSQL across campaigns."""
 
 from __future__ import annotations
 
-import asyncio
 import random
 import uuid
 
@@ -20,11 +19,11 @@ from kaohe.simulate import (
     drive_unit,
     proposal_for,
     sheet_for,
+    wait_for_status,
 )
 from schemas.common import CadreGrade, Stage
 from schemas.messages import ApproveGrades, CloseFollowUp, RecordBallots, RequestReview
 from schemas.policy import BallotPolicy
-from schemas.status import UnitStatus
 from tests.helpers import sample_unit, start_unit
 from workflows.unit import UnitAssessment
 
@@ -69,12 +68,7 @@ async def test_same_low_grade_two_years_running_calls_for_adjustment(
         UnitAssessment.approve_grades,
         ApproveGrades(idempotency_key="ok", actor=APPROVER, decision="approve"),
     )
-    status: UnitStatus = await handle.query(UnitAssessment.status)
-    for _ in range(100):
-        status = await handle.query(UnitAssessment.status)
-        if status.stage == Stage.RESULT_USE:
-            break
-        await asyncio.sleep(0.1)
+    status = await wait_for_status(handle, lambda s: s.stage == Stage.RESULT_USE)
     ids = {f.follow_up_id for f in status.follow_ups.items}
     assert f"adjustment-{repeat}" in ids and f"adjustment-{once}" not in ids
     assert {f"admonishing_talk-{repeat}", f"training-{once}"} <= ids

@@ -10,7 +10,15 @@ import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 
-from kaohe.simulate import APPROVER, GROUP, UNIT_CONTACT, TokenSource, drive_unit, proposal_for
+from kaohe.simulate import (
+    APPROVER,
+    GROUP,
+    UNIT_CONTACT,
+    TokenSource,
+    drive_unit,
+    proposal_for,
+    wait_for_status,
+)
 from schemas.common import Stage
 from schemas.messages import (
     AcknowledgeNotice,
@@ -20,7 +28,6 @@ from schemas.messages import (
     RecordTalk,
     SubmitReport,
 )
-from schemas.status import UnitStatus
 from tests.helpers import sample_unit, start_unit
 from workflows.unit import UnitAssessment
 
@@ -192,9 +199,10 @@ async def test_signals_are_validated_and_recorded(
     await handle.signal("acknowledge_notice", ack("s3").model_dump(mode="json"))
     await handle.signal("acknowledge_notice", ack("s3").model_dump(mode="json"))  # repeated
 
-    status: UnitStatus = await _eventually(
+    status = await wait_for_status(
         handle, lambda s: s.stage == Stage.REPORT_BACK and len(s.rejected_signals) == 3
     )
+    assert status.stage == Stage.REPORT_BACK and len(status.rejected_signals) == 3, status
     reasons = [r.reason for r in status.rejected_signals]
     assert "actor" in reasons[0]
     assert "(payload)" in reasons[1] or "object" in reasons[1]
@@ -219,14 +227,3 @@ async def test_signals_are_validated_and_recorded(
     assert "'report_back'" in await rejection(handle, "record_talk", talk_too_early)
     report = SubmitReport.model_validate(team_report("r"))
     assert (await handle.execute_update(UnitAssessment.submit_report, report)).accepted
-
-
-async def _eventually(handle: WorkflowHandle, check: Any, tries: int = 100) -> UnitStatus:
-    import asyncio
-
-    for _ in range(tries):
-        status = await handle.query(UnitAssessment.status)
-        if check(status):
-            return status
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"condition not reached; last status: {status}")
