@@ -172,17 +172,22 @@ async def token_problems(
 async def planned_problems(
     conn: asyncpg.Connection, workflow_id: str, planned: dict[str, int], groups: list[str]
 ) -> list[str]:
-    """With this batch's tokens marked used: every sheet beyond its group's planned count."""
+    """Adds this batch's sheets to the groups' returned counts (rows locked by
+    lock_rater_groups) and names every sheet beyond its group's planned count."""
+    in_batch = Counter(groups)
     returned = {
-        r["rater_group"]: r["n"]
+        r["group_id"]: r["returned"]
         for r in await conn.fetch(
-            "SELECT rater_group, count(*) AS n FROM ballot_tokens "
-            "WHERE workflow_id = $1 AND used_at IS NOT NULL GROUP BY rater_group",
+            """UPDATE unit_rater_groups g SET returned = g.returned + b.n
+               FROM unnest($2::text[], $3::int[]) AS b(group_id, n)
+               WHERE g.workflow_id = $1 AND g.group_id = b.group_id
+               RETURNING g.group_id, g.returned""",
             workflow_id,
+            list(in_batch),
+            list(in_batch.values()),
         )
     }
-    in_batch = Counter(groups)
-    over = {g for g, n in returned.items() if g in in_batch and n > planned.get(g, 0)}
+    over = {g for g, n in returned.items() if n > planned.get(g, 0)}
     problems: list[str] = []
     count = {g: returned[g] - in_batch[g] for g in over}
     for i, g in enumerate(groups):

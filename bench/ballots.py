@@ -42,6 +42,7 @@ from bench.stack import (
     print_ratio_line,
     private_stack,
     ratio,
+    settle_heap,
 )
 from kaohe.ballot_csv import write_ballot_csv
 from kaohe.ballot_io import import_ballots, issue_tokens, token_source
@@ -111,6 +112,7 @@ async def raw_copy(stack: BenchStack, workflow_id: str, sheets: list[BallotSheet
         for n, sheet in enumerate(sheets)
         for mark in sheet_marks(sheet)
     ]
+    settle_heap()
     async with stack.pool.acquire() as conn:
         await conn.execute(f"CREATE TABLE {SCRATCH} (LIKE ballot_marks INCLUDING ALL)")
         columns = ["workflow_id", "batch_id", "sheet_no", "rater_group", "kind"]
@@ -140,6 +142,7 @@ async def update_path(
     batches = batches_of(sheets, batch_size)
     rows = sum(len(sheet_marks(s)) for s in sheets)
     samples: list[float] = []
+    settle_heap()
     t0 = time.perf_counter()
     for n, batch in enumerate(batches):
         t1 = time.perf_counter()
@@ -172,6 +175,7 @@ async def bare_updates(stack: BenchStack, calls: int, payloads: list[Any] | None
         )
         for i in range(10):  # warm-up
             await handle.execute_update(EchoWorkflow.ping, i)
+        settle_heap()
         t0 = time.perf_counter()
         for i in range(calls):
             if payloads is None:
@@ -224,6 +228,7 @@ async def main(*, n: int, cadres: int, batch_size: int, keep: bool) -> int:
                 path = Path(tmp) / "ballots.csv"
                 write_ballot_csv(path, [(str(i), s) for i, s in enumerate(bulk_sheets)])
                 size = path.stat().st_size
+                settle_heap()
                 cpu_before = cpu_snapshot(stack)
                 t0 = time.perf_counter()
                 imported = await import_ballots(stack.client, stack.pool, path, campaign, "bulk")

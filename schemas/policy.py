@@ -89,6 +89,15 @@ class BallotPolicy(Model):
     )
     # Local systems require every item to be filled before a sheet is accepted.
     items_mandatory: bool = True
+    update_history_limit_mb: float = Field(
+        default=32,
+        gt=0,
+        description=(
+            "record_ballots batches travel in the unit's workflow history (about 100 KB per "
+            "500 ballots) and Temporal ends a workflow whose history passes 50 MB: past this "
+            "size, batches are refused and go through `kaohe ballots import` instead."
+        ),
+    )
 
 
 class FlagPolicy(Model):

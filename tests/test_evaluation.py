@@ -15,7 +15,7 @@ from schemas.common import Stage
 from schemas.messages import ActionResult, CloseEvaluation, RecordBallots, RecordTalk
 from schemas.policy import BallotPolicy, Policy
 from schemas.roster import UnitSpec
-from tests.helpers import sample_unit, start_unit
+from tests.helpers import TEST_POLICY, sample_unit, start_unit
 from workflows.unit import UnitAssessment
 
 POLICY = BallotPolicy()
@@ -235,3 +235,20 @@ async def test_late_and_missing_reports_show_in_status(client: Client, worker: s
     assert late.late == ["team", *(c.cadre_id for c in unit.cadres)]  # one late, two missing
     assert late.due is not None and late.due.isoformat() == "2026-01-06T00:00:00+08:00"
     assert (await future.query(UnitAssessment.status)).reports.late == []
+
+
+async def test_batches_stop_at_the_history_limit_and_point_to_the_import(
+    client: Client, worker: str, tokens: TokenSource
+) -> None:
+    # A 1 KB limit: the unit's history already holds more (its roster and policy).
+    policy = TEST_POLICY.model_copy(update={"ballots": BallotPolicy(update_history_limit_mb=0.001)})
+    unit = sample_unit(cadres=2)
+    handle = await start_unit(client, worker, unit, policy=policy)
+    await drive_unit(client, handle.id, unit, stop_at=Stage.EVALUATION, tokens=tokens)
+    issued = await tokens(handle.id)
+    sheet = sheet_for(issued["A"][0], unit, policy.ballots, random.Random(3))
+    msg = await rejected(handle, "record_ballots", batch("big", [sheet]))
+    assert "sheets: the unit's history holds" in msg
+    assert "past the policy's 0.001 MB" in msg and "kaohe ballots import" in msg
+    status = await handle.query(UnitAssessment.status)
+    assert status.stage == Stage.EVALUATION and status.evaluation.ballots == 0

@@ -16,7 +16,7 @@ TEAM, CADRE, SELECTION, NEW_CADRE = "team", "cadre", "selection_work", "new_cadr
 # A mark: (kind, target_id or "", item, option). The team's target and the selection
 # work's target are "" and the question respectively.
 Mark = tuple[str, str, str, str]
-_FIELD, _ROW = "\x1f", b"\x1e"
+_FIELD, _ROW = "\x1f", "\x1e"
 
 
 def _check_items(
@@ -133,6 +133,7 @@ def marks_checksum(sheets: Iterable[list[Mark]]) -> str:
     a batch without the workflow ever holding the ballots."""
     digest = hashlib.sha256()
     for n, marks in enumerate(sheets):
-        for mark in marks:
-            digest.update(_FIELD.join((str(n), *mark)).encode() + _ROW)
+        # One update per sheet: the same bytes as one per mark, in a fraction of the calls.
+        prefix = f"{n}{_FIELD}"
+        digest.update("".join(prefix + _FIELD.join(mark) + _ROW for mark in marks).encode())
     return digest.hexdigest()

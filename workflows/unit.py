@@ -16,15 +16,12 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
+from temporalio.common import RawValue, RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from pydantic import ValidationError
-
     from schemas import search_attributes as sa
     from schemas.common import Action, Actor, Stage
-    from schemas.errors import format_validation_error
     from schemas.messages import (
         ACTION_MODELS,
         AcknowledgeNotice,
@@ -87,6 +84,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.ballots import batch_problems
     from workflows.calendar import SHANGHAI, publicity_end
     from workflows.details import unit_details
+    from workflows.payloads import ActionRejected, idempotency_key_of, parse_action
     from workflows.rules import derive_follow_ups, proposal_violations, suggested_grade
     from workflows.stages import ACTION_RULES, CLOSABLE_EARLY, NEXT, TERMINAL
     from workflows.tally import group_participation, groups_complete, tally_ballots
@@ -114,10 +112,6 @@ RESULT_USE_PATCH = "result-use-two-years"
 MAX_PROBLEMS_SHOWN = 20
 
 
-class ActionRejected(ValueError):
-    """A well-formed action that the unit's current state does not allow."""
-
-
 @workflow.defn(name="UnitAssessment")
 class UnitAssessment:
     @workflow.init
@@ -132,6 +126,7 @@ class UnitAssessment:
         # registered the unit: handlers wait for this.
         self._registered = False
         self._processed: dict[str, tuple[str, ActionResult]] = {}
+        self._validated: tuple[str, bytes, Action] | None = None  # see _validate
         self._acks = 0
         self._reports: dict[str, int] = {}  # "team" or a cadre id -> latest revision
         self._report_times: dict[str, dt.datetime] = {}  # first submission
@@ -244,134 +239,136 @@ class UnitAssessment:
         return self._status()
 
     # ---- updates (validator + handler per action) ----------------------------------------
-    # Payloads are taken raw (Any) and parsed here with the action's model: a malformed one
-    # is then rejected naming its fields, where the SDK's decoder would only say "Failed
-    # decoding arguments". Python callers still pass the models; they travel as JSON.
+    # Payloads are taken raw (RawValue: the JSON bytes as sent) and parsed here with the
+    # action's model, once, straight from JSON: a malformed one is rejected naming its fields,
+    # where the SDK's decoder would only say "Failed decoding arguments", and a 500-ballot
+    # batch is not decoded into dicts twice (the SDK decodes typed arguments again after the
+    # validator). Python callers still pass the models; they travel as JSON.
 
     @workflow.update
-    async def acknowledge_notice(self, payload: Any) -> ActionResult:
+    async def acknowledge_notice(self, payload: RawValue) -> ActionResult:
         """Takes a AcknowledgeNotice."""
         return await self._handle_update("acknowledge_notice", payload)
 
     @acknowledge_notice.validator
-    def _validate_acknowledge_notice(self, payload: Any) -> None:
+    def _validate_acknowledge_notice(self, payload: RawValue) -> None:
         self._validate("acknowledge_notice", payload)
 
     @workflow.update
-    async def submit_report(self, payload: Any) -> ActionResult:
+    async def submit_report(self, payload: RawValue) -> ActionResult:
         """Takes a SubmitReport."""
         return await self._handle_update("submit_report", payload)
 
     @submit_report.validator
-    def _validate_submit_report(self, payload: Any) -> None:
+    def _validate_submit_report(self, payload: RawValue) -> None:
         self._validate("submit_report", payload)
 
     @workflow.update
-    async def record_ballots(self, payload: Any) -> ActionResult:
+    async def record_ballots(self, payload: RawValue) -> ActionResult:
         """Takes a RecordBallots."""
         return await self._handle_update("record_ballots", payload)
 
     @record_ballots.validator
-    def _validate_record_ballots(self, payload: Any) -> None:
+    def _validate_record_ballots(self, payload: RawValue) -> None:
         self._validate("record_ballots", payload)
 
     @workflow.update
-    async def register_ballot_batch(self, payload: Any) -> ActionResult:
+    async def register_ballot_batch(self, payload: RawValue) -> ActionResult:
         """Takes a RegisterBallotBatch."""
         return await self._handle_update("register_ballot_batch", payload)
 
     @register_ballot_batch.validator
-    def _validate_register_ballot_batch(self, payload: Any) -> None:
+    def _validate_register_ballot_batch(self, payload: RawValue) -> None:
         self._validate("register_ballot_batch", payload)
 
     @workflow.update
-    async def close_evaluation(self, payload: Any) -> ActionResult:
+    async def close_evaluation(self, payload: RawValue) -> ActionResult:
         """Takes a CloseEvaluation."""
         return await self._handle_update("close_evaluation", payload)
 
     @close_evaluation.validator
-    def _validate_close_evaluation(self, payload: Any) -> None:
+    def _validate_close_evaluation(self, payload: RawValue) -> None:
         self._validate("close_evaluation", payload)
 
     @workflow.update
-    async def record_talk(self, payload: Any) -> ActionResult:
+    async def record_talk(self, payload: RawValue) -> ActionResult:
         """Takes a RecordTalk."""
         return await self._handle_update("record_talk", payload)
 
     @record_talk.validator
-    def _validate_record_talk(self, payload: Any) -> None:
+    def _validate_record_talk(self, payload: RawValue) -> None:
         self._validate("record_talk", payload)
 
     @workflow.update
-    async def propose_grades(self, payload: Any) -> ActionResult:
+    async def propose_grades(self, payload: RawValue) -> ActionResult:
         """Takes a ProposeGrades."""
         return await self._handle_update("propose_grades", payload)
 
     @propose_grades.validator
-    def _validate_propose_grades(self, payload: Any) -> None:
+    def _validate_propose_grades(self, payload: RawValue) -> None:
         self._validate("propose_grades", payload)
 
     @workflow.update
-    async def approve_grades(self, payload: Any) -> ActionResult:
+    async def approve_grades(self, payload: RawValue) -> ActionResult:
         """Takes a ApproveGrades."""
         return await self._handle_update("approve_grades", payload)
 
     @approve_grades.validator
-    def _validate_approve_grades(self, payload: Any) -> None:
+    def _validate_approve_grades(self, payload: RawValue) -> None:
         self._validate("approve_grades", payload)
 
     @workflow.update
-    async def raise_objection(self, payload: Any) -> ActionResult:
+    async def raise_objection(self, payload: RawValue) -> ActionResult:
         """Takes a RaiseObjection."""
         return await self._handle_update("raise_objection", payload)
 
     @raise_objection.validator
-    def _validate_raise_objection(self, payload: Any) -> None:
+    def _validate_raise_objection(self, payload: RawValue) -> None:
         self._validate("raise_objection", payload)
 
     @workflow.update
-    async def resolve_objection(self, payload: Any) -> ActionResult:
+    async def resolve_objection(self, payload: RawValue) -> ActionResult:
         """Takes a ResolveObjection."""
         return await self._handle_update("resolve_objection", payload)
 
     @resolve_objection.validator
-    def _validate_resolve_objection(self, payload: Any) -> None:
+    def _validate_resolve_objection(self, payload: RawValue) -> None:
         self._validate("resolve_objection", payload)
 
     @workflow.update
-    async def record_follow_up(self, payload: Any) -> ActionResult:
+    async def record_follow_up(self, payload: RawValue) -> ActionResult:
         """Takes a RecordFollowUp."""
         return await self._handle_update("record_follow_up", payload)
 
     @record_follow_up.validator
-    def _validate_record_follow_up(self, payload: Any) -> None:
+    def _validate_record_follow_up(self, payload: RawValue) -> None:
         self._validate("record_follow_up", payload)
 
     @workflow.update
-    async def request_review(self, payload: Any) -> ActionResult:
+    async def request_review(self, payload: RawValue) -> ActionResult:
         """Takes a RequestReview."""
         return await self._handle_update("request_review", payload)
 
     @request_review.validator
-    def _validate_request_review(self, payload: Any) -> None:
+    def _validate_request_review(self, payload: RawValue) -> None:
         self._validate("request_review", payload)
 
     @workflow.update
-    async def close_follow_up(self, payload: Any) -> ActionResult:
+    async def close_follow_up(self, payload: RawValue) -> ActionResult:
         """Takes a CloseFollowUp."""
         return await self._handle_update("close_follow_up", payload)
 
     @close_follow_up.validator
-    def _validate_close_follow_up(self, payload: Any) -> None:
+    def _validate_close_follow_up(self, payload: RawValue) -> None:
         self._validate("close_follow_up", payload)
 
     @workflow.update
-    async def close_stage(self, payload: Any) -> ActionResult:
+    async def close_stage(self, payload: RawValue) -> ActionResult:
         """Takes a CloseStage."""
         return await self._handle_update("close_stage", payload)
 
     @close_stage.validator
-    def _validate_close_stage(self, payload: Any) -> None:
+    def _validate_close_stage(self, payload: RawValue) -> None:
         self._validate("close_stage", payload)
 
     # ---- signals: the same actions, fire and forget ------------------------------------
@@ -379,59 +376,59 @@ class UnitAssessment:
     # instead of being dropped by the SDK's decoder.
 
     @workflow.signal(name="acknowledge_notice")
-    async def acknowledge_notice_signal(self, payload: Any) -> None:
+    async def acknowledge_notice_signal(self, payload: RawValue) -> None:
         await self._handle_signal("acknowledge_notice", payload)
 
     @workflow.signal(name="submit_report")
-    async def submit_report_signal(self, payload: Any) -> None:
+    async def submit_report_signal(self, payload: RawValue) -> None:
         await self._handle_signal("submit_report", payload)
 
     @workflow.signal(name="record_ballots")
-    async def record_ballots_signal(self, payload: Any) -> None:
+    async def record_ballots_signal(self, payload: RawValue) -> None:
         await self._handle_signal("record_ballots", payload)
 
     @workflow.signal(name="register_ballot_batch")
-    async def register_ballot_batch_signal(self, payload: Any) -> None:
+    async def register_ballot_batch_signal(self, payload: RawValue) -> None:
         await self._handle_signal("register_ballot_batch", payload)
 
     @workflow.signal(name="close_evaluation")
-    async def close_evaluation_signal(self, payload: Any) -> None:
+    async def close_evaluation_signal(self, payload: RawValue) -> None:
         await self._handle_signal("close_evaluation", payload)
 
     @workflow.signal(name="record_talk")
-    async def record_talk_signal(self, payload: Any) -> None:
+    async def record_talk_signal(self, payload: RawValue) -> None:
         await self._handle_signal("record_talk", payload)
 
     @workflow.signal(name="propose_grades")
-    async def propose_grades_signal(self, payload: Any) -> None:
+    async def propose_grades_signal(self, payload: RawValue) -> None:
         await self._handle_signal("propose_grades", payload)
 
     @workflow.signal(name="approve_grades")
-    async def approve_grades_signal(self, payload: Any) -> None:
+    async def approve_grades_signal(self, payload: RawValue) -> None:
         await self._handle_signal("approve_grades", payload)
 
     @workflow.signal(name="raise_objection")
-    async def raise_objection_signal(self, payload: Any) -> None:
+    async def raise_objection_signal(self, payload: RawValue) -> None:
         await self._handle_signal("raise_objection", payload)
 
     @workflow.signal(name="resolve_objection")
-    async def resolve_objection_signal(self, payload: Any) -> None:
+    async def resolve_objection_signal(self, payload: RawValue) -> None:
         await self._handle_signal("resolve_objection", payload)
 
     @workflow.signal(name="record_follow_up")
-    async def record_follow_up_signal(self, payload: Any) -> None:
+    async def record_follow_up_signal(self, payload: RawValue) -> None:
         await self._handle_signal("record_follow_up", payload)
 
     @workflow.signal(name="request_review")
-    async def request_review_signal(self, payload: Any) -> None:
+    async def request_review_signal(self, payload: RawValue) -> None:
         await self._handle_signal("request_review", payload)
 
     @workflow.signal(name="close_follow_up")
-    async def close_follow_up_signal(self, payload: Any) -> None:
+    async def close_follow_up_signal(self, payload: RawValue) -> None:
         await self._handle_signal("close_follow_up", payload)
 
     @workflow.signal(name="close_stage")
-    async def close_stage_signal(self, payload: Any) -> None:
+    async def close_stage_signal(self, payload: RawValue) -> None:
         await self._handle_signal("close_stage", payload)
 
     # ---- dispatch ------------------------------------------------------------------------
@@ -447,16 +444,22 @@ class UnitAssessment:
             )
         return result.model_copy(update={"duplicate": True})
 
-    def _parse(self, name: str, payload: Any) -> Action:
-        try:
-            return ACTION_MODELS[name].model_validate(payload)
-        except ValidationError as err:
-            raise ActionRejected(format_validation_error(err)) from None
+    def _parse(self, name: str, payload: RawValue) -> Action:
+        return parse_action(ACTION_MODELS[name], payload)
 
-    def _validate(self, name: str, payload: Any) -> None:
+    def _validate(self, name: str, payload: RawValue) -> None:
         action = self._parse(name, payload)
         if self._duplicate(name, action) is None:
             self._check(name, action, payload_checked=False)
+        # The handler takes this parse instead of its own (a ballot batch is large). Only a
+        # cache: on replay validators do not run and the handler parses the same bytes.
+        self._validated = (name, payload.payload.data, action)
+
+    def _validated_action(self, name: str, payload: RawValue) -> Action:
+        validated, self._validated = self._validated, None
+        if validated is not None and validated[0] == name and validated[1] == payload.payload.data:
+            return validated[2]
+        return self._parse(name, payload)
 
     def _check(self, name: str, action: Action, *, payload_checked: bool) -> None:
         """Raises ActionRejected if the unit's state or the payload does not allow the action.
@@ -481,15 +484,16 @@ class UnitAssessment:
         if checker is not None:
             checker(action)
 
-    async def _handle_update(self, name: str, payload: Any) -> ActionResult:
+    async def _handle_update(self, name: str, payload: RawValue) -> ActionResult:
         try:
-            return await self._perform(name, self._parse(name, payload), payload_checked=True)
+            action = self._validated_action(name, payload)
+            return await self._perform(name, action, payload_checked=True)
         except ActionRejected as err:
             # The state moved between validation and handling: fail the update, not the task.
             raise ApplicationError(str(err), type="ActionRejected", non_retryable=True) from err
 
-    async def _handle_signal(self, name: str, payload: Any) -> None:
-        key = payload.get("idempotency_key") if isinstance(payload, dict) else None
+    async def _handle_signal(self, name: str, payload: RawValue) -> None:
+        key = idempotency_key_of(payload)
         try:
             action = self._parse(name, payload)
             await self._perform(name, action, payload_checked=False)
@@ -557,6 +561,14 @@ class UnitAssessment:
         if a.ballots:
             raise ActionRejected(
                 "ballots: flat ballots without tokens are not accepted; send sheets"
+            )
+        size_mb = workflow.info().get_current_history_size() / 1_000_000
+        limit_mb = self._input.policy.ballots.update_history_limit_mb
+        if size_mb > limit_mb:
+            raise ActionRejected(
+                f"sheets: the unit's history holds {size_mb:.1f} MB, past the policy's "
+                f"{limit_mb:g} MB for ballots sent by update; import the remaining ballots "
+                "with `kaohe ballots import` (they go to PostgreSQL, not into the history)"
             )
 
     def _check_sheets(self, a: RecordBallots) -> None:

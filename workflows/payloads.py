@@ -1,0 +1,45 @@
+"""Actions parsed from the raw payloads of updates and signals.
+
+Handlers take `RawValue` so that a malformed payload reaches the workflow (and is rejected
+naming its field) instead of failing in the SDK's decoder with "Failed decoding arguments".
+Parsing goes straight from the JSON bytes to the action's model, in one pass.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from pydantic import ValidationError
+from temporalio.common import RawValue
+
+from schemas.common import Action
+from schemas.errors import format_validation_error
+
+JSON_ENCODING = b"json/plain"
+
+
+class ActionRejected(ValueError):
+    """A well-formed action that the unit's current state does not allow, or a payload that
+    is not a well-formed action (the message names the field)."""
+
+
+def parse_action(model: type[Action], payload: RawValue) -> Action:
+    encoding = payload.payload.metadata.get("encoding", b"")
+    if encoding != JSON_ENCODING:
+        shown = encoding.decode(errors="replace") or "none"
+        raise ActionRejected(f"(payload): expected a JSON object, got encoding {shown!r}")
+    try:
+        return model.model_validate_json(payload.payload.data)
+    except ValidationError as err:
+        raise ActionRejected(format_validation_error(err)) from None
+
+
+def idempotency_key_of(payload: RawValue) -> str | None:
+    """The idempotency key of a payload that may not parse (for a signal's rejection)."""
+    try:
+        body: Any = json.loads(payload.payload.data)
+    except ValueError:
+        return None
+    key = body.get("idempotency_key") if isinstance(body, dict) else None
+    return key if isinstance(key, str) else None
