@@ -9,8 +9,9 @@ only, so a sealed proposal (`grade_proposals`) never shows.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -115,7 +116,9 @@ class CampaignReport(BaseModel):
 
 # ---- reading ---------------------------------------------------------------------------
 
-_CAMPAIGN = "SELECT campaign_id, year, title FROM campaigns WHERE campaign_id = $1"
+_CAMPAIGN = (
+    "SELECT campaign_id, year, title, grade_labels::text FROM campaigns WHERE campaign_id = $1"
+)
 
 # Ballots and sheets of registered batches only: an imported batch counts once the workflow
 # has verified it (as the tallies do). Reports are documents, a revision not counted twice.
@@ -212,27 +215,40 @@ async def _read(conn: asyncpg.Connection, campaign_id: str) -> CampaignReport:
     counts: dict[tuple[str, str], dict[str, int]] = {}
     for r in tallies:
         counts.setdefault((r["workflow_id"], r["target_id"]), {})[r["option"]] = r["n"]
-    team_grades = {g.value: 0 for g in TeamGrade}
-    cadre_grades = {g.value: 0 for g in CadreGrade}
+    # Grades as the campaign's policy shows them (grading.team_labels / cadre_labels).
+    labels = json.loads(campaign["grade_labels"])
+    team_label = _labeller(labels.get("team", {}))
+    cadre_label = _labeller(labels.get("cadre", {}))
+    team_grades = {team_label(g.value): 0 for g in TeamGrade}
+    cadre_grades = {cadre_label(g.value): 0 for g in CadreGrade}
     for r in grades:
-        into = team_grades if r["team"] else cadre_grades
-        into[r["grade"]] = into.get(r["grade"], 0) + r["n"]
+        into, label = (team_grades, team_label) if r["team"] else (cadre_grades, cadre_label)
+        into[label(r["grade"])] = into.get(label(r["grade"]), 0) + r["n"]
     return CampaignReport(
         campaign_id=campaign["campaign_id"],
         year=campaign["year"],
         title=campaign["title"],
         generated_at=generated_at,
-        units=[UnitRow(**dict(r)) for r in units],
-        cadres=[_cadre_row(r, counts.get((r["workflow_id"], r["cadre_id"]), {})) for r in cadres],
+        units=[UnitRow(**{**dict(r), "team_grade": team_label(r["team_grade"])}) for r in units],
+        cadres=[
+            _cadre_row(r, counts.get((r["workflow_id"], r["cadre_id"]), {}), cadre_label)
+            for r in cadres
+        ],
         follow_ups=[FollowUpRow(**dict(r)) for r in follow_ups],
         team_grades=team_grades,
         cadre_grades=cadre_grades,
     )
 
 
-def _cadre_row(r: asyncpg.Record, counts: dict[str, int]) -> CadreRow:
-    fields = {k: v for k, v in dict(r).items() if k != "workflow_id"}
-    return CadreRow(**fields, ballots=sum(counts.values()), counts=counts)
+def _labeller(labels: dict[str, str]) -> Callable[[str | None], str | None]:
+    return lambda grade: None if grade is None else labels.get(grade, grade)
+
+
+def _cadre_row(
+    r: asyncpg.Record, counts: dict[str, int], label: Callable[[str | None], str | None]
+) -> CadreRow:
+    fields = {k: v for k, v in dict(r).items() if k not in ("workflow_id", "grade")}
+    return CadreRow(**fields, grade=label(r["grade"]), ballots=sum(counts.values()), counts=counts)
 
 
 # ---- the workbook ----------------------------------------------------------------------

@@ -6,7 +6,7 @@ import datetime as dt
 from enum import StrEnum
 from typing import Annotated, Literal
 
-from pydantic import Field, StringConstraints, model_validator
+from pydantic import Field, StringConstraints, ValidationInfo, field_validator, model_validator
 
 from schemas.common import (
     Action,
@@ -187,7 +187,10 @@ class RecordTalk(Action):
 
 
 class ProposeGrades(Action):
-    """The group's evaluation (综合分析研判) and proposed grades; sealed until published."""
+    """The group's evaluation (综合分析研判) and proposed grades; sealed until published.
+
+    A grade may be given by the label the campaign's policy shows for it (grading.team_labels,
+    grading.cadre_labels): the workflow parses with those labels as validation context."""
 
     evaluation: LongText
     team_grade: TeamGrade
@@ -197,6 +200,23 @@ class ProposeGrades(Action):
         description="Written determinations for cadres flagged by 不称职票率 and proposed "
         "称职 or better.",
     )
+
+    @field_validator("team_grade", mode="before")
+    @classmethod
+    def _team_label(cls, value: object, info: ValidationInfo) -> object:
+        return _grade_named(value, info, "team")
+
+    @field_validator("cadre_grades", mode="before")
+    @classmethod
+    def _cadre_labels(cls, value: object, info: ValidationInfo) -> object:
+        if not isinstance(value, dict):
+            return value
+        return {k: _grade_named(v, info, "cadre") for k, v in value.items()}
+
+
+def _grade_named(value: object, info: ValidationInfo, grade_set: str) -> object:
+    names = (info.context or {}).get("grade_names", {}).get(grade_set, {})
+    return names.get(value, value) if isinstance(value, str) else value
 
 
 class ApproveGrades(Action):

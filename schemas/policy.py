@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import datetime as dt
 from fractions import Fraction
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, PlainSerializer, WithJsonSchema, model_validator
 
-from schemas.common import AccountabilityLevel, Identifier, Model, ShortText
+from schemas.common import AccountabilityLevel, CadreGrade, Identifier, Model, ShortText, TeamGrade
 from schemas.messages import FollowUpKind
 
 
@@ -114,6 +114,15 @@ class GradingPolicy(Model):
 
     excellent_ratio: Ratio = Fraction(1, 5)  # at most 20% of the graded cadres
     excellent_ratio_by_category: dict[str, Ratio] = Field(default_factory=dict)
+    excellent_quota_scope: Literal["unit", "category"] = Field(
+        default="unit",
+        description=(
+            "unit: each unit's 优秀 within its own quota (checked when grades are proposed). "
+            "category: the quota is pooled over the campaign's units of a category (a unit of "
+            "three cadres may then have one 优秀); the campaign calibrates every proposal and "
+            "holds one that breaks the pool until the department decides."
+        ),
+    )
     max_leave_days: int = Field(default=180, ge=0, le=366)
     # An accountability at this level or above, overlapping the year, bars 优秀.
     accountability_bars_excellent_from: AccountabilityLevel = AccountabilityLevel.ADMONISHMENT
@@ -131,8 +140,50 @@ class GradingPolicy(Model):
     # A plain duration instead (tests and demos): seconds after publication.
     publicity_seconds: float | None = Field(default=None, ge=0)
 
+    # How grades are shown (DOMAIN.md: some places grade teams 优秀/良好/一般/较差). Proposals
+    # may name a grade by its label or by the default name; unlisted grades keep their name.
+    team_labels: dict[TeamGrade, ShortText] = Field(default_factory=dict)
+    cadre_labels: dict[CadreGrade, ShortText] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _labels_unambiguous(self) -> GradingPolicy:
+        for field, labels, grades in (
+            ("team_labels", self.team_labels, list(TeamGrade)),
+            ("cadre_labels", self.cadre_labels, list(CadreGrade)),
+        ):
+            named: dict[str, str] = {}
+            for grade in grades:
+                label = labels.get(grade, grade.value)
+                for name in {label, grade.value}:
+                    if named.get(name, grade.value) != grade.value:
+                        raise ValueError(
+                            f"{field}: {name!r} would name both {named[name]} and {grade.value}"
+                        )
+                    named[name] = grade.value
+        return self
+
     def ratio_for(self, category: str) -> Fraction:
         return self.excellent_ratio_by_category.get(category, self.excellent_ratio)
+
+    def team_label(self, grade: TeamGrade) -> str:
+        return self.team_labels.get(grade, grade.value)
+
+    def cadre_label(self, grade: CadreGrade) -> str:
+        return self.cadre_labels.get(grade, grade.value)
+
+    def grade_labels(self) -> dict[str, dict[str, str]]:
+        """grade -> label per set, only where they differ (stored for reports)."""
+        return {
+            "team": {g.value: label for g, label in self.team_labels.items()},
+            "cadre": {g.value: label for g, label in self.cadre_labels.items()},
+        }
+
+    def grade_names(self) -> dict[str, dict[str, str]]:
+        """label -> grade, per set: the context ProposeGrades parses its grades with."""
+        return {
+            "team": {label: g.value for g, label in self.team_labels.items()},
+            "cadre": {label: g.value for g, label in self.cadre_labels.items()},
+        }
 
 
 class FollowUpAction(Model):

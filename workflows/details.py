@@ -27,7 +27,8 @@ def unit_details(s: UnitStatus) -> str:
     g = s.grading
     open_objections = sum(o.state == "open" for o in g.objections)
     if g.published:
-        grading = f"{'final' if g.final else 'published'}, team {g.team_grade}"
+        team = g.team_grade_label or g.team_grade
+        grading = f"{'final' if g.final else 'published'}, team {team}"
         if g.publicity_ends is not None:
             grading += f"; 公示 until {g.publicity_ends.astimezone(SHANGHAI):%Y-%m-%d %H:%M}"
         if open_objections:
@@ -78,7 +79,13 @@ def campaign_details(p: CampaignProgress) -> str:
         for stage in (*ORDER, Stage.CANCELLED)
         if p.by_stage.get(stage, 0) or stage in ORDER
     )
+    held = (
+        f"\n\n**Calibration:** {len(p.calibration_held)} proposal(s) on hold for the "
+        f"department: {', '.join(p.calibration_held)}"
+        if p.calibration_held
+        else ""
+    )
     return (
         f"### {p.title}\n{p.units_started}/{p.units_total} units started\n\n"
-        f"| Stage | Units |\n|---|---|\n{rows}"
+        f"| Stage | Units |\n|---|---|\n{rows}{held}"
     )
