@@ -99,11 +99,12 @@ class StorageActivities:
         unit = rec.unit
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(
-                """INSERT INTO campaigns (campaign_id, year, title) VALUES ($1, $2, $3)
-                   ON CONFLICT (campaign_id) DO NOTHING""",
+                """INSERT INTO campaigns (campaign_id, year, title, grade_labels)
+                   VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT (campaign_id) DO NOTHING""",
                 rec.ref.campaign_id,
                 rec.year,
                 rec.campaign_title,
+                json.dumps(rec.grade_labels, ensure_ascii=False),
             )
             await conn.execute(
                 """INSERT INTO units (workflow_id, campaign_id, unit_id, name, category, stage)

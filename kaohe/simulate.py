@@ -244,6 +244,13 @@ async def drive_unit(
     evaluation = (await handle.query(UnitAssessment.status)).evaluation
     flagged = [f.target_id for f in evaluation.flags if f.code == "incompetent_votes"]
     await step(UnitAssessment.propose_grades, proposal_for(unit, policy, flagged))
+    # A pooled 优秀 quota: the campaign calibrates the proposal before it can be approved
+    # (this one keeps to the unit's own quota, so the pool always holds it).
+    calibrated = await wait_for_status(
+        handle, lambda s: s.grading.calibration is None or s.grading.calibration.state != "pending"
+    )
+    if calibrated.grading.calibration and calibrated.grading.calibration.state == "held":
+        raise RuntimeError(f"{unit.unit_id}: {calibrated.grading.calibration.reason}")
     await step(
         UnitAssessment.approve_grades,
         ApproveGrades(idempotency_key=f"{key}-approve", actor=APPROVER, decision="approve"),

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from schemas.calibration import CalibrationView
 from schemas.common import CadreGrade, Model, Stage, TeamGrade
 from schemas.messages import FollowUpKind
 
@@ -99,9 +100,14 @@ class GradingProgress(Model):
     publicity_ends: dt.datetime | None = None
     final: bool = False
     objections: list[ObjectionView] = Field(default_factory=list)
+    # Cross-unit calibration of the latest proposal (a pooled 优秀 quota only).
+    calibration: CalibrationView | None = None
     # Sealed: stay None until publication (DOMAIN.md: 不承诺评定等次).
     team_grade: TeamGrade | None = None
     cadre_grades: dict[str, CadreGrade] | None = None
+    # The same grades as the policy shows them (grading.team_labels / cadre_labels).
+    team_grade_label: str | None = None
+    cadre_grade_labels: dict[str, str] | None = None
 
 
 class FollowUpView(Model):
@@ -154,3 +160,5 @@ class CampaignProgress(Model):
     units_started: int
     by_stage: dict[Stage, int]
     completed: bool
+    # Proposals held by cross-unit calibration, awaiting the department.
+    calibration_held: list[str] = Field(default_factory=list)

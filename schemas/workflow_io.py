@@ -7,6 +7,7 @@ from typing import Any
 
 from pydantic import Field
 
+from schemas.calibration import CalibrationEntry
 from schemas.common import Actor, CadreGrade, Model, Stage, TeamGrade
 from schemas.messages import (
     AcknowledgeNotice,
@@ -46,6 +47,9 @@ class CampaignInput(Model):
     started: list[str] = Field(default_factory=list)
     stages: dict[str, Stage] = Field(default_factory=dict)
     seqs: dict[str, int] = Field(default_factory=dict)
+    # Cross-unit calibration: unit id -> its latest proposal's entry; decisions taken.
+    calibration: dict[str, CalibrationEntry] = Field(default_factory=dict)
+    calibration_decisions: dict[str, str] = Field(default_factory=dict)
 
 
 class UnitProgress(Model):
@@ -72,6 +76,8 @@ class RegisterUnit(Model):
     campaign_title: str
     unit: UnitSpec
     rater_groups: list[RaterGroup] = Field(default_factory=list)
+    # "team" / "cadre" -> grade -> the label the policy shows (only those that differ).
+    grade_labels: dict[str, dict[str, str]] = Field(default_factory=dict)
 
 
 class TransitionRecord(Model):

@@ -30,7 +30,7 @@ from kaohe.simulate import (
     wait_for_status,
     wait_started,
 )
-from schemas.common import Stage
+from schemas.common import Stage, TeamGrade
 from schemas.messages import (
     ApproveGrades,
     CloseStage,
@@ -57,7 +57,9 @@ async def wait_for_stage(handle: WorkflowHandle, stage: Stage, seconds: float = 
 #   v2: ballot sheets with tokens, weighted tallies (workflow.patched "ballot-sheets")
 #   v3: publicity and objections after approval (workflow.patched "publicity")
 #   v4: cadres sign for feedback, two-year rule (workflow.patched "result-use-two-years")
-VERSION = "v4"
+#   v5: raw payloads parsed once, grade labels, cross-unit calibration of a pooled 优秀
+#       quota (workflow.patched "cross-unit-calibration"; campaign path and calibrated_unit)
+VERSION = "v5"
 
 
 async def record_paths(
@@ -159,21 +161,78 @@ async def record_paths(
     await handle.result()
     out["closed_early_path"] = await handle.fetch_history()
 
-    # 3. A campaign of two units, both completed.
+    # 3. A campaign of two units with a pooled 优秀 quota (cross-unit calibration) and grade
+    # labels: unit 0 proposes 1 优秀 by its label and is cleared; unit 1's 优秀 is held and
+    # the department allows it; both close result use early, and the campaign completes.
+    grading = TEST_POLICY.grading.model_copy(
+        update={
+            "excellent_quota_scope": "category",
+            "team_labels": {TeamGrade.GOOD: "优秀", TeamGrade.FAIRLY_GOOD: "良好"},
+        }
+    )
+    policy = TEST_POLICY.model_copy(update={"grading": grading})
     roster = Roster(
         campaign_id=f"replay-{tag}",
         year=2026,
         title="回放考核",
-        units=[sample_unit(f"c{i}-{tag}") for i in range(2)],
+        units=[sample_unit(f"c{i}-{tag}", cadres=3) for i in range(2)],
     )
-    campaign_id, _ = await start_campaign(client, roster, task_queue, TEST_POLICY)
-    for u in roster.units:
-        wf = unit_workflow_id(roster.campaign_id, u.unit_id)
-        await wait_started(client, wf)
-        await drive_unit(client, wf, u, tokens=tokens)
+    campaign_id, _ = await start_campaign(client, roster, task_queue, policy)
     campaign = client.get_workflow_handle(campaign_id)
+    units = []
+    for n, u in enumerate(roster.units):
+        handle = client.get_workflow_handle(unit_workflow_id(roster.campaign_id, u.unit_id))
+        await wait_started(client, handle.id)
+        await drive_unit(client, handle.id, u, policy=policy, stop_at=Stage.GRADING, tokens=tokens)
+        proposal = proposal_for(u).model_dump(mode="json")
+        proposal["team_grade"] = "良好"
+        proposal["cadre_grades"][u.cadres[0].cadre_id] = "优秀"
+        await handle.execute_update("propose_grades", proposal, result_type=dict)
+        wanted = "cleared" if n == 0 else "held"
+        await wait_for_status(
+            handle,
+            lambda s, w=wanted: (
+                s.grading.calibration is not None and s.grading.calibration.state == w
+            ),
+        )
+        units.append(handle)
+    await campaign.execute_update(
+        "decide_calibration",
+        {
+            "idempotency_key": "allow-1",
+            "actor": DEPARTMENT.model_dump(mode="json"),
+            "unit_id": roster.units[1].unit_id,
+            "decision": "allow",
+            "reason": "统筹调剂",
+        },
+        result_type=dict,
+    )
+    for n, handle in enumerate(units):
+        await wait_for_status(
+            handle,
+            lambda s: (
+                s.grading.calibration is not None
+                and s.grading.calibration.state in ("cleared", "allowed")
+            ),
+        )
+        await handle.execute_update(
+            UnitAssessment.approve_grades,
+            ApproveGrades(idempotency_key=f"ok-{n}", actor=APPROVER, decision="approve"),
+        )
+        await wait_for_stage(handle, Stage.RESULT_USE)
+        await handle.execute_update(
+            UnitAssessment.close_stage,
+            CloseStage(
+                idempotency_key="close-ru",
+                actor=DEPARTMENT,
+                stage=Stage.RESULT_USE,
+                reason="转入日常管理",
+            ),
+        )
+        await handle.result()
     await campaign.result()
     out["campaign"] = await campaign.fetch_history()
+    out["calibrated_unit"] = await units[1].fetch_history()
     return out
 
 

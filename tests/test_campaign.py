@@ -5,15 +5,33 @@ from __future__ import annotations
 import asyncio
 import uuid
 
-from temporalio.client import Client, WorkflowExecutionStatus
+import asyncpg
+import pytest
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
 
 from kaohe.cli import start_campaign
-from kaohe.simulate import TokenSource, drive_unit
-from schemas.common import Stage
-from schemas.roster import Roster
-from schemas.status import CampaignProgress
+from kaohe.simulate import (
+    APPROVER,
+    TokenSource,
+    drive_unit,
+    proposal_for,
+    wait_for_status,
+    wait_started,
+)
+from schemas.calibration import DecideCalibration
+from schemas.common import Actor, CadreGrade, Role, Stage
+from schemas.messages import ApproveGrades, ProposeGrades
+from schemas.policy import Policy
+from schemas.roster import Roster, UnitSpec
+from schemas.status import CampaignProgress, UnitStatus
 from tests.helpers import TEST_POLICY, sample_unit
 from workflows.campaign import AssessmentCampaign, campaign_workflow_id, unit_workflow_id
+from workflows.unit import UnitAssessment
 
 
 def roster(units: int = 3) -> Roster:
@@ -153,3 +171,151 @@ async def test_late_progress_signal_does_not_move_a_unit_back(client: Client, wo
     await handle.terminate("test")
     for u in r.units:
         await client.get_workflow_handle(unit_workflow_id(r.campaign_id, u.unit_id)).terminate()
+
+
+def pooled_policy() -> Policy:
+    grading = TEST_POLICY.grading.model_copy(update={"excellent_quota_scope": "category"})
+    return TEST_POLICY.model_copy(update={"grading": grading})
+
+
+def proposing(unit: UnitSpec, key: str, excellent: int) -> ProposeGrades:
+    """The first `excellent` cadres 优秀, the others 称职."""
+    grades = {
+        c.cadre_id: CadreGrade.EXCELLENT if i < excellent else CadreGrade.COMPETENT
+        for i, c in enumerate(unit.cadres)
+    }
+    return proposal_for(unit).model_copy(update={"idempotency_key": key, "cadre_grades": grades})
+
+
+async def calibration_of(handle: WorkflowHandle, state: str) -> UnitStatus:
+    status = await wait_for_status(
+        handle, lambda s: s.grading.calibration is not None and s.grading.calibration.state == state
+    )
+    assert status.grading.calibration is not None, "no calibration"
+    assert status.grading.calibration.state == state, status.grading.calibration
+    return status
+
+
+async def test_cross_unit_calibration_holds_what_breaks_the_pooled_quota(
+    client: Client, worker: str, pool: asyncpg.Pool, tokens: TokenSource
+) -> None:
+    """Three units of two cadres: each unit's own quota would be 0 优秀 (2 × 20%), the
+    category's pooled quota is 1 (6 × 20%). The campaign clears the first 优秀, holds the
+    others until the department allows or returns them, and clears a held one by itself
+    once the pool frees."""
+    r = roster(3)
+    policy = pooled_policy()
+    await start_campaign(client, r, worker, policy)
+    handles = [
+        client.get_workflow_handle_for(
+            UnitAssessment.run, unit_workflow_id(r.campaign_id, u.unit_id)
+        )
+        for u in r.units
+    ]
+    await asyncio.gather(*(wait_started(client, h.id) for h in handles))
+    await asyncio.gather(
+        *(
+            drive_unit(client, h.id, u, policy=policy, stop_at=Stage.GRADING, tokens=tokens)
+            for h, u in zip(handles, r.units, strict=True)
+        )
+    )
+    u0, u1, u2 = r.units
+    h0, h1, h2 = handles
+    campaign = client.get_workflow_handle_for(
+        AssessmentCampaign.run, campaign_workflow_id(r.campaign_id)
+    )
+
+    # 1 优秀 in a unit of two: beyond the unit's own quota, but the pool's to judge.
+    result = await h0.execute_update(UnitAssessment.propose_grades, proposing(u0, "p0", 1))
+    assert "cross-unit calibration: pending" in result.message
+    await calibration_of(h0, "cleared")
+    await h1.execute_update(UnitAssessment.propose_grades, proposing(u1, "p1", 1))
+    held = await calibration_of(h1, "held")
+    assert held.grading.calibration is not None
+    assert "1 优秀 proposed, 1 already cleared, pooled quota 1 (6 graded cadres" in (
+        held.grading.calibration.reason
+    )
+    assert held.grading.cadre_grades is None  # still sealed
+    with pytest.raises(WorkflowUpdateFailedError) as info:
+        await h1.execute_update(UnitAssessment.approve_grades, approval("a1"))
+    assert "is on hold by cross-unit calibration" in str(info.value.cause)
+    await h2.execute_update(UnitAssessment.propose_grades, proposing(u2, "p2", 1))
+    await calibration_of(h2, "held")
+    assert (await progress(client, r)).calibration_held == [u1.unit_id, u2.unit_id]
+    [view] = await campaign.query(AssessmentCampaign.calibration)
+    assert (view.graded, view.quota, view.reserved) == (6, 1, 1)
+
+    # Only the department decides, and only on a held proposal.
+    assert "actor.role: 'approver' may not decide_calibration" in await refused(
+        campaign, decision("d0", u1.unit_id, "allow", role=Role.APPROVER)
+    )
+    assert f"unit_id: {u0.unit_id!r} has no proposal on hold" in await refused(
+        campaign, decision("d0", u0.unit_id, "allow")
+    )
+
+    # Returned: the unit's group proposes again; the new proposal is judged afresh.
+    returned = await campaign.execute_update(
+        AssessmentCampaign.decide_calibration, decision("d1", u2.unit_id, "return")
+    )
+    assert returned.message.endswith("returned")
+    status = await calibration_of(h2, "returned")
+    assert status.grading.returned == 1 and not status.grading.pending_proposal
+    await h2.execute_update(UnitAssessment.propose_grades, proposing(u2, "p2-again", 1))
+    await calibration_of(h2, "held")
+
+    # Unit 0's approver returns its proposal and it comes back without 优秀: the pool frees,
+    # and the first held proposal (unit 1's) is cleared without the department.
+    await h0.execute_update(
+        UnitAssessment.approve_grades,
+        ApproveGrades(idempotency_key="r0", actor=APPROVER, decision="return", comment="再议"),
+    )
+    await h0.execute_update(UnitAssessment.propose_grades, proposing(u0, "p0-again", 0))
+    await calibration_of(h0, "cleared")
+    await calibration_of(h1, "cleared")
+    await calibration_of(h2, "held")
+
+    # Allowed beyond the pool by the department; the same decision again changes nothing.
+    allow = decision("d2", u2.unit_id, "allow")
+    await campaign.execute_update(AssessmentCampaign.decide_calibration, allow)
+    again = await campaign.execute_update(AssessmentCampaign.decide_calibration, allow)
+    assert again.duplicate
+    await calibration_of(h2, "allowed")
+    for h, key in ((h0, "a0"), (h1, "a1"), (h2, "a2")):
+        assert (await h.execute_update(UnitAssessment.approve_grades, approval(key))).accepted
+    assert (await progress(client, r)).calibration_held == []
+
+    async with pool.acquire() as conn:
+        kinds = [
+            row["kind"]
+            for row in await conn.fetch(
+                "SELECT kind FROM audit_log WHERE workflow_id = $1 AND kind LIKE 'calibration%' "
+                "ORDER BY id",
+                h2.id,
+            )
+        ]
+    assert kinds == [
+        "calibration_held",
+        "calibration_returned",
+        "calibration_held",
+        "calibration_allowed",
+    ]
+
+
+def approval(key: str) -> ApproveGrades:
+    return ApproveGrades(idempotency_key=key, actor=APPROVER, decision="approve")
+
+
+def decision(key: str, unit_id: str, what: str, role: Role = Role.DEPARTMENT) -> DecideCalibration:
+    return DecideCalibration(
+        idempotency_key=key,
+        actor=Actor(id="org-department", role=role),
+        unit_id=unit_id,
+        decision=what,  # type: ignore[arg-type]
+        reason="本系统优秀名额统筹调剂",
+    )
+
+
+async def refused(handle: WorkflowHandle, action: DecideCalibration) -> str:
+    with pytest.raises(WorkflowUpdateFailedError) as info:
+        await handle.execute_update(AssessmentCampaign.decide_calibration, action)
+    return str(info.value.cause)

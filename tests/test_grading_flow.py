@@ -6,13 +6,23 @@ import random
 
 import asyncpg
 import pytest
+from pydantic import ValidationError
 from temporalio.client import Client, WorkflowUpdateFailedError
 
-from kaohe.simulate import BALLOT_SYSTEM, TokenSource, drive_unit, proposal_for, sheet_for
-from schemas.common import CadreGrade, Stage
-from schemas.messages import ActionResult, RecordBallots
-from schemas.policy import BallotPolicy
-from tests.helpers import sample_unit, start_unit
+from kaohe.report import build_report
+from kaohe.simulate import (
+    APPROVER,
+    BALLOT_SYSTEM,
+    TokenSource,
+    drive_unit,
+    proposal_for,
+    sheet_for,
+    wait_for_status,
+)
+from schemas.common import CadreGrade, Stage, TeamGrade
+from schemas.messages import ActionResult, ApproveGrades, RecordBallots
+from schemas.policy import BallotPolicy, GradingPolicy
+from tests.helpers import TEST_POLICY, sample_unit, start_unit
 from workflows.unit import UnitAssessment
 
 
@@ -86,3 +96,57 @@ async def test_flagged_cadre_needs_a_determination(
             target,
         )
     assert stored == determined.determinations[target]
+
+
+async def test_grade_labels_from_the_policy(
+    client: Client, worker: str, pool: asyncpg.Pool, tokens: TokenSource
+) -> None:
+    """A campaign that says 优秀/良好 for the team and 合格 for 称职: proposals may use the
+    labels, status and the report show them, the stored grade stays the grade."""
+    grading = TEST_POLICY.grading.model_copy(
+        update={
+            "team_labels": {TeamGrade.GOOD: "优秀", TeamGrade.FAIRLY_GOOD: "良好"},
+            "cadre_labels": {CadreGrade.COMPETENT: "合格"},
+        }
+    )
+    policy = TEST_POLICY.model_copy(update={"grading": grading})
+    unit = sample_unit(cadres=5)  # a quota of one 优秀
+    campaign = f"labels-{unit.unit_id}"
+    handle = await start_unit(client, worker, unit, campaign_id=campaign, policy=policy)
+    await drive_unit(client, handle.id, unit, policy=policy, stop_at=Stage.GRADING, tokens=tokens)
+    first, second, *others = (c.cadre_id for c in unit.cadres)
+    proposal = proposal_for(unit).model_dump(mode="json")
+    proposal["team_grade"] = "良好"
+    proposal["cadre_grades"] = {first: "合格", second: "优秀", **{c: "称职" for c in others}}
+    assert await handle.execute_update("propose_grades", proposal, result_type=ActionResult)
+    approve = ApproveGrades(idempotency_key="ok", actor=APPROVER, decision="approve")
+    await handle.execute_update(UnitAssessment.approve_grades, approve)
+
+    status = await wait_for_status(handle, lambda s: s.grading.final)
+    g = status.grading
+    assert (g.team_grade, g.team_grade_label) == (TeamGrade.FAIRLY_GOOD, "良好")
+    assert g.cadre_grades is not None and g.cadre_grade_labels is not None
+    assert (g.cadre_grades[first], g.cadre_grades[second]) == (CadreGrade.COMPETENT, "优秀")
+    assert g.cadre_grade_labels == {first: "合格", second: "优秀", **{c: "合格" for c in others}}
+    async with pool.acquire() as conn:
+        stored = await conn.fetchval(
+            "SELECT grade FROM grades WHERE workflow_id = $1 AND cadre_id = $2", handle.id, first
+        )
+    assert stored == "称职"
+    report = await build_report(pool, campaign)
+    assert report.units[0].team_grade == "良好"
+    assert {c.cadre_id: c.grade for c in report.cadres} == g.cadre_grade_labels
+    assert report.team_grades["良好"] == 1 and "较好" not in report.team_grades
+
+
+@pytest.mark.parametrize(
+    ("labels", "problem"),
+    [
+        ({"好": "较好"}, "'较好' would name both 好 and 较好"),
+        ({"好": "良好", "较好": "良好"}, "'良好' would name both 好 and 较好"),
+    ],
+)
+def test_ambiguous_grade_labels_are_refused(labels: dict[str, str], problem: str) -> None:
+    with pytest.raises(ValidationError) as info:
+        GradingPolicy.model_validate({"team_labels": labels})
+    assert problem in str(info.value)

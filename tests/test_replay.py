@@ -31,8 +31,9 @@ def replayer(converter: DataConverter = pydantic_data_converter) -> Replayer:
 def test_every_stage_path_is_recorded_for_every_version() -> None:
     paths = {"full_path", "closed_early_path", "campaign"}
     names = {p.stem for p in RECORDED}
-    for version in ("v0", "v1", "v2", "v3", VERSION):
+    for version in ("v0", "v1", "v2", "v3", "v4", VERSION):
         assert {f"{version}_{path}" for path in paths} <= names
+    assert f"{VERSION}_calibrated_unit" in names
 
 
 async def test_pre_patch_history_takes_the_old_branch() -> None:

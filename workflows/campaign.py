@@ -11,18 +11,36 @@ import asyncio
 from datetime import timedelta
 
 from temporalio import workflow
-from temporalio.common import SearchAttributePair, TypedSearchAttributes, WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.common import (
+    RawValue,
+    SearchAttributePair,
+    TypedSearchAttributes,
+    WorkflowIDReusePolicy,
+)
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
     from schemas import search_attributes as sa
-    from schemas.common import Stage
+    from schemas.calibration import (
+        CalibrationEntry,
+        CalibrationRequest,
+        CalibrationResult,
+        CategoryCalibration,
+        DecideCalibration,
+    )
+    from schemas.common import Role, Stage
+    from schemas.messages import ActionResult
     from schemas.roster import UnitSpec
     from schemas.status import CampaignProgress
     from schemas.workflow_io import CampaignInput, UnitInput, UnitProgress
     from workflows.details import campaign_details
+    from workflows.payloads import ActionRejected, parse_action
+    from workflows.rules import excellent_quota, graded_headcount
     from workflows.stages import TERMINAL
     from workflows.unit import ACTIVITY_RETRY, UnitAssessment
+
+# States of a calibration entry whose 优秀 count against the category's pooled quota.
+RESERVING = ("cleared", "allowed")
 
 
 def campaign_workflow_id(campaign_id: str) -> str:
@@ -42,6 +60,8 @@ class AssessmentCampaign:
         self._started: set[str] = set(input.started)
         self._stages: dict[str, Stage] = dict(input.stages)
         self._seqs: dict[str, int] = dict(input.seqs)
+        self._calibration: dict[str, CalibrationEntry] = dict(input.calibration)
+        self._decisions: dict[str, str] = dict(input.calibration_decisions)
 
     @workflow.run
     async def run(self, input: CampaignInput) -> CampaignProgress:
@@ -86,8 +106,11 @@ class AssessmentCampaign:
                         started=sorted(self._started),
                         stages=self._stages,
                         seqs=self._seqs,
+                        calibration=self._calibration,
+                        calibration_decisions=self._decisions,
                     )
                 )
+        await workflow.wait_condition(workflow.all_handlers_finished)
         return self._progress()
 
     @workflow.signal
@@ -101,6 +124,138 @@ class AssessmentCampaign:
     @workflow.query
     def progress(self) -> CampaignProgress:
         return self._progress()
+
+    # ---- cross-unit calibration (grading.excellent_quota_scope = "category") --------------
+
+    @workflow.signal
+    async def calibrate(self, request: CalibrationRequest) -> None:
+        """A unit's new proposal: cleared if its category's pooled quota still holds it,
+        otherwise held for the department. It replaces the unit's earlier proposal."""
+        self._calibration[request.unit_id] = self._judge(request)
+        self._refresh_details()
+        await self._tell_unit(request.unit_id)
+        await self._clear_held_that_fit(request.category)
+
+    @workflow.query
+    def calibration(self) -> list[CategoryCalibration]:
+        categories = sorted({u.category for u in self._roster.units})
+        return [self._category_view(c) for c in categories]
+
+    @workflow.update
+    async def decide_calibration(self, payload: RawValue) -> ActionResult:
+        """Takes a DecideCalibration: the department allows a held proposal beyond the pooled
+        quota, or returns it to the unit's assessment group."""
+        a = parse_action(DecideCalibration, payload)
+        assert isinstance(a, DecideCalibration)
+        if a.idempotency_key in self._decisions:
+            return self._result(a.unit_id, self._decisions[a.idempotency_key], duplicate=True)
+        try:
+            self._check_decision(a)
+        except ActionRejected as err:  # the state moved since validation
+            raise ApplicationError(str(err), type="ActionRejected", non_retryable=True) from err
+        entry = self._calibration[a.unit_id]
+        state = "allowed" if a.decision == "allow" else "returned"
+        self._calibration[a.unit_id] = CalibrationEntry(
+            request=entry.request, state=state, reason=f"{a.actor.id}: {a.reason}"
+        )
+        message = f"proposal {entry.request.proposal_no} of {a.unit_id} {state}"
+        self._decisions[a.idempotency_key] = message
+        self._refresh_details()
+        await self._tell_unit(a.unit_id, a)
+        if state == "returned":
+            await self._clear_held_that_fit(entry.request.category)
+        return self._result(a.unit_id, message)
+
+    @decide_calibration.validator
+    def _validate_decide_calibration(self, payload: RawValue) -> None:
+        a = parse_action(DecideCalibration, payload)
+        assert isinstance(a, DecideCalibration)
+        if a.idempotency_key not in self._decisions:
+            self._check_decision(a)
+
+    def _check_decision(self, a: DecideCalibration) -> None:
+        if a.actor.role != Role.DEPARTMENT:
+            raise ActionRejected(
+                f"actor.role: {a.actor.role.value!r} may not decide_calibration; "
+                "allowed roles: department"
+            )
+        entry = self._calibration.get(a.unit_id)
+        if entry is None or entry.state != "held":
+            held = ", ".join(u for u, e in self._calibration.items() if e.state == "held")
+            raise ActionRejected(
+                f"unit_id: {a.unit_id!r} has no proposal on hold; held: {held or 'none'}"
+            )
+
+    def _result(self, unit_id: str, message: str, duplicate: bool = False) -> ActionResult:
+        stage = self._stages.get(unit_id, Stage.GRADING)
+        return ActionResult(accepted=True, stage=stage, message=message, duplicate=duplicate)
+
+    def _quota(self, category: str) -> tuple[int, int]:
+        """(graded cadres, pooled 优秀 quota) of a category, from the roster."""
+        graded = sum(graded_headcount(u) for u in self._roster.units if u.category == category)
+        return graded, excellent_quota(graded, self._input.policy.grading.ratio_for(category))
+
+    def _reserved(self, category: str, but: str | None = None) -> int:
+        return sum(
+            e.request.excellent
+            for unit_id, e in self._calibration.items()
+            if e.request.category == category and e.state in RESERVING and unit_id != but
+        )
+
+    def _judge(self, request: CalibrationRequest) -> CalibrationEntry:
+        category, n = request.category, request.excellent
+        graded, quota = self._quota(category)
+        reserved = self._reserved(category, but=request.unit_id)
+        ratio = self._input.policy.grading.ratio_for(category)
+        if reserved + n <= quota:
+            reason = f"category {category}: {reserved + n} of its {quota} 优秀 taken"
+            return CalibrationEntry(request=request, state="cleared", reason=reason)
+        reason = (
+            f"category {category}: {n} 优秀 proposed, {reserved} already cleared, pooled quota "
+            f"{quota} ({graded} graded cadres × {ratio}, rounded down)"
+        )
+        return CalibrationEntry(request=request, state="held", reason=reason)
+
+    async def _clear_held_that_fit(self, category: str) -> None:
+        """Held proposals that the pool now holds (another unit asked for fewer, or was
+        returned) are cleared, in the order they came."""
+        for unit_id, entry in list(self._calibration.items()):
+            if entry.request.category == category and entry.state == "held":
+                judged = self._judge(entry.request)
+                if judged.state == "cleared":
+                    self._calibration[unit_id] = judged
+                    self._refresh_details()
+                    await self._tell_unit(unit_id)
+
+    async def _tell_unit(self, unit_id: str, decision: DecideCalibration | None = None) -> None:
+        entry = self._calibration[unit_id]
+        result = CalibrationResult(
+            proposal_no=entry.request.proposal_no,
+            outcome=entry.state,
+            reason=entry.reason,
+            actor=decision.actor if decision else None,
+        )
+        try:
+            await workflow.get_external_workflow_handle(
+                unit_workflow_id(self._roster.campaign_id, unit_id)
+            ).signal("calibration_result", result)
+        except Exception:  # a unit that is gone has no proposal to hold
+            workflow.logger.warning("unit %s did not take its calibration result", unit_id)
+
+    def _category_view(self, category: str) -> CategoryCalibration:
+        graded, quota = self._quota(category)
+        return CategoryCalibration(
+            category=category,
+            ratio=str(self._input.policy.grading.ratio_for(category)),
+            graded=graded,
+            quota=quota,
+            reserved=self._reserved(category),
+            held=[
+                u
+                for u, e in self._calibration.items()
+                if e.request.category == category and e.state == "held"
+            ],
+        )
 
     async def _start_unit(self, unit: UnitSpec) -> bool:
         """Starts the unit's workflow; False if an earlier run of this campaign had."""
@@ -155,6 +310,7 @@ class AssessmentCampaign:
             units_started=len(self._started),
             by_stage=by_stage,
             completed=self._all_done(),
+            calibration_held=[u for u, e in self._calibration.items() if e.state == "held"],
         )
 
     def _refresh_details(self) -> None:

@@ -24,13 +24,16 @@ class ActionRejected(ValueError):
     is not a well-formed action (the message names the field)."""
 
 
-def parse_action(model: type[Action], payload: RawValue) -> Action:
+def parse_action(
+    model: type[Action], payload: RawValue, context: dict[str, Any] | None = None
+) -> Action:
+    """`context` is pydantic's validation context (e.g. the policy's grade labels)."""
     encoding = payload.payload.metadata.get("encoding", b"")
     if encoding != JSON_ENCODING:
         shown = encoding.decode(errors="replace") or "none"
         raise ActionRejected(f"(payload): expected a JSON object, got encoding {shown!r}")
     try:
-        return model.model_validate_json(payload.payload.data)
+        return model.model_validate_json(payload.payload.data, context=context)
     except ValidationError as err:
         raise ActionRejected(format_validation_error(err)) from None
 

@@ -184,6 +184,11 @@ UNDETERMINED = "不确定等次"
 COMPETENT_OR_BETTER = ("优秀", "称职")
 
 
+def graded_headcount(unit: UnitSpec) -> int:
+    """Cadres graded this year (not 不确定等次), as the roster says."""
+    return sum(1 for c in unit.cadres if not c.ungraded_reason)
+
+
 def excellent_quota(headcount: int, ratio: Fraction) -> int:
     """DOMAIN.md: quota = headcount × ratio, rounded down (default ratio 20%)."""
     return int(headcount * ratio)  # int() of a non-negative Fraction rounds down
@@ -284,7 +289,8 @@ def proposal_violations(
                 negative_list_bar(cadre),
             ]
         out += [v for v in found if v]
-    quota = quota_rule(unit, grades, policy)
+    # A pooled quota is the campaign's to check (cross-unit calibration).
+    quota = quota_rule(unit, grades, policy) if policy.excellent_quota_scope == "unit" else None
     return out + ([quota] if quota else [])
 
 

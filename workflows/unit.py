@@ -21,7 +21,8 @@ from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from schemas import search_attributes as sa
-    from schemas.common import Action, Actor, Stage
+    from schemas.calibration import CalibrationRequest, CalibrationResult, CalibrationView
+    from schemas.common import Action, Actor, CadreGrade, Role, Stage
     from schemas.messages import (
         ACTION_MODELS,
         AcknowledgeNotice,
@@ -109,6 +110,8 @@ BALLOT_SHEETS_PATCH = "ballot-sheets"
 PUBLICITY_PATCH = "publicity"
 # workflow.patched id: each cadre signs for its feedback; the two-year rule (issue 5).
 RESULT_USE_PATCH = "result-use-two-years"
+# workflow.patched id: proposals calibrated across the campaign's units (issue 5).
+CALIBRATION_PATCH = "cross-unit-calibration"
 MAX_PROBLEMS_SHOWN = 20
 
 
@@ -127,6 +130,8 @@ class UnitAssessment:
         self._registered = False
         self._processed: dict[str, tuple[str, ActionResult]] = {}
         self._validated: tuple[str, bytes, Action] | None = None  # see _validate
+        self._parse_context = {"grade_names": input.policy.grading.grade_names()}
+        self._calibration: CalibrationView | None = None  # of the latest proposal
         self._acks = 0
         self._reports: dict[str, int] = {}  # "team" or a cadre id -> latest revision
         self._report_times: dict[str, dt.datetime] = {}  # first submission
@@ -212,6 +217,7 @@ class UnitAssessment:
                     campaign_title=input.campaign_title,
                     unit=self._unit,
                     rater_groups=input.rater_groups,
+                    grade_labels=input.policy.grading.grade_labels(),
                 ),
             )
             await self._record_transition(None, Stage.NOTICE, None, None)
@@ -431,6 +437,45 @@ class UnitAssessment:
     async def close_stage_signal(self, payload: RawValue) -> None:
         await self._handle_signal("close_stage", payload)
 
+    # ---- from the campaign ---------------------------------------------------------------
+
+    @workflow.signal(name="calibration_result")
+    async def calibration_result(self, result: CalibrationResult) -> None:
+        """The campaign cleared, held, allowed or returned a proposal (see _calibrates)."""
+        await workflow.wait_condition(lambda: self._registered)
+        async with self._lock:
+            c = self._calibration
+            if (
+                c is None
+                or c.proposal_no != result.proposal_no
+                or c.state
+                not in (
+                    "pending",
+                    "held",
+                )
+            ):
+                return  # about an earlier proposal, or said already
+            self._calibration = CalibrationView(
+                proposal_no=result.proposal_no, state=result.outcome, reason=result.reason
+            )
+            await self._audit_calibration(result.actor)
+            if result.outcome == "returned" and self._pending is not None:
+                decision = ApproveGrades(
+                    idempotency_key=f"calibration-{result.proposal_no}",
+                    actor=result.actor or Actor(id="campaign", role=Role.DEPARTMENT),
+                    decision="return",
+                    comment=f"cross-unit calibration: {result.reason}"[:200],
+                )
+                await self._activity(
+                    "save_grade_decision",
+                    GradeDecisionRecord(
+                        ref=self._ref(), proposal_no=result.proposal_no, action=decision
+                    ),
+                )
+                self._pending = None
+                self._returned += 1
+            self._refresh_details()
+
     # ---- dispatch ------------------------------------------------------------------------
 
     def _duplicate(self, name: str, action: Action) -> ActionResult | None:
@@ -445,7 +490,7 @@ class UnitAssessment:
         return result.model_copy(update={"duplicate": True})
 
     def _parse(self, name: str, payload: RawValue) -> Action:
-        return parse_action(ACTION_MODELS[name], payload)
+        return parse_action(ACTION_MODELS[name], payload, self._parse_context)
 
     def _validate(self, name: str, payload: RawValue) -> None:
         action = self._parse(name, payload)
@@ -649,6 +694,17 @@ class UnitAssessment:
     def _check_approve_grades(self, a: ApproveGrades) -> None:
         if self._pending is None:
             raise ActionRejected("there is no grade proposal awaiting approval")
+        c = self._calibration
+        if c is not None and c.proposal_no == self._proposal_no:
+            if c.state == "pending":
+                raise ActionRejected(
+                    f"proposal {c.proposal_no} awaits cross-unit calibration by the campaign"
+                )
+            if c.state == "held":
+                raise ActionRejected(
+                    f"proposal {c.proposal_no} is on hold by cross-unit calibration ({c.reason}); "
+                    "the department decides with the campaign's decide_calibration"
+                )
         if a.actor.id == self._pending.actor.id:
             raise ActionRejected(
                 f"actor.id: {a.actor.id!r} proposed these grades and cannot approve them"
@@ -773,7 +829,60 @@ class UnitAssessment:
             GradeProposalRecord(ref=self._ref(), proposal_no=self._proposal_no, action=a),
         )
         self._pending = a
-        return f"proposal {self._proposal_no} recorded; sealed until approved and published"
+        message = f"proposal {self._proposal_no} recorded; sealed until approved and published"
+        if self._calibrates() and workflow.patched(CALIBRATION_PATCH):
+            await self._request_calibration(a)
+            message += f"; cross-unit calibration: {self._calibration_state()}"
+        return message
+
+    def _calibrates(self) -> bool:
+        """A pooled 优秀 quota is calibrated by the campaign; a unit started on its own has
+        none to ask."""
+        pooled = self._input.policy.grading.excellent_quota_scope == "category"
+        return pooled and workflow.info().parent is not None
+
+    async def _request_calibration(self, a: ProposeGrades) -> None:
+        parent = workflow.info().parent
+        assert parent is not None
+        request = CalibrationRequest(
+            unit_id=self._unit.unit_id,
+            category=self._unit.category,
+            proposal_no=self._proposal_no,
+            excellent=sum(g == CadreGrade.EXCELLENT for g in a.cadre_grades.values()),
+            graded=sum(g != CadreGrade.UNDETERMINED for g in a.cadre_grades.values()),
+        )
+        self._calibration = CalibrationView(proposal_no=self._proposal_no, state="pending")
+        try:
+            await workflow.get_external_workflow_handle(parent.workflow_id).signal(
+                "calibrate", request
+            )
+        except Exception:
+            # No campaign to hold the proposal (terminated): approval is not blocked, and
+            # the audit table says why.
+            self._calibration = CalibrationView(
+                proposal_no=self._proposal_no,
+                state="unavailable",
+                reason=f"campaign {parent.workflow_id} did not take the request",
+            )
+            await self._audit_calibration(None)
+
+    def _calibration_state(self) -> str:
+        c = self._calibration
+        return "none" if c is None else c.state + (f" ({c.reason})" if c.reason else "")
+
+    async def _audit_calibration(self, actor: Actor | None) -> None:
+        c = self._calibration
+        assert c is not None
+        await self._activity(
+            "append_audit",
+            AuditRecord(
+                ref=self._ref(),
+                event_key=f"calibration:{c.proposal_no}:{c.state}",
+                kind=f"calibration_{c.state}",
+                actor=actor,
+                detail={"proposal_no": c.proposal_no, "reason": c.reason},
+            ),
+        )
 
     async def _apply_approve_grades(self, a: ApproveGrades) -> str:
         # Units approved before publicity existed went straight to result use.
@@ -1111,6 +1220,7 @@ class UnitAssessment:
         return sum(self._batches.values())
 
     def _status(self) -> UnitStatus:
+        final, grading = self._final, self._input.policy.grading
         cadre_reports = [c for c in self._unit.cadres if c.cadre_id in self._reports]
         published = self._final is not None
         return UnitStatus(
@@ -1159,8 +1269,15 @@ class UnitAssessment:
                 publicity_ends=self._publicity_ends,
                 final=self._grades_final or (published and self._stage != Stage.GRADING),
                 objections=list(self._objections.values()),
-                team_grade=self._final.team_grade if self._final else None,
-                cadre_grades=dict(self._final.cadre_grades) if self._final else None,
+                calibration=self._calibration,
+                team_grade=final.team_grade if final else None,
+                cadre_grades=dict(final.cadre_grades) if final else None,
+                team_grade_label=grading.team_label(final.team_grade) if final else None,
+                cadre_grade_labels=(
+                    {c: grading.cadre_label(g) for c, g in final.cadre_grades.items()}
+                    if final
+                    else None
+                ),
             ),
             follow_ups=FollowUpProgress(
                 open=sum(not f.closed for f in self._follow_ups.values()),
