@@ -10,6 +10,7 @@ import asyncpg
 import structlog
 from temporalio import activity
 
+from activities.failpoints import failpoint
 from schemas.workflow_io import Notification
 
 log = structlog.get_logger("kaohe.notify")
@@ -53,4 +54,5 @@ class NotifyActivities:
                           sent_at = now() WHERE idempotency_key = $1""",
                 n.idempotency_key,
             )
+        failpoint(f"notify:{n.idempotency_key.rsplit(':', 1)[-1]}:committed")
         return True

@@ -16,6 +16,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.ballot_store import store_rater_groups
+from activities.failpoints import failpoint
 from activities.talk_cipher import TalkCipher
 from schemas.common import Actor
 from schemas.status import TargetTally
@@ -521,6 +522,7 @@ class StorageActivities:
                 "follow_ups_created",
                 detail={"follow_ups": [f.follow_up_id for f in rec.follow_ups]},
             )
+        failpoint("create_follow_ups:committed")
         _log(rec.ref, "follow-ups created", count=len(rec.follow_ups))
 
     @activity.defn

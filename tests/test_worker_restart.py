@@ -13,6 +13,8 @@ from pathlib import Path
 import asyncpg
 from temporalio.client import Client
 
+from activities.failpoints import ENV as FAILPOINT_ENV
+from activities.failpoints import KILLED
 from kaohe.simulate import TokenSource, drive_unit
 from schemas.common import Stage
 from tests.conftest import Stack
@@ -21,8 +23,12 @@ from tests.helpers import sample_unit, start_unit
 KAOHE = str(Path(sys.executable).parent / "kaohe")
 
 
-def spawn_worker(stack: Stack, task_queue: str, log: Path) -> subprocess.Popen[bytes]:
+def spawn_worker(
+    stack: Stack, task_queue: str, log: Path, failpoint: str | None = None
+) -> subprocess.Popen[bytes]:
     env = {**stack.env(), "KAOHE_TASK_QUEUE": task_queue}
+    if failpoint is not None:
+        env[FAILPOINT_ENV] = failpoint
     with log.open("ab") as out:
         return subprocess.Popen([KAOHE, "worker"], env=env, stdout=out, stderr=out)
 
@@ -69,3 +75,51 @@ async def test_killed_worker_is_replaced_and_the_unit_finishes(
     text = log.read_text()
     assert f'"workflow_id": "{handle.id}"' in text and '"unit":' in text and '"stage":' in text
     assert "谈话内容" not in text
+
+
+async def test_follow_ups_and_feedback_once_though_the_worker_dies_after_each_commit(
+    stack: Stack, client: Client, pool: asyncpg.Pool, tmp_path: Path, tokens: TokenSource
+) -> None:
+    """The worker dies right after the follow-ups are committed and before the workflow has
+    recorded it; its successor dies right after the feedback notification is committed. The
+    third finishes: every follow-up, audit row and notification exists exactly once."""
+    task_queue = f"crash-{uuid.uuid4().hex[:8]}"
+    log = tmp_path / "worker.log"
+    unit = sample_unit(cadres=5)  # one 优秀 (incentive follow-ups) and four 称职
+    handle = await start_unit(client, task_queue, unit)
+    drive = asyncio.create_task(
+        drive_unit(client, handle.id, unit, stop_at=Stage.RESULT_USE, tokens=tokens)
+    )
+    for point in ("create_follow_ups:committed", "notify:feedback:committed"):
+        doomed = spawn_worker(stack, task_queue, log, failpoint=point)
+        exit_code = await asyncio.to_thread(doomed.wait, 120)
+        assert exit_code == KILLED, f"the worker was to die at {point}"
+        assert not drive.done()
+    last = spawn_worker(stack, task_queue, log)
+    try:
+        status = await asyncio.wait_for(drive, timeout=120)
+    finally:
+        last.terminate()
+        last.wait(timeout=30)
+    assert status.stage == Stage.RESULT_USE
+    expected = sorted(f.follow_up_id for f in status.follow_ups.items)
+    assert expected and any(f.kind == "incentive" for f in status.follow_ups.items)
+
+    async with pool.acquire() as conn:
+        stored = [
+            r["follow_up_id"]
+            for r in await conn.fetch(
+                "SELECT follow_up_id FROM follow_ups WHERE workflow_id = $1 ORDER BY 1", handle.id
+            )
+        ]
+        audits = await conn.fetchval(
+            "SELECT count(*) FROM audit_log WHERE workflow_id = $1 AND kind = 'follow_ups_created'",
+            handle.id,
+        )
+        feedback = await conn.fetch(
+            "SELECT status, attempts FROM notifications WHERE idempotency_key = $1",
+            f"{handle.id}:feedback",
+        )
+    assert stored == expected
+    assert audits == 1
+    assert [(r["status"], r["attempts"]) for r in feedback] == [("sent", 1)]
