@@ -20,12 +20,13 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
 from kaohe.cli_ballots import ballots_app, tokens_app
-from kaohe.cli_common import console, err_console, fail, run
+from kaohe.cli_calibration import calibration_app
+from kaohe.cli_common import console, err_console, fail, parse_actor, run
 from kaohe.cli_report import report
 from kaohe.client import connect
 from kaohe.roster_io import RosterError, load_policy, load_roster
 from kaohe.settings import get_settings
-from schemas.common import Actor, Stage
+from schemas.common import Stage
 from schemas.errors import format_validation_error
 from schemas.messages import ACTION_MODELS, ActionResult
 from schemas.policy import Policy
@@ -44,6 +45,7 @@ schema_app = typer.Typer(help="JSON Schemas of the public messages.", no_args_is
 app.add_typer(schema_app, name="schema")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(ballots_app, name="ballots")
+app.add_typer(calibration_app, name="calibration")
 app.command()(report)
 
 SAMPLE_ROSTER = "samples/demo-roster.yaml"
@@ -296,14 +298,6 @@ def _print_campaign(p: CampaignProgress, units: list[Any]) -> None:
 # ---- acting on a unit ------------------------------------------------------------------
 
 
-def _parse_actor(actor: str) -> Actor:
-    ident, _, role = actor.partition(":")
-    try:
-        return Actor.model_validate({"id": ident, "role": role})
-    except ValidationError as err:
-        raise fail(f"--actor: {format_validation_error(err)} (use ID:ROLE)") from err
-
-
 def _action_payload(name: str, body: str, actor: str | None) -> dict[str, Any]:
     if name not in ACTION_MODELS:
         raise fail(f"unknown action {name!r}; actions: {', '.join(ACTION_MODELS)}")
@@ -315,7 +309,7 @@ def _action_payload(name: str, body: str, actor: str | None) -> dict[str, Any]:
         raise fail("JSON: the payload must be an object")
     payload.setdefault("idempotency_key", str(uuid.uuid4()))
     if actor is not None:
-        payload.setdefault("actor", _parse_actor(actor).model_dump(mode="json"))
+        payload.setdefault("actor", parse_actor(actor).model_dump(mode="json"))
     try:  # check here too, so the error names the field before anything is sent
         ACTION_MODELS[name].model_validate(payload)
     except ValidationError as err:
@@ -393,12 +387,15 @@ def acknowledge(workflow_id: str, actor: ActorOption = "unit-office:unit") -> No
 
 
 def public_schemas() -> dict[str, dict[str, Any]]:
+    from schemas.calibration import CategoryCalibration, DecideCalibration
     from schemas.status import CampaignProgress, UnitStatus
 
     out = {name: model.model_json_schema() for name, model in ACTION_MODELS.items()}
     out["action_result"] = ActionResult.model_json_schema()
     out["status"] = UnitStatus.model_json_schema()
     out["campaign_progress"] = CampaignProgress.model_json_schema()
+    out["decide_calibration"] = DecideCalibration.model_json_schema()
+    out["calibration"] = TypeAdapter(list[CategoryCalibration]).json_schema()
     out["roster"] = Roster.model_json_schema()
     out["stage"] = TypeAdapter(Stage).json_schema()
     return out

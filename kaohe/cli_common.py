@@ -7,15 +7,19 @@ from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
 
 from kaohe.logs import configure_logging
 from kaohe.settings import get_settings
+from schemas.common import Actor
+from schemas.errors import format_validation_error
 
 T = TypeVar("T")
 
 console = Console()
-err_console = Console(stderr=True)
+# Errors are not wrapped: a script reading them gets each on one line.
+err_console = Console(stderr=True, soft_wrap=True)
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
@@ -29,3 +33,12 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     """Prints the error; the caller raises what this returns."""
     err_console.print(f"[red]error:[/] {message}")
     return typer.Exit(code=code)
+
+
+def parse_actor(actor: str) -> Actor:
+    """`ID:ROLE` -> Actor, or fail naming the option."""
+    ident, _, role = actor.partition(":")
+    try:
+        return Actor.model_validate({"id": ident, "role": role})
+    except ValidationError as err:
+        raise fail(f"--actor: {format_validation_error(err)} (use ID:ROLE)") from err

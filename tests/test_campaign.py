@@ -29,7 +29,9 @@ from schemas.messages import ApproveGrades, ProposeGrades
 from schemas.policy import Policy
 from schemas.roster import Roster, UnitSpec
 from schemas.status import CampaignProgress, UnitStatus
+from tests.conftest import Stack
 from tests.helpers import TEST_POLICY, sample_unit
+from tests.test_cli import akaohe
 from workflows.campaign import AssessmentCampaign, campaign_workflow_id, unit_workflow_id
 from workflows.unit import UnitAssessment
 
@@ -197,7 +199,7 @@ async def calibration_of(handle: WorkflowHandle, state: str) -> UnitStatus:
 
 
 async def test_cross_unit_calibration_holds_what_breaks_the_pooled_quota(
-    client: Client, worker: str, pool: asyncpg.Pool, tokens: TokenSource
+    stack: Stack, client: Client, worker: str, pool: asyncpg.Pool, tokens: TokenSource
 ) -> None:
     """Three units of two cadres: each unit's own quota would be 0 优秀 (2 × 20%), the
     category's pooled quota is 1 (6 × 20%). The campaign clears the first 优秀, holds the
@@ -274,11 +276,20 @@ async def test_cross_unit_calibration_holds_what_breaks_the_pooled_quota(
     await calibration_of(h1, "cleared")
     await calibration_of(h2, "held")
 
-    # Allowed beyond the pool by the department; the same decision again changes nothing.
-    allow = decision("d2", u2.unit_id, "allow")
-    await campaign.execute_update(AssessmentCampaign.decide_calibration, allow)
-    again = await campaign.execute_update(AssessmentCampaign.decide_calibration, allow)
-    assert again.duplicate
+    # The department sees it from the CLI and allows it beyond the pool there; a decision
+    # sent again with its key changes nothing.
+    shown = await akaohe(stack, "calibration", "show", r.campaign_id)
+    assert shown.returncode == 0 and u2.unit_id in shown.stdout, shown.stderr
+    allowed = await akaohe(
+        stack, "calibration", "allow", r.campaign_id, u2.unit_id, "--reason", "统筹调剂"
+    )
+    assert allowed.returncode == 0 and "allowed" in allowed.stdout, allowed.stderr
+    again = await akaohe(
+        stack, "calibration", "allow", r.campaign_id, u2.unit_id, "--reason", "统筹调剂"
+    )
+    assert again.returncode == 1 and "has no proposal on hold" in again.stderr
+    allow = decision("d1", u2.unit_id, "return")
+    assert (await campaign.execute_update(AssessmentCampaign.decide_calibration, allow)).duplicate
     await calibration_of(h2, "allowed")
     for h, key in ((h0, "a0"), (h1, "a1"), (h2, "a2")):
         assert (await h.execute_update(UnitAssessment.approve_grades, approval(key))).accepted
