@@ -10,6 +10,7 @@ for: a sheet's rater group is copied from its token onto its marks, and that is 
 from __future__ import annotations
 
 import hashlib
+import json
 from collections import Counter
 from collections.abc import Callable, Container, Iterator, Sequence
 from dataclasses import dataclass
@@ -119,11 +120,13 @@ async def lock_rater_groups(conn: asyncpg.Connection, workflow_id: str) -> dict[
 
 
 async def unused_tokens(conn: asyncpg.Connection, workflow_id: str) -> dict[bytes, str]:
-    """token hash -> rater group of the unit's unused tokens, locked (the bulk import looks
-    tokens up while it streams, and marks them used at the end)."""
+    """token hash -> rater group of the unit's unused tokens (the bulk import looks tokens
+    up while it streams, and marks them used at the end)."""
+    # No row locks: every writer of a unit's tokens (both ingestion paths and issuing) holds
+    # its rater group rows first (lock_rater_groups), and 20,000 token locks cost a write each.
     rows = await conn.fetch(
         "SELECT token_hash, rater_group FROM ballot_tokens "
-        "WHERE workflow_id = $1 AND used_at IS NULL FOR UPDATE",
+        "WHERE workflow_id = $1 AND used_at IS NULL",
         workflow_id,
     )
     return {bytes(r["token_hash"]): r["rater_group"] for r in rows}
@@ -255,6 +258,14 @@ def mark_records(
 async def batch_sheets_by_group(
     conn: asyncpg.Connection, workflow_id: str, batch_id: str
 ) -> dict[str, int]:
+    stored = await conn.fetchval(
+        "SELECT sheets_by_group::text FROM ballot_batches WHERE workflow_id = $1 AND batch_id = $2",
+        workflow_id,
+        batch_id,
+    )
+    if stored is not None:
+        return dict(sorted(json.loads(stored).items()))
+    # A batch stored before sheets_by_group was kept (migration 008): count its marks.
     rows = await conn.fetch(
         """SELECT rater_group, count(DISTINCT sheet_no) AS n FROM ballot_marks
            WHERE workflow_id = $1 AND batch_id = $2 AND item = $3
@@ -264,6 +275,11 @@ async def batch_sheets_by_group(
         OVERALL,
     )
     return {r["rater_group"]: r["n"] for r in rows}
+
+
+def sheets_by_group(groups: list[str]) -> dict[str, int]:
+    """Sheets per rater group of a batch, from each sheet's group."""
+    return dict(sorted(Counter(groups).items()))
 
 
 async def store_batch(
@@ -312,12 +328,26 @@ async def store_batch(
         records=mark_records(workflow_id, batch, groups, on_rows),
         columns=MARK_COLUMNS,
     )
+    by_group = sheets_by_group(groups)
+    await store_sheets_by_group(conn, workflow_id, batch.batch_id, by_group)
     return BallotBatchReceipt(
         batch_id=batch.batch_id,
         count=batch.ballots,
         checksum=batch.checksum,
         duplicate=False,
-        sheets_by_group=dict(sorted(Counter(groups).items())),
+        sheets_by_group=by_group,
+    )
+
+
+async def store_sheets_by_group(
+    conn: asyncpg.Connection, workflow_id: str, batch_id: str, by_group: dict[str, int]
+) -> None:
+    await conn.execute(
+        "UPDATE ballot_batches SET sheets_by_group = $3::jsonb "
+        "WHERE workflow_id = $1 AND batch_id = $2",
+        workflow_id,
+        batch_id,
+        json.dumps(by_group),
     )
 
 

@@ -42,7 +42,7 @@ from bench.stack import (
     print_ratio_line,
     private_stack,
     ratio,
-    settle_heap,
+    settle,
 )
 from kaohe.ballot_csv import write_ballot_csv
 from kaohe.ballot_io import import_ballots, issue_tokens, token_source
@@ -112,13 +112,13 @@ async def raw_copy(stack: BenchStack, workflow_id: str, sheets: list[BallotSheet
         for n, sheet in enumerate(sheets)
         for mark in sheet_marks(sheet)
     ]
-    settle_heap()
     async with stack.pool.acquire() as conn:
         await conn.execute(f"CREATE TABLE {SCRATCH} (LIKE ballot_marks INCLUDING ALL)")
         columns = ["workflow_id", "batch_id", "sheet_no", "rater_group", "kind"]
         columns += ["target_id", "item", "option"]
         await conn.copy_records_to_table(SCRATCH, records=records[:10_000], columns=columns)
         await conn.execute(f"TRUNCATE {SCRATCH}")
+        await settle(stack)
         t0 = time.perf_counter()
         async with conn.transaction():
             await conn.copy_records_to_table(SCRATCH, records=records, columns=columns)
@@ -142,7 +142,7 @@ async def update_path(
     batches = batches_of(sheets, batch_size)
     rows = sum(len(sheet_marks(s)) for s in sheets)
     samples: list[float] = []
-    settle_heap()
+    await settle(stack)
     t0 = time.perf_counter()
     for n, batch in enumerate(batches):
         t1 = time.perf_counter()
@@ -175,7 +175,7 @@ async def bare_updates(stack: BenchStack, calls: int, payloads: list[Any] | None
         )
         for i in range(10):  # warm-up
             await handle.execute_update(EchoWorkflow.ping, i)
-        settle_heap()
+        await settle(stack)
         t0 = time.perf_counter()
         for i in range(calls):
             if payloads is None:
@@ -228,7 +228,7 @@ async def main(*, n: int, cadres: int, batch_size: int, keep: bool) -> int:
                 path = Path(tmp) / "ballots.csv"
                 write_ballot_csv(path, [(str(i), s) for i, s in enumerate(bulk_sheets)])
                 size = path.stat().st_size
-                settle_heap()
+                await settle(stack)
                 cpu_before = cpu_snapshot(stack)
                 t0 = time.perf_counter()
                 imported = await import_ballots(stack.client, stack.pool, path, campaign, "bulk")

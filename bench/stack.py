@@ -167,6 +167,14 @@ async def private_stack(keep: bool = False) -> AsyncIterator[BenchStack]:
 # ---- measuring -------------------------------------------------------------------------------
 
 
+async def settle(stack: BenchStack) -> None:
+    """Before each timed phase: the Python heap settled (settle_heap) and PostgreSQL's dirty
+    buffers written out (CHECKPOINT), so no phase pays for the writes of the one before."""
+    async with stack.pool.acquire() as conn:
+        await conn.execute("CHECKPOINT")
+    settle_heap()
+
+
 def settle_heap() -> None:
     """Collects, then freezes what is alive: the bench's own fixtures (tens of thousands of
     ballot sheets, held for the whole run) are then skipped by every later full collection,

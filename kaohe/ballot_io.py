@@ -18,9 +18,9 @@ import os
 import secrets
 import time
 import uuid
-from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,8 @@ from activities.ballot_store import (
     lock_rater_groups,
     planned_problems,
     receipt_detail,
+    sheets_by_group,
+    store_sheets_by_group,
     token_hash,
     token_problems,
     unused_tokens,
@@ -304,7 +306,7 @@ class _Stream:
     checksum: str = ""
 
 
-def _records(
+def _sheet_records(
     reader: BallotCsvReader,
     path: Path,
     workflow_id: str,
@@ -312,7 +314,7 @@ def _records(
     usable: dict[bytes, str],
     out: _Stream,
     on_bytes: Callable[[int], None] | None,
-) -> Iterator[tuple[str, str, int, str, str, str, str, str]]:
+) -> Iterator[list[tuple[str, str, int, str, str, str, str, str]]]:
     """The mark rows for COPY, sheet by sheet as the file is read. After the first problem
     nothing more is yielded, but the file is read to its end so every problem is found."""
     digest = MarksDigest()
@@ -334,8 +336,8 @@ def _records(
         if copying and reader.problems:
             copying = False
         if copying:
-            for r in sheet.rows:
-                yield (workflow_id, batch_id, n, group, r[2], r[3], r[4], r[5])
+            # A sheet's rows at once: a list comprehension, not a generator step per row.
+            yield [(workflow_id, batch_id, n, group, r[2], r[3], r[4], r[5]) for r in sheet.rows]
     out.checksum = digest.hexdigest()
 
 
@@ -368,7 +370,7 @@ async def _stream_into_batch(
             [Problem(0, f"batch_id: batch {batch_id!r} was stored meanwhile; import it again")]
         )
     out = _Stream()
-    records = _records(reader, path, wf, batch_id, usable, out, on_bytes)
+    records = chain.from_iterable(_sheet_records(reader, path, wf, batch_id, usable, out, on_bytes))
     await conn.copy_records_to_table("ballot_marks", records=records, columns=MARK_COLUMNS)
     problems = list(reader.problems)
     if out.unknown:
@@ -377,7 +379,9 @@ async def _stream_into_batch(
     if problems:
         raise BallotImportError(sorted(problems))
     used = await use_tokens(conn, wf, out.hashes)
-    assert len(used) == len(out.hashes), "tokens locked above were taken meanwhile"
+    assert len(used) == len(out.hashes), (
+        "tokens were taken meanwhile (the rater group rows are locked)"
+    )
     over = await planned_problems(conn, wf, planned, out.groups)
     if over:
         raise BallotImportError(locate(over, out.labels, out.lines))
@@ -395,8 +399,9 @@ async def _stream_into_batch(
         count=out.ballots,
         checksum=out.checksum,
         duplicate=False,
-        sheets_by_group=dict(sorted(Counter(out.groups).items())),
+        sheets_by_group=sheets_by_group(out.groups),
     )
+    await store_sheets_by_group(conn, wf, batch_id, receipt.sheets_by_group)
     await _audit(
         conn,
         ref,
