@@ -26,6 +26,7 @@ from kaohe.cli_report import report
 from kaohe.client import connect
 from kaohe.roster_io import RosterError, load_policy, load_roster
 from kaohe.settings import get_settings
+from schemas import search_attributes as sa
 from schemas.common import Stage
 from schemas.errors import format_validation_error
 from schemas.messages import ACTION_MODELS, ActionResult
@@ -33,6 +34,7 @@ from schemas.policy import Policy
 from schemas.roster import Roster
 from schemas.status import CampaignProgress, UnitStatus
 from schemas.workflow_io import CampaignInput
+from workflows.calendar import SHANGHAI
 from workflows.campaign import AssessmentCampaign, campaign_workflow_id
 from workflows.unit import UnitAssessment
 
@@ -375,6 +377,72 @@ def close_stage(
 ) -> None:
     """Close the unit's current stage early, with a reason."""
     update(workflow_id, "close_stage", json.dumps({"stage": stage.value, "reason": reason}), actor)
+
+
+@app.command()
+def extend(
+    workflow_id: str,
+    days: Annotated[int, typer.Option("--days", help="Working days to add.")],
+    reason: Annotated[str, typer.Option(help="Why (recorded in the audit table).")],
+    actor: ActorOption = "department:department",
+) -> None:
+    """Move the current stage's deadline by working days (clears a stalled unit)."""
+    update(workflow_id, "extend_deadline", json.dumps({"days": days, "reason": reason}), actor)
+
+
+@app.command()
+def pause(
+    workflow_id: str,
+    reason: Annotated[str, typer.Option(help="Why the unit's clock stops.")],
+    actor: ActorOption = "department:department",
+) -> None:
+    """Stop the unit's deadline clock until `kaohe resume`."""
+    update(workflow_id, "pause", json.dumps({"reason": reason}), actor)
+
+
+@app.command()
+def resume(
+    workflow_id: str,
+    reason: Annotated[str | None, typer.Option(help="Why the clock restarts.")] = None,
+    actor: ActorOption = "department:department",
+) -> None:
+    """Restart a paused unit's clock; its deadline moves by the time it was paused."""
+    body = {"reason": reason} if reason else {}
+    update(workflow_id, "resume", json.dumps(body), actor)
+
+
+@app.command()
+def stalled(
+    campaign: Annotated[str | None, typer.Option("--campaign", help="Only this campaign.")] = None,
+) -> None:
+    """Units past a stage deadline (KaoheStalled=true), from Temporal's visibility store."""
+    query = "KaoheStalled = true AND WorkflowType = 'UnitAssessment'"
+    if campaign:
+        query += f" AND KaoheCampaign = {json.dumps(campaign)}"
+    settings = get_settings()
+
+    async def go() -> list[Any]:
+        client = await connect(settings)
+        return [wf async for wf in client.list_workflows(query)]
+
+    try:
+        found = run(go())
+    except RPCError as err:
+        raise fail(str(err)) from err
+    table = Table(title=f"stalled units ({len(found)})")
+    for column in ("workflow id", "unit", "stage", "escalation", "deadline"):
+        table.add_column(column)
+    for wf in found:
+        attrs = wf.typed_search_attributes
+        deadline = attrs.get(sa.DEADLINE)
+        table.add_row(
+            wf.id,
+            attrs.get(sa.UNIT) or "",
+            attrs.get(sa.STAGE) or "",
+            str(attrs.get(sa.ESCALATION) or 0),
+            deadline.astimezone(SHANGHAI).strftime("%Y-%m-%d %H:%M") if deadline else "-",
+        )
+    console.print(table)
 
 
 @app.command()

@@ -294,6 +294,26 @@ class CloseStage(Action):
     reason: Reason
 
 
+class ExtendDeadline(Action):
+    """Moves the current stage's deadline by working days; a unit past its old deadline is
+    no longer stalled."""
+
+    days: int = Field(ge=1, le=60)
+    reason: Reason
+
+
+class PauseUnit(Action):
+    """Stops the unit's deadline clock (e.g. the unit is reorganized); `resume` restarts it."""
+
+    reason: Reason
+
+
+class ResumeUnit(Action):
+    """Restarts a paused unit's clock: its deadline moves by the time it was paused."""
+
+    reason: Reason | None = None
+
+
 class ActionResult(Model):
     accepted: bool
     duplicate: bool = False
@@ -317,4 +337,7 @@ ACTION_MODELS: dict[str, type[Action]] = {
     "request_review": RequestReview,
     "close_follow_up": CloseFollowUp,
     "close_stage": CloseStage,
+    "extend_deadline": ExtendDeadline,
+    "pause": PauseUnit,
+    "resume": ResumeUnit,
 }

@@ -12,7 +12,15 @@ from typing import Annotated, Literal
 
 from pydantic import BeforeValidator, Field, PlainSerializer, WithJsonSchema, model_validator
 
-from schemas.common import AccountabilityLevel, CadreGrade, Identifier, Model, ShortText, TeamGrade
+from schemas.common import (
+    AccountabilityLevel,
+    CadreGrade,
+    Identifier,
+    Model,
+    ShortText,
+    Stage,
+    TeamGrade,
+)
 from schemas.messages import FollowUpKind
 
 
@@ -232,18 +240,42 @@ class ResultUsePolicy(Model):
     )
 
 
+class DeadlinePolicy(Model):
+    """Stage deadlines in working days (DOMAIN.md "Timing"), reminders before them and the
+    escalation after: level 1 (the assessment group leader) when a deadline passes, level 2
+    (the organization department) the given working days later."""
+
+    working_days: dict[Stage, int] = Field(
+        default_factory=lambda: {
+            Stage.NOTICE: 3,
+            Stage.REPORT_BACK: 10,
+            Stage.EVALUATION: 10,
+            Stage.TALKS: 10,
+            Stage.GRADING: 20,
+            Stage.RESULT_USE: 60,
+        },
+        description="Working days a stage has, from the first working day after it starts; "
+        "a stage not listed has no deadline.",
+    )
+    reminder_working_days: int = Field(default=2, ge=0, le=30)
+    escalate_after_working_days: int = Field(default=3, ge=1, le=60)
+    # Tests and demos: every working day above counts as this many seconds instead.
+    working_day_seconds: float | None = Field(default=None, gt=0)
+
+
 class Policy(Model):
     version: ShortText = "default"
     year: int | None = Field(default=None, ge=2000, le=2100)
     reports_due: dt.date | None = Field(
         default=None,
         description="述职 reports are due by the end of this day (Asia/Shanghai); later ones "
-        "show as late in status. Working-day deadlines per stage come with issue 6.",
+        "show as late in status.",
     )
     ballots: BallotPolicy = Field(default_factory=BallotPolicy)
     flags: FlagPolicy = Field(default_factory=FlagPolicy)
     grading: GradingPolicy = Field(default_factory=GradingPolicy)
     result_use: ResultUsePolicy = Field(default_factory=ResultUsePolicy)
+    deadlines: DeadlinePolicy = Field(default_factory=DeadlinePolicy)
     rater_groups: list[RaterGroup] = Field(
         default_factory=lambda: [
             RaterGroup(group_id="A", label="领导班子成员", planned=5, weight=Fraction(2, 5)),

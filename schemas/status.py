@@ -143,6 +143,8 @@ class UnitStatus(Model):
     deadline: dt.datetime | None = None
     stalled: bool = False
     escalation_level: int = 0
+    # Since when the deadline clock is paused (deadline: the current stage's, exclusive).
+    paused_since: dt.datetime | None = None
     acknowledgements: int = 0
     reports: ReportProgress
     evaluation: EvaluationProgress

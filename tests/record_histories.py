@@ -32,12 +32,14 @@ from kaohe.simulate import (
 )
 from schemas.common import Stage, TeamGrade
 from schemas.messages import (
+    AcknowledgeNotice,
     ApproveGrades,
     CloseStage,
     RaiseObjection,
     RecordFollowUp,
     ResolveObjection,
 )
+from schemas.policy import DeadlinePolicy
 from schemas.roster import Roster
 from workflows.campaign import unit_workflow_id
 from workflows.unit import UnitAssessment
@@ -59,7 +61,9 @@ async def wait_for_stage(handle: WorkflowHandle, stage: Stage, seconds: float = 
 #   v4: cadres sign for feedback, two-year rule (workflow.patched "result-use-two-years")
 #   v5: raw payloads parsed once, grade labels, cross-unit calibration of a pooled 优秀
 #       quota (workflow.patched "cross-unit-calibration"; campaign path and calibrated_unit)
-VERSION = "v5"
+#   v6: stage deadlines, reminders, escalation, extend/pause/resume (workflow.patched
+#       "stage-deadlines"; deadline_path)
+VERSION = "v6"
 
 
 async def record_paths(
@@ -233,6 +237,38 @@ async def record_paths(
     await campaign.result()
     out["campaign"] = await campaign.fetch_history()
     out["calibrated_unit"] = await units[1].fetch_history()
+
+    # 4. A notice that runs out (working days of a second): the reminder, escalation levels
+    # 1 and 2; then the deadline extended, the clock paused and resumed, and the notice
+    # acknowledged.
+    deadlines = DeadlinePolicy(
+        working_days={Stage.NOTICE: 2},
+        reminder_working_days=1,
+        escalate_after_working_days=1,
+        working_day_seconds=1,
+    )
+    unit = sample_unit(f"late-{tag}")
+    handle = await start_unit(
+        client,
+        task_queue,
+        unit,
+        campaign_id="replay",
+        policy=TEST_POLICY.model_copy(update={"deadlines": deadlines}),
+    )
+    await wait_for_status(handle, lambda s: s.escalation_level == 2, 30)
+    for name, body in (
+        ("extend_deadline", {"days": 2, "reason": "单位机构调整"}),
+        ("pause", {"reason": "主要负责人调整"}),
+        ("resume", {"reason": "调整完毕"}),
+    ):
+        actor = DEPARTMENT.model_dump(mode="json")
+        payload = {"idempotency_key": name, "actor": actor, **body}
+        await handle.execute_update(name, payload, result_type=dict)
+    await handle.execute_update(
+        UnitAssessment.acknowledge_notice,
+        AcknowledgeNotice(idempotency_key="ack", actor=UNIT_CONTACT),
+    )
+    out["deadline_path"] = await handle.fetch_history()
     return out
 
 

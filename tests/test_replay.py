@@ -33,7 +33,7 @@ def test_every_stage_path_is_recorded_for_every_version() -> None:
     names = {p.stem for p in RECORDED}
     for version in ("v0", "v1", "v2", "v3", "v4", VERSION):
         assert {f"{version}_{path}" for path in paths} <= names
-    assert f"{VERSION}_calibrated_unit" in names
+    assert {"v5_calibrated_unit", f"{VERSION}_calibrated_unit", f"{VERSION}_deadline_path"} <= names
 
 
 async def test_pre_patch_history_takes_the_old_branch() -> None:
@@ -86,4 +86,9 @@ def test_each_version_took_its_branches() -> None:
     assert patches(HISTORIES / "v2_full_path.json") == {"local-storage-activities", "ballot-sheets"}
     v3 = {"local-storage-activities", "ballot-sheets", "publicity"}
     assert patches(HISTORIES / "v3_full_path.json") == v3
-    assert patches(HISTORIES / f"{VERSION}_full_path.json") == v3 | {"result-use-two-years"}
+    v4 = v3 | {"result-use-two-years"}
+    assert patches(HISTORIES / "v4_full_path.json") == v4
+    assert patches(HISTORIES / "v5_full_path.json") == v4
+    assert "cross-unit-calibration" in patches(HISTORIES / "v5_calibrated_unit.json")
+    assert patches(HISTORIES / f"{VERSION}_full_path.json") == v4 | {"stage-deadlines"}
+    assert "stage-deadlines" not in patches(HISTORIES / "v5_calibrated_unit.json")

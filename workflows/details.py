@@ -24,6 +24,10 @@ def unit_details(s: UnitStatus) -> str:
     head = f"### {s.unit_name} · {s.year}年度考核\n**Stage {min(n, 6)}/6: {STAGE_LABELS[s.stage]}**"
     if s.stalled:
         head += f" — ⚠ stalled, escalation level {s.escalation_level}"
+    if s.paused_since is not None:
+        head += f"\n⏸ paused since {s.paused_since.astimezone(SHANGHAI):%Y-%m-%d %H:%M}"
+    elif s.deadline is not None:
+        head += f"\nDeadline: {s.deadline.astimezone(SHANGHAI):%Y-%m-%d %H:%M} (Asia/Shanghai)"
     g = s.grading
     open_objections = sum(o.state == "open" for o in g.objections)
     if g.published:

@@ -19,6 +19,7 @@ ORDER: tuple[Stage, ...] = (
 )
 NEXT: dict[Stage, Stage] = dict(pairwise(ORDER))
 TERMINAL: frozenset[Stage] = frozenset({Stage.COMPLETED, Stage.CANCELLED})
+WORKING: frozenset[Stage] = frozenset(ORDER) - TERMINAL
 # Grading cannot be closed early: a unit cannot leave it without approved grades.
 CLOSABLE_EARLY: frozenset[Stage] = frozenset(
     {Stage.NOTICE, Stage.REPORT_BACK, Stage.EVALUATION, Stage.TALKS, Stage.RESULT_USE}
@@ -26,6 +27,7 @@ CLOSABLE_EARLY: frozenset[Stage] = frozenset(
 
 _OUTSIDE = frozenset({Role.UNIT, Role.INTEGRATOR})
 _GROUP = frozenset({Role.ASSESSMENT_GROUP, Role.DEPARTMENT})
+_DEPARTMENT = frozenset({Role.DEPARTMENT})
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,10 @@ ACTION_RULES: dict[str, ActionRule] = {
     "request_review": ActionRule(frozenset({Stage.RESULT_USE}), _OUTSIDE),
     "close_follow_up": ActionRule(frozenset({Stage.RESULT_USE}), _GROUP | _OUTSIDE),
     "close_stage": ActionRule(CLOSABLE_EARLY, _GROUP),
+    # The deadline clock, in any working stage: the department's (DOMAIN.md "Timing").
+    "extend_deadline": ActionRule(WORKING, _DEPARTMENT),
+    "pause": ActionRule(WORKING, _DEPARTMENT),
+    "resume": ActionRule(WORKING, _DEPARTMENT),
 }
 
 

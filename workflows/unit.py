@@ -31,7 +31,9 @@ with workflow.unsafe.imports_passed_through():
         CloseEvaluation,
         CloseFollowUp,
         CloseStage,
+        ExtendDeadline,
         FollowUpKind,
+        PauseUnit,
         ProposeGrades,
         RaiseObjection,
         RecordBallots,
@@ -40,6 +42,7 @@ with workflow.unsafe.imports_passed_through():
         RegisterBallotBatch,
         RequestReview,
         ResolveObjection,
+        ResumeUnit,
         SubmitReport,
     )
     from schemas.status import (
@@ -84,6 +87,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.ballots import batch_problems
     from workflows.calendar import SHANGHAI, publicity_end
+    from workflows.deadlines import Step, extended, next_step, stage_deadline
     from workflows.details import unit_details
     from workflows.payloads import ActionRejected, idempotency_key_of, parse_action
     from workflows.rules import derive_follow_ups, proposal_violations, suggested_grade
@@ -112,6 +116,8 @@ PUBLICITY_PATCH = "publicity"
 RESULT_USE_PATCH = "result-use-two-years"
 # workflow.patched id: proposals calibrated across the campaign's units (issue 5).
 CALIBRATION_PATCH = "cross-unit-calibration"
+# workflow.patched id: stage deadlines, reminders and escalation (issue 6).
+DEADLINES_PATCH = "stage-deadlines"
 MAX_PROBLEMS_SHOWN = 20
 
 
@@ -132,6 +138,12 @@ class UnitAssessment:
         self._validated: tuple[str, bytes, Action] | None = None  # see _validate
         self._parse_context = {"grade_names": input.policy.grading.grade_names()}
         self._calibration: CalibrationView | None = None  # of the latest proposal
+        # The deadline clock of the current stage (see _watch_deadlines).
+        self._deadline: dt.datetime | None = None
+        self._deadline_visit = 0  # len(self._history) the deadline belongs to
+        self._reminded = False
+        self._escalation = 0
+        self._paused_since: dt.datetime | None = None
         self._acks = 0
         self._reports: dict[str, int] = {}  # "team" or a cadre id -> latest revision
         self._report_times: dict[str, dt.datetime] = {}  # first submission
@@ -171,6 +183,9 @@ class UnitAssessment:
             "request_review": self._apply_request_review,
             "close_follow_up": self._apply_close_follow_up,
             "close_stage": self._apply_close_stage,
+            "extend_deadline": self._apply_extend_deadline,
+            "pause": self._apply_pause,
+            "resume": self._apply_resume,
         }
         # Checks against the roster, the policy and settled results (the evaluation's flags):
         # run by validators and signal handlers, never again on replay, so they may grow
@@ -193,6 +208,9 @@ class UnitAssessment:
             "record_follow_up": self._check_record_follow_up,
             "close_follow_up": self._check_close_follow_up,
             "close_stage": self._check_close_stage,
+            "pause": self._check_pause,
+            "resume": self._check_resume,
+            "extend_deadline": self._check_extend_deadline,
         }
 
     @workflow.run
@@ -232,7 +250,10 @@ class UnitAssessment:
             )
             self._refresh_details()
             self._registered = True
-        await self._follow_publicity()
+        if workflow.patched(DEADLINES_PATCH):
+            await asyncio.gather(self._follow_publicity(), self._watch_deadlines())
+        else:  # units started before deadlines existed keep none
+            await self._follow_publicity()
         await workflow.wait_condition(workflow.all_handlers_finished)
         if self._background:
             await asyncio.gather(*self._background)
@@ -377,6 +398,33 @@ class UnitAssessment:
     def _validate_close_stage(self, payload: RawValue) -> None:
         self._validate("close_stage", payload)
 
+    @workflow.update
+    async def extend_deadline(self, payload: RawValue) -> ActionResult:
+        """Takes a ExtendDeadline."""
+        return await self._handle_update("extend_deadline", payload)
+
+    @extend_deadline.validator
+    def _validate_extend_deadline(self, payload: RawValue) -> None:
+        self._validate("extend_deadline", payload)
+
+    @workflow.update
+    async def pause(self, payload: RawValue) -> ActionResult:
+        """Takes a PauseUnit."""
+        return await self._handle_update("pause", payload)
+
+    @pause.validator
+    def _validate_pause(self, payload: RawValue) -> None:
+        self._validate("pause", payload)
+
+    @workflow.update
+    async def resume(self, payload: RawValue) -> ActionResult:
+        """Takes a ResumeUnit."""
+        return await self._handle_update("resume", payload)
+
+    @resume.validator
+    def _validate_resume(self, payload: RawValue) -> None:
+        self._validate("resume", payload)
+
     # ---- signals: the same actions, fire and forget ------------------------------------
     # Raw payloads here too, so that a malformed one reaches us and is recorded as rejected
     # instead of being dropped by the SDK's decoder.
@@ -436,6 +484,18 @@ class UnitAssessment:
     @workflow.signal(name="close_stage")
     async def close_stage_signal(self, payload: RawValue) -> None:
         await self._handle_signal("close_stage", payload)
+
+    @workflow.signal(name="extend_deadline")
+    async def extend_deadline_signal(self, payload: RawValue) -> None:
+        await self._handle_signal("extend_deadline", payload)
+
+    @workflow.signal(name="pause")
+    async def pause_signal(self, payload: RawValue) -> None:
+        await self._handle_signal("pause", payload)
+
+    @workflow.signal(name="resume")
+    async def resume_signal(self, payload: RawValue) -> None:
+        await self._handle_signal("resume", payload)
 
     # ---- from the campaign ---------------------------------------------------------------
 
@@ -676,6 +736,20 @@ class UnitAssessment:
         if item.state != "open":
             raise ActionRejected(f"objection_id: {a.objection_id!r} is already {item.state}")
 
+    def _check_pause(self, a: PauseUnit) -> None:
+        if self._paused_since is not None:
+            raise ActionRejected(f"the unit is paused since {self._paused_since.isoformat()}")
+        if not self._deadlines_on:
+            raise ActionRejected("the unit started before deadlines existed; it has no clock")
+
+    def _check_resume(self, a: ResumeUnit) -> None:
+        if self._paused_since is None:
+            raise ActionRejected("the unit is not paused")
+
+    def _check_extend_deadline(self, a: ExtendDeadline) -> None:
+        if self._deadline is None:
+            raise ActionRejected(f"stage {self._stage.value!r} has no deadline to extend")
+
     def _check_grading_rules(self, a: ProposeGrades) -> None:
         flagged = {
             f.target_id for f in self._flags if f.code == "incompetent_votes" and f.target_id
@@ -884,6 +958,48 @@ class UnitAssessment:
             ),
         )
 
+    async def _apply_extend_deadline(self, a: ExtendDeadline) -> str:
+        assert self._deadline is not None
+        old = self._deadline
+        self._deadline = extended(self._input.policy.deadlines, old, a.days)
+        if self._deadline > workflow.now():
+            self._reminded = False  # a reminder is due again before the new deadline
+            self._set_escalation(0)
+        workflow.upsert_search_attributes([sa.DEADLINE.value_set(self._deadline)])
+        await self._audit_clock(
+            a.idempotency_key,
+            "deadline_extended",
+            a.actor,
+            {
+                "from": old.isoformat(),
+                "to": self._deadline.isoformat(),
+                "days": a.days,
+                "reason": a.reason,
+            },
+        )
+        return f"deadline of {self._stage.value} moved to {self._deadline.isoformat()}"
+
+    async def _apply_pause(self, a: PauseUnit) -> str:
+        self._paused_since = workflow.now()
+        await self._audit_clock(a.idempotency_key, "paused", a.actor, {"reason": a.reason})
+        return "paused: the deadline clock stands still until resume"
+
+    async def _apply_resume(self, a: ResumeUnit) -> str:
+        assert self._paused_since is not None
+        paused = workflow.now() - self._paused_since
+        self._paused_since = None
+        if self._deadline is not None:
+            self._deadline += paused
+            workflow.upsert_search_attributes([sa.DEADLINE.value_set(self._deadline)])
+        await self._audit_clock(
+            a.idempotency_key,
+            "resumed",
+            a.actor,
+            {"reason": a.reason, "paused_seconds": paused.total_seconds()},
+        )
+        where = f"; deadline {self._deadline.isoformat()}" if self._deadline else ""
+        return f"resumed after {paused}{where}"
+
     async def _apply_approve_grades(self, a: ApproveGrades) -> str:
         # Units approved before publicity existed went straight to result use.
         publicity = a.decision == "approve" and workflow.patched(PUBLICITY_PATCH)
@@ -1021,6 +1137,116 @@ class UnitAssessment:
                 self._publicity_ends = None
                 self._grades_final = True
                 await self._advance("publicity ended with no open objection", None)
+
+    @property
+    def _deadlines_on(self) -> bool:
+        return self._deadline_visit > 0
+
+    def _clock(self) -> tuple[int, dt.datetime | None, dt.datetime | None, int, bool]:
+        """What a pending deadline step depends on: it is re-planned when this changes."""
+        return (
+            len(self._history),
+            self._deadline,
+            self._paused_since,
+            self._escalation,
+            self._reminded,
+        )
+
+    async def _watch_deadlines(self) -> None:
+        """The current stage's deadline as an updatable timer (temporalio/samples-python
+        `updatable_timer`): a reminder before it, escalation level 1 when it passes and level
+        2 later; extending or pausing moves it, a new stage starts a new one."""
+        policy = self._input.policy.deadlines
+        while self._stage not in TERMINAL:
+            if self._deadline_visit != len(self._history):
+                self._start_clock()
+            clock = self._clock()
+            changed = lambda clock=clock: self._stage in TERMINAL or self._clock() != clock  # noqa: E731
+            step = None
+            if self._deadline is not None and self._paused_since is None:
+                step = next_step(policy, self._deadline, self._reminded, self._escalation)
+            if step is None:
+                await workflow.wait_condition(changed)
+                continue
+            remaining = (step[1] - workflow.now()).total_seconds()
+            if remaining > 0:
+                try:  # a wait_condition timeout must not fail the task (sdk-python #792)
+                    await workflow.wait_condition(changed, timeout=remaining)
+                except TimeoutError:
+                    pass
+                continue
+            async with self._lock:
+                if not changed():
+                    await self._take_step(step[0])
+        self._set_escalation(0)  # an ended unit is not stalled
+
+    def _start_clock(self) -> None:
+        self._deadline_visit = len(self._history)
+        self._deadline = stage_deadline(
+            self._input.policy.deadlines, self._stage, self._history[-1].entered_at
+        )
+        self._reminded = False
+        self._set_escalation(0)
+        if self._deadline is not None:
+            workflow.upsert_search_attributes([sa.DEADLINE.value_set(self._deadline)])
+        self._refresh_details()
+
+    def _set_escalation(self, level: int) -> None:
+        if level != self._escalation:
+            self._escalation = level
+            workflow.upsert_search_attributes(
+                [sa.STALLED.value_set(level > 0), sa.ESCALATION.value_set(level)]
+            )
+
+    async def _take_step(self, step: Step) -> None:
+        assert self._deadline is not None
+        visit, stage = len(self._history), self._stage.value
+        deadline = self._deadline.astimezone(SHANGHAI).strftime("%Y-%m-%d %H:%M")
+        if step == "reminder":
+            self._reminded = True
+            recipient, subject = self._responsible(), f"{stage} 截止提醒"
+            body = f"{self._unit.name}: {stage} 阶段将于 {deadline} 截止。"
+        else:
+            self._set_escalation(1 if step == "level1" else 2)
+            recipient = "assessment-group-leader" if step == "level1" else "organization-department"
+            subject = f"{stage} 逾期 (督办 {self._escalation} 级)"
+            body = f"{self._unit.name}: {stage} 阶段已于 {deadline} 截止, 尚未完成。"
+        key = f"{step}-{visit}-{int(self._deadline.timestamp())}"
+        await self._notify(key, [recipient], f"{self._input.campaign_title}: {subject}", body)
+        await self._audit_clock(
+            key,
+            "deadline_reminder" if step == "reminder" else "escalation",
+            None,
+            {
+                "step": step,
+                "level": self._escalation,
+                "deadline": self._deadline.isoformat(),
+                "notified": recipient,
+            },
+        )
+        self._refresh_details()
+
+    def _responsible(self) -> str:
+        """Who a reminder goes to: the party whose work the stage waits for."""
+        if self._stage == Stage.TALKS:
+            return "assessment-group"
+        if self._stage == Stage.GRADING:
+            return "approver" if self._pending is not None else "assessment-group"
+        return self._unit.contact or self._unit.unit_id
+
+    async def _audit_clock(
+        self, key: str, kind: str, actor: Actor | None, detail: dict[str, Any]
+    ) -> None:
+        await self._activity(
+            "append_audit",
+            AuditRecord(
+                ref=self._ref(),
+                event_key=f"clock:{key}",
+                kind=kind,
+                actor=actor,
+                detail=detail,
+            ),
+        )
 
     async def _advance(self, reason: str | None, actor: Actor | None) -> None:
         previous = self._stage
@@ -1285,6 +1511,10 @@ class UnitAssessment:
                 items=list(self._follow_ups.values()),
             ),
             rejected_signals=self._rejections,
+            deadline=self._deadline,
+            stalled=self._escalation > 0,
+            escalation_level=self._escalation,
+            paused_since=self._paused_since,
         )
 
     def _refresh_details(self) -> None:

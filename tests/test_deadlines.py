@@ -1,0 +1,146 @@
+"""Stage deadlines on the real servers, with second-long working days: reminder, escalation
+levels 1 and 2 exactly once, KaoheStalled in visibility, extend, pause and resume."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import asyncpg
+import pytest
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+
+from kaohe.simulate import DEPARTMENT, UNIT_CONTACT, wait_for_status
+from schemas.common import Stage
+from schemas.messages import AcknowledgeNotice, ActionResult
+from schemas.policy import DeadlinePolicy, Policy
+from tests.conftest import Stack
+from tests.helpers import TEST_POLICY, sample_unit, start_unit
+from tests.test_cli import akaohe
+from workflows.unit import UnitAssessment
+
+
+def clock_policy(notice_days: int, reminder: int, escalate_after: int) -> Policy:
+    """A working day lasts a second; only the notice stage has a deadline."""
+    deadlines = DeadlinePolicy(
+        working_days={Stage.NOTICE: notice_days},
+        reminder_working_days=reminder,
+        escalate_after_working_days=escalate_after,
+        working_day_seconds=1,
+    )
+    return TEST_POLICY.model_copy(update={"deadlines": deadlines})
+
+
+async def audit(pool: asyncpg.Pool, workflow_id: str) -> list[tuple[str, Any]]:
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT kind, detail->>'level' AS level FROM audit_log WHERE workflow_id = $1 "
+            "AND kind IN ('deadline_reminder', 'escalation', 'deadline_extended', 'paused', "
+            "'resumed') ORDER BY id",
+            workflow_id,
+        )
+    return [(r["kind"], r["level"]) for r in rows]
+
+
+async def stalled_ids(client: Client, unit_id: str) -> list[str]:
+    query = f'KaoheStalled = true AND KaoheUnit = "{unit_id}"'
+    return [wf.id async for wf in client.list_workflows(query)]
+
+
+async def until(predicate, seconds: float = 20.0):  # type: ignore[no-untyped-def]
+    for _ in range(int(seconds * 10)):
+        value = await predicate()
+        if value:
+            return value
+        await asyncio.sleep(0.1)
+    raise AssertionError("condition not reached in time")
+
+
+async def act(handle: WorkflowHandle, name: str, **body: Any) -> ActionResult:
+    payload = {"idempotency_key": f"{name}-{len(body)}-{body.get('days', '')}", **body}
+    payload.setdefault("actor", DEPARTMENT.model_dump(mode="json"))
+    return await handle.execute_update(name, payload, result_type=ActionResult)
+
+
+async def test_reminder_then_escalation_levels_once_each_and_cleared_by_the_next_stage(
+    stack: Stack, client: Client, worker: str, pool: asyncpg.Pool
+) -> None:
+    # Deadline 3 s after the start; the reminder 1 s before it; level 2 1 s after it.
+    unit = sample_unit()
+    handle = await start_unit(client, worker, unit, policy=clock_policy(3, 1, 1))
+    status = await wait_for_status(handle, lambda s: s.escalation_level == 2, 30)
+    assert status.stalled and status.escalation_level == 2 and status.deadline is not None
+    assert await audit(pool, handle.id) == [
+        ("deadline_reminder", "0"),
+        ("escalation", "1"),
+        ("escalation", "2"),
+    ]
+    async with pool.acquire() as conn:
+        sent = await conn.fetch(
+            "SELECT idempotency_key, recipients, status, attempts FROM notifications "
+            "WHERE workflow_id = $1 AND idempotency_key NOT LIKE '%:notice' ORDER BY created_at",
+            handle.id,
+        )
+    assert [(r["recipients"], r["status"], r["attempts"]) for r in sent] == [
+        ([unit.contact or unit.unit_id], "sent", 1),
+        (["assessment-group-leader"], "sent", 1),
+        (["organization-department"], "sent", 1),
+    ]
+    assert await until(lambda: stalled_ids(client, unit.unit_id)) == [handle.id]
+    shown = await akaohe(stack, "stalled", "--campaign", "test")
+    assert shown.returncode == 0 and unit.unit_id in shown.stdout, shown.stderr
+
+    # The stage completes: not stalled any more, and nothing fires again.
+    await handle.execute_update(
+        UnitAssessment.acknowledge_notice,
+        AcknowledgeNotice(idempotency_key="ack", actor=UNIT_CONTACT),
+    )
+    status = await handle.query(UnitAssessment.status)
+    assert status.stage == Stage.REPORT_BACK
+    assert not status.stalled and status.escalation_level == 0 and status.deadline is None
+    await until(lambda: _none(stalled_ids(client, unit.unit_id)))
+    assert len(await audit(pool, handle.id)) == 3
+
+
+async def _none(ids):  # type: ignore[no-untyped-def]
+    return not await ids
+
+
+async def test_extend_clears_the_escalation_and_pause_stops_the_clock(
+    stack: Stack, client: Client, worker: str, pool: asyncpg.Pool
+) -> None:
+    unit = sample_unit()
+    handle = await start_unit(client, worker, unit, policy=clock_policy(2, 0, 30))
+    await wait_for_status(handle, lambda s: s.escalation_level == 1, 20)
+
+    with pytest.raises(WorkflowUpdateFailedError) as info:
+        await act(
+            handle, "extend_deadline", days=3, reason="单位调整", actor=UNIT_CONTACT.model_dump()
+        )
+    assert "actor.role: 'unit' may not extend_deadline" in str(info.value.cause)
+
+    before = (await handle.query(UnitAssessment.status)).deadline
+    extended = await akaohe(stack, "extend", handle.id, "--days", "4", "--reason", "单位机构调整")
+    assert extended.returncode == 0, extended.stderr
+    status = await handle.query(UnitAssessment.status)
+    assert not status.stalled and status.escalation_level == 0
+    assert before is not None and status.deadline is not None
+    assert (status.deadline - before).total_seconds() == pytest.approx(4)
+
+    paused = await akaohe(stack, "pause", handle.id, "--reason", "主要负责人调整")
+    assert paused.returncode == 0, paused.stderr
+    with pytest.raises(WorkflowUpdateFailedError) as info:
+        await act(handle, "pause", reason="再次暂停")
+    assert "the unit is paused since" in str(info.value.cause)
+    await asyncio.sleep(5)  # past the extended deadline: a paused clock does not run out
+    status = await handle.query(UnitAssessment.status)
+    assert status.paused_since is not None and status.escalation_level == 0
+
+    resumed = await akaohe(stack, "resume", handle.id, "--reason", "调整完毕")
+    assert resumed.returncode == 0, resumed.stderr
+    status = await handle.query(UnitAssessment.status)
+    assert status.paused_since is None and status.deadline is not None
+    assert (status.deadline - before).total_seconds() > 4 + 5  # moved by the pause
+    await wait_for_status(handle, lambda s: s.escalation_level == 1, 20)
+    kinds = [k for k, _ in await audit(pool, handle.id)]
+    assert kinds == ["escalation", "deadline_extended", "paused", "resumed", "escalation"]

@@ -1,0 +1,67 @@
+"""Stage deadlines, reminders and escalation times (pure; DOMAIN.md "Timing").
+
+Deadlines are exclusive instants: 24:00 Asia/Shanghai of the last working day. With the
+policy's `working_day_seconds` (tests, demos) every working day is that many seconds instead.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+from typing import Literal
+
+from schemas.common import Stage
+from schemas.policy import DeadlinePolicy
+from workflows.calendar import deadline_after, end_of_day, is_working_day, shanghai_date
+
+Step = Literal["reminder", "level1", "level2"]
+_JUST_BEFORE = timedelta(microseconds=1)  # a deadline's last day is the day before it
+
+
+def stage_deadline(policy: DeadlinePolicy, stage: Stage, start: datetime) -> datetime | None:
+    """`working_days[stage]` working days counted from the first working day after `start`."""
+    days = policy.working_days.get(stage)
+    if days is None:
+        return None
+    if policy.working_day_seconds is not None:
+        return start + timedelta(seconds=days * policy.working_day_seconds)
+    return deadline_after(start, days)
+
+
+def extended(policy: DeadlinePolicy, deadline: datetime, days: int) -> datetime:
+    """`days` more working days after a deadline's last day."""
+    if policy.working_day_seconds is not None:
+        return deadline + timedelta(seconds=days * policy.working_day_seconds)
+    return deadline_after(deadline - _JUST_BEFORE, days)
+
+
+def reminder_at(policy: DeadlinePolicy, deadline: datetime) -> datetime | None:
+    """The start of the last `reminder_working_days` working days before the deadline."""
+    lead = policy.reminder_working_days
+    if lead == 0:
+        return None
+    if policy.working_day_seconds is not None:
+        return deadline - timedelta(seconds=lead * policy.working_day_seconds)
+    day = shanghai_date(deadline - _JUST_BEFORE)
+    while lead:
+        day -= timedelta(days=1)
+        lead -= is_working_day(day)
+    return end_of_day(day)
+
+
+def level2_at(policy: DeadlinePolicy, deadline: datetime) -> datetime:
+    return extended(policy, deadline, policy.escalate_after_working_days)
+
+
+def next_step(
+    policy: DeadlinePolicy, deadline: datetime, reminded: bool, level: int
+) -> tuple[Step, datetime] | None:
+    """What happens next on this deadline, and when: the reminder (once, if it is due before
+    the deadline), then level 1 at the deadline, then level 2."""
+    remind = reminder_at(policy, deadline)
+    if not reminded and level == 0 and remind is not None and remind < deadline:
+        return "reminder", remind
+    if level == 0:
+        return "level1", deadline
+    if level == 1:
+        return "level2", level2_at(policy, deadline)
+    return None
