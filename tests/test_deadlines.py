@@ -16,6 +16,7 @@ from schemas.messages import AcknowledgeNotice, ActionResult
 from schemas.policy import DeadlinePolicy, Policy
 from tests.conftest import Stack
 from tests.helpers import TEST_POLICY, sample_unit, start_unit
+from tests.test_campaign import wait_for
 from tests.test_cli import akaohe
 from workflows.unit import UnitAssessment
 
@@ -45,15 +46,6 @@ async def audit(pool: asyncpg.Pool, workflow_id: str) -> list[tuple[str, Any]]:
 async def stalled_ids(client: Client, unit_id: str) -> list[str]:
     query = f'KaoheStalled = true AND KaoheUnit = "{unit_id}"'
     return [wf.id async for wf in client.list_workflows(query)]
-
-
-async def until(predicate, seconds: float = 20.0):  # type: ignore[no-untyped-def]
-    for _ in range(int(seconds * 10)):
-        value = await predicate()
-        if value:
-            return value
-        await asyncio.sleep(0.1)
-    raise AssertionError("condition not reached in time")
 
 
 async def act(handle: WorkflowHandle, name: str, **body: Any) -> ActionResult:
@@ -86,7 +78,7 @@ async def test_reminder_then_escalation_levels_once_each_and_cleared_by_the_next
         (["assessment-group-leader"], "sent", 1),
         (["organization-department"], "sent", 1),
     ]
-    assert await until(lambda: stalled_ids(client, unit.unit_id)) == [handle.id]
+    assert await wait_for(lambda: stalled_ids(client, unit.unit_id)) == [handle.id]
     shown = await akaohe(stack, "stalled", "--campaign", "test")
     assert shown.returncode == 0 and unit.unit_id in shown.stdout, shown.stderr
 
@@ -98,7 +90,7 @@ async def test_reminder_then_escalation_levels_once_each_and_cleared_by_the_next
     status = await handle.query(UnitAssessment.status)
     assert status.stage == Stage.REPORT_BACK
     assert not status.stalled and status.escalation_level == 0 and status.deadline is None
-    await until(lambda: _none(stalled_ids(client, unit.unit_id)))
+    await wait_for(lambda: _none(stalled_ids(client, unit.unit_id)))
     assert len(await audit(pool, handle.id)) == 3
 
 

@@ -947,15 +947,11 @@ class UnitAssessment:
     async def _audit_calibration(self, actor: Actor | None) -> None:
         c = self._calibration
         assert c is not None
-        await self._activity(
-            "append_audit",
-            AuditRecord(
-                ref=self._ref(),
-                event_key=f"calibration:{c.proposal_no}:{c.state}",
-                kind=f"calibration_{c.state}",
-                actor=actor,
-                detail={"proposal_no": c.proposal_no, "reason": c.reason},
-            ),
+        await self._append_audit(
+            f"calibration:{c.proposal_no}:{c.state}",
+            f"calibration_{c.state}",
+            actor,
+            {"proposal_no": c.proposal_no, "reason": c.reason},
         )
 
     async def _apply_extend_deadline(self, a: ExtendDeadline) -> str:
@@ -1237,14 +1233,17 @@ class UnitAssessment:
     async def _audit_clock(
         self, key: str, kind: str, actor: Actor | None, detail: dict[str, Any]
     ) -> None:
+        await self._append_audit(f"clock:{key}", kind, actor, detail)
+
+    async def _append_audit(
+        self, event_key: str, kind: str, actor: Actor | None, detail: dict[str, Any]
+    ) -> None:
+        """An audit row of its own (once per event_key), beside those the storage
+        activities write with their changes."""
         await self._activity(
             "append_audit",
             AuditRecord(
-                ref=self._ref(),
-                event_key=f"clock:{key}",
-                kind=kind,
-                actor=actor,
-                detail=detail,
+                ref=self._ref(), event_key=event_key, kind=kind, actor=actor, detail=detail
             ),
         )
 
