@@ -219,7 +219,8 @@ class AssessmentCampaign:
     async def _clear_held_that_fit(self, category: str) -> None:
         """Held proposals that the pool now holds (another unit asked for fewer, or was
         returned) are cleared, in the order they came."""
-        for unit_id, entry in list(self._calibration.items()):
+        for unit_id in list(self._calibration):
+            entry = self._calibration[unit_id]  # as it is now: telling a unit awaits
             if entry.request.category == category and entry.state == "held":
                 judged = self._judge(entry.request)
                 if judged.state == "cleared":
