@@ -11,6 +11,7 @@ from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities.ballots import BallotActivities
+from activities.channels import Channels
 from activities.db import create_pool
 from activities.notify import NotifyActivities
 from activities.storage import StorageActivities
@@ -90,7 +91,7 @@ async def run_worker(settings: Settings, database_url: str) -> None:
         worker = build_worker(
             client,
             StorageActivities(pool, talk_cipher(settings)),
-            NotifyActivities(pool),
+            NotifyActivities(pool, Channels.from_settings(settings)),
             settings.task_queue,
         )
         log.info(

@@ -1,58 +1,149 @@
-"""Notifications through the outbox: one row per idempotency key, so nothing is sent twice.
+"""Notifications through the outbox: one row per idempotency key (workflow id + step) and one
+per delivery (recipient and channel), so retries, worker crashes and replays send nothing
+that was recorded as sent. A delivery that keeps failing is dead-lettered after the maximum
+attempts (an audit row says so) and the workflow goes on.
 
-The walking skeleton's channel is the structured log; webhook and SMTP channels come with
-the deadline work (issue 6) behind the same outbox.
+Sending happens outside any transaction (a webhook may take seconds); what was sent is
+recorded right after. A crash between the two sends that delivery again on the retry: the
+idempotency key it carries lets the receiver drop the copy.
 """
 
 from __future__ import annotations
 
 import asyncpg
-import structlog
 from temporalio import activity
+from temporalio.exceptions import ApplicationError
 
+from activities.channels import Channels, DeliveryError
 from activities.failpoints import failpoint
-from schemas.workflow_io import Notification
+from activities.storage import _audit
+from schemas.workflow_io import Delivery, Notification, NotifyOutcome
 
-log = structlog.get_logger("kaohe.notify")
+
+def deliveries_of(n: Notification) -> list[Delivery]:
+    """Units started before channels existed name recipients only: the log for each."""
+    return n.deliveries or [Delivery(recipient=r, channel="log") for r in n.recipients]
 
 
 class NotifyActivities:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, channels: Channels | None = None) -> None:
         self._pool = pool
+        self._channels = channels or Channels()
 
     @activity.defn
-    async def notify(self, n: Notification) -> bool:
-        """Sends `n` unless its key was sent before; True if it was sent now."""
+    async def notify(self, n: Notification) -> NotifyOutcome:
+        """Delivers what of `n` is not delivered yet; raises (to be retried with backoff)
+        while a delivery is still short of its maximum attempts."""
+        deliveries = deliveries_of(n)
+        pending = await self._open(n, deliveries)
+        if pending is None:
+            return NotifyOutcome(status="duplicate")
+        failing: list[str] = []
+        for d in deliveries:
+            if (d.recipient, d.channel) not in pending:
+                continue
+            try:
+                await self._channels.send(n, d)
+            except DeliveryError as err:
+                if not await self._failed(n, d, str(err)):
+                    failing.append(f"{d.recipient} via {d.channel}: {err}")
+                continue
+            await self._record(
+                "UPDATE notification_deliveries SET status = 'sent', attempts = attempts + 1, "
+                "sent_at = now() WHERE idempotency_key = $1 AND recipient = $2 AND channel = $3",
+                n,
+                d,
+            )
+        if failing:
+            raise ApplicationError("; ".join(failing), type="DeliveryFailed")
+        return await self._close(n)
+
+    async def _open(
+        self, n: Notification, deliveries: list[Delivery]
+    ) -> set[tuple[str, str]] | None:
+        """The outbox rows, once; the deliveries still pending, or None if `n` was done."""
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 """INSERT INTO notifications
                        (idempotency_key, workflow_id, channel, recipients, subject, status)
-                   VALUES ($1, $2, 'log', $3, $4, 'pending') ON CONFLICT DO NOTHING""",
+                   VALUES ($1, $2, $3, $4, $5, 'pending') ON CONFLICT DO NOTHING""",
                 n.idempotency_key,
                 n.ref.workflow_id,
+                ",".join(sorted({d.channel for d in deliveries})),
                 n.recipients,
                 n.subject,
             )
-            # Row lock: a concurrent retry of the same key waits here, then sees 'sent'.
+            # Row lock: a concurrent retry of the same key waits here, then sees it done.
             status = await conn.fetchval(
                 "SELECT status FROM notifications WHERE idempotency_key = $1 FOR UPDATE",
                 n.idempotency_key,
             )
-            if status == "sent":
-                return False
-            log.info(
-                "notification",
-                workflow_id=n.ref.workflow_id,
-                unit=n.ref.unit_id,
-                stage=n.ref.stage.value,
-                recipients=n.recipients,
-                subject=n.subject,
-                key=n.idempotency_key,
+            if status != "pending":
+                return None
+            await conn.executemany(
+                """INSERT INTO notification_deliveries (idempotency_key, recipient, channel,
+                                                        address)
+                   VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING""",
+                [(n.idempotency_key, d.recipient, d.channel, d.address) for d in deliveries],
             )
-            await conn.execute(
-                """UPDATE notifications SET status = 'sent', attempts = attempts + 1,
-                          sent_at = now() WHERE idempotency_key = $1""",
+            rows = await conn.fetch(
+                "SELECT recipient, channel FROM notification_deliveries "
+                "WHERE idempotency_key = $1 AND status = 'pending'",
                 n.idempotency_key,
             )
+        return {(r["recipient"], r["channel"]) for r in rows}
+
+    async def _failed(self, n: Notification, d: Delivery, error: str) -> bool:
+        """Counts a failed attempt; True if that was the last one (dead-lettered)."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            dead = await conn.fetchval(
+                """UPDATE notification_deliveries
+                   SET attempts = attempts + 1, last_error = $4,
+                       status = CASE WHEN attempts + 1 >= $5 THEN 'dead' ELSE status END
+                   WHERE idempotency_key = $1 AND recipient = $2 AND channel = $3
+                   RETURNING status = 'dead'""",
+                n.idempotency_key,
+                d.recipient,
+                d.channel,
+                error,
+                self._channels.max_attempts,
+            )
+            if dead:
+                await _audit(
+                    conn,
+                    n.ref,
+                    f"dead-letter:{n.idempotency_key}:{d.recipient}:{d.channel}",
+                    "notification_dead_lettered",
+                    detail={
+                        "idempotency_key": n.idempotency_key,
+                        "recipient": d.recipient,
+                        "channel": d.channel,
+                        "error": error,
+                    },
+                )
+        return bool(dead)
+
+    async def _record(self, sql: str, n: Notification, d: Delivery) -> None:
+        async with self._pool.acquire() as conn:
+            await conn.execute(sql, n.idempotency_key, d.recipient, d.channel)
+
+    async def _close(self, n: Notification) -> NotifyOutcome:
+        async with self._pool.acquire() as conn, conn.transaction():
+            dead = [
+                f"{r['recipient']} via {r['channel']}: {r['last_error']}"
+                for r in await conn.fetch(
+                    "SELECT recipient, channel, last_error FROM notification_deliveries "
+                    "WHERE idempotency_key = $1 AND status = 'dead' ORDER BY 1, 2",
+                    n.idempotency_key,
+                )
+            ]
+            status = "dead" if dead else "sent"
+            await conn.execute(
+                """UPDATE notifications SET status = $2, attempts = attempts + 1,
+                          sent_at = CASE WHEN $2 = 'sent' THEN now() END
+                   WHERE idempotency_key = $1""",
+                n.idempotency_key,
+                status,
+            )
         failpoint(f"notify:{n.idempotency_key.rsplit(':', 1)[-1]}:committed")
-        return True
+        return NotifyOutcome(status=status, dead=dead)  # type: ignore[arg-type]

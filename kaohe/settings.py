@@ -50,6 +50,20 @@ class Settings(BaseSettings):
     # Further browser origins allowed by CORS (e.g. a deployed UI), besides the dev UI's.
     codec_cors_origins: list[str] = Field(default_factory=list)
 
+    # Notification channels (activities/notify.py). Webhooks are signed with HMAC-SHA256 of
+    # "timestamp.body" under this secret; a webhook contact without it is dead-lettered.
+    webhook_secret: SecretStr | None = None
+    webhook_timeout: float = Field(default=5.0, gt=0)
+    # Email over SMTP; a contact's email is dead-lettered while smtp_host is unset.
+    smtp_host: str | None = None
+    smtp_port: int = 587
+    smtp_user: str | None = None
+    smtp_password: SecretStr | None = None
+    smtp_from: str = "kaohe@localhost"
+    smtp_starttls: bool = True
+    # Attempts per delivery before it is dead-lettered (the workflow goes on).
+    notify_max_attempts: int = Field(default=8, ge=1, le=100)
+
     log_format: Literal["console", "json"] = "console"
     log_level: str = "INFO"
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 from typing import Annotated
 
-from pydantic import Field, model_validator
+from pydantic import Field, StringConstraints, model_validator
 
 from schemas.common import AccountabilityLevel, Identifier, Model, ShortText
 from schemas.policy import RaterGroup, check_weights
@@ -82,11 +82,56 @@ class UnitSpec(Model):
         return next((c for c in self.cadres if c.cadre_id == cadre_id), None)
 
 
+class Contact(Model):
+    """Where a recipient's notifications go: a webhook (JSON, HMAC-signed), an email address,
+    both, or neither (the structured log only)."""
+
+    webhook: (
+        Annotated[str, StringConstraints(pattern=r"^https?://\S+$", max_length=2000)] | None
+    ) = None
+    email: (
+        Annotated[str, StringConstraints(pattern=r"^[^@\s]+@[^@\s]+$", max_length=320)] | None
+    ) = None
+
+
 class Roster(Model):
     campaign_id: Identifier
     year: int = Field(ge=2000, le=2100)
     title: ShortText
     units: Annotated[list[UnitSpec], Field(min_length=1, max_length=10_000)]
+    contacts: dict[ShortText, Contact] = Field(
+        default_factory=dict,
+        description="Recipients by id (unit contacts, the group leader, the department, "
+        "cadres). When given, every unit's contact, group_leader and department must be "
+        "among them; recipients not listed get the structured log only.",
+    )
+    group_leader: ShortText = Field(
+        default="assessment-group-leader", description="Escalation level 1 goes here."
+    )
+    department: ShortText = Field(
+        default="organization-department", description="Escalation level 2 goes here."
+    )
+
+    @model_validator(mode="after")
+    def _recipients_known(self) -> Roster:
+        if not self.contacts:
+            return self
+        missing = [
+            f"{field}: {name!r} is not in contacts"
+            for field, name in (
+                ("group_leader", self.group_leader),
+                ("department", self.department),
+            )
+            if name not in self.contacts
+        ]
+        missing += [
+            f"units[{i}].contact: {u.contact!r} is not in contacts"
+            for i, u in enumerate(self.units)
+            if (u.contact or u.unit_id) not in self.contacts
+        ]
+        if missing:
+            raise ValueError("; ".join(missing))
+        return self
 
     @model_validator(mode="after")
     def _unique_units(self) -> Roster:

@@ -145,6 +145,9 @@ class UnitStatus(Model):
     escalation_level: int = 0
     # Since when the deadline clock is paused (deadline: the current stage's, exclusive).
     paused_since: dt.datetime | None = None
+    # Notifications dead-lettered after their maximum attempts: "step: recipient via channel:
+    # last error" (the audit table has a row for each).
+    dead_letters: list[str] = Field(default_factory=list)
     acknowledgements: int = 0
     reports: ReportProgress
     evaluation: EvaluationProgress

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -24,7 +24,7 @@ from schemas.messages import (
     SubmitReport,
 )
 from schemas.policy import Policy, RaterGroup
-from schemas.roster import Roster, UnitSpec
+from schemas.roster import Contact, Roster, UnitSpec
 
 
 class UnitInput(Model):
@@ -33,6 +33,10 @@ class UnitInput(Model):
     campaign_title: str
     unit: UnitSpec
     policy: Policy = Field(default_factory=Policy)
+    # From the roster: where notifications go, and who escalations go to.
+    contacts: dict[str, Contact] = Field(default_factory=dict)
+    group_leader: str = "assessment-group-leader"
+    department: str = "organization-department"
 
     @property
     def rater_groups(self) -> list[RaterGroup]:
@@ -219,6 +223,12 @@ class AuditRecord(Model):
     detail: dict[str, Any] = Field(default_factory=dict)
 
 
+class Delivery(Model):
+    recipient: str
+    channel: Literal["log", "webhook", "email"]
+    address: str = ""  # the webhook URL or email address
+
+
 class Notification(Model):
     """A message to a unit, a cadre or an official; sent once per idempotency key."""
 
@@ -227,3 +237,11 @@ class Notification(Model):
     recipients: list[str]
     subject: str
     body: str
+    # Resolved from the roster's contacts; empty (older units): the log channel for each.
+    deliveries: list[Delivery] = Field(default_factory=list)
+
+
+class NotifyOutcome(Model):
+    status: Literal["sent", "duplicate", "dead"]
+    # Deliveries given up after the maximum attempts: "recipient via channel: last error".
+    dead: list[str] = Field(default_factory=list)

@@ -63,7 +63,8 @@ async def wait_for_stage(handle: WorkflowHandle, stage: Stage, seconds: float = 
 #       quota (workflow.patched "cross-unit-calibration"; campaign path and calibrated_unit)
 #   v6: stage deadlines, reminders, escalation, extend/pause/resume (workflow.patched
 #       "stage-deadlines"; deadline_path)
-VERSION = "v6"
+#   v7: notifications by channel, in the background (workflow.patched "notify-channels")
+VERSION = "v7"
 
 
 async def record_paths(

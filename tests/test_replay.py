@@ -31,9 +31,9 @@ def replayer(converter: DataConverter = pydantic_data_converter) -> Replayer:
 def test_every_stage_path_is_recorded_for_every_version() -> None:
     paths = {"full_path", "closed_early_path", "campaign"}
     names = {p.stem for p in RECORDED}
-    for version in ("v0", "v1", "v2", "v3", "v4", VERSION):
+    for version in ("v0", "v1", "v2", "v3", "v4", "v5", "v6", VERSION):
         assert {f"{version}_{path}" for path in paths} <= names
-    assert {"v5_calibrated_unit", f"{VERSION}_calibrated_unit", f"{VERSION}_deadline_path"} <= names
+    assert {"v5_calibrated_unit", "v6_deadline_path", f"{VERSION}_deadline_path"} <= names
 
 
 async def test_pre_patch_history_takes_the_old_branch() -> None:
@@ -90,5 +90,7 @@ def test_each_version_took_its_branches() -> None:
     assert patches(HISTORIES / "v4_full_path.json") == v4
     assert patches(HISTORIES / "v5_full_path.json") == v4
     assert "cross-unit-calibration" in patches(HISTORIES / "v5_calibrated_unit.json")
-    assert patches(HISTORIES / f"{VERSION}_full_path.json") == v4 | {"stage-deadlines"}
+    assert patches(HISTORIES / "v6_full_path.json") == v4 | {"stage-deadlines"}
+    v7 = v4 | {"stage-deadlines", "notify-channels"}
+    assert patches(HISTORIES / f"{VERSION}_full_path.json") == v7
     assert "stage-deadlines" not in patches(HISTORIES / "v5_calibrated_unit.json")

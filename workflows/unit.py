@@ -68,12 +68,14 @@ with workflow.unsafe.imports_passed_through():
         BallotBatchRecord,
         BallotCounts,
         BallotSheetsRecord,
+        Delivery,
         FollowUpClosure,
         FollowUpRecord,
         FollowUpsRecord,
         GradeDecisionRecord,
         GradeProposalRecord,
         Notification,
+        NotifyOutcome,
         ObjectionDecision,
         ObjectionRecord,
         PreviousGradesQuery,
@@ -118,6 +120,8 @@ RESULT_USE_PATCH = "result-use-two-years"
 CALIBRATION_PATCH = "cross-unit-calibration"
 # workflow.patched id: stage deadlines, reminders and escalation (issue 6).
 DEADLINES_PATCH = "stage-deadlines"
+# workflow.patched id: notifications by the roster's channels, sent in the background (issue 6).
+NOTIFY_CHANNELS_PATCH = "notify-channels"
 MAX_PROBLEMS_SHOWN = 20
 
 
@@ -144,6 +148,7 @@ class UnitAssessment:
         self._reminded = False
         self._escalation = 0
         self._paused_since: dt.datetime | None = None
+        self._dead_letters: list[str] = []  # notifications given up after their attempts
         self._acks = 0
         self._reports: dict[str, int] = {}  # "team" or a cadre id -> latest revision
         self._report_times: dict[str, dt.datetime] = {}  # first submission
@@ -1204,7 +1209,7 @@ class UnitAssessment:
             body = f"{self._unit.name}: {stage} 阶段将于 {deadline} 截止。"
         else:
             self._set_escalation(1 if step == "level1" else 2)
-            recipient = "assessment-group-leader" if step == "level1" else "organization-department"
+            recipient = self._input.group_leader if step == "level1" else self._input.department
             subject = f"{stage} 逾期 (督办 {self._escalation} 级)"
             body = f"{self._unit.name}: {stage} 阶段已于 {deadline} 截止, 尚未完成。"
         key = f"{step}-{visit}-{int(self._deadline.timestamp())}"
@@ -1386,16 +1391,40 @@ class UnitAssessment:
         )
 
     async def _notify(self, step: str, recipients: list[str], subject: str, body: str) -> None:
-        await self._activity(
-            "notify",
-            Notification(
-                ref=self._ref(),
-                idempotency_key=f"{workflow.info().workflow_id}:{step}",
-                recipients=recipients,
-                subject=subject,
-                body=body,
-            ),
+        n = Notification(
+            ref=self._ref(),
+            idempotency_key=f"{workflow.info().workflow_id}:{step}",
+            recipients=recipients,
+            subject=subject,
+            body=body,
         )
+        if not workflow.patched(NOTIFY_CHANNELS_PATCH):
+            await self._activity("notify", n)  # older units: the log, awaited
+            return
+        n.deliveries = self._deliveries(recipients)
+
+        async def send() -> None:
+            outcome: NotifyOutcome = await self._activity("notify", n, result_type=NotifyOutcome)
+            if outcome.dead:
+                self._dead_letters += [f"{step}: {d}" for d in outcome.dead]
+                self._refresh_details()
+
+        # In the background: a slow or failing receiver holds up neither the action that
+        # notifies nor the unit; run() waits for these before it ends.
+        self._background.append(asyncio.create_task(send()))
+
+    def _deliveries(self, recipients: list[str]) -> list[Delivery]:
+        """Each recipient's channels from the roster's contacts; the log for one not listed."""
+        out: list[Delivery] = []
+        for r in recipients:
+            contact = self._input.contacts.get(r)
+            if contact is not None and contact.webhook:
+                out.append(Delivery(recipient=r, channel="webhook", address=contact.webhook))
+            if contact is not None and contact.email:
+                out.append(Delivery(recipient=r, channel="email", address=contact.email))
+            if contact is None or not (contact.webhook or contact.email):
+                out.append(Delivery(recipient=r, channel="log"))
+        return out
 
     def _suggested_grades(self) -> dict[str, str]:
         weights = {g.group_id: g.weight for g in self._input.rater_groups}
@@ -1514,6 +1543,7 @@ class UnitAssessment:
             stalled=self._escalation > 0,
             escalation_level=self._escalation,
             paused_since=self._paused_since,
+            dead_letters=self._dead_letters,
         )
 
     def _refresh_details(self) -> None:
