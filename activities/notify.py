@@ -145,5 +145,7 @@ class NotifyActivities:
                 n.idempotency_key,
                 status,
             )
-        failpoint(f"notify:{n.idempotency_key.rsplit(':', 1)[-1]}:committed")
+        # e.g. notify:feedback:committed, notify:level1:committed (the step, without its
+        # visit and deadline).
+        failpoint(f"notify:{n.idempotency_key.rsplit(':', 1)[-1].split('-')[0]}:committed")
         return NotifyOutcome(status=status, dead=dead)  # type: ignore[arg-type]

@@ -9,6 +9,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from schemas.common import Stage
+from schemas.policy import DeadlinePolicy
 from workflows.calendar import (
     SHANGHAI,
     CalendarUnavailableError,
@@ -21,6 +23,7 @@ from workflows.calendar import (
     shanghai_date,
     working_days_between,
 )
+from workflows.deadlines import extended, level2_at, next_step, reminder_at, stage_deadline
 
 
 def sh(iso: str) -> datetime:
@@ -200,3 +203,50 @@ def test_publicity_end_properties(published: datetime, n: int) -> None:
     assert is_working_day(last_day)
     assert working_days_between(shanghai_date(published), last_day) == n
     assert end > published
+
+
+# ---- stage deadlines (workflows/deadlines.py) ----------------------------------------------
+
+CALENDAR = DeadlinePolicy(
+    working_days={Stage.NOTICE: 3, Stage.TALKS: 10},
+    reminder_working_days=2,
+    escalate_after_working_days=3,
+)
+
+
+def test_deadline_reminder_and_escalation_across_national_day() -> None:
+    # Notice from Tue 09-29: 09-30 (1), [10-01..07 off], 10-08 (2), 10-09 (3): ends 24:00 10-09.
+    deadline = stage_deadline(CALENDAR, Stage.NOTICE, sh("2026-09-29T10:00"))
+    assert deadline == midnight("2026-10-10")
+    # The last two working days before it, 10-08 and 10-09, start once 09-30 is over.
+    assert reminder_at(CALENDAR, deadline) == midnight("2026-10-01")
+    # Level 2 three working days later: Sat 10-10 (swapped), 10-12, 10-13.
+    assert level2_at(CALENDAR, deadline) == midnight("2026-10-14")
+    assert extended(CALENDAR, deadline, 1) == midnight("2026-10-11")  # the swapped Saturday
+
+
+def test_deadline_across_the_2026_spring_festival() -> None:
+    # Talks from Wed 02-11: 02-12, 02-13, Sat 02-14 (swapped), [02-15..23 off], 02-24..02-27,
+    # Sat 02-28 (swapped), 03-02, 03-03: the 10th working day is 03-03.
+    deadline = stage_deadline(CALENDAR, Stage.TALKS, sh("2026-02-11T09:00"))
+    assert deadline == midnight("2026-03-04")
+    assert stage_deadline(CALENDAR, Stage.GRADING, sh("2026-02-11T09:00")) is None
+
+
+def test_deadline_steps_in_order_once_each() -> None:
+    deadline = midnight("2026-10-10")
+    assert next_step(CALENDAR, deadline, reminded=False, level=0) == (
+        "reminder",
+        midnight("2026-10-01"),
+    )
+    assert next_step(CALENDAR, deadline, reminded=True, level=0) == ("level1", deadline)
+    assert next_step(CALENDAR, deadline, reminded=True, level=1) == (
+        "level2",
+        midnight("2026-10-14"),
+    )
+    assert next_step(CALENDAR, deadline, reminded=True, level=2) is None
+    seconds = DeadlinePolicy(working_day_seconds=1.5, reminder_working_days=1)
+    start = sh("2026-09-29T10:00")
+    d = stage_deadline(seconds, Stage.NOTICE, start)
+    assert d == start + timedelta(seconds=4.5)
+    assert reminder_at(seconds, d) == start + timedelta(seconds=3)

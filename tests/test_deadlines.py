@@ -4,12 +4,15 @@ levels 1 and 2 exactly once, KaoheStalled in visibility, extend, pause and resum
 from __future__ import annotations
 
 import asyncio
+import uuid
+from pathlib import Path
 from typing import Any
 
 import asyncpg
 import pytest
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 
+from activities.failpoints import KILLED
 from kaohe.simulate import DEPARTMENT, UNIT_CONTACT, wait_for_status
 from schemas.common import Stage
 from schemas.messages import AcknowledgeNotice, ActionResult
@@ -18,6 +21,7 @@ from tests.conftest import Stack
 from tests.helpers import TEST_POLICY, sample_unit, start_unit
 from tests.test_campaign import wait_for
 from tests.test_cli import akaohe
+from tests.test_worker_restart import spawn_worker
 from workflows.unit import UnitAssessment
 
 
@@ -136,3 +140,54 @@ async def test_extend_clears_the_escalation_and_pause_stops_the_clock(
     await wait_for_status(handle, lambda s: s.escalation_level == 1, 20)
     kinds = [k for k, _ in await audit(pool, handle.id)]
     assert kinds == ["escalation", "deadline_extended", "paused", "resumed", "escalation"]
+
+
+async def test_each_step_once_though_the_worker_dies_after_sending_level_1(
+    stack: Stack, client: Client, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    """The worker dies right after the level-1 notification is recorded as sent, before the
+    workflow knows; the next worker retries it (nothing sent again) and goes on to level 2.
+    Visibility then lists exactly the stalled unit of the campaign, not its punctual peer."""
+    task_queue = f"deadline-kill-{uuid.uuid4().hex[:8]}"
+    campaign = f"late-{uuid.uuid4().hex[:6]}"
+    policy = clock_policy(3, 1, 1)
+    late, punctual = sample_unit(), sample_unit()
+    log = tmp_path / "worker.log"
+    doomed = spawn_worker(stack, task_queue, log, failpoint="notify:level1:committed")
+    handle = await start_unit(client, task_queue, late, campaign_id=campaign, policy=policy)
+    other = await start_unit(client, task_queue, punctual, campaign_id=campaign, policy=policy)
+    await other.execute_update(
+        UnitAssessment.acknowledge_notice,
+        AcknowledgeNotice(idempotency_key="ack", actor=UNIT_CONTACT),
+    )
+    assert await asyncio.to_thread(doomed.wait, 60) == KILLED
+    survivor = spawn_worker(stack, task_queue, log)
+    try:
+        status = await wait_for_status(handle, lambda s: s.escalation_level == 2, 60)
+    finally:
+        survivor.terminate()
+        survivor.wait(timeout=30)
+    assert status.escalation_level == 2
+    assert await audit(pool, handle.id) == [
+        ("deadline_reminder", "0"),
+        ("escalation", "1"),
+        ("escalation", "2"),
+    ]
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT d.recipient, d.status, d.attempts FROM notification_deliveries d "
+            "JOIN notifications n USING (idempotency_key) WHERE n.workflow_id = $1 "
+            "AND n.idempotency_key NOT LIKE '%:notice' ORDER BY n.created_at",
+            handle.id,
+        )
+    assert [(r["recipient"], r["status"], r["attempts"]) for r in rows] == [
+        (late.contact or late.unit_id, "sent", 1),
+        ("assessment-group-leader", "sent", 1),
+        ("organization-department", "sent", 1),
+    ]
+
+    async def stalled_in_campaign() -> list[str]:
+        query = f'KaoheStalled = true AND KaoheCampaign = "{campaign}"'
+        return [wf.id async for wf in client.list_workflows(query)]
+
+    assert await wait_for(stalled_in_campaign) == [handle.id]
