@@ -102,14 +102,21 @@ class Roster(Model):
     contacts: dict[ShortText, Contact] = Field(
         default_factory=dict,
         description="Recipients by id (unit contacts, the group leader, the department, "
-        "cadres). When given, every unit's contact, group_leader and department must be "
-        "among them; recipients not listed get the structured log only.",
+        "cadres). When given, every unit's contact, group_leader, department, "
+        "assessment_group and approver must be among them; recipients not listed (e.g. "
+        "cadres) get the structured log only.",
     )
     group_leader: ShortText = Field(
         default="assessment-group-leader", description="Escalation level 1 goes here."
     )
     department: ShortText = Field(
         default="organization-department", description="Escalation level 2 goes here."
+    )
+    assessment_group: ShortText = Field(
+        default="assessment-group", description="Reminders of the talks (and of proposals)."
+    )
+    approver: ShortText = Field(
+        default="approver", description="Reminders while a proposal awaits approval."
     )
 
     @model_validator(mode="after")
@@ -121,6 +128,8 @@ class Roster(Model):
             for field, name in (
                 ("group_leader", self.group_leader),
                 ("department", self.department),
+                ("assessment_group", self.assessment_group),
+                ("approver", self.approver),
             )
             if name not in self.contacts
         ]

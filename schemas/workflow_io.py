@@ -37,6 +37,8 @@ class UnitInput(Model):
     contacts: dict[str, Contact] = Field(default_factory=dict)
     group_leader: str = "assessment-group-leader"
     department: str = "organization-department"
+    assessment_group: str = "assessment-group"
+    approver: str = "approver"
 
     @property
     def rater_groups(self) -> list[RaterGroup]:

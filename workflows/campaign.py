@@ -273,6 +273,8 @@ class AssessmentCampaign:
                     contacts=r.contacts,
                     group_leader=r.group_leader,
                     department=r.department,
+                    assessment_group=r.assessment_group,
+                    approver=r.approver,
                 ),
                 id=unit_workflow_id(r.campaign_id, unit.unit_id),
                 parent_close_policy=workflow.ParentClosePolicy.ABANDON,

@@ -1230,9 +1230,9 @@ class UnitAssessment:
     def _responsible(self) -> str:
         """Who a reminder goes to: the party whose work the stage waits for."""
         if self._stage == Stage.TALKS:
-            return "assessment-group"
+            return self._input.assessment_group
         if self._stage == Stage.GRADING:
-            return "approver" if self._pending is not None else "assessment-group"
+            return self._input.approver if self._pending else self._input.assessment_group
         return self._unit.contact or self._unit.unit_id
 
     async def _audit_clock(
