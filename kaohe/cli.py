@@ -11,6 +11,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Annotated, Any
 
+import asyncpg
 import typer
 from pydantic import TypeAdapter, ValidationError
 from rich.table import Table
@@ -19,6 +20,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError
 
+from kaohe.audit import verify_audit
 from kaohe.cli_ballots import ballots_app, tokens_app
 from kaohe.cli_calibration import calibration_app
 from kaohe.cli_common import console, err_console, fail, parse_actor, run
@@ -48,6 +50,8 @@ app.add_typer(schema_app, name="schema")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(ballots_app, name="ballots")
 app.add_typer(calibration_app, name="calibration")
+audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
+app.add_typer(audit_app, name="audit")
 app.command()(report)
 
 SAMPLE_ROSTER = "samples/demo-roster.yaml"
@@ -443,6 +447,31 @@ def stalled(
             deadline.astimezone(SHANGHAI).strftime("%Y-%m-%d %H:%M") if deadline else "-",
         )
     console.print(table)
+
+
+@audit_app.command("verify")
+def audit_verify(
+    campaign: Annotated[str | None, typer.Option("--campaign", help="Only this campaign.")] = None,
+) -> None:
+    """Recompute every unit's audit hash chain; exit 1 naming each edited or deleted row."""
+    settings = get_settings()
+
+    async def go() -> tuple[int, list[str]]:
+        conn = await asyncpg.connect(settings.effective_database_url)
+        try:
+            return await verify_audit(conn, campaign)
+        finally:
+            await conn.close()
+
+    try:
+        checked, problems = run(go())
+    except (OSError, asyncpg.PostgresError) as err:
+        raise fail(f"database: {err}") from err
+    for problem in problems:
+        err_console.print(f"[red]tampered:[/] {problem}")
+    if problems:
+        raise typer.Exit(code=1)
+    console.print(f"audit log intact: {checked} chained rows verified")
 
 
 @app.command()
