@@ -10,6 +10,7 @@ import typer
 from pydantic import ValidationError
 from rich.console import Console
 
+from kaohe.client import ConnectionSettingsError
 from kaohe.logs import configure_logging
 from kaohe.settings import get_settings
 from schemas.common import Actor
@@ -23,10 +24,14 @@ err_console = Console(stderr=True, soft_wrap=True)
 
 
 def run(coro: Coroutine[Any, Any, T]) -> T:
-    """Runs a command's coroutine with logging configured from the settings."""
+    """Runs a command's coroutine with logging configured from the settings; settings that
+    make no connection end the command with their message, not a traceback."""
     settings = get_settings()
     configure_logging(settings.log_format, settings.log_level)
-    return asyncio.run(coro)
+    try:
+        return asyncio.run(coro)
+    except ConnectionSettingsError as err:
+        raise fail(str(err)) from None
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:

@@ -4,10 +4,12 @@ encryption, kaohe/codec.py, unless turned off), configured target."""
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter
+from temporalio.service import TLSConfig
 
 from kaohe.codec import codec_from_settings
 from kaohe.settings import Settings
@@ -25,9 +27,59 @@ def data_converter(settings: Settings) -> DataConverter:
     return dataclasses.replace(pydantic_data_converter, payload_codec=codec)
 
 
+class ConnectionSettingsError(ValueError):
+    """TLS or API key settings that do not make a connection; names the setting."""
+
+
+def _read(path: Path, setting: str) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as err:
+        raise ConnectionSettingsError(
+            f"KAOHE_{setting}: cannot read {path}: {err.strerror}"
+        ) from None
+
+
+def tls_config(settings: Settings) -> TLSConfig | bool:
+    """The TLS the settings ask for: False (plaintext), True (TLS with the system's roots)
+    or a TLSConfig with the server's CA and/or a client certificate (mTLS)."""
+    s = settings
+    if (s.temporal_tls_cert_file is None) != (s.temporal_tls_key_file is None):
+        raise ConnectionSettingsError(
+            "KAOHE_TEMPORAL_TLS_CERT_FILE and KAOHE_TEMPORAL_TLS_KEY_FILE go together (mTLS)"
+        )
+    files = (s.temporal_tls_ca_file, s.temporal_tls_cert_file, s.temporal_tls_server_name)
+    if not any(f is not None for f in files):
+        # An API key travels in a header: only over TLS.
+        return s.temporal_tls or api_key(s) is not None
+    return TLSConfig(
+        server_root_ca_cert=_read(s.temporal_tls_ca_file, "TEMPORAL_TLS_CA_FILE")
+        if s.temporal_tls_ca_file
+        else None,
+        client_cert=_read(s.temporal_tls_cert_file, "TEMPORAL_TLS_CERT_FILE")
+        if s.temporal_tls_cert_file
+        else None,
+        client_private_key=_read(s.temporal_tls_key_file, "TEMPORAL_TLS_KEY_FILE")
+        if s.temporal_tls_key_file
+        else None,
+        domain=s.temporal_tls_server_name,
+    )
+
+
+def api_key(settings: Settings) -> str | None:
+    if settings.temporal_api_key is not None:
+        return settings.temporal_api_key.get_secret_value()
+    if settings.temporal_api_key_file is not None:
+        key = _read(settings.temporal_api_key_file, "TEMPORAL_API_KEY_FILE").decode().strip()
+        return key or None
+    return None
+
+
 async def connect(settings: Settings) -> Client:
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,
         data_converter=data_converter(settings),
+        tls=tls_config(settings),
+        api_key=api_key(settings),
     )

@@ -22,6 +22,16 @@ class Settings(BaseSettings):
     temporal_ui_port: int = 8233
     temporal_http_port: int = 7243
     task_queue: str = "kaohe"
+    # A remote cluster: TLS (with the server's CA, or the system's), mTLS with a client
+    # certificate and key, and/or an API key (Temporal Cloud). Secrets come from the
+    # environment or from files, and are never logged.
+    temporal_tls: bool = False
+    temporal_tls_ca_file: Path | None = None
+    temporal_tls_cert_file: Path | None = None
+    temporal_tls_key_file: Path | None = None
+    temporal_tls_server_name: str | None = None
+    temporal_api_key: SecretStr | None = None
+    temporal_api_key_file: Path | None = None
 
     # PostgreSQL: unset means "run the embedded server on postgres_port".
     database_url: SecretStr | None = None

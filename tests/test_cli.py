@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import uuid
@@ -22,9 +23,11 @@ from tests.helpers import sample_unit, start_unit
 KAOHE = str(Path(sys.executable).parent / "kaohe")
 
 
-def kaohe(stack: Stack | None, *args: str) -> subprocess.CompletedProcess[str]:
-    env = stack.env() if stack else None
-    return subprocess.run([KAOHE, *args], env=env, capture_output=True, text=True, timeout=60)
+def kaohe(
+    stack: Stack | None, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    full = {**(stack.env() if stack else os.environ), **(env or {})}
+    return subprocess.run([KAOHE, *args], env=full, capture_output=True, text=True, timeout=60)
 
 
 async def akaohe(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:

@@ -24,9 +24,13 @@ KAOHE = str(Path(sys.executable).parent / "kaohe")
 
 
 def spawn_worker(
-    stack: Stack, task_queue: str, log: Path, failpoint: str | None = None
+    stack: Stack,
+    task_queue: str,
+    log: Path,
+    failpoint: str | None = None,
+    env: dict[str, str] | None = None,
 ) -> subprocess.Popen[bytes]:
-    env = {**stack.env(), "KAOHE_TASK_QUEUE": task_queue}
+    env = {**stack.env(), "KAOHE_TASK_QUEUE": task_queue, **(env or {})}
     if failpoint is not None:
         env[FAILPOINT_ENV] = failpoint
     with log.open("ab") as out:
