@@ -9,9 +9,14 @@ import datetime as dt
 import random
 from collections.abc import Awaitable, Callable, Iterable
 from fractions import Fraction
-from typing import Any
+from typing import Any, TypeVar
 
-from temporalio.client import Client, WorkflowExecutionDescription, WorkflowHandle
+from temporalio.client import (
+    Client,
+    WorkflowExecutionDescription,
+    WorkflowHandle,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
+)
 from temporalio.service import RPCError
 
 from schemas.common import Actor, CadreGrade, Role, Stage, TeamGrade
@@ -181,7 +186,11 @@ async def drive_unit(
     key = unit.unit_id
 
     async def step(update, action) -> ActionResult:  # type: ignore[no-untyped-def]
-        result: ActionResult = await handle.execute_update(update, action)
+        # The update id is the idempotency key: a call retried after a restart gets the
+        # first call's result.
+        result: ActionResult = await persist(
+            lambda: handle.execute_update(update, action, id=action.idempotency_key)
+        )
         if on_step is not None:
             on_step(update.__name__, result)
         if pace:
@@ -196,7 +205,7 @@ async def drive_unit(
         AcknowledgeNotice(idempotency_key=f"{key}-ack", actor=UNIT_CONTACT),
     )
     if reached(Stage.REPORT_BACK):
-        return await handle.query(UnitAssessment.status)
+        return await status_of(handle)
     await step(
         UnitAssessment.submit_report,
         SubmitReport(
@@ -220,12 +229,12 @@ async def drive_unit(
             ),
         )
     if reached(Stage.EVALUATION):
-        return await handle.query(UnitAssessment.status)
+        return await status_of(handle)
     # A rerun (the demo started again) finds the ballots already in: skip them.
-    if (await handle.query(UnitAssessment.status)).stage == Stage.EVALUATION:
+    if (await status_of(handle)).stage == Stage.EVALUATION:
         await _cast_ballots(handle, unit, step, tokens, policy, returned, batch_size, rng, key)
     if reached(Stage.TALKS):
-        return await handle.query(UnitAssessment.status)
+        return await status_of(handle)
     for t in range(unit.talks_planned):
         await step(
             UnitAssessment.record_talk,
@@ -240,8 +249,8 @@ async def drive_unit(
             ),
         )
     if reached(Stage.GRADING):
-        return await handle.query(UnitAssessment.status)
-    evaluation = (await handle.query(UnitAssessment.status)).evaluation
+        return await status_of(handle)
+    evaluation = (await status_of(handle)).evaluation
     flagged = [f.target_id for f in evaluation.flags if f.code == "incompetent_votes"]
     await step(UnitAssessment.propose_grades, proposal_for(unit, policy, flagged))
     # A pooled 优秀 quota: the campaign calibrates the proposal before it can be approved
@@ -270,7 +279,31 @@ async def drive_unit(
                     outcome="已落实并签收",
                 ),
             )
-    return await handle.query(UnitAssessment.status)
+    return await status_of(handle)
+
+
+T = TypeVar("T")
+# What a restarting worker or server makes a call fail with, for a while.
+TRANSIENT = (RPCError, WorkflowUpdateRPCTimeoutOrCancelledError)
+
+
+async def persist(call: Callable[[], Awaitable[T]], seconds: float = 120.0) -> T:
+    """Retries a call that failed in transit, as an integrator would while a worker or the
+    server restarts; idempotency keys (and update ids) make a repeated action harmless."""
+    loop = asyncio.get_running_loop()
+    deadline, delay = loop.time() + seconds, 0.2
+    while True:
+        try:
+            return await call()
+        except TRANSIENT:
+            if loop.time() > deadline:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 2.0)
+
+
+async def status_of(handle: WorkflowHandle) -> UnitStatus:
+    return await persist(lambda: handle.query(UnitAssessment.status))
 
 
 async def wait_for_status(
@@ -281,7 +314,7 @@ async def wait_for_status(
     loop = asyncio.get_running_loop()
     deadline = loop.time() + seconds
     while True:
-        status: UnitStatus = await handle.query(UnitAssessment.status)
+        status: UnitStatus = await status_of(handle)
         if condition(status) or loop.time() > deadline:
             return status
         await asyncio.sleep(0.1)
@@ -332,7 +365,7 @@ async def _cast_ballots(
                 sheets=batch,
             ),
         )
-    if (await handle.query(UnitAssessment.status)).stage == Stage.EVALUATION:
+    if (await status_of(handle)).stage == Stage.EVALUATION:
         await step(
             UnitAssessment.close_evaluation,
             CloseEvaluation(

@@ -7,6 +7,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,9 +51,9 @@ class Stack:
         }
 
 
-@pytest.fixture(scope="session")
-async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
-    root = tmp_path_factory.mktemp("stack")
+@asynccontextmanager
+async def running_stack(root: Path) -> AsyncIterator[Stack]:
+    """A real PostgreSQL and Temporal dev server under `root`, migrated, on free ports."""
     postgres = EmbeddedPostgres(root / "postgres", free_port())
     temporal = TemporalDevServer(
         root / "temporal", port=free_port(), ui_port=free_port(), http_port=free_port(), ui=False
@@ -70,6 +71,12 @@ async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack
     finally:
         await temporal.stop()
         await postgres.stop()
+
+
+@pytest.fixture(scope="session")
+async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
+    async with running_stack(tmp_path_factory.mktemp("stack")) as s:
+        yield s
 
 
 @pytest.fixture(scope="session")
