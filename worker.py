@@ -5,6 +5,11 @@ Run it with `kaohe worker` (or `python worker.py`); `kaohe dev` runs one for you
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import asyncpg
 import structlog
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -83,10 +88,34 @@ def build_worker(
     )
 
 
-async def run_worker(settings: Settings, database_url: str) -> None:
+T = TypeVar("T")
+
+
+async def patiently(what: str, attempt: Callable[[], Awaitable[T]], give_up: float) -> T:
+    """Retries a connection at start-up: a worker started while Temporal or PostgreSQL is
+    restarting waits for it (with a warning now and then) instead of exiting."""
+    loop = asyncio.get_running_loop()
+    deadline, delay = loop.time() + give_up, 0.2
+    while True:
+        try:
+            return await attempt()
+        except (RuntimeError, OSError, asyncpg.PostgresError) as err:
+            # RuntimeError: the Temporal client's "failed client connect".
+            if loop.time() > deadline:
+                raise
+            log.warning("waiting to connect", to=what, error=type(err).__name__, retry_in=delay)
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+async def run_worker(settings: Settings, database_url: str, give_up: float = 300.0) -> None:
     """Runs until cancelled; closes the database pool on the way out."""
-    client = await connect(settings)
-    pool = await create_pool(database_url, settings.db_pool_min, settings.db_pool_max)
+    client = await patiently("temporal", lambda: connect(settings), give_up)
+    pool = await patiently(
+        "postgresql",
+        lambda: create_pool(database_url, settings.db_pool_min, settings.db_pool_max),
+        give_up,
+    )
     try:
         worker = build_worker(
             client,

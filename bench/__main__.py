@@ -53,7 +53,13 @@ def parser() -> argparse.ArgumentParser:
     ballots.add_argument("--cadres", type=_positive, default=4, help="cadres per unit")
     ballots.add_argument("--batch-size", type=_positive, default=500, help="ballots per update")
 
-    for each in (floor, unit, ballots):
+    chaos = sub.add_parser(
+        "chaos", help="a campaign through worker kills and server crashes vs undisturbed"
+    )
+    chaos.add_argument("--units", type=_positive, default=200, help="units per campaign")
+    chaos.add_argument("--kills", type=_positive, default=20, help="worker SIGKILLs")
+    chaos.add_argument("--concurrency", type=_positive, default=20, help="units in flight")
+    for each in (floor, unit, ballots, chaos):
         each.add_argument(
             "--keep", action="store_true", help="keep the temp dir (data and logs) afterwards"
         )
@@ -73,6 +79,14 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         return asyncio.run(
             ballots.main(n=args.n, cadres=args.cadres, batch_size=args.batch_size, keep=args.keep)
+        )
+    if args.name == "chaos":
+        from bench import chaos as chaos_bench
+
+        return asyncio.run(
+            chaos_bench.main(
+                units=args.units, kills=args.kills, concurrency=args.concurrency, keep=args.keep
+            )
         )
     from bench import unit
 

@@ -137,6 +137,17 @@ async def test_repeated_idempotency_key_returns_the_first_result(
     assert again.message == first.message and again.stage == first.stage
     status = await handle.query(UnitAssessment.status)
     assert status.acknowledgements == 1
+    # A repeated update id (a client retrying after a lost answer): the server answers with
+    # the first outcome, whatever the second call carried.
+    once = await handle.execute_update(
+        UnitAssessment.submit_report, team_report("report-1"), id="update-7"
+    )
+    twice = await handle.execute_update(
+        UnitAssessment.submit_report, team_report("report-2"), id="update-7"
+    )
+    assert twice == once and not twice.duplicate
+    reports = (await handle.query(UnitAssessment.status)).reports
+    assert reports.team_summary and reports.revisions == 0
     # The same key for another action is a client bug, and said so.
     msg = await rejection(handle, "submit_report", team_report("same"))
     assert "idempotency_key" in msg and "acknowledge_notice" in msg

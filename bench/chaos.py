@@ -1,0 +1,245 @@
+"""`python -m bench chaos`: a campaign driven to the end through faults, against the same
+campaign undisturbed in the same run.
+
+On a private stack, with the worker as a separate `kaohe worker` process (so it can be
+killed with SIGKILL) and simulated integrators that retry calls failing in transit:
+
+(a) undisturbed: `--units` units through every stage;
+(b) faults: another campaign of as many units while the worker is killed `--kills` times
+    (spread over (a)'s duration), PostgreSQL crashes and restarts, and the Temporal dev
+    server crashes and restarts on its database.
+
+Both must end the same: every unit completed, the ballots stored equal the ballots sent, no
+notification delivery took a second attempt, the final grades those of an undisturbed run.
+Last line: `ratio faults time / undisturbed time = X.XX`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import asyncpg
+from temporalio.client import Client
+
+from kaohe.ballot_io import TokensError, token_source
+from kaohe.simulate import (
+    TokenSource,
+    drive_unit,
+    persist,
+    proposal_for,
+    simulated_unit,
+    wait_started,
+)
+from schemas.common import Stage
+from schemas.policy import GradingPolicy, Policy
+from schemas.roster import Roster, UnitSpec
+from workflows.campaign import AssessmentCampaign, campaign_workflow_id, unit_workflow_id
+
+KAOHE = str(Path(sys.executable).parent / "kaohe")
+POLICY = Policy(grading=GradingPolicy(publicity_seconds=1))
+
+
+class WorkerProcesses:
+    """One `kaohe worker` process at a time; kill() is SIGKILL, then a new one starts."""
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self._env, self._log = env, log
+        self.kills = 0
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        with self._log.open("ab") as out:
+            self._proc = subprocess.Popen([KAOHE, "worker"], env=self._env, stdout=out, stderr=out)
+
+    def kill(self) -> None:
+        assert self._proc is not None
+        os.kill(self._proc.pid, signal.SIGKILL)
+        self._proc.wait()
+        self.kills += 1
+        self.start()
+
+    def stop(self) -> None:
+        if self._proc is not None:
+            self._proc.terminate()
+            self._proc.wait(timeout=30)
+            self._proc = None
+
+
+# Units of 2 cadres and rater groups of 2, 2 and 3 sheets: 7 sheets of 3 ballots each.
+BALLOTS_PER_UNIT = 7 * 3
+
+
+def roster_of(units: int, tag: str) -> Roster:
+    return Roster(
+        campaign_id=f"{tag}-{uuid.uuid4().hex[:6]}",
+        year=2026,
+        title="故障注入",
+        units=[simulated_unit(f"u{i:03d}", 2, (2, 2, 3)) for i in range(units)],
+    )
+
+
+async def issue_all(tokens: TokenSource, ids: list[str]) -> None:
+    """Every unit's ballot tokens, up front: issuing talks to PostgreSQL directly, and a
+    simulated ballot system would not be asked for them while the database is down."""
+    for wf in ids:
+        for _ in range(600):
+            try:
+                await tokens(wf)
+                break
+            except TokensError:  # not registered yet
+                await asyncio.sleep(0.1)
+
+
+async def drive_campaign(
+    client: Client,
+    pool: asyncpg.Pool,
+    roster: Roster,
+    task_queue: str,
+    concurrency: int,
+    faults: Callable[[], Awaitable[None]] | None = None,
+) -> float:
+    """Starts the campaign, drives every unit to the end (with `faults` running meanwhile)
+    and waits for the campaign; returns the seconds it took."""
+    from kaohe.cli import start_campaign
+
+    t0 = time.perf_counter()
+    await start_campaign(client, roster, task_queue, POLICY)
+    ids = [unit_workflow_id(roster.campaign_id, u.unit_id) for u in roster.units]
+    await asyncio.gather(*(wait_started(client, wf) for wf in ids))
+    tokens = token_source(pool)
+    await issue_all(tokens, ids)
+    gate = asyncio.Semaphore(concurrency)
+
+    async def one(wf: str, unit: UnitSpec) -> None:
+        async with gate:
+            await drive_unit(client, wf, unit, tokens=tokens)
+
+    work = [one(wf, u) for wf, u in zip(ids, roster.units, strict=True)]
+    await asyncio.gather(*work, *([faults()] if faults else []))
+    handle = client.get_workflow_handle_for(
+        AssessmentCampaign.run, campaign_workflow_id(roster.campaign_id)
+    )
+    progress = await persist(handle.result)
+    if progress.by_stage != {Stage.COMPLETED: len(roster.units)}:
+        raise AssertionError(f"not every unit completed: {progress.by_stage}")
+    return time.perf_counter() - t0
+
+
+async def problems(pool: asyncpg.Pool, roster: Roster) -> list[str]:
+    """What differs from an undisturbed run: ballots stored, notifications, final grades."""
+    campaign = roster.campaign_id
+    async with pool.acquire() as conn:
+        ballots = await conn.fetchval(
+            "SELECT coalesce(sum(b.ballots), 0) FROM ballot_batches b JOIN units u "
+            "USING (workflow_id) WHERE u.campaign_id = $1 AND b.registered_at IS NOT NULL",
+            campaign,
+        )
+        resent = await conn.fetchval(
+            "SELECT count(*) FROM notification_deliveries d JOIN notifications n "
+            "USING (idempotency_key) JOIN units u ON u.workflow_id = n.workflow_id "
+            "WHERE u.campaign_id = $1 AND (d.attempts <> 1 OR d.status <> 'sent')",
+            campaign,
+        )
+        grades = {
+            (r["unit_id"], r["cadre_id"]): r["grade"]
+            for r in await conn.fetch(
+                "SELECT unit_id, cadre_id, grade FROM grades g JOIN units u "
+                "USING (workflow_id, unit_id) WHERE u.campaign_id = $1 AND g.final",
+                campaign,
+            )
+        }
+    expected: dict[tuple[str, str], str] = {}
+    for u in roster.units:
+        proposal = proposal_for(u, POLICY)
+        expected[(u.unit_id, "")] = proposal.team_grade.value
+        expected.update({(u.unit_id, c): g.value for c, g in proposal.cadre_grades.items()})
+    out = []
+    sent = BALLOTS_PER_UNIT * len(roster.units)
+    if ballots != sent:
+        out.append(f"ballots stored {ballots}, sent {sent}")
+    if resent:
+        out.append(f"{resent} notification deliveries took more than one attempt")
+    if grades != expected:
+        wrong = sorted(
+            k for k in expected.keys() | grades.keys() if grades.get(k) != expected.get(k)
+        )
+        out.append(f"grades differ from an undisturbed run for {wrong[:5]}")
+    return out
+
+
+def faults(
+    workers: WorkerProcesses, postgres: object, temporal: object, kills: int, span: float
+) -> Callable[[], Awaitable[None]]:
+    """Kills the worker `kills` times over `span` seconds; PostgreSQL crashes a third of
+    the way in and the Temporal server two thirds in, each back a couple of seconds later."""
+    interval = span / (kills + 1)
+
+    async def kill_worker() -> None:
+        for _ in range(kills):
+            await asyncio.sleep(interval)
+            await asyncio.to_thread(workers.kill)
+
+    async def crash_servers() -> None:
+        await asyncio.sleep(span / 3)
+        await postgres.kill()  # type: ignore[attr-defined]
+        await asyncio.sleep(2.0)
+        await postgres.start()  # type: ignore[attr-defined]
+        await asyncio.sleep(span / 3)
+        await temporal.kill()  # type: ignore[attr-defined]
+        await asyncio.sleep(1.0)
+        await temporal.start()  # type: ignore[attr-defined]
+
+    async def both() -> None:
+        await asyncio.gather(kill_worker(), crash_servers())
+
+    return both
+
+
+async def main(*, units: int, kills: int, concurrency: int, keep: bool) -> int:
+    from bench.stack import console, figures_table, print_ratio_line, private_stack, ratio
+
+    async with private_stack(keep) as stack:
+        env = {
+            **os.environ,
+            "KAOHE_TEMPORAL_ADDRESS": stack.temporal.address,
+            "KAOHE_DATABASE_URL": stack.database_url,
+            "KAOHE_DATA_DIR": str(stack.root),
+            "KAOHE_TASK_QUEUE": stack.task_queue("chaos"),
+            "KAOHE_TALK_KEY": base64.b64encode(b"c" * 32).decode(),
+            "KAOHE_LOG_FORMAT": "json",
+        }
+        workers = WorkerProcesses(env, stack.root / "workers.log")
+        workers.start()
+        try:
+            calm = roster_of(units, "calm")
+            calm_seconds = await drive_campaign(
+                stack.client, stack.pool, calm, env["KAOHE_TASK_QUEUE"], concurrency
+            )
+            stormy = roster_of(units, "faults")
+            chaos = faults(workers, stack.postgres, stack.temporal, kills, calm_seconds)
+            storm_seconds = await drive_campaign(
+                stack.client, stack.pool, stormy, env["KAOHE_TASK_QUEUE"], concurrency, chaos
+            )
+        finally:
+            workers.stop()
+        found = await problems(stack.pool, calm) + await problems(stack.pool, stormy)
+        rows = [
+            ("units per campaign", str(units)),
+            ("(a) undisturbed", f"{calm_seconds:.1f} s"),
+            ("(b) with faults", f"{storm_seconds:.1f} s"),
+            ("worker SIGKILLs", str(workers.kills)),
+            ("PostgreSQL / Temporal crashes", "1 / 1"),
+            ("differences from an undisturbed run", "; ".join(found) or "none"),
+        ]
+        console.print(figures_table("chaos: a campaign through faults", rows))
+    print_ratio_line("faults time / undisturbed time", ratio(storm_seconds, calm_seconds))
+    return 1 if found else 0
