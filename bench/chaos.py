@@ -10,7 +10,8 @@ killed with SIGKILL) and simulated integrators that retry calls failing in trans
     server crashes and restarts on its database.
 
 Both must end the same: every unit completed, the ballots stored equal the ballots sent, no
-notification delivery took a second attempt, the final grades those of an undisturbed run.
+notification delivery took a second attempt, the final grades those of an undisturbed run,
+and every unit's history replays with the code (no nondeterminism from the restarts).
 Last line: `ratio faults time / undisturbed time = X.XX`.
 """
 
@@ -29,8 +30,11 @@ from pathlib import Path
 
 import asyncpg
 from temporalio.client import Client
+from temporalio.converter import DataConverter
+from temporalio.worker import Replayer
 
 from kaohe.ballot_io import TokensError, token_source
+from kaohe.client import data_converter
 from kaohe.simulate import (
     TokenSource,
     drive_unit,
@@ -42,6 +46,7 @@ from kaohe.simulate import (
 from schemas.common import Stage
 from schemas.policy import GradingPolicy, Policy
 from schemas.roster import Roster, UnitSpec
+from worker import WORKFLOWS, sandbox_runner
 from workflows.campaign import AssessmentCampaign, campaign_workflow_id, unit_workflow_id
 
 KAOHE = str(Path(sys.executable).parent / "kaohe")
@@ -176,6 +181,26 @@ async def problems(pool: asyncpg.Pool, roster: Roster) -> list[str]:
     return out
 
 
+async def replay_failures(
+    client: Client, converter: DataConverter, roster: Roster, save_to: Path | None = None
+) -> list[str]:
+    """Replays every unit's history with today's code: each nondeterminism found (the
+    history is saved under `save_to` to look at)."""
+    replayer = Replayer(
+        workflows=WORKFLOWS, data_converter=converter, workflow_runner=sandbox_runner()
+    )
+    out = []
+    for u in roster.units:
+        wf = unit_workflow_id(roster.campaign_id, u.unit_id)
+        history = await client.get_workflow_handle(wf).fetch_history()
+        result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+        if result.replay_failure is not None:
+            out.append(f"{wf} does not replay: {result.replay_failure}")
+            if save_to is not None:
+                (save_to / f"{wf}.json").write_text(history.to_json())
+    return out
+
+
 def faults(
     workers: WorkerProcesses, postgres: object, temporal: object, kills: int, span: float
 ) -> Callable[[], Awaitable[None]]:
@@ -232,6 +257,9 @@ async def main(*, units: int, kills: int, concurrency: int, keep: bool) -> int:
         finally:
             workers.stop()
         found = await problems(stack.pool, calm) + await problems(stack.pool, stormy)
+        converter = data_converter(stack.settings)
+        for roster in (calm, stormy):
+            found += await replay_failures(stack.client, converter, roster, stack.root)
         rows = [
             ("units per campaign", str(units)),
             ("(a) undisturbed", f"{calm_seconds:.1f} s"),

@@ -9,8 +9,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from activities.db import create_pool
-from bench.chaos import WorkerProcesses, drive_campaign, faults, problems, roster_of
-from kaohe.client import connect
+from bench.chaos import (
+    WorkerProcesses,
+    drive_campaign,
+    faults,
+    problems,
+    replay_failures,
+    roster_of,
+)
+from kaohe.client import connect, data_converter
 from tests.conftest import running_stack
 
 
@@ -29,5 +36,7 @@ async def test_a_campaign_survives_kills_and_crashes(tmp_path: Path) -> None:
         try:
             assert workers.kills == 6
             assert await problems(pool, roster) == []
+            converter = data_converter(stack.settings)
+            assert await replay_failures(client, converter, roster, tmp_path) == []
         finally:
             await pool.close()

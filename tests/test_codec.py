@@ -8,6 +8,7 @@ import base64
 import contextlib
 import json
 import os
+import random
 import re
 import urllib.request
 import uuid
@@ -39,7 +40,9 @@ from kaohe.codec import (
 from kaohe.codec_server import CodecServer, codec_token
 from kaohe.devstack import TemporalDevServer, free_port, run_dev
 from kaohe.settings import Settings
+from kaohe.simulate import TokenSource, proposal_for, sheet_for
 from schemas.messages import ActionResult
+from schemas.policy import BallotPolicy
 from tests.conftest import Stack
 from tests.helpers import sample_unit, start_unit
 from worker import WORKFLOWS, sandbox_runner
@@ -219,10 +222,16 @@ async def update(handle: WorkflowHandle, name: str, **payload: Any) -> ActionRes
     return await handle.execute_update(name, payload, result_type=ActionResult)
 
 
-async def unit_with_secrets(client: Client, task_queue: str, marker: str) -> WorkflowHandle:
-    """A unit with the marker in a report's text (report_back) and a talk's content (talks)."""
-    handle = await start_unit(client, task_queue, sample_unit())
+async def unit_with_secrets(
+    client: Client, task_queue: str, marker: str, tokens: TokenSource
+) -> tuple[WorkflowHandle, str]:
+    """A unit with the marker in a report's text (report_back), a ballot sheet (evaluation;
+    its token is returned), a talk's content (talks) and a sealed grade proposal's evaluation
+    (grading)."""
+    unit = sample_unit()
+    handle = await start_unit(client, task_queue, unit)
     dept = actor("department", "department")
+    group = actor("group-leader", "assessment_group")
     await update(handle, "acknowledge_notice", actor=actor("unit-office", "unit"))
     await update(
         handle,
@@ -233,12 +242,22 @@ async def unit_with_secrets(client: Client, task_queue: str, marker: str) -> Wor
         text=f"总结 {marker}",
     )
     await update(handle, "close_stage", actor=dept, stage="report_back", reason="测试")
+    token = (await tokens(handle.id))["A"][0]
+    sheet = sheet_for(token, unit, BallotPolicy(), random.Random(1))
+    result = await update(
+        handle,
+        "record_ballots",
+        actor=actor("ballot-system", "integrator"),
+        batch_id="b1",
+        sheets=[sheet.model_dump(mode="json")],
+    )
+    assert result.accepted, result
     result = await update(handle, "close_stage", actor=dept, stage="evaluation", reason="测试")
     assert result.stage == "talks", result
     result = await update(
         handle,
         "record_talk",
-        actor=actor("group-leader", "assessment_group"),
+        actor=group,
         talk_id="t0",
         interviewer="考核组",
         interviewee_role="中层干部",
@@ -246,26 +265,36 @@ async def unit_with_secrets(client: Client, task_queue: str, marker: str) -> Wor
         content=f"谈话内容 {marker}",
     )
     assert result.accepted, result
-    return handle
+    await update(handle, "close_stage", actor=dept, stage="talks", reason="测试")
+    proposal = proposal_for(unit).model_dump(mode="json")
+    proposal["evaluation"] = f"综合分析研判 {marker}"
+    result = await update(handle, "propose_grades", **{**proposal, "actor": group})
+    assert result.accepted, result
+    return handle, token
 
 
 @pytest.fixture(scope="module")
-async def secret_unit(client: Client, worker: str) -> tuple[WorkflowHandle, str]:
+async def secret_unit(
+    client: Client, worker: str, tokens: TokenSource
+) -> tuple[WorkflowHandle, str, str]:
     marker = f"PLAINTEXT-MARKER-{uuid.uuid4().hex}"
-    return await unit_with_secrets(client, worker, marker), marker
+    handle, token = await unit_with_secrets(client, worker, marker, tokens)
+    return handle, marker, token
 
 
 async def test_history_holds_no_plaintext(
-    stack: Stack, secret_unit: tuple[WorkflowHandle, str]
+    stack: Stack, secret_unit: tuple[WorkflowHandle, str, str]
 ) -> None:
-    handle, marker = secret_unit
+    handle, marker, token = secret_unit
     # A client without the codec sees the history as the server stores it.
     raw_client = await Client.connect(stack.temporal.address)
     history = await raw_client.get_workflow_handle(handle.id).fetch_history()
     raw = b"".join(event.SerializeToString() for event in history.events)
     raw += history.to_json().encode()
-    assert marker.encode() not in raw
+    assert marker.encode() not in raw and token.encode() not in raw
     assert "谈话内容".encode() not in raw and "总结".encode() not in raw
+    # Nor a grade of the sealed proposal, nor a ballot's option.
+    assert "称职".encode() not in raw and "较好".encode() not in raw
 
     found = [(where, p) for event in history.events for where, p in payloads_in(event)]
     assert found
@@ -280,8 +309,8 @@ async def test_history_holds_no_plaintext(
     codec = codec_from_settings(stack.settings)
     assert codec is not None
     decoded = b"".join(p.data for p in await codec.decode([p for _, p in found]))
-    assert decoded.count(marker.encode()) >= 2
-    assert f"谈话内容 {marker}".encode() in decoded
+    assert decoded.count(marker.encode()) >= 3
+    assert f"谈话内容 {marker}".encode() in decoded and token.encode() in decoded
 
 
 async def test_http_api_integrator_sends_plain_json(
@@ -357,9 +386,9 @@ async def encrypted_history_payloads(stack: Stack, handle: WorkflowHandle) -> li
 
 
 async def test_codec_server_decodes_with_the_token(
-    stack: Stack, secret_unit: tuple[WorkflowHandle, str]
+    stack: Stack, secret_unit: tuple[WorkflowHandle, str, str]
 ) -> None:
-    handle, marker = secret_unit
+    handle, marker, _ = secret_unit
     payloads = await encrypted_history_payloads(stack, handle)
     bearer = {"Authorization": f"Bearer {codec_token(stack.settings)}"}
     async with codec_server(stack) as (server, session):
@@ -398,9 +427,9 @@ async def test_codec_server_decodes_with_the_token(
 
 
 async def test_codec_server_refuses_without_a_valid_token(
-    stack: Stack, secret_unit: tuple[WorkflowHandle, str]
+    stack: Stack, secret_unit: tuple[WorkflowHandle, str, str]
 ) -> None:
-    handle, _ = secret_unit
+    handle, _, _ = secret_unit
     body = {"payloads": (await encrypted_history_payloads(stack, handle))[:1]}
     async with codec_server(stack) as (server, session):
         for headers in (
@@ -419,9 +448,9 @@ async def test_codec_server_refuses_without_a_valid_token(
 
 
 async def test_codec_server_cors_and_the_dev_ui(
-    stack: Stack, secret_unit: tuple[WorkflowHandle, str]
+    stack: Stack, secret_unit: tuple[WorkflowHandle, str, str]
 ) -> None:
-    handle, marker = secret_unit
+    handle, marker, _ = secret_unit
     body = {"payloads": await encrypted_history_payloads(stack, handle)}
     preflight = {
         "Origin": UI_ORIGIN,
