@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
-from itertools import chain
+from itertools import chain, repeat
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,7 @@ from activities.storage import _audit
 from kaohe.ballot_csv import (
     BallotCsvReader,
     MarksDigest,
+    NotStandard,
     Problem,
     locate,
     parse_ballot_csv,
@@ -341,7 +342,42 @@ def _sheet_records(
     out.checksum = digest.hexdigest()
 
 
-async def _stream_into_batch(
+def _standard_records(
+    reader: BallotCsvReader,
+    path: Path,
+    workflow_id: str,
+    batch_id: str,
+    usable: dict[bytes, str],
+    out: _Stream,
+    on_bytes: Callable[[int], None] | None,
+) -> Iterator[Iterator[tuple[Any, ...]]]:
+    """`_sheet_records` for a file in the standard layout (`read_standard`): each sheet's
+    rows zipped from its columns. A token that is not usable raises NotStandard, so that the
+    full read names the sheet's line."""
+    digest = MarksDigest()
+    size = len(reader.heads)
+    ballots = reader.sheet_ballots
+    layout = (reader.kinds, reader.targets, reader.items)
+    for n, sheet in enumerate(reader.read_standard(path, on_bytes)):
+        h = token_hash(sheet.token)
+        group = usable.get(h)
+        if group is None:
+            raise NotStandard
+        out.labels.append(sheet.label)
+        out.hashes.append(h)
+        out.groups.append(group)
+        digest.add_standard(reader.heads, sheet.options)
+        out.ballots += ballots
+        out.rows += size
+        # zip ends with the layout's columns.
+        yield zip(
+            repeat(workflow_id), repeat(batch_id), repeat(n), repeat(group), *layout, sheet.options
+        )
+    out.lines = [0] * len(out.labels)
+    out.checksum = digest.hexdigest()
+
+
+async def _store_batch(
     conn: asyncpg.Connection,
     ref: UnitRef,
     batch_id: str,
@@ -349,9 +385,34 @@ async def _stream_into_batch(
     path: Path,
     on_bytes: Callable[[int], None] | None,
 ) -> tuple[BallotBatchReceipt, int]:
+    """The standard layout's column-wise read first, in a savepoint; a file it cannot vouch
+    for (another layout, or any problem) is stored again with the full read, which gives
+    every problem its line."""
+    if reader.fast_path:
+        try:
+            async with conn.transaction():  # a savepoint inside the caller's transaction
+                return await _stream_into_batch(
+                    conn, ref, batch_id, reader, path, on_bytes, standard=True
+                )
+        except (NotStandard, BallotImportError):
+            pass
+    return await _stream_into_batch(conn, ref, batch_id, reader, path, on_bytes, standard=False)
+
+
+async def _stream_into_batch(
+    conn: asyncpg.Connection,
+    ref: UnitRef,
+    batch_id: str,
+    reader: BallotCsvReader,
+    path: Path,
+    on_bytes: Callable[[int], None] | None,
+    *,
+    standard: bool,
+) -> tuple[BallotBatchReceipt, int]:
     """Inside the caller's transaction: the batch row, the marks COPYed while the file is
-    read and checked, the tokens used and the planned counts checked (as save_ballot_sheets
-    does, with the same functions); raises BallotImportError and leaves nothing otherwise."""
+    read and checked (by `read_standard` if `standard`, else by `read`), the tokens used and
+    the planned counts checked (as save_ballot_sheets does, with the same functions); raises
+    BallotImportError (or NotStandard) and leaves nothing otherwise."""
     wf = ref.workflow_id
     try:
         planned = await lock_rater_groups(conn, wf)
@@ -370,7 +431,8 @@ async def _stream_into_batch(
             [Problem(0, f"batch_id: batch {batch_id!r} was stored meanwhile; import it again")]
         )
     out = _Stream()
-    records = chain.from_iterable(_sheet_records(reader, path, wf, batch_id, usable, out, on_bytes))
+    sheets = _standard_records if standard else _sheet_records
+    records = chain.from_iterable(sheets(reader, path, wf, batch_id, usable, out, on_bytes))
     await conn.copy_records_to_table("ballot_marks", records=records, columns=MARK_COLUMNS)
     problems = list(reader.problems)
     if out.unknown:
@@ -494,9 +556,7 @@ async def import_ballots(
                     [Problem(0, f"the unit is in stage {stage}; ballots are taken in evaluation")]
                 )
             async with conn.transaction():
-                receipt, rows = await _stream_into_batch(
-                    conn, ref, batch_id, reader, path, on_bytes
-                )
+                receipt, rows = await _store_batch(conn, ref, batch_id, reader, path, on_bytes)
     phases.done("store")
 
     key = f"import-{batch_id}"

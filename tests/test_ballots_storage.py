@@ -26,6 +26,7 @@ from activities.storage import StorageActivities
 from kaohe.ballot_csv import (
     BallotCsvReader,
     MarksDigest,
+    NotStandard,
     ReadSheet,
     parse_ballot_csv,
     write_ballot_csv,
@@ -432,6 +433,29 @@ async def test_import_with_a_bad_csv_names_lines_and_stores_nothing(
         == 1
     )
 
+    # A problem on the last sheet only: the column-wise read has streamed every other sheet
+    # into COPY by then; the full read names the line, and nothing of the file is kept.
+    rest = rows_of(good)[per_sheet + 1 :]
+    rest[-1][5] = "极好"
+    last = write_rows(tmp_path / "last.csv", [rows_of(good)[0], *rest])
+    with pytest.raises(BallotImportError) as info:
+        await import_ballots(client, pool, last, campaign, unit.unit_id)
+    assert [p.line for p in info.value.problems] == [len(rest) + 1]
+    assert await fetchval(pool, "SELECT count(*) FROM ballot_batches WHERE workflow_id=$1", wf) == 1
+    marks = await fetchval(pool, "SELECT count(*) FROM ballot_marks WHERE workflow_id=$1", wf)
+    assert marks == per_sheet
+    rest[-1][5] = rows_of(good)[-1][5]
+    fixed = await import_ballots(
+        client,
+        pool,
+        write_rows(tmp_path / "last.csv", [rows_of(good)[0], *rest]),
+        campaign,
+        unit.unit_id,
+    )
+    assert fixed.sheets == len(sheets) - 1 and fixed.rows == len(rest)
+    marks = await fetchval(pool, "SELECT count(*) FROM ballot_marks WHERE workflow_id=$1", wf)
+    assert marks == per_sheet * len(sheets)
+
 
 async def test_import_twice_is_idempotent(
     client: Client, worker: str, pool: asyncpg.Pool, tokens: TokenSource, tmp_path: Path
@@ -570,6 +594,18 @@ def test_the_csv_reader_agrees_with_batch_problems_and_marks_checksum(tmp_path: 
         digest.add(sheet.rows)
     assert digest.hexdigest() == marks_checksum(marks_of(full))
     assert parse_ballot_csv(path, unit, POLICY).checksum == digest.hexdigest()
+
+    # The import's column-wise read: the same sheets until sheet 3, where it gives up.
+    standard = []
+    with pytest.raises(NotStandard):
+        for sheet in BallotCsvReader(unit, POLICY).read_standard(path):
+            standard.append(sheet)
+    assert [s.label for s in standard] == ["s0", "s1", "s2"]
+    assert [list(s.options) for s in standard] == [[r[5] for r in s.rows] for s in full[:3]]
+    standard_digest = MarksDigest()
+    for sheet in standard:
+        standard_digest.add_standard(reader.heads, sheet.options)
+    assert standard_digest.hexdigest() == marks_checksum(marks_of(full)[:3])
 
     # Every option outside the policy is caught on either path, at its line.
     for n in range(2, len(rows) + 1):
