@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import asyncpg
 import typer
 from pydantic import TypeAdapter, ValidationError
+from rich.progress import Progress
 from rich.table import Table
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
@@ -26,7 +27,8 @@ from kaohe.cli_calibration import calibration_app
 from kaohe.cli_common import console, err_console, fail, parse_actor, run
 from kaohe.cli_report import report
 from kaohe.client import connect
-from kaohe.roster_io import RosterError, load_policy, load_roster
+from kaohe.roster_io import RosterError, is_table_roster, load_policy, load_roster
+from kaohe.roster_tables import count_rows, write_roster_tables
 from kaohe.settings import get_settings
 from schemas import search_attributes as sa
 from schemas.common import Stage
@@ -52,6 +54,10 @@ app.add_typer(ballots_app, name="ballots")
 app.add_typer(calibration_app, name="calibration")
 audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
+roster_app = typer.Typer(
+    help="Rosters as YAML, XLSX or a folder of CSV sheets.", no_args_is_help=True
+)
+app.add_typer(roster_app, name="roster")
 app.command()(report)
 
 SAMPLE_ROSTER = "samples/demo-roster.yaml"
@@ -130,8 +136,13 @@ def _report_and_exit(err: RosterError) -> typer.Exit:
 
 
 def _load_or_exit(path: Path) -> Roster:
+    """The roster, with a progress bar while a workbook or CSV folder is read."""
     try:
-        return load_roster(path)
+        if not is_table_roster(path):
+            return load_roster(path)
+        with Progress(console=err_console, transient=True) as progress:
+            task = progress.add_task(f"reading {path.name}", total=count_rows(path))
+            return load_roster(path, lambda n: progress.update(task, completed=n))
     except RosterError as err:
         raise _report_and_exit(err) from err
 
@@ -167,7 +178,7 @@ async def start_campaign(
 
 @app.command()
 def start(
-    roster_file: Annotated[Path, typer.Argument(help="Roster YAML.")],
+    roster_file: Annotated[Path, typer.Argument(help="Roster: YAML, .xlsx or a CSV folder.")],
     policy_file: Annotated[
         Path | None, typer.Option("--policy", help="Policy YAML; default: kaohe's for the year.")
     ] = None,
@@ -187,10 +198,28 @@ def start(
 
 @app.command()
 def validate(roster_file: Path) -> None:
-    """Validate a roster without starting anything."""
+    """Validate a roster (YAML, .xlsx or a CSV folder) without starting anything; every
+    problem is listed with its place (path, or sheet, row and column)."""
     roster = _load_or_exit(roster_file)
     cadres = sum(len(u.cadres) for u in roster.units)
     console.print(f"[green]ok[/]: {len(roster.units)} units, {cadres} cadres")
+
+
+@roster_app.command("convert")
+def roster_convert(
+    source: Annotated[Path, typer.Argument(help="Roster: YAML, .xlsx or a CSV folder.")],
+    target: Annotated[Path, typer.Argument(help="Where: .xlsx, .yaml, or a folder for CSV.")],
+) -> None:
+    """Write a roster in another form (e.g. the demo's YAML as a workbook to fill in)."""
+    roster = _load_or_exit(source)
+    if target.suffix.lower() in (".yaml", ".yml"):
+        import yaml
+
+        data = roster.model_dump(mode="json", exclude_defaults=True)
+        target.write_text(yaml.safe_dump(data, allow_unicode=True, sort_keys=False), "utf-8")
+    else:
+        write_roster_tables(roster, target)
+    console.print(f"wrote {target} ({len(roster.units)} units)")
 
 
 @app.command()

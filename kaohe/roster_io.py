@@ -9,6 +9,7 @@ from typing import TypeVar
 import yaml
 from pydantic import ValidationError
 
+from kaohe.roster_tables import TABLE_SUFFIXES, Progress, RosterTableError, load_roster_tables
 from schemas.common import Model
 from schemas.errors import error_lines
 from schemas.policy import Policy
@@ -35,8 +36,18 @@ def _load(path: Path, model: type[M]) -> M:
         raise RosterError(str(path), error_lines(err)) from err
 
 
-def load_roster(path: Path) -> Roster:
-    """Parses and validates a YAML roster; raises RosterError listing every problem."""
+def is_table_roster(path: Path) -> bool:
+    return path.is_dir() or path.suffix.lower() in TABLE_SUFFIXES
+
+
+def load_roster(path: Path, on_rows: Progress | None = None) -> Roster:
+    """Parses and validates a roster: YAML, an XLSX workbook or a folder of CSV sheets
+    (kaohe/roster_tables.py); raises RosterError listing every problem with its place."""
+    if is_table_roster(path):
+        try:
+            return load_roster_tables(path, on_rows)
+        except RosterTableError as err:
+            raise RosterError(err.source, [str(p) for p in err.problems]) from err
     return _load(path, Roster)
 
 
