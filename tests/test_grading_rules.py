@@ -5,12 +5,14 @@ from __future__ import annotations
 import datetime as dt
 from fractions import Fraction
 
-from schemas.common import AccountabilityLevel
+from schemas.common import AccountabilityLevel, CadreGrade, TeamGrade
 from schemas.policy import GradingPolicy
 from schemas.roster import Accountability
+from schemas.status import Flag
 from tests.helpers import sample_unit
 from workflows.rules import (
     accountability_bar,
+    derive_follow_ups,
     excellent_quota,
     leave_bar,
     proposal_violations,
@@ -121,3 +123,45 @@ def test_suggested_grade_bands_are_weighted_by_group() -> None:
     exactly_90 = {"A": {"优秀": 1, "称职": 1}}  # mean 90: the band's minimum is inclusive
     assert suggested_grade(exactly_90, weights, POLICY) == ("优秀", 90)
     assert suggested_grade({}, weights, POLICY) is None
+
+
+def test_final_grades_map_to_their_follow_ups_once_with_owner_and_due_date() -> None:
+    """DOMAIN.md 结果运用, the policy's defaults: every grade's and flag's actions, each once."""
+    unit = sample_unit(cadres=5)
+    ids = [c.cadre_id for c in unit.cadres]
+    grades = dict(zip(ids, ["优秀", "称职", "基本称职", "不称职", "不确定等次"], strict=True))
+    flag = Flag(code="selection_review", target_kind="new_cadre", target_id=ids[3], message="x")
+    today = dt.date(2026, 12, 20)
+    out = derive_follow_ups(
+        unit,
+        TeamGrade.AVERAGE,
+        {k: CadreGrade(v) for k, v in grades.items()},
+        today,
+        previous_grades={ids[2]: "基本称职"},
+        flags=[flag],
+    )
+    kinds = {(f.cadre_id, f.kind.value) for f in out}
+    feedback = {(c, "feedback") for c in [None, *ids]}
+    assert kinds == feedback | {
+        (None, "rectification"),  # team 一般
+        (ids[0], "incentive"),
+        (ids[0], "candidate_pool"),
+        (ids[2], "admonishing_talk"),
+        (ids[2], "training"),
+        (ids[2], "adjustment"),  # 基本称职 last year too
+        (ids[3], "removal_proposal"),
+        (ids[3], "accountability"),
+        (ids[3], "selection_review"),
+    }
+    assert len(out) == len({f.follow_up_id for f in out}) == len(kinds)
+    by_id = {f.follow_up_id: f for f in out}
+    assert by_id["rectification-team"].owner == (unit.contact or unit.unit_id)
+    assert by_id[f"feedback-{ids[1]}"].owner == ids[1]  # the cadre signs for it
+    assert by_id[f"removal_proposal-{ids[3]}"].owner == "department"
+    assert {f.due_date for f in out} == {today + dt.timedelta(days=30)}
+    # A good team calls for no rectification; the same grades again, the same ids.
+    again = derive_follow_ups(
+        unit, TeamGrade.GOOD, {k: CadreGrade(v) for k, v in grades.items()}, today, {}
+    )
+    assert "rectification-team" not in {f.follow_up_id for f in again}
+    assert {f.follow_up_id for f in again} < set(by_id)
