@@ -234,10 +234,11 @@ async def test_cross_unit_calibration_holds_what_breaks_the_pooled_quota(
     await h1.execute_update(UnitAssessment.propose_grades, proposing(u1, "p1", 1))
     held = await calibration_of(h1, "held")
     assert held.grading.calibration is not None
-    assert "1 优秀 proposed, 1 already cleared, pooled quota 1 (6 graded cadres" in (
-        held.grading.calibration.reason
-    )
-    assert held.grading.cadre_grades is None  # still sealed
+    reason = held.grading.calibration.reason
+    assert "beyond its pooled quota of 1 优秀 (6 graded cadres × 1/5, rounded down)" in reason
+    # Still sealed: no grade, and no count of this unit's (or another's) 优秀 in the reason.
+    assert held.grading.cadre_grades is None
+    assert not any(word in reason for word in ("proposed", "cleared", "taken"))
     with pytest.raises(WorkflowUpdateFailedError) as info:
         await h1.execute_update(UnitAssessment.approve_grades, approval("a1"))
     assert "is on hold by cross-unit calibration" in str(info.value.cause)

@@ -207,13 +207,14 @@ class AssessmentCampaign:
         graded, quota = self._quota(category)
         reserved = self._reserved(category, but=request.unit_id)
         ratio = self._input.policy.grading.ratio_for(category)
+        # The reason goes to the unit's status and details, where the proposal is sealed:
+        # it names the pool, never how many 优秀 this or another unit proposed (the
+        # department reads those from the calibration query).
+        pool = f"pooled quota of {quota} 优秀 ({graded} graded cadres × {ratio}, rounded down)"
         if reserved + n <= quota:
-            reason = f"category {category}: {reserved + n} of its {quota} 优秀 taken"
+            reason = f"category {category}: within its {pool}"
             return CalibrationEntry(request=request, state="cleared", reason=reason)
-        reason = (
-            f"category {category}: {n} 优秀 proposed, {reserved} already cleared, pooled quota "
-            f"{quota} ({graded} graded cadres × {ratio}, rounded down)"
-        )
+        reason = f"category {category}: beyond its {pool}; the department decides"
         return CalibrationEntry(request=request, state="held", reason=reason)
 
     async def _clear_held_that_fit(self, category: str) -> None:
