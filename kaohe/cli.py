@@ -112,6 +112,20 @@ def worker() -> None:
         pass
 
 
+@app.command("codec-server")
+def codec_server(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int | None, typer.Option(help="Port; default KAOHE_CODEC_PORT.")] = None,
+) -> None:
+    """Serve /encode and /decode for a Temporal UI or CLI (every request needs the token)."""
+    from kaohe.codec_server import run_codec_server
+
+    try:
+        run(run_codec_server(get_settings(), host, port))
+    except KeyboardInterrupt:
+        pass
+
+
 @app.command()
 def migrate() -> None:
     """Apply the database migrations not yet applied (idempotent)."""

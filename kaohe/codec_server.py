@@ -6,27 +6,19 @@ Protocol (Temporal's remote codec, as in samples-python ``encryption/codec_serve
 JSON of ``temporal.api.common.v1.Payloads``) answer the same shape. Only the last path
 segment counts, and the UI's ``?preserveStorageRefs=true`` query is ignored.
 
-Authentication. A request needs ``Authorization: Bearer <token>`` with the token from
-``KAOHE_CODEC_TOKEN``, or else from ``<data_dir>/codec.token`` (created on first use, mode
-0600). The temporal CLI sends it with ``--codec-auth "Bearer $(cat .kaohe/codec.token)"``.
+Authentication: every request needs the token, from ``KAOHE_CODEC_TOKEN`` or else from
+``<data_dir>/codec.token`` (created on first use, mode 0600), in one of two places:
 
-The Temporal UI cannot send that token. It sends ``Content-Type`` and ``X-Namespace`` only;
-its "Pass the user access token" option adds ``Authorization: Bearer <the user's OIDC access
-token>`` and only to an https endpoint (otherwise it fails the request without sending it),
-and "Include cross-origin credentials" adds cookies. The dev server's UI has no login, so it
-has no access token, and ``temporal server start-dev --ui-codec-endpoint`` sets neither
-option (its /api/v1/settings shows passAccessToken and includeCredentials false). So:
+* ``Authorization: Bearer <token>``: the temporal CLI (``--codec-auth "Bearer $(cat
+  .kaohe/codec.token)"``), integrators and scripts;
+* the path, ``/t/<token>/decode``: for the Temporal UI, which cannot send a header of its own
+  (it sends ``Content-Type`` and ``X-Namespace``; its "pass the user access token" option
+  sends an OIDC token, and only to https). ``kaohe dev`` gives the dev server
+  ``--ui-codec-endpoint http://127.0.0.1:8234/t/<token>``; whoever can read that setting can
+  open the UI, which shows the decoded payloads anyway. For a deployed UI with OIDC, put an
+  authenticating proxy in front (https, passAccessToken) and give it the token.
 
-* while the server listens on loopback and ``KAOHE_CODEC_ALLOW_UI_ORIGIN`` is true (the
-  default), a request whose ``Origin`` is the dev UI's (``http://127.0.0.1:<ui port>`` or
-  ``http://localhost:<ui port>``) is served without a token. A browser sets Origin itself,
-  so no other web page can pass as the UI; a local program can send any Origin, which is
-  why this holds only on loopback, where the dev server's own UI and HTTP API are open to
-  local programs anyway. Encryption still keeps payloads out of the history database,
-  its backups and exported histories.
-* on any other address the token is always required. For a deployed UI with OIDC, put an
-  authenticating proxy in front (https, passAccessToken) and give it the token, or set
-  ``KAOHE_CODEC_ALLOW_UI_ORIGIN=false`` to require the token everywhere.
+A request without a valid token is refused with 401, whatever its origin or address.
 
 CORS: preflight ``OPTIONS`` is answered without authentication for the dev UI's origins and
 ``KAOHE_CODEC_CORS_ORIGINS``; responses carry ``Access-Control-Allow-Origin`` for those
@@ -39,7 +31,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import json
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
@@ -71,27 +62,14 @@ def codec_token(settings: Settings) -> str:
     return path.read_text().strip()
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
-
-
 def build_app(
-    codec: EncryptionCodec | None,
-    token: str,
-    *,
-    cors_origins: Sequence[str],
-    tokenless_origins: Sequence[str] = (),
+    codec: EncryptionCodec | None, token: str, *, cors_origins: Sequence[str]
 ) -> web.Application:
-    """The aiohttp app. `tokenless_origins` may call without a token (see the module doc);
-    `cors_origins` get CORS headers. A None codec passes payloads through both ways."""
-    cors = frozenset(cors_origins) | frozenset(tokenless_origins)
-    tokenless = frozenset(tokenless_origins)
+    """The aiohttp app; `cors_origins` get CORS headers. A None codec passes payloads
+    through both ways."""
+    cors = frozenset(cors_origins)
     expected = f"Bearer {token}".encode()
+    expected_path = token.encode()
 
     async def passthrough(payloads: Sequence[Payload]) -> list[Payload]:
         return list(payloads)
@@ -123,7 +101,13 @@ def build_app(
         given = request.headers.get(hdrs.AUTHORIZATION, "").encode()
         if given and hmac.compare_digest(given, expected):
             return True
-        return request.headers.get(hdrs.ORIGIN) in tokenless
+        # .../t/<token>/<operation>: the UI's endpoint carries the token in its path.
+        parts = request.path.rstrip("/").split("/")
+        return (
+            len(parts) >= 3
+            and parts[-3] == "t"
+            and hmac.compare_digest(parts[-2].encode(), expected_path)
+        )
 
     def error(request: web.Request, status: int, message: str, **headers: str) -> web.Response:
         return web.json_response(
@@ -149,7 +133,8 @@ def build_app(
             return error(
                 request,
                 401,
-                "a valid Authorization: Bearer token is required",
+                "a valid token is required: Authorization: Bearer <token>, or .../t/<token>/"
+                f"{operation}",
                 **{hdrs.WWW_AUTHENTICATE: 'Bearer realm="kaohe-codec"'},
             )
         try:
@@ -181,8 +166,6 @@ class CodecServer:
         self.settings = settings
         self.host = host
         self.port = settings.codec_port if port is None else port
-        self.loopback = is_loopback(host)
-        self.tokenless = settings.codec_allow_ui_origin and self.loopback
         self.token_file = (
             None if settings.codec_token is not None else settings.data_dir / TOKEN_FILE_NAME
         )
@@ -193,6 +176,11 @@ class CodecServer:
         host = f"[{self.host}]" if ":" in self.host else self.host
         return f"http://{host}:{self.port}"
 
+    @property
+    def ui_endpoint(self) -> str:
+        """The endpoint to give the Temporal UI: the token in the path (see the module doc)."""
+        return f"{self.url}/t/{codec_token(self.settings)}"
+
     async def start(self) -> str:
         """Listens (raises OSError if the port is taken); returns the URL."""
         settings = self.settings
@@ -201,7 +189,6 @@ class CodecServer:
             codec_from_settings(settings),
             codec_token(settings),
             cors_origins=[*ui_origins, *settings.codec_cors_origins],
-            tokenless_origins=ui_origins if self.tokenless else (),
         )
         runner = web.AppRunner(app, access_log=None, handle_signals=False)
         await runner.setup()
@@ -211,15 +198,9 @@ class CodecServer:
             await runner.cleanup()
             raise
         self._runner = runner
-        if settings.codec_allow_ui_origin and not self.loopback:
-            log.warning(
-                "codec server is not on loopback: the UI origin needs the token too",
-                host=self.host,
-            )
         log.info(
             "codec server started",
             url=self.url,
-            ui_origins_without_token=self.tokenless,
             token_file=str(self.token_file) if self.token_file else "KAOHE_CODEC_TOKEN",
         )
         return self.url

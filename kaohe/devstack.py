@@ -631,7 +631,7 @@ async def run_dev(
             ui_port=settings.temporal_ui_port,
             http_port=settings.temporal_http_port,
             namespace=settings.temporal_namespace,
-            ui_codec_endpoint=codec_server.url if codec_server is not None else None,
+            ui_codec_endpoint=codec_server.ui_endpoint if codec_server is not None else None,
         )
         await temporal.start()
 

@@ -55,8 +55,6 @@ class Settings(BaseSettings):
     codec_port: int = 8234
     # Bearer token for /encode and /decode; unset means a token file in data_dir.
     codec_token: SecretStr | None = None
-    # Let the UI's own origin in without a token, only while the server is on loopback.
-    codec_allow_ui_origin: bool = True
     # Further browser origins allowed by CORS (e.g. a deployed UI), besides the dev UI's.
     codec_cors_origins: list[str] = Field(default_factory=list)
 

@@ -472,25 +472,26 @@ async def test_codec_server_cors_and_the_dev_ui(
         async with session.options(f"{server.url}/decode", headers=headers) as r:
             assert r.status == 403 and "Access-Control-Allow-Origin" not in r.headers
 
-        # What the dev UI sends (no Authorization): served on loopback.
+        # What the dev UI sends: no Authorization, the token in the endpoint's path.
         ui = {"Origin": UI_ORIGIN, "X-Namespace": "default"}
-        async with session.post(f"{server.url}/decode", json=body, headers=ui) as r:
+        async with session.post(f"{server.ui_endpoint}/decode", json=body, headers=ui) as r:
             assert r.status == 200
             assert r.headers["Access-Control-Allow-Origin"] == UI_ORIGIN
             decoded = (await r.json())["payloads"]
         assert marker.encode() in b"".join(base64.b64decode(p.get("data", "")) for p in decoded)
 
-    # Turned off, the UI's origin needs the token like everyone else (CORS still answers).
-    async with codec_server(stack, codec_allow_ui_origin=False) as (server, session):
-        async with session.options(f"{server.url}/decode", headers=preflight) as r:
-            assert r.status == 204
-        async with session.post(f"{server.url}/decode", json=body, headers=ui) as r:
-            assert r.status == 401
-            assert r.headers["Access-Control-Allow-Origin"] == UI_ORIGIN  # the UI sees why
-
-    # Off loopback the origin never stands in for the token.
-    assert CodecServer(stack.settings, "0.0.0.0").tokenless is False
-    assert CodecServer(stack.settings, "::1").tokenless is True
+        # The UI's origin is no token: without one (or with a wrong one) it is refused,
+        # with the CORS headers so the UI can show why.
+        for url in (
+            f"{server.url}/decode",
+            f"{server.url}/t/wrong/decode",
+            f"{server.url}/t//decode",
+            f"{server.ui_endpoint}x/decode",
+            f"{server.url}/x/{codec_token(stack.settings)}/decode",
+        ):
+            async with session.post(url, json=body, headers=ui) as r:
+                assert r.status == 401, url
+                assert r.headers["Access-Control-Allow-Origin"] == UI_ORIGIN
 
 
 async def test_codec_token_from_settings_or_file(tmp_path: Path) -> None:
@@ -539,19 +540,21 @@ async def test_run_dev_serves_the_codec_to_the_ui(tmp_path: Path) -> None:
         async with aiohttp.ClientSession() as session:
             original = {"metadata": {"encoding": b64(b"json/plain")}, "data": b64(b'"x"')}
             headers = {"Origin": ui_url, "X-Namespace": "default"}
-            async with session.post(
-                f"{codec_url}/encode", json={"payloads": [original]}, headers=headers
-            ) as r:
-                checked["encode"] = r.status
+            endpoint = checked["ui"]["Codec"]["Endpoint"]
+            for url in (f"{endpoint}/encode", f"{codec_url}/encode"):
+                async with session.post(url, json={"payloads": [original]}, headers=headers) as r:
+                    checked[url] = r.status
         raise Checked  # run_dev re-raises the worker's error after stopping everything
 
     with pytest.raises(Checked):
         await asyncio.wait_for(run_dev(settings, with_worker=worker), 120)
-    assert checked["ui"]["Codec"]["Endpoint"] == codec_url
+    endpoint = checked["ui"]["Codec"]["Endpoint"]
+    assert endpoint == f"{codec_url}/t/{codec_token(settings)}"
     # What the dev UI will do with it: no access token, no credentials (see codec_server).
     assert checked["ui"]["Codec"]["PassAccessToken"] is False
     assert checked["ui"]["Auth"]["Enabled"] is False
-    assert checked["encode"] == 200
+    assert checked[f"{endpoint}/encode"] == 200
+    assert checked[f"{codec_url}/encode"] == 401  # the UI's origin alone is no token
     with pytest.raises(OSError):
         _, writer = await asyncio.open_connection("127.0.0.1", settings.codec_port)
         writer.close()
