@@ -31,6 +31,17 @@ async def test_verify_finds_edited_and_deleted_rows(
     )
     ok = await akaohe(stack, "audit", "verify", "--campaign", campaign)
     assert ok.returncode == 0 and "audit log intact" in ok.stdout, ok.stderr
+    # Each action's row names who did it, and in which role.
+    async with pool.acquire() as conn:
+        actors = {
+            (r["kind"], r["actor_id"], r["actor_role"])
+            for r in await conn.fetch(
+                "SELECT kind, actor_id, actor_role FROM audit_log WHERE workflow_id = $1",
+                handles[0].id,
+            )
+        }
+    assert ("report_submitted", "unit-office", "unit") in actors
+    assert ("ballots_recorded", "ballot-system", "integrator") in actors
 
     target = handles[0].id
     async with pool.acquire() as conn, conn.transaction():
@@ -42,9 +53,16 @@ async def test_verify_finds_edited_and_deleted_rows(
             target,
         )
         await conn.execute("DELETE FROM audit_log WHERE workflow_id = $1 AND chain_seq = 4", target)
+        forged = await conn.fetchval(
+            "INSERT INTO audit_log (workflow_id, campaign_id, unit_id, event_key, kind, stage) "
+            "SELECT workflow_id, campaign_id, unit_id, 'forged', 'grades_approved', stage "
+            "FROM audit_log WHERE workflow_id = $1 LIMIT 1 RETURNING id",
+            target,
+        )
     bad = await akaohe(stack, "audit", "verify", "--campaign", campaign)
     assert bad.returncode == 1
     out = " ".join(bad.stderr.split())
     assert f"{target} #2 ({edited['event_key']}" in out and "hash mismatch" in out
     assert f"{target}: row(s) #4 deleted before {target} #5" in out
+    assert f"{target} (forged, id {forged}): written outside the hash chain" in out
     assert handles[1].id not in out  # the other unit's chain is intact
