@@ -302,8 +302,13 @@ async def persist(call: Callable[[], Awaitable[T]], seconds: float = 120.0) -> T
             delay = min(delay * 2, 2.0)
 
 
+# A query in flight while the server restarts can be lost without an answer (the server logs
+# "query does not exist"): without a deadline the caller would wait forever.
+QUERY_TIMEOUT = dt.timedelta(seconds=10)
+
+
 async def status_of(handle: WorkflowHandle) -> UnitStatus:
-    return await persist(lambda: handle.query(UnitAssessment.status))
+    return await persist(lambda: handle.query(UnitAssessment.status, rpc_timeout=QUERY_TIMEOUT))
 
 
 async def wait_for_status(
