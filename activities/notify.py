@@ -4,11 +4,16 @@ that was recorded as sent. A delivery that keeps failing is dead-lettered after 
 attempts (an audit row says so) and the workflow goes on.
 
 Sending happens outside any transaction (a webhook may take seconds); what was sent is
-recorded right after. A crash between the two sends that delivery again on the retry: the
-idempotency key it carries lets the receiver drop the copy.
+recorded right after. A crash between the two sends that delivery again on the retry, the
+same body under the same idempotency key (webhook header, email Message-ID): a receiver that
+keeps the keys it has taken processes it once (tests/test_notify_channels.py kills a worker
+in that window). No sender can do better without the receiver: it cannot know whether a
+request that was cut off arrived.
 """
 
 from __future__ import annotations
+
+import asyncio
 
 import asyncpg
 from temporalio import activity
@@ -18,6 +23,19 @@ from activities.channels import Channels, DeliveryError
 from activities.failpoints import failpoint
 from activities.storage import _audit
 from schemas.workflow_io import Delivery, Notification, NotifyOutcome
+
+HEARTBEAT_SECONDS = 1.0  # the workflow's heartbeat timeout for notify is a few of these
+
+
+async def _heartbeat_every(seconds: float) -> None:
+    while True:
+        activity.heartbeat()
+        await asyncio.sleep(seconds)
+
+
+def _step(n: Notification) -> str:
+    """The step of an idempotency key, without its visit and deadline (for failpoints)."""
+    return n.idempotency_key.rsplit(":", 1)[-1].split("-")[0]
 
 
 def deliveries_of(n: Notification) -> list[Delivery]:
@@ -34,6 +52,15 @@ class NotifyActivities:
     async def notify(self, n: Notification) -> NotifyOutcome:
         """Delivers what of `n` is not delivered yet; raises (to be retried with backoff)
         while a delivery is still short of its maximum attempts."""
+        # Heartbeats while it runs, so that the server hands a dead worker's notification to
+        # another within the heartbeat timeout, not the whole start-to-close timeout.
+        beating = asyncio.create_task(_heartbeat_every(HEARTBEAT_SECONDS))
+        try:
+            return await self._notify(n)
+        finally:
+            beating.cancel()
+
+    async def _notify(self, n: Notification) -> NotifyOutcome:
         deliveries = deliveries_of(n)
         pending = await self._open(n, deliveries)
         if pending is None:
@@ -48,6 +75,8 @@ class NotifyActivities:
                 if not await self._failed(n, d, str(err)):
                     failing.append(f"{d.recipient} via {d.channel}: {err}")
                 continue
+            # e.g. notify:notice:sent:webhook: sent, not yet recorded (the one window left).
+            failpoint(f"notify:{_step(n)}:sent:{d.channel}")
             await self._record(
                 "UPDATE notification_deliveries SET status = 'sent', attempts = attempts + 1, "
                 "sent_at = now() WHERE idempotency_key = $1 AND recipient = $2 AND channel = $3",
@@ -145,7 +174,5 @@ class NotifyActivities:
                 n.idempotency_key,
                 status,
             )
-        # e.g. notify:feedback:committed, notify:level1:committed (the step, without its
-        # visit and deadline).
-        failpoint(f"notify:{n.idempotency_key.rsplit(':', 1)[-1].split('-')[0]}:committed")
+        failpoint(f"notify:{_step(n)}:committed")  # e.g. notify:level1:committed
         return NotifyOutcome(status=status, dead=dead)  # type: ignore[arg-type]

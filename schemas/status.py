@@ -148,6 +148,8 @@ class UnitStatus(Model):
     # Notifications dead-lettered after their maximum attempts: "step: recipient via channel:
     # last error" (the audit table has a row for each).
     dead_letters: list[str] = Field(default_factory=list)
+    # The current stage's deadline steps so far: "reminder 2026-12-01 09:00 → 办公室".
+    deadline_steps: list[str] = Field(default_factory=list)
     acknowledgements: int = 0
     reports: ReportProgress
     evaluation: EvaluationProgress

@@ -64,7 +64,9 @@ async def wait_for_stage(handle: WorkflowHandle, stage: Stage, seconds: float = 
 #   v6: stage deadlines, reminders, escalation, extend/pause/resume (workflow.patched
 #       "stage-deadlines"; deadline_path)
 #   v7: notifications by channel, in the background (workflow.patched "notify-channels")
-VERSION = "v7"
+#   v8: notify as a server-scheduled activity, not a local one (workflow.patched
+#       "notify-activity")
+VERSION = "v8"
 
 
 async def record_paths(

@@ -16,7 +16,7 @@ from schemas.messages import ACTION_MODELS, AcknowledgeNotice, ActionResult
 from tests.helpers import sample_unit, start_unit
 from workflows.unit import UnitAssessment
 
-CASES_PER_ACTION = 110  # x 12 actions: over 1,000 cases
+CASES_PER_ACTION = 110  # x 17 actions: over 1,800 cases
 ACTOR = {"id": "fuzz", "role": "integrator"}
 
 json_leaf = st.one_of(

@@ -10,6 +10,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import asyncpg
 import pytest
@@ -19,6 +20,7 @@ from pydantic import ValidationError
 from temporalio.client import Client
 
 from activities.channels import Channels, signature
+from activities.failpoints import KILLED
 from activities.notify import NotifyActivities
 from activities.storage import StorageActivities
 from kaohe.devstack import free_port
@@ -27,8 +29,10 @@ from schemas.common import Stage
 from schemas.messages import AcknowledgeNotice
 from schemas.roster import Contact, Roster
 from schemas.workflow_io import UnitInput
+from tests.conftest import Stack
 from tests.helpers import TEST_KEY, TEST_POLICY, sample_unit
 from tests.test_campaign import wait_for
+from tests.test_worker_restart import spawn_worker
 from worker import build_worker
 from workflows.unit import UnitAssessment
 
@@ -160,6 +164,8 @@ async def test_a_failing_receiver_is_dead_lettered_and_the_unit_goes_on(
             AcknowledgeNotice(idempotency_key="ack", actor=UNIT_CONTACT),
         )
         assert result.accepted and result.stage == Stage.REPORT_BACK
+        # ... before the webhook has given up: the unit did not wait for it.
+        assert (await handle.query(UnitAssessment.status)).dead_letters == []
         status = await wait_for_status(handle, lambda s: bool(s.dead_letters), 30)
     assert len(receiver.received) == 3
     [dead] = status.dead_letters
@@ -173,6 +179,46 @@ async def test_a_failing_receiver_is_dead_lettered_and_the_unit_goes_on(
             handle.id,
         )
     assert audited == 1
+
+
+async def test_a_worker_killed_between_sending_and_recording_sends_under_the_same_key(
+    stack: Stack, client: Client, pool: asyncpg.Pool, tmp_path: Path
+) -> None:
+    """The one window no outbox closes: the receiver answered, the worker died before the
+    sent row was written. The next worker sends it again, the same body under the same key,
+    so a receiver that keeps the keys it took processes it once; the outbox says sent, once."""
+    receiver = Receiver()
+    task_queue = f"notify-kill-{uuid.uuid4().hex[:8]}"
+    log = tmp_path / "worker.log"
+    env = {"KAOHE_WEBHOOK_SECRET": SECRET.decode()}
+    async with serving(receiver) as url:
+        doomed = spawn_worker(stack, task_queue, log, "notify:notice:sent:webhook", env)
+        _, handle = await start(client, task_queue, {"office": Contact(webhook=url)})
+        assert await asyncio.to_thread(doomed.wait, 60) == KILLED
+        assert len(receiver.received) == 1  # it arrived; the worker died before recording it
+        survivor = spawn_worker(stack, task_queue, log, env=env)
+        try:
+
+            async def recorded() -> bool:
+                return ("office", "webhook", "sent", 1) in await deliveries(pool, handle.id)
+
+            await wait_for(recorded, 30)
+        finally:
+            survivor.terminate()
+            survivor.wait(timeout=30)
+    [(first, body1), (again, body2)] = receiver.received
+    key = f"{handle.id}:notice"
+    assert first["X-Kaohe-Idempotency-Key"] == again["X-Kaohe-Idempotency-Key"] == key
+    assert body1 == body2
+    for headers, body in receiver.received:
+        assert headers["X-Kaohe-Signature"] == "sha256=" + signature(
+            SECRET, headers["X-Kaohe-Timestamp"], body
+        )
+    taken = {h["X-Kaohe-Idempotency-Key"] for h, _ in receiver.received}
+    assert taken == {key}  # what a receiver keeping its keys processes: once
+    rows = await deliveries(pool, handle.id)
+    assert [r for r in rows if r[1] == "webhook"] == [("office", "webhook", "sent", 1)]
+    assert {r[2] for r in rows} == {"sent"}
 
 
 def test_recipients_are_checked_against_the_contacts() -> None:

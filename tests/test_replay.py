@@ -31,9 +31,10 @@ def replayer(converter: DataConverter = pydantic_data_converter) -> Replayer:
 def test_every_stage_path_is_recorded_for_every_version() -> None:
     paths = {"full_path", "closed_early_path", "campaign"}
     names = {p.stem for p in RECORDED}
-    for version in ("v0", "v1", "v2", "v3", "v4", "v5", "v6", VERSION):
+    for version in ("v0", "v1", "v2", "v3", "v4", "v5", "v6", "v7", VERSION):
         assert {f"{version}_{path}" for path in paths} <= names
-    assert {"v5_calibrated_unit", "v6_deadline_path", f"{VERSION}_deadline_path"} <= names
+    assert {"v5_calibrated_unit", "v6_deadline_path", "v7_deadline_path"} <= names
+    assert f"{VERSION}_deadline_path" in names
 
 
 async def test_pre_patch_history_takes_the_old_branch() -> None:
@@ -92,5 +93,6 @@ def test_each_version_took_its_branches() -> None:
     assert "cross-unit-calibration" in patches(HISTORIES / "v5_calibrated_unit.json")
     assert patches(HISTORIES / "v6_full_path.json") == v4 | {"stage-deadlines"}
     v7 = v4 | {"stage-deadlines", "notify-channels"}
-    assert patches(HISTORIES / f"{VERSION}_full_path.json") == v7
+    assert patches(HISTORIES / "v7_full_path.json") == v7
+    assert patches(HISTORIES / f"{VERSION}_full_path.json") == v7 | {"notify-activity"}
     assert "stage-deadlines" not in patches(HISTORIES / "v5_calibrated_unit.json")

@@ -9,6 +9,7 @@ from kaohe.simulate import TokenSource, drive_unit
 from schemas import search_attributes as sa
 from schemas.common import Stage
 from tests.helpers import TEST_KEY, sample_unit, start_unit
+from tests.test_deadlines import current_details
 from workflows.unit import UnitAssessment
 
 
@@ -156,4 +157,11 @@ async def test_status_query_shows_progress_and_seals_grades(
     status = await handle.query(UnitAssessment.status)
     assert status.grading.pending_proposal
     assert status.grading.team_grade is None and status.grading.cadre_grades is None
-    assert (await handle.describe()).typed_search_attributes.get(sa.TEAM_GRADE) is None
+    description = await handle.describe()
+    assert description.typed_search_attributes.get(sa.TEAM_GRADE) is None
+    # Nor the UI: its details say a sealed proposal exists, the memo holds nothing.
+    details = await current_details(handle)
+    assert "proposal awaiting approval (sealed)" in details
+    grades = {"好", "较好", "一般", "较差", "优秀", "称职", "基本称职", "不称职", "不确定等次"}
+    assert not [g for g in grades if g in details]
+    assert not description.raw_description.workflow_execution_info.memo.fields

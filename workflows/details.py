@@ -28,6 +28,8 @@ def unit_details(s: UnitStatus) -> str:
         head += f"\n⏸ paused since {s.paused_since.astimezone(SHANGHAI):%Y-%m-%d %H:%M}"
     elif s.deadline is not None:
         head += f"\nDeadline: {s.deadline.astimezone(SHANGHAI):%Y-%m-%d %H:%M} (Asia/Shanghai)"
+    if s.deadline_steps:
+        head += "\nDeadline steps: " + "; ".join(s.deadline_steps)
     if s.dead_letters:
         head += f"\n✉ {len(s.dead_letters)} notification(s) not delivered (see status)"
     g = s.grading

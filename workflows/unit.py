@@ -106,6 +106,7 @@ ACTIVITY_RETRY = RetryPolicy(
     non_retryable_error_types=["BatchConflict", "BallotRejected"],
 )
 ACTIVITY_TIMEOUT = timedelta(seconds=30)
+NOTIFY_HEARTBEAT_TIMEOUT = timedelta(seconds=5)
 MAX_REJECTIONS_KEPT = 50
 # workflow.patched id: storage moved from activities to local activities.
 LOCAL_STORAGE_PATCH = "local-storage-activities"
@@ -122,6 +123,9 @@ CALIBRATION_PATCH = "cross-unit-calibration"
 DEADLINES_PATCH = "stage-deadlines"
 # workflow.patched id: notifications by the roster's channels, sent in the background (issue 6).
 NOTIFY_CHANNELS_PATCH = "notify-channels"
+# workflow.patched id: notify as a server-scheduled activity. A local activity keeps the
+# workflow task open while it runs and retries, so a failing webhook held up every update.
+NOTIFY_ACTIVITY_PATCH = "notify-activity"
 MAX_PROBLEMS_SHOWN = 20
 
 
@@ -147,6 +151,7 @@ class UnitAssessment:
         self._deadline_visit = 0  # len(self._history) the deadline belongs to
         self._reminded = False
         self._escalation = 0
+        self._deadline_steps: list[str] = []  # the current stage's, for status and details
         self._paused_since: dt.datetime | None = None
         self._dead_letters: list[str] = []  # notifications given up after their attempts
         self._acks = 0
@@ -1187,6 +1192,7 @@ class UnitAssessment:
             self._input.policy.deadlines, self._stage, self._history[-1].entered_at
         )
         self._reminded = False
+        self._deadline_steps = []
         self._set_escalation(0)
         if self._deadline is not None:
             workflow.upsert_search_attributes([sa.DEADLINE.value_set(self._deadline)])
@@ -1213,6 +1219,9 @@ class UnitAssessment:
             subject = f"{stage} 逾期 (督办 {self._escalation} 级)"
             body = f"{self._unit.name}: {stage} 阶段已于 {deadline} 截止, 尚未完成。"
         key = f"{step}-{visit}-{int(self._deadline.timestamp())}"
+        label = "reminder" if step == "reminder" else f"escalation level {self._escalation}"
+        at = workflow.now().astimezone(SHANGHAI).strftime("%Y-%m-%d %H:%M")
+        self._deadline_steps.append(f"{label} {at} → {recipient}")
         await self._notify(key, [recipient], f"{self._input.campaign_title}: {subject}", body)
         await self._audit_clock(
             key,
@@ -1402,9 +1411,21 @@ class UnitAssessment:
             await self._activity("notify", n)  # older units: the log, awaited
             return
         n.deliveries = self._deliveries(recipients)
+        scheduled = workflow.patched(NOTIFY_ACTIVITY_PATCH)
 
         async def send() -> None:
-            outcome: NotifyOutcome = await self._activity("notify", n, result_type=NotifyOutcome)
+            outcome: NotifyOutcome
+            if scheduled:
+                outcome = await workflow.execute_activity(
+                    "notify",
+                    n,
+                    result_type=NotifyOutcome,
+                    start_to_close_timeout=ACTIVITY_TIMEOUT,
+                    heartbeat_timeout=NOTIFY_HEARTBEAT_TIMEOUT,  # a dead worker's, retried soon
+                    retry_policy=ACTIVITY_RETRY,
+                )
+            else:
+                outcome = await self._activity("notify", n, result_type=NotifyOutcome)
             if outcome.dead:
                 self._dead_letters += [f"{step}: {d}" for d in outcome.dead]
                 self._refresh_details()
@@ -1544,6 +1565,7 @@ class UnitAssessment:
             escalation_level=self._escalation,
             paused_since=self._paused_since,
             dead_letters=self._dead_letters,
+            deadline_steps=self._deadline_steps,
         )
 
     def _refresh_details(self) -> None:
