@@ -133,7 +133,9 @@ def marks_checksum(sheets: Iterable[list[Mark]]) -> str:
     a batch without the workflow ever holding the ballots."""
     digest = hashlib.sha256()
     for n, marks in enumerate(sheets):
-        # One update per sheet: the same bytes as one per mark, in a fraction of the calls.
-        prefix = f"{n}{_FIELD}"
-        digest.update("".join(prefix + _FIELD.join(mark) + _ROW for mark in marks).encode())
+        # One update per sheet, joined in C: the same bytes as `prefix + mark + _ROW` per mark.
+        if marks:
+            prefix = f"{n}{_FIELD}"
+            joined = (_ROW + prefix).join(map(_FIELD.join, marks))
+            digest.update(f"{prefix}{joined}{_ROW}".encode())
     return digest.hexdigest()
