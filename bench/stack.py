@@ -38,7 +38,7 @@ from activities.notify import NotifyActivities
 from activities.storage import StorageActivities
 from activities.talk_cipher import TalkCipher
 from kaohe.client import connect
-from kaohe.devstack import EmbeddedPostgres, TemporalDevServer, free_port
+from kaohe.devstack import EmbeddedPostgres, TemporalDevServer, start_private_servers
 from kaohe.settings import Settings
 from schemas.policy import GradingPolicy, Policy
 from worker import build_worker
@@ -129,17 +129,11 @@ async def private_stack(keep: bool = False) -> AsyncIterator[BenchStack]:
     root = Path(tempfile.mkdtemp(prefix="kaohe-bench-"))
     log_path = root / "bench.log"
     restore_logging = _configure_logging(log_path)
-    postgres = EmbeddedPostgres(root / "postgres", free_port())
-    temporal = TemporalDevServer(
-        root / "temporal", port=free_port(), ui_port=free_port(), http_port=free_port(), ui=False
-    )
+    postgres: EmbeddedPostgres | None = None
+    temporal: TemporalDevServer | None = None
     console.print(f"[dim]starting PostgreSQL and Temporal in {root} ...[/]")
     try:
-        # A TaskGroup, so that if one server fails to start the other is cancelled (and killed).
-        async with asyncio.TaskGroup() as tg:
-            pg_started = tg.create_task(postgres.start())
-            tg.create_task(temporal.start())
-        url = pg_started.result()
+        postgres, url, temporal = await start_private_servers(root)
         await apply_migrations(url)
         settings = Settings(
             temporal_address=temporal.address, database_url=url, data_dir=root, task_queue="bench"
@@ -154,9 +148,11 @@ async def private_stack(keep: bool = False) -> AsyncIterator[BenchStack]:
             await pool.close()
     finally:
         try:
-            await temporal.stop()
+            if temporal is not None:
+                await temporal.stop()
         finally:
-            await postgres.stop()
+            if postgres is not None:
+                await postgres.stop()
             restore_logging()
             if keep:
                 console.print(f"[dim]kept the stack's data and logs in {root}[/]")

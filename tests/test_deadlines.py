@@ -73,19 +73,6 @@ async def test_reminder_then_escalation_levels_once_each_and_cleared_by_the_next
         ("escalation", "2"),
     ]
 
-    async def sent() -> list[tuple[list[str], str, int]]:
-        # Notifications go out in the background, as activities: the last may still be on
-        # its way when the status shows level 2.
-        async with pool.acquire() as conn:
-            rows = await conn.fetch(
-                "SELECT recipients, status, attempts FROM notifications WHERE workflow_id = $1 "
-                "AND idempotency_key NOT LIKE '%:notice' AND status <> 'pending' "
-                "ORDER BY created_at",
-                handle.id,
-            )
-        found = [(r["recipients"], r["status"], r["attempts"]) for r in rows]
-        return found if len(found) == 3 else []
-
     # Each step in the status and in the UI's current details.
     assert [step.split(" 20")[0] for step in status.deadline_steps] == [
         "reminder",
@@ -94,10 +81,10 @@ async def test_reminder_then_escalation_levels_once_each_and_cleared_by_the_next
     ]
     assert status.deadline_steps[-1].endswith("→ organization-department")
     assert "escalation level 2" in await current_details(handle)
-    assert await wait_for(sent) == [
-        ([unit.contact or unit.unit_id], "sent", 1),
-        (["assessment-group-leader"], "sent", 1),
-        (["organization-department"], "sent", 1),
+    assert await wait_for(lambda: steps_delivered(pool, handle.id)) == [
+        (unit.contact or unit.unit_id, "sent", 1),
+        ("assessment-group-leader", "sent", 1),
+        ("organization-department", "sent", 1),
     ]
     assert await wait_for(lambda: stalled_ids(client, unit.unit_id)) == [handle.id]
     shown = await akaohe(stack, "stalled", "--campaign", "test")
@@ -114,6 +101,21 @@ async def test_reminder_then_escalation_levels_once_each_and_cleared_by_the_next
     assert status.deadline_steps == [] and "Deadline steps" not in await current_details(handle)
     await wait_for(lambda: _none(stalled_ids(client, unit.unit_id)))
     assert len(await audit(pool, handle.id)) == 3
+
+
+async def steps_delivered(pool: asyncpg.Pool, workflow_id: str) -> list[tuple[str, str, int]]:
+    """(recipient, status, attempts) of the three deadline steps' deliveries once all three
+    are done, else []: they go out in the background, as activities, so the last may still be
+    on its way when the status shows level 2."""
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT d.recipient, d.status, d.attempts FROM notification_deliveries d "
+            "JOIN notifications n USING (idempotency_key) WHERE n.workflow_id = $1 "
+            "AND n.idempotency_key NOT LIKE '%:notice' ORDER BY n.created_at",
+            workflow_id,
+        )
+    found = [(r["recipient"], r["status"], r["attempts"]) for r in rows]
+    return found if len(found) == 3 and all(f[1] != "pending" for f in found) else []
 
 
 async def current_details(handle: WorkflowHandle) -> str:
@@ -186,21 +188,10 @@ async def test_each_step_once_though_the_worker_dies_after_sending_level_1(
     )
     assert await asyncio.to_thread(doomed.wait, 60) == KILLED
 
-    async def delivered() -> list[tuple[str, str, int]]:
-        async with pool.acquire() as conn:
-            rows = await conn.fetch(
-                "SELECT d.recipient, d.status, d.attempts FROM notification_deliveries d "
-                "JOIN notifications n USING (idempotency_key) WHERE n.workflow_id = $1 "
-                "AND n.idempotency_key NOT LIKE '%:notice' ORDER BY n.created_at",
-                handle.id,
-            )
-        found = [(r["recipient"], r["status"], r["attempts"]) for r in rows]
-        return found if len(found) == 3 and all(f[1] != "pending" for f in found) else []
-
     survivor = spawn_worker(stack, task_queue, log)
     try:
         status = await wait_for_status(handle, lambda s: s.escalation_level == 2, 60)
-        rows = await wait_for(delivered)  # the last goes out in the background
+        rows = await wait_for(lambda: steps_delivered(pool, handle.id))
     finally:
         survivor.terminate()
         survivor.wait(timeout=30)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import socket
 import uuid
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -216,3 +217,26 @@ async def test_run_dev_stops_everything_on_cancel(tmp_path: Path) -> None:
     assert (tmp_path / "postgres" / "pgdata" / "PG_VERSION").exists()
     assert (tmp_path / "temporal" / "temporal.db").exists()
     assert not (tmp_path / "postgres" / "pgdata" / "postmaster.pid").exists()
+
+
+async def test_a_port_taken_before_the_server_binds_it_is_picked_again(tmp_path: Path) -> None:
+    """free_port() races with other processes (the dev server binds ports of its own at
+    random): the private servers of tests and benchmarks start again on other ports."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        ports = iter([taken.getsockname()[1], free_port()])
+        made: list[EmbeddedPostgres] = []
+
+        def make() -> EmbeddedPostgres:
+            made.append(EmbeddedPostgres(tmp_path / "pg", next(ports)))
+            return made[-1]
+
+        server, url = await devstack.start_on_free_ports(make)
+    try:
+        assert len(made) == 2 and server is made[1]
+        conn = await asyncpg.connect(url)
+        assert await conn.fetchval("SELECT 1") == 1
+        await conn.close()
+    finally:
+        await server.stop()

@@ -11,7 +11,6 @@ import random
 import uuid
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
@@ -24,6 +23,7 @@ from schemas.policy import BallotPolicy
 from schemas.roster import Roster, UnitSpec
 from schemas.workflow_io import CampaignInput
 from tests.helpers import sample_unit, start_unit
+from tests.test_fuzz_updates import examples as fuzz_examples
 from workflows.campaign import AssessmentCampaign, campaign_workflow_id
 from workflows.stages import ACTION_RULES
 
@@ -132,21 +132,7 @@ def well_formed(stage: Stage, unit: UnitSpec) -> dict[str, st.SearchStrategy[dic
 
 
 def examples(strategy: st.SearchStrategy[Any]) -> list[Any]:
-    found: list[Any] = []
-
-    @settings(
-        max_examples=EXAMPLES,
-        derandomize=True,
-        database=None,
-        suppress_health_check=list(HealthCheck),
-        deadline=None,
-    )
-    @given(strategy)
-    def gather(value: Any) -> None:
-        found.append(value)
-
-    gather()
-    return found
+    return fuzz_examples(strategy, EXAMPLES)
 
 
 async def refused(handle: WorkflowHandle, name: str, payload: dict[str, Any]) -> str:

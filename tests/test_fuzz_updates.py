@@ -73,22 +73,27 @@ def payloads(name: str) -> st.SearchStrategy[Any]:
     )
 
 
-def collect(name: str) -> list[Any]:
+def examples(strategy: st.SearchStrategy[Any], n: int) -> list[Any]:
+    """Up to `n` values of a strategy, the same ones every run."""
     found: list[Any] = []
 
     @settings(
-        max_examples=CASES_PER_ACTION,
+        max_examples=n,
         derandomize=True,
         database=None,
         suppress_health_check=list(HealthCheck),
         deadline=None,
     )
-    @given(payloads(name))
-    def gather(payload: Any) -> None:
-        found.append(payload)
+    @given(strategy)
+    def gather(value: Any) -> None:
+        found.append(value)
 
     gather()
     return found
+
+
+def collect(name: str) -> list[Any]:
+    return examples(payloads(name), CASES_PER_ACTION)
 
 
 async def test_every_update_rejects_bad_payloads_clearly(client: Client, worker: str) -> None:
