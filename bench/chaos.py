@@ -126,7 +126,9 @@ async def drive_campaign(
 
     async def one(wf: str, unit: UnitSpec) -> None:
         async with gate:
-            await drive_unit(client, wf, unit, tokens=tokens)
+            status = await drive_unit(client, wf, unit, tokens=tokens)
+        if status.stage != Stage.COMPLETED:  # else the campaign below would wait forever
+            raise AssertionError(f"{wf} was driven to the end but is in {status.stage}")
 
     work = [one(wf, u) for wf, u in zip(ids, roster.units, strict=True)]
     await asyncio.gather(*work, *([faults()] if faults else []))

@@ -264,22 +264,32 @@ async def drive_unit(
         UnitAssessment.approve_grades,
         ApproveGrades(idempotency_key=f"{key}-approve", actor=APPROVER, decision="approve"),
     )
-    # The grades become final when publicity (公示) ends.
-    status = await wait_for_status(handle, lambda s: s.stage != Stage.GRADING, publicity_timeout)
+    # The grades become final when publicity (公示) ends. A query can see the unit in result
+    # use before its follow-ups are created (they are written by the activities after the
+    # transition): wait for them too.
+    status = await wait_for_status(
+        handle,
+        lambda s: s.stage != Stage.GRADING and (s.stage != Stage.RESULT_USE or s.follow_ups.items),
+        publicity_timeout,
+    )
     if reached(Stage.RESULT_USE):
         return status
-    for f in status.follow_ups.items:
-        if not f.closed:
-            await step(
-                UnitAssessment.close_follow_up,
-                CloseFollowUp(
-                    idempotency_key=f"{key}-close-{f.follow_up_id}",
-                    actor=DEPARTMENT,
-                    follow_up_id=f.follow_up_id,
-                    outcome="已落实并签收",
-                ),
-            )
-    return await status_of(handle)
+    for _ in range(3):  # a follow-up opened meanwhile (e.g. a 复核) is closed on the next round
+        if status.stage != Stage.RESULT_USE:
+            break
+        for f in status.follow_ups.items:
+            if not f.closed:
+                await step(
+                    UnitAssessment.close_follow_up,
+                    CloseFollowUp(
+                        idempotency_key=f"{key}-close-{f.follow_up_id}",
+                        actor=DEPARTMENT,
+                        follow_up_id=f.follow_up_id,
+                        outcome="已落实并签收",
+                    ),
+                )
+        status = await status_of(handle)
+    return status
 
 
 T = TypeVar("T")
