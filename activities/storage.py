@@ -19,6 +19,7 @@ from activities.ballot_store import store_rater_groups
 from activities.failpoints import failpoint
 from activities.talk_cipher import TalkCipher
 from schemas.common import Actor
+from schemas.messages import GroupEvaluation, evaluation_text
 from schemas.status import TargetTally
 from schemas.workflow_io import (
     AcknowledgementRecord,
@@ -339,18 +340,24 @@ class StorageActivities:
     @activity.defn
     async def save_grade_proposal(self, rec: GradeProposalRecord) -> None:
         a = rec.action
+        appraisal = None
+        if isinstance(a.evaluation, GroupEvaluation):
+            appraisal = a.evaluation.model_dump_json()
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(
                 """INSERT INTO grade_proposals (workflow_id, proposal_no, proposer_id, evaluation,
-                                                team_grade, cadre_grades, determinations)
-                   VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb) ON CONFLICT DO NOTHING""",
+                                                team_grade, cadre_grades, determinations,
+                                                appraisal)
+                   VALUES ($1, $2, $3, $4, $5, $6::jsonb, $7::jsonb, $8::jsonb)
+                   ON CONFLICT DO NOTHING""",
                 rec.ref.workflow_id,
                 rec.proposal_no,
                 a.actor.id,
-                a.evaluation,
+                evaluation_text(a.evaluation),
                 a.team_grade.value,
                 json.dumps({k: v.value for k, v in a.cadre_grades.items()}, ensure_ascii=False),
                 json.dumps(a.determinations, ensure_ascii=False),
+                appraisal,
             )
             # The audit row says a proposal exists, never its grades: they are sealed.
             await _audit(
@@ -556,11 +563,12 @@ class StorageActivities:
         a = rec.action
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute(
-                """UPDATE follow_ups SET outcome = $3, closed_at = now()
+                """UPDATE follow_ups SET outcome = $3, closed_at = now(), closed_by = $4
                    WHERE workflow_id = $1 AND follow_up_id = $2 AND closed_at IS NULL""",
                 rec.ref.workflow_id,
                 a.follow_up_id,
                 a.outcome,
+                a.actor.id,
             )
             await _audit(
                 conn,

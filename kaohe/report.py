@@ -3,7 +3,8 @@ cadres, tallies, final grades and follow-ups, and an xlsx workbook of them.
 
 Only what may leave the system is read: talks are counted, never their content; ballot
 tokens are not touched; grades come from the `grades` table, which holds approved grades
-only, so a sealed proposal (`grade_proposals`) never shows.
+only, so a sealed proposal (`grade_proposals`) never shows: the group's evaluation is read
+only from the approved proposal of a unit whose grades are final.
 """
 
 from __future__ import annotations
@@ -24,14 +25,16 @@ from openpyxl.worksheet.worksheet import Worksheet
 from pydantic import BaseModel, Field
 
 from schemas.common import CadreGrade, CadreOverall, Stage, TeamGrade
+from schemas.messages import Appraisal, GroupEvaluation
 from workflows.stages import ORDER
 
 TEAM = ""  # grades.cadre_id of a team's own grade
 STAGES: tuple[Stage, ...] = (*ORDER, Stage.CANCELLED)
 CADRE_OPTIONS: tuple[str, ...] = tuple(o.value for o in CadreOverall)
+TEAM_OPTIONS: tuple[str, ...] = tuple(o.value for o in TeamGrade)
 NOT_FINAL = "not final yet"
 
-SHEETS = ("Summary", "Units", "Cadres", "Follow-ups")
+SHEETS = ("Summary", "Units", "Cadres", "Follow-ups", "Evaluations")
 
 
 class ReportError(Exception):
@@ -51,6 +54,15 @@ class UnitRow(BaseModel):
     reports: int
     follow_ups_open: int
     follow_ups_closed: int
+    team_ballots: int = 0  # every overall team ballot
+    team_counts: dict[str, int] = Field(default_factory=dict)  # option -> ballots, unweighted
+
+    @property
+    def good_or_better_share(self) -> float | None:
+        """(好 + 较好) / team ballots, unweighted; None without ballots."""
+        if not self.team_ballots:
+            return None
+        return (self.team_counts.get("好", 0) + self.team_counts.get("较好", 0)) / self.team_ballots
 
 
 class CadreRow(BaseModel):
@@ -84,6 +96,18 @@ class FollowUpRow(BaseModel):
     due_date: dt.date | None
     closed_at: dt.datetime | None
     outcome: str | None
+    closed_by: str | None = None  # a feedback's signer
+
+
+class EvaluationRow(BaseModel):
+    """The group's 综合分析研判 of an approved proposal, for a unit whose grades are final."""
+
+    unit_id: str
+    unit_name: str
+    cadre_id: str | None  # None: the team
+    cadre_name: str | None
+    strengths: str
+    shortcomings: str
 
 
 class CampaignReport(BaseModel):
@@ -94,6 +118,7 @@ class CampaignReport(BaseModel):
     units: list[UnitRow] = Field(default_factory=list)
     cadres: list[CadreRow] = Field(default_factory=list)
     follow_ups: list[FollowUpRow] = Field(default_factory=list)
+    evaluations: list[EvaluationRow] = Field(default_factory=list)
     team_grades: dict[str, int] = Field(default_factory=dict)  # grade -> units (final only)
     cadre_grades: dict[str, int] = Field(default_factory=dict)  # grade -> cadres (final only)
 
@@ -156,6 +181,24 @@ WHERE u.campaign_id = $1
 ORDER BY u.unit_id, c.principal DESC, c.cadre_id
 """
 
+_TEAM_TALLIES = """
+SELECT t.workflow_id, t.option, sum(t.n)::bigint AS n
+FROM ballot_tallies t
+JOIN units u USING (workflow_id)
+WHERE u.campaign_id = $1 AND t.kind = 'team' AND t.item = 'overall'
+GROUP BY t.workflow_id, t.option
+"""
+
+# The last approved proposal of each unit whose team grade is final: its appraisal.
+_APPRAISALS = """
+SELECT DISTINCT ON (p.workflow_id) u.unit_id, u.name AS unit_name, p.appraisal::text
+FROM grade_proposals p
+JOIN units u USING (workflow_id)
+JOIN grades g ON g.workflow_id = p.workflow_id AND g.cadre_id = $2 AND g.final
+WHERE u.campaign_id = $1 AND p.decision = 'approve' AND p.appraisal IS NOT NULL
+ORDER BY p.workflow_id, p.proposal_no DESC
+"""
+
 _CADRE_TALLIES = """
 SELECT t.workflow_id, t.target_id, t.option, sum(t.n)::bigint AS n
 FROM ballot_tallies t
@@ -174,7 +217,7 @@ GROUP BY 1, 2
 
 _FOLLOW_UPS = """
 SELECT u.unit_id, u.name AS unit_name, f.follow_up_id, f.kind, f.cadre_id,
-       c.name AS cadre_name, f.owner, f.due_date, f.closed_at, f.outcome
+       c.name AS cadre_name, f.owner, f.due_date, f.closed_at, f.outcome, f.closed_by
 FROM follow_ups f
 JOIN units u USING (workflow_id)
 LEFT JOIN cadres c ON c.workflow_id = f.workflow_id AND c.cadre_id = f.cadre_id
@@ -208,6 +251,8 @@ async def _read(conn: asyncpg.Connection, campaign_id: str) -> CampaignReport:
         units = await conn.fetch(_UNITS, campaign_id, TEAM)
         cadres = await conn.fetch(_CADRES, campaign_id)
         tallies = await conn.fetch(_CADRE_TALLIES, campaign_id)
+        team_tallies = await conn.fetch(_TEAM_TALLIES, campaign_id)
+        appraisals = await conn.fetch(_APPRAISALS, campaign_id, TEAM)
         grades = await conn.fetch(_GRADES, campaign_id, TEAM)
         follow_ups = await conn.fetch(_FOLLOW_UPS, campaign_id)
         generated_at = await conn.fetchval("SELECT now()")
@@ -215,6 +260,10 @@ async def _read(conn: asyncpg.Connection, campaign_id: str) -> CampaignReport:
     counts: dict[tuple[str, str], dict[str, int]] = {}
     for r in tallies:
         counts.setdefault((r["workflow_id"], r["target_id"]), {})[r["option"]] = r["n"]
+    team_counts: dict[str, dict[str, int]] = {}
+    for r in team_tallies:
+        team_counts.setdefault(r["workflow_id"], {})[r["option"]] = r["n"]
+    names = {(r["unit_id"], r["cadre_id"]): r["name"] for r in cadres}
     # Grades as the campaign's policy shows them (grading.team_labels / cadre_labels).
     labels = json.loads(campaign["grade_labels"])
     team_label = _labeller(labels.get("team", {}))
@@ -229,15 +278,37 @@ async def _read(conn: asyncpg.Connection, campaign_id: str) -> CampaignReport:
         year=campaign["year"],
         title=campaign["title"],
         generated_at=generated_at,
-        units=[UnitRow(**{**dict(r), "team_grade": team_label(r["team_grade"])}) for r in units],
+        units=[
+            UnitRow(
+                **{**dict(r), "team_grade": team_label(r["team_grade"])},
+                team_ballots=sum(team_counts.get(r["workflow_id"], {}).values()),
+                team_counts=team_counts.get(r["workflow_id"], {}),
+            )
+            for r in units
+        ],
         cadres=[
             _cadre_row(r, counts.get((r["workflow_id"], r["cadre_id"]), {}), cadre_label)
             for r in cadres
         ],
         follow_ups=[FollowUpRow(**dict(r)) for r in follow_ups],
+        evaluations=[row for r in appraisals for row in _evaluation_rows(r, names)],
         team_grades=team_grades,
         cadre_grades=cadre_grades,
     )
+
+
+def _evaluation_rows(r: asyncpg.Record, names: dict[tuple[str, str], str]) -> list[EvaluationRow]:
+    doc = GroupEvaluation.model_validate_json(r["appraisal"])
+    unit = {"unit_id": r["unit_id"], "unit_name": r["unit_name"]}
+    out = [EvaluationRow(**unit, cadre_id=None, cadre_name=None, **_appraisal(doc))]
+    for cadre_id, a in doc.cadres.items():
+        name = names.get((r["unit_id"], cadre_id))
+        out.append(EvaluationRow(**unit, cadre_id=cadre_id, cadre_name=name, **_appraisal(a)))
+    return out
+
+
+def _appraisal(a: Appraisal) -> dict[str, str]:
+    return {"strengths": a.strengths, "shortcomings": a.shortcomings}
 
 
 def _labeller(labels: dict[str, str]) -> Callable[[str | None], str | None]:
@@ -259,7 +330,8 @@ MAX_WIDTH = 60
 
 
 def write_xlsx(report: CampaignReport, path: str | Path) -> Path:
-    """Writes the workbook (sheets Summary, Units, Cadres, Follow-ups); returns its path.
+    """Writes the workbook (sheets Summary, Units, Cadres, Follow-ups, Evaluations); returns
+    its path.
 
     Each sheet has a caption in row 1, a bold header in row 2 and its panes frozen below
     the header (and right of the id columns)."""
@@ -286,6 +358,9 @@ def write_xlsx(report: CampaignReport, path: str | Path) -> Path:
             "category",
             "stage",
             "team grade",
+            "team ballots",
+            *TEAM_OPTIONS,
+            "好+较好 share",
             "ballots",
             "sheets",
             "talks",
@@ -301,6 +376,9 @@ def write_xlsx(report: CampaignReport, path: str | Path) -> Path:
                 u.category,
                 u.stage,
                 u.team_grade,
+                u.team_ballots,
+                *(u.team_counts.get(o, 0) for o in TEAM_OPTIONS),
+                u.good_or_better_share,
                 u.ballots,
                 u.sheets,
                 u.talks,
@@ -312,6 +390,7 @@ def write_xlsx(report: CampaignReport, path: str | Path) -> Path:
             for u in report.units
         ),
         freeze="B3",
+        formats={len(TEAM_OPTIONS) + 7: "0.0%"},
     )
     cadres = wb.create_sheet(SHEETS[2])
     _table(
@@ -365,6 +444,7 @@ def write_xlsx(report: CampaignReport, path: str | Path) -> Path:
             "due date",
             "closed at",
             "outcome",
+            "closed / signed by",
         ],
         (
             [
@@ -378,11 +458,30 @@ def write_xlsx(report: CampaignReport, path: str | Path) -> Path:
                 f.due_date,
                 _local(f.closed_at) if f.closed_at else None,
                 f.outcome,
+                f.closed_by,
             ]
             for f in report.follow_ups
         ),
         freeze="D3",
         formats={8: "yyyy-mm-dd", 9: "yyyy-mm-dd hh:mm"},
+    )
+    _table(
+        wb.create_sheet(SHEETS[4]),
+        f"{caption} — the assessment group's evaluation (综合分析研判) behind final grades; "
+        "a unit not final yet shows nothing.",
+        ["unit id", "unit", "cadre id", "cadre", "strengths", "shortcomings"],
+        (
+            [
+                e.unit_id,
+                e.unit_name,
+                e.cadre_id or "(team)",
+                e.cadre_name,
+                e.strengths,
+                e.shortcomings,
+            ]
+            for e in report.evaluations
+        ),
+        freeze="C3",
     )
     out = Path(path)
     wb.save(out)

@@ -23,11 +23,14 @@ from schemas.common import Actor, CadreGrade, Role, Stage, TeamGrade
 from schemas.messages import (
     AcknowledgeNotice,
     ActionResult,
+    Appraisal,
     ApproveGrades,
     BallotSheet,
     CadreRating,
     CloseEvaluation,
     CloseFollowUp,
+    FollowUpKind,
+    GroupEvaluation,
     NewCadreRating,
     ProposeGrades,
     RecordBallots,
@@ -37,7 +40,7 @@ from schemas.messages import (
 )
 from schemas.policy import BallotPolicy, Policy, RaterGroup
 from schemas.roster import CadreSpec, UnitSpec
-from schemas.status import UnitStatus
+from schemas.status import FollowUpView, UnitStatus
 from workflows.rules import excellent_quota
 from workflows.stages import ORDER
 from workflows.unit import UnitAssessment
@@ -154,7 +157,14 @@ def proposal_for(
     return ProposeGrades(
         idempotency_key=f"{unit.unit_id}-proposal",
         actor=GROUP,
-        evaluation="综合分析研判: 班子团结, 实绩突出; 不足: 创新不够。",
+        evaluation=GroupEvaluation(
+            strengths="班子团结, 实绩突出",
+            shortcomings="创新不够",
+            cadres={
+                c.cadre_id: Appraisal(strengths="履职尽责", shortcomings="调研不够深入")
+                for c in graded
+            },
+        ),
         team_grade=TeamGrade.GOOD,
         cadre_grades=grades,
         determinations={c: "经核实, 不称职票系对工作安排的误解所致" for c in flagged},
@@ -274,22 +284,47 @@ async def drive_unit(
     )
     if reached(Stage.RESULT_USE):
         return status
+    return await close_follow_ups(handle, key, step)
+
+
+async def close_follow_ups(
+    handle: WorkflowHandle,
+    key: str,
+    step: Callable[[Any, Any], Awaitable[ActionResult]] | None = None,
+) -> UnitStatus:
+    """Result use to its end: each cadre signs its feedback, the unit's contact the unit's,
+    the department closes every other follow-up."""
+
+    async def default_step(update: Any, action: CloseFollowUp) -> ActionResult:
+        return await persist(
+            lambda: handle.execute_update(update, action, id=action.idempotency_key)
+        )
+
+    status = await status_of(handle)
     for _ in range(3):  # a follow-up opened meanwhile (e.g. a 复核) is closed on the next round
         if status.stage != Stage.RESULT_USE:
             break
         for f in status.follow_ups.items:
             if not f.closed:
-                await step(
+                await (step or default_step)(
                     UnitAssessment.close_follow_up,
                     CloseFollowUp(
                         idempotency_key=f"{key}-close-{f.follow_up_id}",
-                        actor=DEPARTMENT,
+                        actor=closer_of(f),
                         follow_up_id=f.follow_up_id,
-                        outcome="已落实并签收",
+                        outcome="已签收" if f.kind == FollowUpKind.FEEDBACK else "已落实",
                     ),
                 )
         status = await status_of(handle)
     return status
+
+
+def closer_of(item: FollowUpView) -> Actor:
+    """Who closes a follow-up: a cadre signs its own feedback, the unit's contact the unit's;
+    the department closes the rest."""
+    if item.kind == FollowUpKind.FEEDBACK:
+        return Actor(id=item.cadre_id, role=Role.CADRE) if item.cadre_id else UNIT_CONTACT
+    return DEPARTMENT
 
 
 T = TypeVar("T")

@@ -52,6 +52,7 @@ class Role(StrEnum):
     APPROVER = "approver"
     DEPARTMENT = "department"
     INTEGRATOR = "integrator"
+    CADRE = "cadre"  # a cadre in person: signs its feedback, asks for 复核 (actor.id = cadre_id)
 
 
 class Actor(Model):

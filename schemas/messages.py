@@ -186,13 +186,37 @@ class RecordTalk(Action):
     content: Annotated[str, Field(min_length=1, max_length=MAX_TALK_CHARS)]
 
 
+class Appraisal(Model):
+    """Strengths and shortcomings (优点与不足) the assessment group finds."""
+
+    strengths: LongText
+    shortcomings: LongText
+
+
+class GroupEvaluation(Appraisal):
+    """The group's comprehensive analysis (综合分析研判) of the team, and of each cadre it
+    names. The grades it suggests are the proposal's team_grade and cadre_grades; the rules
+    engine's own suggestion from the tallies is in the status beside them."""
+
+    cadres: dict[Identifier, Appraisal] = Field(default_factory=dict)
+
+
+def evaluation_text(evaluation: GroupEvaluation | str) -> str:
+    """The evaluation as one text (the team's strengths, then shortcomings)."""
+    if isinstance(evaluation, str):
+        return evaluation
+    return f"优点: {evaluation.strengths}\n不足: {evaluation.shortcomings}"
+
+
 class ProposeGrades(Action):
     """The group's evaluation (综合分析研判) and proposed grades; sealed until published.
 
     A grade may be given by the label the campaign's policy shows for it (grading.team_labels,
     grading.cadre_labels): the workflow parses with those labels as validation context."""
 
-    evaluation: LongText
+    evaluation: GroupEvaluation | LongText = Field(
+        description="Strengths, shortcomings (team and cadres); plain text is still taken."
+    )
     team_grade: TeamGrade
     cadre_grades: dict[Identifier, CadreGrade]
     determinations: dict[Identifier, Reason] = Field(

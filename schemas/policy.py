@@ -210,6 +210,8 @@ class ResultUsePolicy(Model):
     # 复核: days after the results are notified to ask, and days to answer (local practice).
     review_request_days: int = Field(default=10, ge=0, le=366)
     review_answer_days: int = Field(default=10, ge=1, le=366)
+    # Tests and demos: the answer is due this many seconds after the request instead.
+    review_answer_seconds: float | None = Field(default=None, gt=0)
     cadre_actions: dict[str, list[FollowUpAction]] = Field(
         default_factory=lambda: {
             "优秀": _actions(

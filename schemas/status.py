@@ -117,6 +117,8 @@ class FollowUpView(Model):
     owner: str
     due_date: dt.date | None = None
     closed: bool = False
+    closed_by: str | None = Field(default=None, description="Actor id; a feedback's signer.")
+    overdue: bool = Field(default=False, description="A 复核 not answered by its date.")
 
 
 class FollowUpProgress(Model):

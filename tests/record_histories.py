@@ -25,18 +25,20 @@ from kaohe.simulate import (
     GROUP,
     UNIT_CONTACT,
     TokenSource,
+    close_follow_ups,
     drive_unit,
     proposal_for,
     wait_for_status,
     wait_started,
 )
-from schemas.common import Stage, TeamGrade
+from schemas.common import Actor, Role, Stage, TeamGrade
 from schemas.messages import (
     AcknowledgeNotice,
     ApproveGrades,
     CloseStage,
     RaiseObjection,
     RecordFollowUp,
+    RequestReview,
     ResolveObjection,
 )
 from schemas.policy import DeadlinePolicy
@@ -66,7 +68,10 @@ async def wait_for_stage(handle: WorkflowHandle, stage: Stage, seconds: float = 
 #   v7: notifications by channel, in the background (workflow.patched "notify-channels")
 #   v8: notify as a server-scheduled activity, not a local one (workflow.patched
 #       "notify-activity")
-VERSION = "v8"
+#   v9: result use ends with its follow-ups; cadres sign their feedback; a 复核 answered
+#       late escalates; the group's evaluation as strengths and shortcomings (workflow.patched
+#       "result-use-signed")
+VERSION = "v9"
 
 
 async def record_paths(
@@ -156,15 +161,18 @@ async def record_paths(
             description="专题培训",
         ),
     )
+    # A cadre asks 复核 (its answer is watched for lateness); everything is then signed or
+    # closed: result use ends with its follow-ups, never early (v9).
     await handle.execute_update(
-        UnitAssessment.close_stage,
-        CloseStage(
-            idempotency_key="close-ru",
-            actor=DEPARTMENT,
-            stage=Stage.RESULT_USE,
-            reason="转入日常管理",
+        UnitAssessment.request_review,
+        RequestReview(
+            idempotency_key="rv",
+            actor=Actor(id=unit.cadres[1].cadre_id, role=Role.CADRE),
+            cadre_id=unit.cadres[1].cadre_id,
+            reason="对等次申请复核",
         ),
     )
+    await close_follow_ups(handle, "early")
     await handle.result()
     out["closed_early_path"] = await handle.fetch_history()
 
@@ -227,15 +235,8 @@ async def record_paths(
             ApproveGrades(idempotency_key=f"ok-{n}", actor=APPROVER, decision="approve"),
         )
         await wait_for_stage(handle, Stage.RESULT_USE)
-        await handle.execute_update(
-            UnitAssessment.close_stage,
-            CloseStage(
-                idempotency_key="close-ru",
-                actor=DEPARTMENT,
-                stage=Stage.RESULT_USE,
-                reason="转入日常管理",
-            ),
-        )
+        await wait_for_status(handle, lambda s: bool(s.follow_ups.items))
+        await close_follow_ups(handle, f"c{n}")
         await handle.result()
     await campaign.result()
     out["campaign"] = await campaign.fetch_history()

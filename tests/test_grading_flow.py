@@ -20,7 +20,7 @@ from kaohe.simulate import (
     wait_for_status,
 )
 from schemas.common import CadreGrade, Stage, TeamGrade
-from schemas.messages import ActionResult, ApproveGrades, RecordBallots
+from schemas.messages import ActionResult, ApproveGrades, GroupEvaluation, RecordBallots
 from schemas.policy import BallotPolicy, GradingPolicy
 from tests.helpers import TEST_POLICY, sample_unit, start_unit
 from workflows.unit import UnitAssessment
@@ -58,6 +58,31 @@ async def test_quota_and_eligibility(client: Client, worker: str, tokens: TokenS
     assert (await handle.execute_update(UnitAssessment.propose_grades, base)).accepted
     status = await handle.query(UnitAssessment.status)
     assert status.grading.pending_proposal and status.grading.cadre_grades is None
+
+
+async def test_the_group_evaluation_names_strengths_and_shortcomings(
+    client: Client, worker: str, pool: asyncpg.Pool, tokens: TokenSource
+) -> None:
+    """综合分析研判: the team's and each cadre's strengths and shortcomings, stored with the
+    proposal; an appraisal of a cadre not in the unit is refused naming the field."""
+    unit = sample_unit(cadres=2)
+    handle = await start_unit(client, worker, unit)
+    await drive_unit(client, handle.id, unit, stop_at=Stage.GRADING, tokens=tokens)
+    proposal = proposal_for(unit).model_dump(mode="json")
+    proposal["evaluation"]["cadres"]["ghost"] = {"strengths": "x", "shortcomings": "y"}
+    assert "evaluation.cadres.ghost: unknown cadre 'ghost'" in await rejected(handle, proposal)
+    del proposal["evaluation"]["cadres"]["ghost"]
+    proposal["evaluation"]["shortcomings"] = ""
+    assert "evaluation.GroupEvaluation.shortcomings" in await rejected(handle, proposal)
+    await handle.execute_update(UnitAssessment.propose_grades, proposal_for(unit))
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT evaluation, appraisal FROM grade_proposals WHERE workflow_id = $1", handle.id
+        )
+    appraisal = GroupEvaluation.model_validate_json(row["appraisal"])
+    assert appraisal == proposal_for(unit).evaluation
+    assert row["evaluation"] == "优点: 班子团结, 实绩突出\n不足: 创新不够"
+    assert set(appraisal.cadres) == {c.cadre_id for c in unit.cadres}
 
 
 async def test_flagged_cadre_needs_a_determination(

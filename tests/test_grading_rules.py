@@ -69,6 +69,27 @@ def test_accountability_overlapping_the_year_bars_excellent() -> None:
     assert accountability_bar(cadre, 2026, POLICY) is not None
 
 
+def test_accountability_starting_on_the_last_day_of_the_year_bars_excellent() -> None:
+    """The other edge: a period that starts on 12-31 overlaps the year; one that starts on
+    the next 01-01 does not."""
+    unit = sample_unit(cadres=1)
+    cadre = unit.cadres[0]
+    cadre.accountabilities = [
+        Accountability(
+            level=AccountabilityLevel.ADMONISHMENT,
+            start=dt.date(2026, 12, 31),
+            end=dt.date(2027, 6, 30),
+        )
+    ]
+    assert "(2026-12-31–2027-06-30) overlaps 2026" in (
+        accountability_bar(cadre, 2026, POLICY) or ""
+    )
+    assert accountability_bar(cadre, 2025, POLICY) is None
+    cadre.accountabilities[0].start = dt.date(2027, 1, 1)
+    assert accountability_bar(cadre, 2026, POLICY) is None
+    assert accountability_bar(cadre, 2027, POLICY) is not None
+
+
 def test_leave_over_180_days_bars_excellent() -> None:
     cadre = sample_unit(cadres=1).cadres[0]
     cadre.leave_days = 180

@@ -31,7 +31,7 @@ def replayer(converter: DataConverter = pydantic_data_converter) -> Replayer:
 def test_every_stage_path_is_recorded_for_every_version() -> None:
     paths = {"full_path", "closed_early_path", "campaign"}
     names = {p.stem for p in RECORDED}
-    for version in ("v0", "v1", "v2", "v3", "v4", "v5", "v6", "v7", VERSION):
+    for version in ("v0", "v1", "v2", "v3", "v4", "v5", "v6", "v7", "v8", VERSION):
         assert {f"{version}_{path}" for path in paths} <= names
     assert {"v5_calibrated_unit", "v6_deadline_path", "v7_deadline_path"} <= names
     assert f"{VERSION}_deadline_path" in names
@@ -94,5 +94,8 @@ def test_each_version_took_its_branches() -> None:
     assert patches(HISTORIES / "v6_full_path.json") == v4 | {"stage-deadlines"}
     v7 = v4 | {"stage-deadlines", "notify-channels"}
     assert patches(HISTORIES / "v7_full_path.json") == v7
-    assert patches(HISTORIES / f"{VERSION}_full_path.json") == v7 | {"notify-activity"}
+    v8 = v7 | {"notify-activity"}
+    assert patches(HISTORIES / "v8_full_path.json") == v8
+    assert patches(HISTORIES / f"{VERSION}_full_path.json") == v8 | {"result-use-signed"}
+    assert "result-use-signed" in patches(HISTORIES / f"{VERSION}_closed_early_path.json")
     assert "stage-deadlines" not in patches(HISTORIES / "v5_calibrated_unit.json")

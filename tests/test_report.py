@@ -253,14 +253,35 @@ async def test_report_workbook(campaign: Campaign, pool: asyncpg.Pool, tmp_path:
     assert len(follow_ups) == done_closed + len(c.statuses["using"].follow_ups.items)
     closed = [f for f in follow_ups if f["closed at"] is not None]
     assert len(closed) == done_closed
-    assert {f["outcome"] for f in closed} == {"已落实并签收"}
+    assert {f["outcome"] for f in closed} == {"已签收", "已落实"}
     assert {f["unit id"] for f in closed} == {done.unit_id}
+    signers = {f["follow-up id"]: f["closed / signed by"] for f in closed}
+    assert all(signers[f"feedback-{x.cadre_id}"] == x.cadre_id for x in done.cadres)
+
+    # Units: the team's overall ballots, unweighted, as the workflow tallied them.
+    for name, unit in c.units.items():
+        [team] = [t for t in c.statuses[name].evaluation.tallies if t.target_kind == "team"]
+        row = units[unit.unit_id]
+        assert row["team ballots"] == team.ballots == 7
+        assert {o: row[o] for o in ("好", "较好", "一般", "较差") if row[o]} == team.counts
+        good = (row["好"] + row["较好"]) / 7
+        assert row["好+较好 share"] == pytest.approx(good)
+
+    # Evaluations: the group's appraisal behind final grades only (team, then each cadre).
+    evaluations = records(wb["Evaluations"])
+    final = {c.units["done"].unit_id, c.units["using"].unit_id}
+    assert {e["unit id"] for e in evaluations} == final
+    assert len(evaluations) == sum(1 + len(c.units[n].cadres) for n in ("done", "using"))
+    team_rows = [e for e in evaluations if e["cadre id"] == "(team)"]
+    assert {(e["strengths"], e["shortcomings"]) for e in team_rows} == {
+        ("班子团结, 实绩突出", "创新不够")
+    }
 
     # Nothing secret: no token, no talk content, no report text, no sealed proposal.
     texts = list(every_text(path))
     assert c.tokens and len(c.tokens) == 3 * 7
     joined = "\n".join(texts)
-    for secret in (*c.tokens, TALK_CONTENT, *REPORT_TEXTS, PROPOSAL_TEXT, "综合分析研判"):
+    for secret in (*c.tokens, TALK_CONTENT, *REPORT_TEXTS, PROPOSAL_TEXT):
         assert secret not in joined, secret
 
 

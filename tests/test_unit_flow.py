@@ -165,3 +165,6 @@ async def test_status_query_shows_progress_and_seals_grades(
     grades = {"好", "较好", "一般", "较差", "优秀", "称职", "基本称职", "不称职", "不确定等次"}
     assert not [g for g in grades if g in details]
     assert not description.raw_description.workflow_execution_info.memo.fields
+    # The group's evaluation is sealed with the grades.
+    for text in ("班子团结", "创新不够", "调研不够深入"):
+        assert text not in details and text not in status.model_dump_json()

@@ -66,7 +66,7 @@ def unit_details(s: UnitStatus) -> str:
         ("Flags", "; ".join(f.message for f in s.evaluation.flags) or "none"),
         ("Talks", f"{s.talks.recorded}/{s.talks.planned}"),
         ("Grades", grading),
-        ("Follow-ups", f"{s.follow_ups.closed} closed, {s.follow_ups.open} open"),
+        ("Follow-ups", _follow_ups(s)),
     ]
     table = "| | |\n|---|---|\n" + "\n".join(f"| {k} | {v} |" for k, v in rows)
     done = [v.stage for v in s.history]
@@ -79,6 +79,17 @@ def unit_details(s: UnitStatus) -> str:
         last = s.rejected_signals[-1]
         extra += f"\n\nLast rejected signal: `{last.name}` — {last.reason}"
     return f"{head}\n\n{trail}\n\n{table}{extra}"
+
+
+def _follow_ups(s: UnitStatus) -> str:
+    text = f"{s.follow_ups.closed} closed, {s.follow_ups.open} open"
+    unsigned = [f.follow_up_id for f in s.follow_ups.items if f.kind == "feedback" and not f.closed]
+    if unsigned:
+        text += f" — feedback unsigned: {len(unsigned)}"
+    overdue = [f.follow_up_id for f in s.follow_ups.items if f.overdue and not f.closed]
+    if overdue:
+        text += f" — ⚠ 复核 overdue: {', '.join(overdue)}"
+    return text
 
 
 def campaign_details(p: CampaignProgress) -> str:

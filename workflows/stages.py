@@ -58,8 +58,9 @@ ACTION_RULES: dict[str, ActionRule] = {
         frozenset({Stage.GRADING}), frozenset({Role.DEPARTMENT, Role.APPROVER})
     ),
     "record_follow_up": ActionRule(frozenset({Stage.RESULT_USE}), _GROUP | _OUTSIDE),
-    "request_review": ActionRule(frozenset({Stage.RESULT_USE}), _OUTSIDE),
-    "close_follow_up": ActionRule(frozenset({Stage.RESULT_USE}), _GROUP | _OUTSIDE),
+    # A cadre in person asks 复核 for itself and signs its own feedback (checked in the unit).
+    "request_review": ActionRule(frozenset({Stage.RESULT_USE}), _OUTSIDE | {Role.CADRE}),
+    "close_follow_up": ActionRule(frozenset({Stage.RESULT_USE}), _GROUP | _OUTSIDE | {Role.CADRE}),
     "close_stage": ActionRule(CLOSABLE_EARLY, _GROUP),
     # The deadline clock, in any working stage: the department's (DOMAIN.md "Timing").
     "extend_deadline": ActionRule(WORKING, _DEPARTMENT),

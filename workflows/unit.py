@@ -33,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         CloseStage,
         ExtendDeadline,
         FollowUpKind,
+        GroupEvaluation,
         PauseUnit,
         ProposeGrades,
         RaiseObjection,
@@ -126,7 +127,14 @@ NOTIFY_CHANNELS_PATCH = "notify-channels"
 # workflow.patched id: notify as a server-scheduled activity. A local activity keeps the
 # workflow task open while it runs and retries, so a failing webhook held up every update.
 NOTIFY_ACTIVITY_PATCH = "notify-activity"
+# workflow.patched id: result use is closed by its follow-ups only, each cadre's feedback is
+# signed by the cadre (or recorded by the department), and a 复核 answered late escalates.
+RESULT_USE_SIGNED_PATCH = "result-use-signed"
 MAX_PROBLEMS_SHOWN = 20
+# Who may close feedback (反馈) follow-ups: the one it is sent to signs, or the department
+# records a signature on paper (or a refusal to sign).
+_CADRE_SIGNERS = frozenset({Role.CADRE, Role.DEPARTMENT})
+_UNIT_SIGNERS = frozenset({Role.UNIT, Role.INTEGRATOR, Role.DEPARTMENT})
 
 
 @workflow.defn(name="UnitAssessment")
@@ -175,6 +183,7 @@ class UnitAssessment:
         self._objections: dict[str, ObjectionView] = {}
         self._notified_at: dt.datetime | None = None  # results notified (复核 counts from it)
         self._follow_ups: dict[str, FollowUpView] = {}
+        self._result_use_signed = False  # see RESULT_USE_SIGNED_PATCH
         self._rejections: list[Rejection] = []
         self._rejection_count = 0
         self._background: list[asyncio.Task[None]] = []
@@ -727,6 +736,9 @@ class UnitAssessment:
             )
         for cadre_id in a.cadre_grades:
             self._require_cadre(f"cadre_grades.{cadre_id}", cadre_id)
+        if isinstance(a.evaluation, GroupEvaluation):
+            for cadre_id in a.evaluation.cadres:
+                self._require_cadre(f"evaluation.cadres.{cadre_id}", cadre_id)
         missing = [c.cadre_id for c in self._unit.cadres if c.cadre_id not in a.cadre_grades]
         if missing:
             raise ActionRejected(f"cadre_grades: no grade for {', '.join(missing)}")
@@ -801,6 +813,10 @@ class UnitAssessment:
 
     def _check_request_review(self, a: RequestReview) -> None:
         self._require_cadre("cadre_id", a.cadre_id)
+        if a.actor.role == Role.CADRE and a.actor.id != a.cadre_id:
+            raise ActionRejected(
+                f"actor.id: cadre {a.actor.id!r} may ask 复核 for itself only, not {a.cadre_id!r}"
+            )
         days = self._input.policy.result_use.review_request_days
         if self._notified_at is None or workflow.now() > self._notified_at + timedelta(days=days):
             raise ActionRejected(f"复核 must be requested within {days} days of notification")
@@ -816,6 +832,25 @@ class UnitAssessment:
             )
         if item.closed:
             raise ActionRejected(f"follow_up_id: {a.follow_up_id!r} is already closed")
+        role = a.actor.role
+        own_feedback = item.kind == FollowUpKind.FEEDBACK and item.cadre_id == a.actor.id
+        if role == Role.CADRE and not own_feedback:
+            raise ActionRejected(
+                f"actor.role: a cadre signs only its own feedback (feedback-{a.actor.id}), "
+                f"not {a.follow_up_id!r}"
+            )
+        if self._result_use_signed and item.kind == FollowUpKind.FEEDBACK:
+            signers = _CADRE_SIGNERS if item.cadre_id else _UNIT_SIGNERS
+            if role not in signers:
+                who = (
+                    f"cadre {item.cadre_id} itself (actor.role 'cadre', actor.id {item.cadre_id!r})"
+                    if item.cadre_id
+                    else "the unit (actor.role 'unit' or 'integrator')"
+                )
+                raise ActionRejected(
+                    f"actor.role: {a.follow_up_id!r} is signed by {who} or recorded by the "
+                    f"department, not by {role.value!r}"
+                )
 
     def _check_close_stage(self, a: CloseStage) -> None:
         if a.stage != self._stage:
@@ -824,6 +859,13 @@ class UnitAssessment:
             )
         if a.stage not in CLOSABLE_EARLY:
             raise ActionRejected(f"stage: {a.stage.value!r} cannot be closed early")
+        if a.stage == Stage.RESULT_USE and self._result_use_signed:
+            open_ids = [f.follow_up_id for f in self._follow_ups.values() if not f.closed]
+            if open_ids:
+                raise ActionRejected(
+                    f"stage: result_use ends when every follow-up is closed; open: "
+                    f"{', '.join(open_ids)} (close_follow_up each)"
+                )
 
     # ---- effects per action (run under the lock, after the checks) -----------------------
 
@@ -1073,7 +1115,8 @@ class UnitAssessment:
     async def _apply_request_review(self, a: RequestReview) -> str:
         cadre = self._unit.cadre(a.cadre_id)
         assert cadre is not None
-        days = self._input.policy.result_use.review_answer_days
+        policy = self._input.policy.result_use
+        days = policy.review_answer_days
         follow_up = RecordFollowUp(
             idempotency_key=a.idempotency_key,
             actor=a.actor,
@@ -1085,11 +1128,55 @@ class UnitAssessment:
             description=f"{cadre.name}: 复核 — {a.reason}"[:200],
         )
         await self._apply_record_follow_up(follow_up)
+        if self._result_use_signed:
+            answer_by = workflow.now() + (
+                timedelta(seconds=policy.review_answer_seconds)
+                if policy.review_answer_seconds is not None
+                else timedelta(days=days)
+            )
+            self._background.append(
+                asyncio.create_task(self._watch_review(follow_up.follow_up_id, answer_by))
+            )
         return f"复核 requested; the department answers by {follow_up.due_date}"
+
+    async def _watch_review(self, follow_up_id: str, answer_by: dt.datetime) -> None:
+        """A 复核 not answered by its date goes to the organization department, once."""
+        answered = lambda: self._follow_ups[follow_up_id].closed or self._stage in TERMINAL  # noqa: E731
+        try:  # a wait_condition timeout must not fail the task (sdk-python #792)
+            await workflow.wait_condition(
+                answered, timeout=max((answer_by - workflow.now()).total_seconds(), 0.001)
+            )
+            return
+        except TimeoutError:
+            pass
+        async with self._lock:
+            if answered():
+                return
+            self._follow_ups[follow_up_id].overdue = True
+            cadre_id = self._follow_ups[follow_up_id].cadre_id
+            due = answer_by.astimezone(SHANGHAI).strftime("%Y-%m-%d %H:%M")
+            await self._notify(
+                f"overdue-{follow_up_id}",
+                [self._input.department],
+                f"{self._input.campaign_title}: 复核逾期未答复",
+                f"{self._unit.name}: 干部 {cadre_id} 的复核申请应于 {due} 前答复, 尚未答复。",
+            )
+            await self._append_audit(
+                f"overdue:{follow_up_id}",
+                "review_overdue",
+                None,
+                {
+                    "follow_up_id": follow_up_id,
+                    "answer_by": answer_by.isoformat(),
+                    "notified": self._input.department,
+                },
+            )
+            self._refresh_details()
 
     async def _apply_close_follow_up(self, a: CloseFollowUp) -> str:
         await self._activity("close_follow_up", FollowUpClosure(ref=self._ref(), action=a))
         self._follow_ups[a.follow_up_id].closed = True
+        self._follow_ups[a.follow_up_id].closed_by = a.actor.id
         open_ids = [f.follow_up_id for f in self._follow_ups.values() if not f.closed]
         if not open_ids:
             await self._advance(None, a.actor)
@@ -1322,6 +1409,7 @@ class UnitAssessment:
 
     async def _enter_result_use(self) -> None:
         assert self._final is not None
+        self._result_use_signed = workflow.patched(RESULT_USE_SIGNED_PATCH)
         self._notified_at = workflow.now()
         previous: dict[str, str] | None = None
         if workflow.patched(RESULT_USE_PATCH):
