@@ -150,6 +150,7 @@ async def test_an_upheld_objection_withdraws_the_grades(
         update={
             "idempotency_key": "proposal-2",
             "cadre_grades": dict.fromkeys(cadres, "称职"),
+            "evaluation": "经重新研判, 维持称职。",
         }
     )
     await handle.execute_update(UnitAssessment.propose_grades, unit_proposal)
