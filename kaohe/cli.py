@@ -27,7 +27,13 @@ from kaohe.cli_calibration import calibration_app
 from kaohe.cli_common import console, err_console, fail, parse_actor, run
 from kaohe.cli_report import report
 from kaohe.client import connect
-from kaohe.roster_io import RosterError, is_table_roster, load_policy, load_roster
+from kaohe.roster_io import (
+    RosterError,
+    is_table_roster,
+    load_policy,
+    load_roster,
+    with_deadlines,
+)
 from kaohe.roster_tables import count_rows, write_roster_tables
 from kaohe.settings import get_settings
 from schemas import search_attributes as sa
@@ -196,10 +202,23 @@ def start(
     policy_file: Annotated[
         Path | None, typer.Option("--policy", help="Policy YAML; default: kaohe's for the year.")
     ] = None,
+    deadline: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--deadline",
+            help="This campaign's deadline of a stage in working days, e.g. talks=15 or "
+            "result_use=none; repeat for more stages (the others keep the policy's).",
+        ),
+    ] = None,
 ) -> None:
     """Validate a roster and start its campaign (starting it twice starts nothing twice)."""
     roster = _load_or_exit(roster_file)
     policy = _policy_or_exit(policy_file, roster.year)
+    if deadline:
+        try:
+            policy = with_deadlines(policy, deadline)
+        except RosterError as err:
+            raise _report_and_exit(err) from err
     settings = get_settings()
 
     async def go() -> tuple[str, bool]:

@@ -10,7 +10,7 @@ import yaml
 from pydantic import ValidationError
 
 from kaohe.roster_tables import TABLE_SUFFIXES, Progress, RosterTableError, load_roster_tables
-from schemas.common import Model
+from schemas.common import Model, Stage
 from schemas.errors import error_lines
 from schemas.policy import Policy
 from schemas.roster import Roster
@@ -64,3 +64,29 @@ def load_policy(path: Path | None, year: int) -> Policy:
             str(path), [f"year: the policy is for {policy.year}, the roster for {year}"]
         )
     return policy
+
+
+def with_deadlines(policy: Policy, overrides: list[str]) -> Policy:
+    """The policy with the campaign's own stage deadlines: `STAGE=DAYS` (working days) or
+    `STAGE=none`, each replacing that stage's only; the other stages keep the policy's."""
+    days = dict(policy.deadlines.working_days)
+    problems = []
+    stages = {s.value: s for s in Stage if s not in (Stage.COMPLETED, Stage.CANCELLED)}
+    for item in overrides:
+        name, _, value = item.partition("=")
+        stage = stages.get(name.strip())
+        value = value.strip()
+        if stage is None:
+            problems.append(
+                f"--deadline {item}: unknown stage {name!r}; one of {', '.join(stages)}"
+            )
+        elif value.lower() == "none":
+            days.pop(stage, None)
+        elif value.isdigit() and 1 <= int(value) <= 366:
+            days[stage] = int(value)
+        else:
+            problems.append(f"--deadline {item}: give working days (1-366) or none")
+    if problems:
+        raise RosterError("--deadline", problems)
+    deadlines = policy.deadlines.model_copy(update={"working_days": days})
+    return policy.model_copy(update={"deadlines": deadlines})

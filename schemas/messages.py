@@ -319,8 +319,8 @@ class CloseStage(Action):
 
 
 class ExtendDeadline(Action):
-    """Moves the current stage's deadline by working days; a unit past its old deadline is
-    no longer stalled."""
+    """Moves the current stage's deadline by working days after its old last day; a stalled
+    unit is no longer stalled if the new deadline lies ahead."""
 
     days: int = Field(ge=1, le=60)
     reason: Reason
@@ -333,7 +333,7 @@ class PauseUnit(Action):
 
 
 class ResumeUnit(Action):
-    """Restarts a paused unit's clock: its deadline moves by the time it was paused."""
+    """Restarts a paused unit's clock: its deadline moves by the working days it was paused."""
 
     reason: Reason | None = None
 

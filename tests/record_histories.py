@@ -70,7 +70,8 @@ async def wait_for_stage(handle: WorkflowHandle, stage: Stage, seconds: float = 
 #       "notify-activity")
 #   v9: result use ends with its follow-ups; cadres sign their feedback; a 复核 answered
 #       late escalates; the group's evaluation as strengths and shortcomings (workflow.patched
-#       "result-use-signed")
+#       "result-use-signed"); resume gives back working days (workflow.patched
+#       "resume-working-days", in deadline_path)
 VERSION = "v9"
 
 

@@ -23,7 +23,14 @@ from workflows.calendar import (
     shanghai_date,
     working_days_between,
 )
-from workflows.deadlines import extended, level2_at, next_step, reminder_at, stage_deadline
+from workflows.deadlines import (
+    extended,
+    level2_at,
+    next_step,
+    reminder_at,
+    resumed,
+    stage_deadline,
+)
 
 
 def sh(iso: str) -> datetime:
@@ -250,3 +257,26 @@ def test_deadline_steps_in_order_once_each() -> None:
     d = stage_deadline(seconds, Stage.NOTICE, start)
     assert d == start + timedelta(seconds=4.5)
     assert reminder_at(seconds, d) == start + timedelta(seconds=3)
+
+
+def test_resume_gives_back_the_working_days_paused() -> None:
+    deadline = midnight("2026-10-20")  # the last working day is Mon 10-19
+    # Paused Tue 09-29 10:00, resumed Thu 10-08 09:00: 09-29 and 09-30 were lost (the
+    # National Day holiday 10-01..07 was never a working day): two working days back.
+    after = resumed(CALENDAR, deadline, sh("2026-09-29T10:00"), sh("2026-10-08T09:00"))
+    assert after == extended(CALENDAR, deadline, 2) == midnight("2026-10-22")
+    # Paused Fri 17:00, resumed Mon 09:00 (10-16 → 10-19): the Friday only.
+    after = resumed(CALENDAR, deadline, sh("2026-10-16T17:00"), sh("2026-10-19T09:00"))
+    assert after == midnight("2026-10-21")
+    # Paused over a holiday only: nothing back. Paused and resumed the same day: nothing.
+    assert resumed(CALENDAR, deadline, sh("2026-10-03T09:00"), sh("2026-10-06T18:00")) == deadline
+    assert resumed(CALENDAR, deadline, sh("2026-10-13T09:00"), sh("2026-10-13T18:00")) == deadline
+    # The swapped Saturday 10-10 is a working day: paused Fri 10-09 to Mon 10-12 gives two.
+    after = resumed(CALENDAR, deadline, sh("2026-10-09T09:00"), sh("2026-10-12T09:00"))
+    assert after == extended(CALENDAR, deadline, 2)
+    # Second-long working days (tests): the time paused.
+    seconds = DeadlinePolicy(working_day_seconds=1)
+    start = sh("2026-10-13T09:00")
+    assert resumed(seconds, deadline, start, start + timedelta(seconds=7)) == deadline + timedelta(
+        seconds=7
+    )

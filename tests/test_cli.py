@@ -15,10 +15,13 @@ import yaml
 from temporalio.client import Client
 
 from kaohe.roster_io import RosterError, load_roster
-from kaohe.simulate import wait_started
+from kaohe.simulate import wait_for_status, wait_started
+from schemas.common import Stage
 from schemas.messages import ACTION_MODELS
 from tests.conftest import Stack
 from tests.helpers import sample_unit, start_unit
+from workflows.calendar import deadline_after
+from workflows.unit import UnitAssessment
 
 KAOHE = str(Path(sys.executable).parent / "kaohe")
 
@@ -160,3 +163,28 @@ def test_schema_export(tmp_path: Path) -> None:
     schema = json.loads((tmp_path / "schemas" / "record_ballots.json").read_text())
     assert {"idempotency_key", "actor", "batch_id"} <= set(schema["required"])
     assert "sheets" in schema["properties"]
+
+
+async def test_a_campaign_sets_its_own_stage_deadlines(
+    stack: Stack, worker: str, client: Client, tmp_path: Path
+) -> None:
+    """`kaohe start --deadline STAGE=DAYS`: that stage's deadline for this campaign only, in
+    working days from the first working day after the stage starts; bad ones start nothing."""
+    campaign_id = f"dl-{uuid.uuid4().hex[:6]}"
+    path = write_roster(tmp_path, good_roster(campaign_id))
+    bad = await akaohe(stack, "start", str(path), "--deadline", "notise=7", "--deadline", "talks=x")
+    assert bad.returncode == 2
+    assert "--deadline notise=7: unknown stage 'notise'; one of notice, report_back" in bad.stderr
+    assert "--deadline talks=x: give working days (1-366) or none" in bad.stderr
+    started = await akaohe(
+        stack, "start", str(path), "--deadline", "notice=7", "--deadline", "report_back=none"
+    )
+    assert started.returncode == 0, started.stderr
+    handle = client.get_workflow_handle(f"kaohe-{campaign_id}-a")
+    await wait_started(client, handle.id)
+    status = await wait_for_status(handle, lambda s: s.deadline is not None)
+    assert status.deadline == deadline_after(status.history[0].entered_at, 7)
+    ack = await akaohe(stack, "acknowledge", handle.id)
+    assert ack.returncode == 0, ack.stderr
+    status = await handle.query(UnitAssessment.status)
+    assert status.stage == Stage.REPORT_BACK and status.deadline is None  # none for this one

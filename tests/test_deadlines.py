@@ -14,7 +14,14 @@ from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 
 from activities.failpoints import KILLED
-from kaohe.simulate import DEPARTMENT, UNIT_CONTACT, wait_for_status
+from kaohe.simulate import (
+    DEPARTMENT,
+    UNIT_CONTACT,
+    TokenSource,
+    drive_unit,
+    proposal_for,
+    wait_for_status,
+)
 from schemas.common import Stage
 from schemas.messages import AcknowledgeNotice, ActionResult
 from schemas.policy import DeadlinePolicy, Policy
@@ -89,6 +96,8 @@ async def test_reminder_then_escalation_levels_once_each_and_cleared_by_the_next
     assert await wait_for(lambda: stalled_ids(client, unit.unit_id)) == [handle.id]
     shown = await akaohe(stack, "stalled", "--campaign", "test")
     assert shown.returncode == 0 and unit.unit_id in shown.stdout, shown.stderr
+    everywhere = await akaohe(stack, "stalled")  # every campaign's
+    assert everywhere.returncode == 0 and unit.unit_id in everywhere.stdout, everywhere.stderr
 
     # The stage completes: not stalled any more, and nothing fires again.
     await handle.execute_update(
@@ -126,6 +135,42 @@ async def current_details(handle: WorkflowHandle) -> str:
 
 async def _none(ids):  # type: ignore[no-untyped-def]
     return not await ids
+
+
+async def test_reminders_go_to_whoever_the_stage_waits_for(
+    client: Client, worker: str, pool: asyncpg.Pool, tokens: TokenSource
+) -> None:
+    """Talks wait for the assessment group; grading for the group until it proposes, then
+    for the approver."""
+    deadlines = DeadlinePolicy(
+        working_days={Stage.TALKS: 3, Stage.GRADING: 3},
+        reminder_working_days=1,
+        escalate_after_working_days=30,
+        working_day_seconds=2,
+    )
+    policy = TEST_POLICY.model_copy(update={"deadlines": deadlines})
+    unit = sample_unit()
+    handle = await start_unit(client, worker, unit, policy=policy)
+    await drive_unit(client, handle.id, unit, policy=policy, stop_at=Stage.TALKS, tokens=tokens)
+    status = await wait_for_status(handle, lambda s: bool(s.deadline_steps), 30)
+    assert status.stage == Stage.TALKS
+    [talks] = status.deadline_steps
+    assert talks.startswith("reminder") and talks.endswith("→ assessment-group")
+
+    await drive_unit(client, handle.id, unit, policy=policy, stop_at=Stage.GRADING, tokens=tokens)
+    await handle.execute_update(UnitAssessment.propose_grades, proposal_for(unit))
+    status = await wait_for_status(
+        handle, lambda s: s.stage == Stage.GRADING and bool(s.deadline_steps), 30
+    )
+    [grading] = status.deadline_steps
+    assert grading.startswith("reminder") and grading.endswith("→ approver")
+    async with pool.acquire() as conn:
+        reminded = await conn.fetch(
+            "SELECT detail->>'notified' AS who FROM audit_log WHERE workflow_id = $1 "
+            "AND kind = 'deadline_reminder' ORDER BY id",
+            handle.id,
+        )
+    assert [r["who"] for r in reminded] == ["assessment-group", "approver"]
 
 
 async def test_extend_clears_the_escalation_and_pause_stops_the_clock(

@@ -98,4 +98,5 @@ def test_each_version_took_its_branches() -> None:
     assert patches(HISTORIES / "v8_full_path.json") == v8
     assert patches(HISTORIES / f"{VERSION}_full_path.json") == v8 | {"result-use-signed"}
     assert "result-use-signed" in patches(HISTORIES / f"{VERSION}_closed_early_path.json")
+    assert "resume-working-days" in patches(HISTORIES / f"{VERSION}_deadline_path.json")
     assert "stage-deadlines" not in patches(HISTORIES / "v5_calibrated_unit.json")

@@ -11,7 +11,13 @@ from typing import Literal
 
 from schemas.common import Stage
 from schemas.policy import DeadlinePolicy
-from workflows.calendar import deadline_after, end_of_day, is_working_day, shanghai_date
+from workflows.calendar import (
+    deadline_after,
+    end_of_day,
+    is_working_day,
+    shanghai_date,
+    working_days_between,
+)
 
 Step = Literal["reminder", "level1", "level2"]
 _JUST_BEFORE = timedelta(microseconds=1)  # a deadline's last day is the day before it
@@ -32,6 +38,20 @@ def extended(policy: DeadlinePolicy, deadline: datetime, days: int) -> datetime:
     if policy.working_day_seconds is not None:
         return deadline + timedelta(seconds=days * policy.working_day_seconds)
     return deadline_after(deadline - _JUST_BEFORE, days)
+
+
+def resumed(
+    policy: DeadlinePolicy, deadline: datetime, paused_since: datetime, now: datetime
+) -> datetime:
+    """The deadline after a pause, whose clock stood still: moved by the working days the
+    pause took (the day it began counts, the day it ended does not), so a pause over a
+    weekend or a holiday gives back only the working days in it. With second-long working
+    days (tests, demos): by the time paused."""
+    if policy.working_day_seconds is not None:
+        return deadline + (now - paused_since)
+    day = timedelta(days=1)
+    lost = working_days_between(shanghai_date(paused_since) - day, shanghai_date(now) - day)
+    return extended(policy, deadline, lost) if lost else deadline
 
 
 def reminder_at(policy: DeadlinePolicy, deadline: datetime) -> datetime | None:

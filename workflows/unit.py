@@ -90,7 +90,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.ballots import batch_problems
     from workflows.calendar import SHANGHAI, publicity_end
-    from workflows.deadlines import Step, extended, next_step, stage_deadline
+    from workflows.deadlines import Step, extended, next_step, resumed, stage_deadline
     from workflows.details import unit_details
     from workflows.payloads import ActionRejected, idempotency_key_of, parse_action
     from workflows.rules import derive_follow_ups, proposal_violations, suggested_grade
@@ -130,6 +130,8 @@ NOTIFY_ACTIVITY_PATCH = "notify-activity"
 # workflow.patched id: result use is closed by its follow-ups only, each cadre's feedback is
 # signed by the cadre (or recorded by the department), and a 复核 answered late escalates.
 RESULT_USE_SIGNED_PATCH = "result-use-signed"
+# workflow.patched id: resume gives back the working days paused, not the wall-clock time.
+RESUME_WORKING_DAYS_PATCH = "resume-working-days"
 MAX_PROBLEMS_SHOWN = 20
 # Who may close feedback (反馈) follow-ups: the one it is sent to signs, or the department
 # records a signature on paper (or a refusal to sign).
@@ -1034,10 +1036,15 @@ class UnitAssessment:
 
     async def _apply_resume(self, a: ResumeUnit) -> str:
         assert self._paused_since is not None
-        paused = workflow.now() - self._paused_since
+        since, now = self._paused_since, workflow.now()
+        paused = now - since
         self._paused_since = None
         if self._deadline is not None:
-            self._deadline += paused
+            if workflow.patched(RESUME_WORKING_DAYS_PATCH):
+                policy = self._input.policy.deadlines
+                self._deadline = resumed(policy, self._deadline, since, now)
+            else:
+                self._deadline += paused
             workflow.upsert_search_attributes([sa.DEADLINE.value_set(self._deadline)])
         await self._audit_clock(
             a.idempotency_key,
