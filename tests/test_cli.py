@@ -33,9 +33,11 @@ def kaohe(
     return subprocess.run([KAOHE, *args], env=full, capture_output=True, text=True, timeout=60)
 
 
-async def akaohe(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
+async def akaohe(
+    stack: Stack, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     """The CLI in a thread, so the in-process worker on this event loop keeps running."""
-    return await asyncio.to_thread(kaohe, stack, *args)
+    return await asyncio.to_thread(lambda: kaohe(stack, *args, env=env))
 
 
 def write_roster(tmp_path: Path, data: object) -> Path:
