@@ -27,6 +27,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import asyncpg
 from temporalio.client import Client
@@ -80,7 +81,8 @@ class WorkerProcesses:
 
 
 # Units of 2 cadres and rater groups of 2, 2 and 3 sheets: 7 sheets of 3 ballots each.
-BALLOTS_PER_UNIT = 7 * 3
+SHEETS_PER_UNIT = 7
+BALLOTS_PER_UNIT = SHEETS_PER_UNIT * 3
 
 
 def roster_of(units: int, tag: str) -> Roster:
@@ -150,6 +152,19 @@ async def problems(pool: asyncpg.Pool, roster: Roster) -> list[str]:
             "USING (workflow_id) WHERE u.campaign_id = $1 AND b.registered_at IS NOT NULL",
             campaign,
         )
+        # The marks themselves, per unit and target (not the batches' own counts): a batch
+        # lost in one unit and stored twice in another would still add up above.
+        marks = {
+            (r["unit_id"], r["target_id"]): (r["sheets"], r["marks"])
+            for r in await conn.fetch(
+                "SELECT u.unit_id, t.target_id, count(DISTINCT (t.batch_id, t.sheet_no)) "
+                "AS sheets, count(*) AS marks FROM ballot_marks t "
+                "JOIN ballot_batches b USING (workflow_id, batch_id) JOIN units u "
+                "USING (workflow_id) WHERE u.campaign_id = $1 AND b.registered_at IS NOT NULL "
+                "AND t.item = 'overall' AND t.kind IN ('team', 'cadre') GROUP BY 1, 2",
+                campaign,
+            )
+        }
         resent = await conn.fetchval(
             "SELECT count(*) FROM notification_deliveries d JOIN notifications n "
             "USING (idempotency_key) JOIN units u ON u.workflow_id = n.workflow_id "
@@ -173,14 +188,27 @@ async def problems(pool: asyncpg.Pool, roster: Roster) -> list[str]:
     sent = BALLOTS_PER_UNIT * len(roster.units)
     if ballots != sent:
         out.append(f"ballots stored {ballots}, sent {sent}")
+    # One overall mark on each of a unit's 7 sheets for the team and for each cadre.
+    expected_marks = {
+        (u.unit_id, target): (SHEETS_PER_UNIT, SHEETS_PER_UNIT)
+        for u in roster.units
+        for target in ("", *(c.cadre_id for c in u.cadres))
+    }
+    if marks != expected_marks:
+        wrong = sorted(
+            k for k in expected_marks.keys() | marks.keys() if marks.get(k) != expected_marks.get(k)
+        )
+        out.append(f"overall marks stored differ from those sent for {wrong[:5]}")
     if resent:
         out.append(f"{resent} notification deliveries took more than one attempt")
     if grades != expected:
-        wrong = sorted(
-            k for k in expected.keys() | grades.keys() if grades.get(k) != expected.get(k)
-        )
-        out.append(f"grades differ from an undisturbed run for {wrong[:5]}")
+        out.append(f"grades differ from an undisturbed run for {differing(expected, grades)}")
     return out
+
+
+def differing(expected: dict[Any, Any], found: dict[Any, Any]) -> list[Any]:
+    """The first five keys whose values differ (or that only one side has)."""
+    return sorted(k for k in expected.keys() | found.keys() if found.get(k) != expected.get(k))[:5]
 
 
 async def replay_failures(
