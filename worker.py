@@ -77,14 +77,31 @@ def activities_of(
 
 
 def build_worker(
-    client: Client, storage: StorageActivities, notify: NotifyActivities, task_queue: str
+    client: Client,
+    storage: StorageActivities,
+    notify: NotifyActivities,
+    task_queue: str,
+    settings: Settings | None = None,
 ) -> Worker:
+    """The worker, tuned by the settings' `worker_*` (the SDK's defaults where unset)."""
+    tuning: dict[str, int] = {}
+    if settings is not None:
+        tuning["max_cached_workflows"] = settings.worker_max_cached_workflows
+        for name in (
+            "max_concurrent_workflow_tasks",
+            "max_concurrent_activities",
+            "max_concurrent_local_activities",
+        ):
+            value = getattr(settings, f"worker_{name}")
+            if value is not None:
+                tuning[name] = value
     return Worker(
         client,
         task_queue=task_queue,
         workflows=WORKFLOWS,
         activities=activities_of(storage, notify),
         workflow_runner=sandbox_runner(),
+        **tuning,  # type: ignore[arg-type]
     )
 
 
@@ -122,12 +139,15 @@ async def run_worker(settings: Settings, database_url: str, give_up: float = 300
             StorageActivities(pool, talk_cipher(settings)),
             NotifyActivities(pool, Channels.from_settings(settings)),
             settings.task_queue,
+            settings,
         )
         log.info(
             "worker started",
             task_queue=settings.task_queue,
             temporal=settings.temporal_address,
             namespace=settings.temporal_namespace,
+            max_cached_workflows=settings.worker_max_cached_workflows,
+            db_pool_max=settings.db_pool_max,
         )
         await worker.run()
     finally:

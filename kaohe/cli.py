@@ -107,8 +107,22 @@ def dev(
 
 
 @app.command()
-def worker() -> None:
+def worker(
+    processes: Annotated[
+        int,
+        typer.Option(
+            "--processes",
+            min=1,
+            max=64,
+            help="Worker processes on the task queue (one core each); a dead one is restarted.",
+        ),
+    ] = 1,
+) -> None:
     """Run a worker against the configured Temporal and PostgreSQL."""
+    if processes > 1:
+        from kaohe.worker_processes import supervise
+
+        raise typer.Exit(supervise(processes))
     from worker import run_worker
 
     settings = get_settings()

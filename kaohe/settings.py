@@ -39,6 +39,14 @@ class Settings(BaseSettings):
     db_pool_min: int = Field(default=1, ge=1)
     db_pool_max: int = Field(default=10, ge=1)
 
+    # Worker tuning (per process; `kaohe worker --processes N` runs N on one task queue).
+    # Activities hold a pool connection each while they run: keep the activity slots within
+    # reach of db_pool_max, or they wait for connections.
+    worker_max_cached_workflows: int = Field(default=1000, ge=0)
+    worker_max_concurrent_workflow_tasks: int | None = Field(default=None, ge=1)
+    worker_max_concurrent_activities: int | None = Field(default=None, ge=1)
+    worker_max_concurrent_local_activities: int | None = Field(default=None, ge=1)
+
     # Talk content is encrypted at rest with this AES-256-GCM key (base64, 32 bytes);
     # unset means a key file in data_dir, created on first use.
     talk_key: SecretStr | None = None
