@@ -492,6 +492,30 @@ def resume(
 
 
 @app.command()
+def cancel(
+    workflow_id: Annotated[str | None, typer.Argument(help="A unit's workflow id.")] = None,
+    campaign: Annotated[
+        str | None, typer.Option("--campaign", help="The campaign, with every unit it runs.")
+    ] = None,
+) -> None:
+    """Cancel a unit, or a campaign and its running units; each records `cancelled`."""
+    if (workflow_id is None) == (campaign is None):
+        raise fail("give a unit's WORKFLOW_ID or --campaign C (one of them)")
+    target = workflow_id or campaign_workflow_id(campaign or "")
+    settings = get_settings()
+
+    async def go() -> None:
+        client = await connect(settings)
+        await client.get_workflow_handle(target).cancel()
+
+    try:
+        run(go())
+    except RPCError as err:
+        raise fail(f"{target}: {err}") from err
+    console.print(f"cancellation requested: {target}")
+
+
+@app.command()
 def stalled(
     campaign: Annotated[str | None, typer.Option("--campaign", help="Only this campaign.")] = None,
 ) -> None:

@@ -23,6 +23,7 @@ from kaohe.simulate import (
     wait_for_status,
     wait_started,
 )
+from schemas import search_attributes as sa
 from schemas.calibration import DecideCalibration
 from schemas.common import Actor, CadreGrade, Role, Stage
 from schemas.messages import ApproveGrades, ProposeGrades
@@ -140,6 +141,64 @@ async def test_campaign_completes_when_every_unit_completes(
     assert result.completed and result.by_stage == {Stage.COMPLETED: 2}
     desc = await client.get_workflow_handle(wf_id).describe()
     assert desc.status == WorkflowExecutionStatus.COMPLETED
+
+
+async def test_cancelling_a_campaign_cancels_its_running_units(
+    stack: Stack, client: Client, worker: str, pool: asyncpg.Pool, tokens: TokenSource
+) -> None:
+    """`kaohe cancel --campaign`: every unit still running records `cancelled` (stage
+    projection, audit row, the campaign's count) and ends cancelled; a completed one stays."""
+    r = roster(3)
+    wf_id, _ = await start_campaign(client, r, worker, TEST_POLICY)
+
+    async def started() -> bool:
+        return (await progress(client, r)).units_started == 3
+
+    await wait_for(started)
+    ids = [unit_workflow_id(r.campaign_id, u.unit_id) for u in r.units]
+    done = await drive_unit(client, ids[0], r.units[0], tokens=tokens)
+    assert done.stage == Stage.COMPLETED
+    await drive_unit(client, ids[1], r.units[1], tokens=tokens, stop_at=Stage.EVALUATION)
+
+    async def counted() -> bool:
+        return (await progress(client, r)).by_stage.get(Stage.COMPLETED) == 1
+
+    await wait_for(counted)
+    wrong = await akaohe(stack, "cancel")
+    assert wrong.returncode == 1 and "one of them" in wrong.stderr
+    cancelled = await akaohe(stack, "cancel", "--campaign", r.campaign_id)
+    assert cancelled.returncode == 0, cancelled.stderr
+
+    async def all_closed() -> list[WorkflowExecutionStatus | None]:
+        statuses = [(await client.get_workflow_handle(i).describe()).status for i in ids]
+        return statuses if WorkflowExecutionStatus.RUNNING not in statuses else []
+
+    assert await wait_for(all_closed) == [
+        WorkflowExecutionStatus.COMPLETED,
+        WorkflowExecutionStatus.CANCELED,
+        WorkflowExecutionStatus.CANCELED,
+    ]
+    campaign = await client.get_workflow_handle(wf_id).describe()
+    assert campaign.status == WorkflowExecutionStatus.CANCELED
+    async with pool.acquire() as conn:
+        stages = dict(
+            await conn.fetch(
+                "SELECT workflow_id, stage FROM units WHERE workflow_id = ANY($1)", ids
+            )
+        )
+        audit = await conn.fetch(
+            "SELECT workflow_id, detail->>'from' AS stage FROM audit_log "
+            "WHERE workflow_id = ANY($1) AND kind = 'transition' AND detail->>'to' = 'cancelled'",
+            ids,
+        )
+    assert stages == {ids[0]: "completed", ids[1]: "cancelled", ids[2]: "cancelled"}
+    assert sorted((a["workflow_id"], a["stage"]) for a in audit) == [
+        (ids[1], "evaluation"),
+        (ids[2], "notice"),
+    ]
+    # The unit itself says so: its last stage visit, and its search attribute.
+    unit = await client.get_workflow_handle(ids[2]).describe()
+    assert unit.typed_search_attributes.get(sa.STAGE) == "cancelled"
 
 
 async def test_late_progress_signal_does_not_move_a_unit_back(client: Client, worker: str) -> None:

@@ -65,6 +65,28 @@ class AssessmentCampaign:
 
     @workflow.run
     async def run(self, input: CampaignInput) -> CampaignProgress:
+        try:
+            return await self._run(input)
+        except asyncio.CancelledError:
+            await self._cancel_units()
+            raise
+
+    async def _cancel_units(self) -> None:
+        """A cancelled campaign cancels its units that are still running (their children
+        are abandoned, so this is not automatic); each records its cancellation itself."""
+        running = [u for u in sorted(self._started) if self._stages.get(u) not in TERMINAL]
+        step = self._input.max_concurrent_starts
+        for i in range(0, len(running), step):
+            await asyncio.gather(*(self._cancel_unit(u) for u in running[i : i + step]))
+
+    async def _cancel_unit(self, unit_id: str) -> None:
+        workflow_id = unit_workflow_id(self._roster.campaign_id, unit_id)
+        try:
+            await workflow.get_external_workflow_handle(workflow_id).cancel()
+        except Exception:  # ended meanwhile: nothing to cancel
+            workflow.logger.info("unit %s was not cancelled: it has ended", workflow_id)
+
+    async def _run(self, input: CampaignInput) -> CampaignProgress:
         workflow.upsert_search_attributes(
             [sa.CAMPAIGN.value_set(self._roster.campaign_id), sa.YEAR.value_set(self._roster.year)]
         )

@@ -271,10 +271,14 @@ class UnitAssessment:
             )
             self._refresh_details()
             self._registered = True
-        if workflow.patched(DEADLINES_PATCH):
-            await asyncio.gather(self._follow_publicity(), self._watch_deadlines())
-        else:  # units started before deadlines existed keep none
-            await self._follow_publicity()
+        try:
+            if workflow.patched(DEADLINES_PATCH):
+                await asyncio.gather(self._follow_publicity(), self._watch_deadlines())
+            else:  # units started before deadlines existed keep none
+                await self._follow_publicity()
+        except asyncio.CancelledError:
+            await self._cancelled()
+            raise
         await workflow.wait_condition(workflow.all_handlers_finished)
         if self._background:
             await asyncio.gather(*self._background)
@@ -1366,6 +1370,21 @@ class UnitAssessment:
         workflow.upsert_search_attributes([sa.STAGE.value_set(self._stage.value)])
         if self._stage == Stage.RESULT_USE:
             await self._enter_result_use()
+
+    async def _cancelled(self) -> None:
+        """Cancelled (by the department, or with its campaign): the stage projection, the
+        audit table and the campaign learn it before the workflow ends as cancelled."""
+        async with self._lock:
+            previous, now = self._stage, workflow.now()
+            self._history[-1].left_at = now
+            self._history[-1].closed_early_reason = "cancelled"
+            self._stage = Stage.CANCELLED
+            self._history.append(StageVisit(stage=self._stage, entered_at=now))
+            await self._record_transition(previous, self._stage, "cancelled", None)
+            workflow.upsert_search_attributes([sa.STAGE.value_set(self._stage.value)])
+            self._set_escalation(0)
+            self._refresh_details()
+        await asyncio.gather(*self._background)  # the campaign's signal, notifications
 
     async def _record_transition(
         self, previous: Stage | None, stage: Stage, reason: str | None, actor: Actor | None
