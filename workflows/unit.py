@@ -1360,28 +1360,26 @@ class UnitAssessment:
         )
 
     async def _advance(self, reason: str | None, actor: Actor | None) -> None:
-        previous = self._stage
-        now = workflow.now()
-        self._history[-1].left_at = now
-        self._history[-1].closed_early_reason = reason
-        self._stage = NEXT[previous]
-        self._history.append(StageVisit(stage=self._stage, entered_at=now))
-        await self._record_transition(previous, self._stage, reason, actor)
-        workflow.upsert_search_attributes([sa.STAGE.value_set(self._stage.value)])
+        await self._move_to(NEXT[self._stage], reason, actor)
         if self._stage == Stage.RESULT_USE:
             await self._enter_result_use()
+
+    async def _move_to(self, stage: Stage, reason: str | None, actor: Actor | None) -> None:
+        """Leaves the current stage for `stage`: the history, the stage projection and audit
+        row, the campaign and the search attribute."""
+        previous, now = self._stage, workflow.now()
+        self._history[-1].left_at = now
+        self._history[-1].closed_early_reason = reason
+        self._stage = stage
+        self._history.append(StageVisit(stage=stage, entered_at=now))
+        await self._record_transition(previous, stage, reason, actor)
+        workflow.upsert_search_attributes([sa.STAGE.value_set(stage.value)])
 
     async def _cancelled(self) -> None:
         """Cancelled (by the department, or with its campaign): the stage projection, the
         audit table and the campaign learn it before the workflow ends as cancelled."""
         async with self._lock:
-            previous, now = self._stage, workflow.now()
-            self._history[-1].left_at = now
-            self._history[-1].closed_early_reason = "cancelled"
-            self._stage = Stage.CANCELLED
-            self._history.append(StageVisit(stage=self._stage, entered_at=now))
-            await self._record_transition(previous, self._stage, "cancelled", None)
-            workflow.upsert_search_attributes([sa.STAGE.value_set(self._stage.value)])
+            await self._move_to(Stage.CANCELLED, "cancelled", None)
             self._set_escalation(0)
             self._refresh_details()
         await asyncio.gather(*self._background)  # the campaign's signal, notifications
