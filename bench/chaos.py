@@ -195,10 +195,8 @@ async def problems(pool: asyncpg.Pool, roster: Roster) -> list[str]:
         for target in ("", *(c.cadre_id for c in u.cadres))
     }
     if marks != expected_marks:
-        wrong = sorted(
-            k for k in expected_marks.keys() | marks.keys() if marks.get(k) != expected_marks.get(k)
-        )
-        out.append(f"overall marks stored differ from those sent for {wrong[:5]}")
+        wrong = differing(expected_marks, marks)
+        out.append(f"overall marks stored differ from those sent for {wrong}")
     if resent:
         out.append(f"{resent} notification deliveries took more than one attempt")
     if grades != expected:

@@ -9,6 +9,7 @@ import datetime as dt
 import random
 from collections.abc import Awaitable, Callable, Iterable
 from fractions import Fraction
+from functools import partial
 from typing import Any, TypeVar
 
 from temporalio.client import (
@@ -196,11 +197,7 @@ async def drive_unit(
     key = unit.unit_id
 
     async def step(update, action) -> ActionResult:  # type: ignore[no-untyped-def]
-        # The update id is the idempotency key: a call retried after a restart gets the
-        # first call's result.
-        result: ActionResult = await persist(
-            lambda: handle.execute_update(update, action, id=action.idempotency_key)
-        )
+        result = await execute(handle, update, action)
         if on_step is not None:
             on_step(update.__name__, result)
         if pace:
@@ -295,18 +292,13 @@ async def close_follow_ups(
     """Result use to its end: each cadre signs its feedback, the unit's contact the unit's,
     the department closes every other follow-up."""
 
-    async def default_step(update: Any, action: CloseFollowUp) -> ActionResult:
-        return await persist(
-            lambda: handle.execute_update(update, action, id=action.idempotency_key)
-        )
-
     status = await status_of(handle)
     for _ in range(3):  # a follow-up opened meanwhile (e.g. a 复核) is closed on the next round
         if status.stage != Stage.RESULT_USE:
             break
         for f in status.follow_ups.items:
             if not f.closed:
-                await (step or default_step)(
+                await (step or partial(execute, handle))(
                     UnitAssessment.close_follow_up,
                     CloseFollowUp(
                         idempotency_key=f"{key}-close-{f.follow_up_id}",
@@ -317,6 +309,15 @@ async def close_follow_ups(
                 )
         status = await status_of(handle)
     return status
+
+
+async def execute(handle: WorkflowHandle, update: Any, action: Any) -> ActionResult:
+    """The update, with its idempotency key as the update id, so a call retried after a
+    restart gets the first call's result."""
+    result: ActionResult = await persist(
+        lambda: handle.execute_update(update, action, id=action.idempotency_key)
+    )
+    return result
 
 
 def closer_of(item: FollowUpView) -> Actor:

@@ -7,7 +7,7 @@ from fractions import Fraction
 
 from schemas.common import AccountabilityLevel, CadreGrade, TeamGrade
 from schemas.policy import GradingPolicy
-from schemas.roster import Accountability
+from schemas.roster import Accountability, CadreSpec
 from schemas.status import Flag
 from tests.helpers import sample_unit
 from workflows.rules import (
@@ -51,16 +51,17 @@ def test_quota_per_category_and_undetermined_not_counted() -> None:
     assert "quota of 2 (9 graded cadres" in violation
 
 
-def test_accountability_overlapping_the_year_bars_excellent() -> None:
-    unit = sample_unit(cadres=1)
-    cadre = unit.cadres[0]
+def admonished(start: dt.date, end: dt.date) -> CadreSpec:
+    """A cadre with one 诫勉 over the given period."""
+    cadre = sample_unit(cadres=1).cadres[0]
     cadre.accountabilities = [
-        Accountability(
-            level=AccountabilityLevel.ADMONISHMENT,
-            start=dt.date(2025, 7, 1),
-            end=dt.date(2026, 1, 1),
-        )
+        Accountability(level=AccountabilityLevel.ADMONISHMENT, start=start, end=end)
     ]
+    return cadre
+
+
+def test_accountability_overlapping_the_year_bars_excellent() -> None:
+    cadre = admonished(dt.date(2025, 7, 1), dt.date(2026, 1, 1))
     assert "诫勉" in (accountability_bar(cadre, 2026, POLICY) or "")  # overlaps by one day
     assert accountability_bar(cadre, 2027, POLICY) is None
     cadre.accountabilities[0].level = AccountabilityLevel.CRITICISM  # below 诫勉
@@ -72,15 +73,7 @@ def test_accountability_overlapping_the_year_bars_excellent() -> None:
 def test_accountability_starting_on_the_last_day_of_the_year_bars_excellent() -> None:
     """The other edge: a period that starts on 12-31 overlaps the year; one that starts on
     the next 01-01 does not."""
-    unit = sample_unit(cadres=1)
-    cadre = unit.cadres[0]
-    cadre.accountabilities = [
-        Accountability(
-            level=AccountabilityLevel.ADMONISHMENT,
-            start=dt.date(2026, 12, 31),
-            end=dt.date(2027, 6, 30),
-        )
-    ]
+    cadre = admonished(dt.date(2026, 12, 31), dt.date(2027, 6, 30))
     assert "(2026-12-31–2027-06-30) overlaps 2026" in (
         accountability_bar(cadre, 2026, POLICY) or ""
     )
