@@ -19,6 +19,7 @@ from activities.ballots import BallotActivities
 from activities.channels import Channels
 from activities.db import create_pool
 from activities.notify import NotifyActivities
+from activities.rosters import RosterActivities
 from activities.storage import StorageActivities
 from activities.talk_cipher import TalkCipher
 from kaohe.client import connect
@@ -50,6 +51,7 @@ def activities_of(
     storage: StorageActivities, notify: NotifyActivities, ballots: BallotActivities | None = None
 ) -> list[object]:
     ballots = ballots or BallotActivities(storage.pool)
+    rosters = RosterActivities(storage.pool)
     return [
         storage.register_unit,
         storage.record_transition,
@@ -72,6 +74,7 @@ def activities_of(
         storage.save_follow_up,
         storage.close_follow_up,
         storage.load_unit_stages,
+        rosters.load_roster_units,
         notify.notify,
     ]
 

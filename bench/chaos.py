@@ -116,7 +116,7 @@ async def drive_campaign(
 ) -> float:
     """Starts the campaign, drives every unit to the end (with `faults` running meanwhile)
     and waits for the campaign; returns the seconds it took."""
-    from kaohe.cli import start_campaign
+    from kaohe.starter import start_campaign
 
     t0 = time.perf_counter()
     await start_campaign(client, roster, task_queue, POLICY)

@@ -16,9 +16,7 @@ import typer
 from pydantic import TypeAdapter, ValidationError
 from rich.progress import Progress
 from rich.table import Table
-from temporalio.client import Client, WorkflowUpdateFailedError
-from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.client import WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
 from kaohe.audit import verify_audit
@@ -36,6 +34,7 @@ from kaohe.roster_io import (
 )
 from kaohe.roster_tables import count_rows, write_roster_tables
 from kaohe.settings import get_settings
+from kaohe.starter import start_campaign
 from schemas import search_attributes as sa
 from schemas.common import Stage
 from schemas.errors import format_validation_error
@@ -43,7 +42,6 @@ from schemas.messages import ACTION_MODELS, ActionResult
 from schemas.policy import Policy
 from schemas.roster import Roster
 from schemas.status import CampaignProgress, UnitStatus
-from schemas.workflow_io import CampaignInput
 from workflows.calendar import SHANGHAI
 from workflows.campaign import AssessmentCampaign, campaign_workflow_id
 from workflows.unit import UnitAssessment
@@ -188,28 +186,6 @@ def _policy_or_exit(path: Path | None, year: int) -> Policy:
         raise _report_and_exit(err) from err
 
 
-async def start_campaign(
-    client: Client, roster: Roster, task_queue: str, policy: Policy | None = None
-) -> tuple[str, bool]:
-    """Starts the campaign workflow; (workflow id, False) if it already exists."""
-    workflow_id = campaign_workflow_id(roster.campaign_id)
-    try:
-        await client.start_workflow(
-            AssessmentCampaign.run,
-            CampaignInput(roster=roster, policy=policy or load_policy(None, roster.year)),
-            id=workflow_id,
-            task_queue=task_queue,
-            # A terminated or failed campaign may be started again (its units are not
-            # restarted: they are rejected as duplicates); a running or completed one not.
-            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
-            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
-            static_summary=f"{roster.title} · {len(roster.units)} units",
-        )
-    except WorkflowAlreadyStartedError:
-        return workflow_id, False
-    return workflow_id, True
-
-
 @app.command()
 def start(
     roster_file: Annotated[Path, typer.Argument(help="Roster: YAML, .xlsx or a CSV folder.")],
@@ -236,7 +212,13 @@ def start(
     settings = get_settings()
 
     async def go() -> tuple[str, bool]:
-        return await start_campaign(await connect(settings), roster, settings.task_queue, policy)
+        return await start_campaign(
+            await connect(settings),
+            roster,
+            settings.task_queue,
+            policy,
+            database_url=settings.effective_database_url,
+        )
 
     workflow_id, new = run(go())
     verb = "started" if new else "already exists, nothing started again:"

@@ -29,7 +29,7 @@ console = Console()
 
 
 async def run_demo(settings: Settings, roster: Roster, *, pace: float = 2.0) -> None:
-    from kaohe.cli import start_campaign
+    from kaohe.starter import start_campaign
 
     client = await connect(settings)
     policy = load_policy(None, roster.year)

@@ -94,6 +94,18 @@ class Contact(Model):
     ) = None
 
 
+class RosterHeader(Model):
+    """What every unit of a roster shares: the roster without its units and contacts."""
+
+    campaign_id: Identifier
+    year: int = Field(ge=2000, le=2100)
+    title: ShortText
+    group_leader: ShortText = "assessment-group-leader"
+    department: ShortText = "organization-department"
+    assessment_group: ShortText = "assessment-group"
+    approver: ShortText = "approver"
+
+
 class Roster(Model):
     campaign_id: Identifier
     year: int = Field(ge=2000, le=2100)
@@ -150,3 +162,27 @@ class Roster(Model):
                 raise ValueError(f"unit_id {unit.unit_id!r} appears twice")
             seen.add(unit.unit_id)
         return self
+
+    def header(self) -> RosterHeader:
+        return RosterHeader(
+            campaign_id=self.campaign_id,
+            year=self.year,
+            title=self.title,
+            group_leader=self.group_leader,
+            department=self.department,
+            assessment_group=self.assessment_group,
+            approver=self.approver,
+        )
+
+    def contacts_of(self, unit: UnitSpec) -> dict[str, Contact]:
+        """The contacts a unit's notifications can go to (its contact, its cadres, the group
+        leader, department, assessment group and approver): all a unit workflow needs."""
+        recipients = [
+            unit.contact or unit.unit_id,
+            *(c.cadre_id for c in unit.cadres),
+            self.group_leader,
+            self.department,
+            self.assessment_group,
+            self.approver,
+        ]
+        return {r: self.contacts[r] for r in recipients if r in self.contacts}

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import datetime as dt
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, StringConstraints, model_validator
 
 from schemas.calibration import CalibrationEntry
 from schemas.common import Actor, CadreGrade, Model, Stage, TeamGrade
@@ -24,7 +24,7 @@ from schemas.messages import (
     SubmitReport,
 )
 from schemas.policy import Policy, RaterGroup
-from schemas.roster import Contact, Roster, UnitSpec
+from schemas.roster import Contact, Roster, RosterHeader, UnitSpec
 
 
 class UnitInput(Model):
@@ -45,17 +45,92 @@ class UnitInput(Model):
         return self.unit.rater_groups or self.policy.rater_groups
 
 
-class CampaignInput(Model):
-    roster: Roster
-    policy: Policy = Field(default_factory=Policy)
-    max_concurrent_starts: int = Field(default=50, ge=1, le=500)
-    # Carried over continue-as-new so a restarted campaign starts nothing twice.
+class StoredRoster(Model):
+    """A roster kept in PostgreSQL (table campaign_roster_units) because it is too large for
+    a workflow input; the campaign reads its units page by page. The digest names the exact
+    roster, so one stored again with changes never alters what a running campaign reads."""
+
+    header: RosterHeader
+    digest: Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+    units_total: int = Field(ge=1, le=10_000)
+    # Category -> cadres graded this year: the pooled 优秀 quotas need no unit list.
+    graded_by_category: dict[str, int]
+
+
+class RosterUnit(Model):
+    """One unit of a stored roster with the contacts its notifications can go to."""
+
+    unit: UnitSpec
+    contacts: dict[str, Contact] = Field(default_factory=dict)
+
+
+class RosterPage(Model):
+    campaign_id: str
+    digest: str
+    offset: int = Field(ge=0)
+    # Exactly this many units are expected: fewer means the roster was not (fully) stored.
+    count: int = Field(ge=1, le=1000)
+
+
+class CampaignState(Model):
+    """What a campaign carries over continue-as-new, so a new run starts nothing twice."""
+
+    # Roster units, in order, whose start was attempted (started, or found already running).
+    cursor: int = Field(default=0, ge=0)
     started: list[str] = Field(default_factory=list)
+    # Units an earlier run had started: their stages are read from the database once.
+    recover: list[str] = Field(default_factory=list)
     stages: dict[str, Stage] = Field(default_factory=dict)
     seqs: dict[str, int] = Field(default_factory=dict)
     # Cross-unit calibration: unit id -> its latest proposal's entry; decisions taken.
     calibration: dict[str, CalibrationEntry] = Field(default_factory=dict)
     calibration_decisions: dict[str, str] = Field(default_factory=dict)
+
+
+class CampaignInput(Model):
+    """A campaign's roster, inline or stored (exactly one), and its state so far."""
+
+    roster: Roster | None = None
+    stored_roster: StoredRoster | None = None
+    policy: Policy = Field(default_factory=Policy)
+    max_concurrent_starts: int = Field(default=50, ge=1, le=500)
+    # Continue-as-new once the history has this many events (besides when Temporal suggests
+    # it): bounds a run's history and replay time below the server's own limits.
+    history_limit: int | None = Field(default=None, ge=20)
+    state: CampaignState = Field(default_factory=CampaignState)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _state_at_top_level(cls, data: Any) -> Any:
+        """Inputs recorded before CampaignState carried its fields at the top level."""
+        if isinstance(data, dict) and any(k in data for k in _LEGACY_STATE):
+            data = dict(data)
+            legacy = {k: data.pop(k) for k in _LEGACY_STATE if k in data}
+            data["state"] = {**legacy, **data.get("state", {})}
+        return data
+
+    @model_validator(mode="after")
+    def _one_roster(self) -> CampaignInput:
+        if (self.roster is None) == (self.stored_roster is None):
+            raise ValueError("roster: give the roster or stored_roster, exactly one")
+        return self
+
+    @property
+    def header(self) -> RosterHeader:
+        if self.roster is not None:
+            return self.roster.header()
+        assert self.stored_roster is not None
+        return self.stored_roster.header
+
+    @property
+    def units_total(self) -> int:
+        if self.roster is not None:
+            return len(self.roster.units)
+        assert self.stored_roster is not None
+        return self.stored_roster.units_total
+
+
+_LEGACY_STATE = ("started", "stages", "seqs", "calibration", "calibration_decisions")
 
 
 class UnitProgress(Model):

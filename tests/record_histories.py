@@ -78,7 +78,7 @@ VERSION = "v9"
 async def record_paths(
     client: Client, task_queue: str, tokens: TokenSource
 ) -> dict[str, WorkflowHistory]:
-    from kaohe.cli import start_campaign
+    from kaohe.starter import start_campaign
     from tests.helpers import TEST_POLICY, sample_unit, start_unit
 
     out: dict[str, WorkflowHistory] = {}

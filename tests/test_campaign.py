@@ -14,7 +14,6 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
 )
 
-from kaohe.cli import start_campaign
 from kaohe.simulate import (
     APPROVER,
     TokenSource,
@@ -23,6 +22,7 @@ from kaohe.simulate import (
     wait_for_status,
     wait_started,
 )
+from kaohe.starter import start_campaign
 from schemas import search_attributes as sa
 from schemas.calibration import DecideCalibration
 from schemas.common import Actor, CadreGrade, Role, Stage

@@ -8,6 +8,8 @@ REJECT_DUPLICATE make starting a campaign twice start no unit twice.
 from __future__ import annotations
 
 import asyncio
+from collections import Counter
+from collections.abc import AsyncIterator
 from datetime import timedelta
 
 from temporalio import workflow
@@ -30,9 +32,16 @@ with workflow.unsafe.imports_passed_through():
     )
     from schemas.common import Role, Stage
     from schemas.messages import ActionResult
-    from schemas.roster import UnitSpec
+    from schemas.roster import Contact, UnitSpec
     from schemas.status import CampaignProgress
-    from schemas.workflow_io import CampaignInput, UnitInput, UnitProgress
+    from schemas.workflow_io import (
+        CampaignInput,
+        CampaignState,
+        RosterPage,
+        RosterUnit,
+        UnitInput,
+        UnitProgress,
+    )
     from workflows.details import campaign_details
     from workflows.payloads import ActionRejected, parse_action
     from workflows.rules import excellent_quota, graded_headcount
@@ -41,6 +50,10 @@ with workflow.unsafe.imports_passed_through():
 
 # States of a calibration entry whose 优秀 count against the category's pooled quota.
 RESERVING = ("cleared", "allowed")
+# Units of a stored roster read per activity (about 1.3 kB each).
+ROSTER_PAGE = 200
+# Continue-as-new between chunks of starts too, not only once every unit has started.
+CONTINUE_WHILE_STARTING_PATCH = "campaign-continue-while-starting"
 
 
 def campaign_workflow_id(campaign_id: str) -> str:
@@ -56,12 +69,24 @@ class AssessmentCampaign:
     @workflow.init
     def __init__(self, input: CampaignInput) -> None:
         self._input = input
-        self._roster = input.roster
-        self._started: set[str] = set(input.started)
-        self._stages: dict[str, Stage] = dict(input.stages)
-        self._seqs: dict[str, int] = dict(input.seqs)
-        self._calibration: dict[str, CalibrationEntry] = dict(input.calibration)
-        self._decisions: dict[str, str] = dict(input.calibration_decisions)
+        self._header = input.header
+        state = input.state
+        self._cursor = state.cursor
+        self._started: set[str] = set(state.started)
+        self._recover: list[str] = list(state.recover)
+        self._stages: dict[str, Stage] = dict(state.stages)
+        self._by_stage: Counter[Stage] = Counter(self._stages.values())
+        self._seqs: dict[str, int] = dict(state.seqs)
+        self._calibration: dict[str, CalibrationEntry] = dict(state.calibration)
+        self._decisions: dict[str, str] = dict(state.calibration_decisions)
+        if input.roster is not None:
+            self._graded: dict[str, int] = {}
+            for unit in input.roster.units:
+                graded = self._graded.get(unit.category, 0) + graded_headcount(unit)
+                self._graded[unit.category] = graded
+        else:
+            assert input.stored_roster is not None
+            self._graded = dict(input.stored_roster.graded_by_category)
 
     @workflow.run
     async def run(self, input: CampaignInput) -> CampaignProgress:
@@ -80,7 +105,7 @@ class AssessmentCampaign:
             await asyncio.gather(*(self._cancel_unit(u) for u in running[i : i + step]))
 
     async def _cancel_unit(self, unit_id: str) -> None:
-        workflow_id = unit_workflow_id(self._roster.campaign_id, unit_id)
+        workflow_id = unit_workflow_id(self._header.campaign_id, unit_id)
         try:
             await workflow.get_external_workflow_handle(workflow_id).cancel()
         except Exception:  # ended meanwhile: nothing to cancel
@@ -88,59 +113,95 @@ class AssessmentCampaign:
 
     async def _run(self, input: CampaignInput) -> CampaignProgress:
         workflow.upsert_search_attributes(
-            [sa.CAMPAIGN.value_set(self._roster.campaign_id), sa.YEAR.value_set(self._roster.year)]
+            [sa.CAMPAIGN.value_set(self._header.campaign_id), sa.YEAR.value_set(self._header.year)]
         )
         self._refresh_details()
-        pending = [u for u in self._roster.units if u.unit_id not in self._started]
-        existing: list[str] = []
         step = input.max_concurrent_starts
-        for i in range(0, len(pending), step):
-            chunk = pending[i : i + step]
-            results = await asyncio.gather(*(self._start_unit(u) for u in chunk))
-            existing += [u.unit_id for u, new in zip(chunk, results, strict=True) if not new]
-            self._refresh_details()
-        if existing:
+        async for page in self._pending_units():
+            for i in range(0, len(page), step):
+                chunk = page[i : i + step]
+                await asyncio.gather(*(self._start_unit(*u) for u in chunk))
+                self._cursor += len(chunk)
+                self._refresh_details()
+                if self._should_continue_as_new() and workflow.patched(
+                    CONTINUE_WHILE_STARTING_PATCH
+                ):
+                    await self._continue_as_new()
+        if self._recover:
             # Units an earlier run started: take their stage from the database projection,
             # unless one of them has already told us.
             stored: dict[str, str] = await workflow.execute_activity(
                 "load_unit_stages",
-                self._roster.campaign_id,
+                self._header.campaign_id,
                 result_type=dict[str, str],
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=ACTIVITY_RETRY,
             )
-            for unit_id in existing:
+            for unit_id in self._recover:
                 if unit_id in stored and self._stages.get(unit_id) == Stage.NOTICE:
-                    self._stages[unit_id] = Stage(stored[unit_id])
+                    self._set_stage(unit_id, Stage(stored[unit_id]))
+            self._recover = []
             self._refresh_details()
 
         while not self._all_done():
             await workflow.wait_condition(
-                lambda: self._all_done() or workflow.info().is_continue_as_new_suggested()
+                lambda: self._all_done() or self._should_continue_as_new()
             )
             if not self._all_done():
-                await workflow.wait_condition(workflow.all_handlers_finished)
-                workflow.continue_as_new(
-                    CampaignInput(
-                        roster=self._roster,
-                        policy=self._input.policy,
-                        max_concurrent_starts=step,
-                        started=sorted(self._started),
-                        stages=self._stages,
-                        seqs=self._seqs,
-                        calibration=self._calibration,
-                        calibration_decisions=self._decisions,
-                    )
-                )
+                await self._continue_as_new()
         await workflow.wait_condition(workflow.all_handlers_finished)
         return self._progress()
+
+    async def _pending_units(self) -> AsyncIterator[list[tuple[UnitSpec, dict[str, Contact]]]]:
+        """The units not started yet, in roster order, in pages: an inline roster in one,
+        a stored one ROSTER_PAGE units per activity."""
+        roster, stored = self._input.roster, self._input.stored_roster
+        if roster is not None:
+            units = roster.units[self._cursor :]
+            yield [(u, roster.contacts_of(u)) for u in units if u.unit_id not in self._started]
+            return
+        assert stored is not None
+        while self._cursor < stored.units_total:
+            page: list[RosterUnit] = await workflow.execute_activity(
+                "load_roster_units",
+                RosterPage(
+                    campaign_id=self._header.campaign_id,
+                    digest=stored.digest,
+                    offset=self._cursor,
+                    count=min(ROSTER_PAGE, stored.units_total - self._cursor),
+                ),
+                result_type=list[RosterUnit],
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=ACTIVITY_RETRY,
+            )
+            yield [(u.unit, u.contacts) for u in page if u.unit.unit_id not in self._started]
+
+    def _should_continue_as_new(self) -> bool:
+        info = workflow.info()
+        limit = self._input.history_limit
+        return info.is_continue_as_new_suggested() or (
+            limit is not None and info.get_current_history_length() >= limit
+        )
+
+    async def _continue_as_new(self) -> None:
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        state = CampaignState(
+            cursor=self._cursor,
+            started=sorted(self._started),
+            recover=self._recover,
+            stages=self._stages,
+            seqs=self._seqs,
+            calibration=self._calibration,
+            calibration_decisions=self._decisions,
+        )
+        workflow.continue_as_new(self._input.model_copy(update={"state": state}))
 
     @workflow.signal
     def unit_progress(self, progress: UnitProgress) -> None:
         if progress.seq < self._seqs.get(progress.unit_id, 0):
             return  # an earlier transition delivered late
         self._seqs[progress.unit_id] = progress.seq
-        self._stages[progress.unit_id] = progress.stage
+        self._set_stage(progress.unit_id, progress.stage)
         self._refresh_details()
 
     @workflow.query
@@ -160,8 +221,7 @@ class AssessmentCampaign:
 
     @workflow.query
     def calibration(self) -> list[CategoryCalibration]:
-        categories = sorted({u.category for u in self._roster.units})
-        return [self._category_view(c) for c in categories]
+        return [self._category_view(c) for c in sorted(self._graded)]
 
     @workflow.update
     async def decide_calibration(self, payload: RawValue) -> ActionResult:
@@ -214,7 +274,7 @@ class AssessmentCampaign:
 
     def _quota(self, category: str) -> tuple[int, int]:
         """(graded cadres, pooled 优秀 quota) of a category, from the roster."""
-        graded = sum(graded_headcount(u) for u in self._roster.units if u.category == category)
+        graded = self._graded.get(category, 0)
         return graded, excellent_quota(graded, self._input.policy.grading.ratio_for(category))
 
     def _reserved(self, category: str, but: str | None = None) -> int:
@@ -261,7 +321,7 @@ class AssessmentCampaign:
         )
         try:
             await workflow.get_external_workflow_handle(
-                unit_workflow_id(self._roster.campaign_id, unit_id)
+                unit_workflow_id(self._header.campaign_id, unit_id)
             ).signal("calibration_result", result)
         except Exception:  # a unit that is gone has no proposal to hold
             workflow.logger.warning("unit %s did not take its calibration result", unit_id)
@@ -281,9 +341,10 @@ class AssessmentCampaign:
             ],
         )
 
-    async def _start_unit(self, unit: UnitSpec) -> bool:
-        """Starts the unit's workflow; False if an earlier run of this campaign had."""
-        r = self._roster
+    async def _start_unit(self, unit: UnitSpec, contacts: dict[str, Contact]) -> None:
+        """Starts the unit's workflow; one an earlier run of this campaign started is left
+        running and its stage recovered."""
+        r = self._header
         try:
             await workflow.start_child_workflow(
                 UnitAssessment.run,
@@ -293,7 +354,7 @@ class AssessmentCampaign:
                     campaign_title=r.title,
                     unit=unit,
                     policy=self._input.policy,
-                    contacts=r.contacts,
+                    contacts=contacts,
                     group_leader=r.group_leader,
                     department=r.department,
                     assessment_group=r.assessment_group,
@@ -315,29 +376,32 @@ class AssessmentCampaign:
                 static_summary=f"{unit.name} · {r.year}年度考核 · {len(unit.cadres)} cadres",
                 static_details=_roster_markdown(unit),
             )
-            new = True
         except WorkflowAlreadyStartedError:
-            new = False
+            self._recover.append(unit.unit_id)
         self._started.add(unit.unit_id)
-        self._stages.setdefault(unit.unit_id, Stage.NOTICE)
-        return new
+        if unit.unit_id not in self._stages:
+            self._set_stage(unit.unit_id, Stage.NOTICE)
+
+    def _set_stage(self, unit_id: str, stage: Stage) -> None:
+        """Keeps the per-stage counts with the stages: a signal costs O(1), not O(units)."""
+        old = self._stages.get(unit_id)
+        if old is not None:
+            self._by_stage[old] -= 1
+        self._stages[unit_id] = stage
+        self._by_stage[stage] += 1
 
     def _all_done(self) -> bool:
-        return len(self._started) == len(self._roster.units) and all(
-            self._stages.get(u.unit_id) in TERMINAL for u in self._roster.units
-        )
+        ended = sum(self._by_stage[s] for s in TERMINAL)
+        return len(self._started) == self._input.units_total and ended == len(self._stages)
 
     def _progress(self) -> CampaignProgress:
-        by_stage: dict[Stage, int] = {}
-        for stage in self._stages.values():
-            by_stage[stage] = by_stage.get(stage, 0) + 1
         return CampaignProgress(
-            campaign_id=self._roster.campaign_id,
-            year=self._roster.year,
-            title=self._roster.title,
-            units_total=len(self._roster.units),
+            campaign_id=self._header.campaign_id,
+            year=self._header.year,
+            title=self._header.title,
+            units_total=self._input.units_total,
             units_started=len(self._started),
-            by_stage=by_stage,
+            by_stage={stage: n for stage, n in self._by_stage.items() if n},
             completed=self._all_done(),
             calibration_held=[u for u, e in self._calibration.items() if e.state == "held"],
         )

@@ -1,0 +1,73 @@
+"""Starting a campaign: its roster goes in the workflow input, or into PostgreSQL first when
+it is too large for one (Temporal refuses payloads over 2 MB; a campaign's input is also
+carried over every continue-as-new)."""
+
+from __future__ import annotations
+
+import asyncpg
+from temporalio.client import Client
+from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
+from temporalio.exceptions import WorkflowAlreadyStartedError
+
+from activities.rosters import store_roster
+from kaohe.roster_io import load_policy
+from schemas.policy import Policy
+from schemas.roster import Roster
+from schemas.workflow_io import CampaignInput
+from workflows.campaign import AssessmentCampaign, campaign_workflow_id
+
+# Rosters above this (about 200 units) are stored, not inlined.
+INLINE_ROSTER_BYTES = 256 * 1024
+
+
+class RosterTooLarge(Exception):
+    """A roster that must be stored, with no database to store it in."""
+
+
+async def start_campaign(
+    client: Client,
+    roster: Roster,
+    task_queue: str,
+    policy: Policy | None = None,
+    *,
+    database_url: str | None = None,
+    inline_limit: int = INLINE_ROSTER_BYTES,
+    max_concurrent_starts: int | None = None,
+    history_limit: int | None = None,
+) -> tuple[str, bool]:
+    """Starts the campaign workflow; (workflow id, False) if it already exists."""
+    workflow_id = campaign_workflow_id(roster.campaign_id)
+    policy = policy or load_policy(None, roster.year)
+    size = len(roster.model_dump_json())
+    if size <= inline_limit:
+        input = CampaignInput(roster=roster, policy=policy)
+    elif database_url is None:
+        raise RosterTooLarge(
+            f"the roster is {size // 1024} kB, above the {inline_limit // 1024} kB a workflow "
+            "input takes: it is stored in PostgreSQL first, so give the database "
+            "(KAOHE_DATABASE_URL)"
+        )
+    else:
+        conn = await asyncpg.connect(database_url)
+        try:
+            input = CampaignInput(stored_roster=await store_roster(conn, roster), policy=policy)
+        finally:
+            await conn.close()
+    if max_concurrent_starts is not None:
+        input.max_concurrent_starts = max_concurrent_starts
+    input.history_limit = history_limit
+    try:
+        await client.start_workflow(
+            AssessmentCampaign.run,
+            input,
+            id=workflow_id,
+            task_queue=task_queue,
+            # A terminated or failed campaign may be started again (its units are not
+            # restarted: they are rejected as duplicates); a running or completed one not.
+            id_reuse_policy=WorkflowIDReusePolicy.ALLOW_DUPLICATE_FAILED_ONLY,
+            id_conflict_policy=WorkflowIDConflictPolicy.FAIL,
+            static_summary=f"{roster.title} · {len(roster.units)} units",
+        )
+    except WorkflowAlreadyStartedError:
+        return workflow_id, False
+    return workflow_id, True
