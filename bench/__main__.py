@@ -59,7 +59,20 @@ def parser() -> argparse.ArgumentParser:
     chaos.add_argument("--units", type=_positive, default=200, help="units per campaign")
     chaos.add_argument("--kills", type=_positive, default=20, help="worker SIGKILLs")
     chaos.add_argument("--concurrency", type=_positive, default=20, help="units in flight")
-    for each in (floor, unit, ballots, chaos):
+    campaign = sub.add_parser(
+        "campaign", help="a whole campaign with simulated integrators vs the floor's events/s"
+    )
+    campaign.add_argument("--units", type=_positive, default=1000, help="units in the campaign")
+    campaign.add_argument("--concurrency", type=_positive, default=20, help="units driven at once")
+    campaign.add_argument("--floor-workflows", type=_positive, default=200)
+    campaign.add_argument("--floor-concurrency", type=_positive, default=20)
+    campaign.add_argument("--floor-warmup", type=_non_negative, default=10)
+
+    latency = sub.add_parser("latency", help="record_talk update round trips vs the floor's")
+    latency.add_argument("--updates", type=_positive, default=300, help="updates of each")
+    latency.add_argument("--warmup", type=_non_negative, default=20, help="untimed of each first")
+
+    for each in (floor, unit, ballots, chaos, campaign, latency):
         each.add_argument(
             "--keep", action="store_true", help="keep the temp dir (data and logs) afterwards"
         )
@@ -86,6 +99,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         return asyncio.run(
             chaos_bench.main(
                 units=args.units, kills=args.kills, concurrency=args.concurrency, keep=args.keep
+            )
+        )
+    if args.name == "latency":
+        from bench import latency as latency_bench
+
+        return asyncio.run(
+            latency_bench.main(updates=args.updates, warmup=args.warmup, keep=args.keep)
+        )
+    if args.name == "campaign":
+        from bench import campaign as campaign_bench
+
+        return asyncio.run(
+            campaign_bench.main(
+                units=args.units,
+                concurrency=args.concurrency,
+                floor_workflows=args.floor_workflows,
+                floor_concurrency=args.floor_concurrency,
+                floor_warmup=args.floor_warmup,
+                keep=args.keep,
             )
         )
     from bench import unit

@@ -113,13 +113,15 @@ async def drive_campaign(
     task_queue: str,
     concurrency: int,
     faults: Callable[[], Awaitable[None]] | None = None,
+    database_url: str | None = None,
 ) -> float:
-    """Starts the campaign, drives every unit to the end (with `faults` running meanwhile)
-    and waits for the campaign; returns the seconds it took."""
+    """Starts the campaign (its roster stored in `database_url` if too large to inline),
+    drives every unit to the end (with `faults` running meanwhile) and waits for the
+    campaign; returns the seconds it took."""
     from kaohe.starter import start_campaign
 
     t0 = time.perf_counter()
-    await start_campaign(client, roster, task_queue, POLICY)
+    await start_campaign(client, roster, task_queue, POLICY, database_url=database_url)
     ids = [unit_workflow_id(roster.campaign_id, u.unit_id) for u in roster.units]
     await asyncio.gather(*(wait_started(client, wf) for wf in ids))
     tokens = token_source(pool)
