@@ -72,7 +72,13 @@ def parser() -> argparse.ArgumentParser:
     latency.add_argument("--updates", type=_positive, default=300, help="updates of each")
     latency.add_argument("--warmup", type=_non_negative, default=20, help="untimed of each first")
 
-    for each in (floor, unit, ballots, chaos, campaign, latency):
+    idle = sub.add_parser("idle", help="waiting unit workflows: worker memory, listing stalled")
+    idle.add_argument("--units", type=_positive, default=10_000, help="workflows each side")
+    idle.add_argument(
+        "--stall-after", type=float, default=30.0, help="seconds until a notice deadline passes"
+    )
+
+    for each in (floor, unit, ballots, chaos, campaign, latency, idle):
         each.add_argument(
             "--keep", action="store_true", help="keep the temp dir (data and logs) afterwards"
         )
@@ -100,6 +106,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             chaos_bench.main(
                 units=args.units, kills=args.kills, concurrency=args.concurrency, keep=args.keep
             )
+        )
+    if args.name == "idle":
+        from bench import idle as idle_bench
+
+        return asyncio.run(
+            idle_bench.main(units=args.units, stall_after=args.stall_after, keep=args.keep)
         )
     if args.name == "latency":
         from bench import latency as latency_bench

@@ -42,7 +42,7 @@ from kaohe.simulate import (
     persist,
     proposal_for,
     simulated_unit,
-    wait_started,
+    wait_campaign_started,
 )
 from schemas.common import Stage
 from schemas.policy import GradingPolicy, Policy
@@ -123,7 +123,7 @@ async def drive_campaign(
     t0 = time.perf_counter()
     await start_campaign(client, roster, task_queue, POLICY, database_url=database_url)
     ids = [unit_workflow_id(roster.campaign_id, u.unit_id) for u in roster.units]
-    await asyncio.gather(*(wait_started(client, wf) for wf in ids))
+    await wait_campaign_started(client, roster.campaign_id)
     tokens = token_source(pool)
     await issue_all(tokens, ids)
     gate = asyncio.Semaphore(concurrency)

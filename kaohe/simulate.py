@@ -16,6 +16,7 @@ from temporalio.client import (
     Client,
     WorkflowExecutionDescription,
     WorkflowHandle,
+    WorkflowQueryFailedError,
     WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.service import RPCError
@@ -42,6 +43,7 @@ from schemas.messages import (
 from schemas.policy import BallotPolicy, Policy, RaterGroup
 from schemas.roster import CadreSpec, UnitSpec
 from schemas.status import FollowUpView, UnitStatus
+from workflows.campaign import AssessmentCampaign, campaign_workflow_id
 from workflows.rules import excellent_quota
 from workflows.stages import ORDER
 from workflows.unit import UnitAssessment
@@ -384,6 +386,26 @@ async def wait_started(
             if loop.time() > deadline:
                 raise TimeoutError(f"{workflow_id} was not started") from None
             await asyncio.sleep(0.1)
+
+
+async def wait_campaign_started(client: Client, campaign_id: str, seconds: float = 900.0) -> None:
+    """Until the campaign has started all its units: one query every half second, where a
+    wait_started per unit would poll the server once per unit."""
+    handle = client.get_workflow_handle_for(
+        AssessmentCampaign.run, campaign_workflow_id(campaign_id)
+    )
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while True:
+        try:
+            progress = await handle.query(AssessmentCampaign.progress, rpc_timeout=QUERY_TIMEOUT)
+            if progress.units_started == progress.units_total:
+                return
+        except (RPCError, WorkflowQueryFailedError):  # not yet started, or between two runs
+            pass
+        if loop.time() > deadline:
+            raise TimeoutError(f"campaign {campaign_id} did not start all its units")
+        await asyncio.sleep(0.5)
 
 
 async def _cast_ballots(

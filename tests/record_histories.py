@@ -72,11 +72,13 @@ async def wait_for_stage(handle: WorkflowHandle, stage: Stage, seconds: float = 
 #       late escalates; the group's evaluation as strengths and shortcomings (workflow.patched
 #       "result-use-signed"); resume gives back working days (workflow.patched
 #       "resume-working-days", in deadline_path)
-VERSION = "v9"
+#   v10: campaigns from a stored roster, continued as new while starting units
+#       (workflow.patched "campaign-continue-while-starting"; stored_campaign)
+VERSION = "v10"
 
 
 async def record_paths(
-    client: Client, task_queue: str, tokens: TokenSource
+    client: Client, task_queue: str, tokens: TokenSource, database_url: str
 ) -> dict[str, WorkflowHistory]:
     from kaohe.starter import start_campaign
     from tests.helpers import TEST_POLICY, sample_unit, start_unit
@@ -274,6 +276,32 @@ async def record_paths(
         AcknowledgeNotice(idempotency_key="ack", actor=UNIT_CONTACT),
     )
     out["deadline_path"] = await handle.fetch_history()
+
+    # 5. A campaign whose roster is stored in PostgreSQL, read in pages, and whose first run
+    # continues as new after its first unit started (a history limit of 20 events).
+    roster = Roster(
+        campaign_id=f"stored-{tag}",
+        year=2026,
+        title="存储名册",
+        units=[sample_unit(f"s{n}-{tag}") for n in range(3)],
+    )
+    wf_id, _ = await start_campaign(
+        client,
+        roster,
+        task_queue,
+        TEST_POLICY,
+        database_url=database_url,
+        inline_limit=0,
+        max_concurrent_starts=1,
+        history_limit=20,
+    )
+    for u in roster.units:
+        await wait_started(client, unit_workflow_id(roster.campaign_id, u.unit_id))
+    async for run in client.list_workflows(f'WorkflowId="{wf_id}"'):
+        history = await client.get_workflow_handle(wf_id, run_id=run.run_id).fetch_history()
+        first = history.events[0].workflow_execution_started_event_attributes
+        if not first.continued_execution_run_id:
+            out["stored_campaign"] = history
     return out
 
 
@@ -309,7 +337,7 @@ async def main() -> None:
                 client, StorageActivities(pool, key), NotifyActivities(pool), "record"
             )
             async with worker:
-                histories = await record_paths(client, "record", token_source(pool))
+                histories = await record_paths(client, "record", token_source(pool), url)
             await pool.close()
         finally:
             await temporal.stop()

@@ -31,10 +31,11 @@ def replayer(converter: DataConverter = pydantic_data_converter) -> Replayer:
 def test_every_stage_path_is_recorded_for_every_version() -> None:
     paths = {"full_path", "closed_early_path", "campaign"}
     names = {p.stem for p in RECORDED}
-    for version in ("v0", "v1", "v2", "v3", "v4", "v5", "v6", "v7", "v8", VERSION):
+    for version in ("v0", "v1", "v2", "v3", "v4", "v5", "v6", "v7", "v8", "v9", VERSION):
         assert {f"{version}_{path}" for path in paths} <= names
     assert {"v5_calibrated_unit", "v6_deadline_path", "v7_deadline_path"} <= names
     assert f"{VERSION}_deadline_path" in names
+    assert f"{VERSION}_stored_campaign" in names
 
 
 async def test_pre_patch_history_takes_the_old_branch() -> None:
@@ -62,7 +63,7 @@ async def test_recorded_history_replays(path: Path) -> None:
 async def test_fresh_histories_replay(
     stack: Stack, client: Client, worker: str, tokens: TokenSource
 ) -> None:
-    histories = await record_paths(client, worker, tokens)
+    histories = await record_paths(client, worker, tokens, stack.database_url)
     for history in histories.values():
         result = await replayer(data_converter(stack.settings)).replay_workflow(history)
         assert result.replay_failure is None
@@ -96,7 +97,14 @@ def test_each_version_took_its_branches() -> None:
     assert patches(HISTORIES / "v7_full_path.json") == v7
     v8 = v7 | {"notify-activity"}
     assert patches(HISTORIES / "v8_full_path.json") == v8
+    assert patches(HISTORIES / "v9_full_path.json") == v8 | {"result-use-signed"}
     assert patches(HISTORIES / f"{VERSION}_full_path.json") == v8 | {"result-use-signed"}
     assert "result-use-signed" in patches(HISTORIES / f"{VERSION}_closed_early_path.json")
     assert "resume-working-days" in patches(HISTORIES / f"{VERSION}_deadline_path.json")
     assert "stage-deadlines" not in patches(HISTORIES / "v5_calibrated_unit.json")
+    # v10: the stored-roster campaign continued as new between two chunks of starts.
+    stored = load(HISTORIES / f"{VERSION}_stored_campaign.json")
+    assert stored.events[-1].HasField("workflow_execution_continued_as_new_event_attributes")
+    assert "campaign-continue-while-starting" in patches(
+        HISTORIES / f"{VERSION}_stored_campaign.json"
+    )

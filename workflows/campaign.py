@@ -93,7 +93,9 @@ class AssessmentCampaign:
         try:
             return await self._run(input)
         except asyncio.CancelledError:
-            await self._cancel_units()
+            # Not when the SDK evicts the campaign from its cache (it cancels its tasks too).
+            if workflow.cancellation_reason() is not None:
+                await self._cancel_units()
             raise
 
     async def _cancel_units(self) -> None:

@@ -277,7 +277,10 @@ class UnitAssessment:
             else:  # units started before deadlines existed keep none
                 await self._follow_publicity()
         except asyncio.CancelledError:
-            await self._cancelled()
+            # Only a cancellation asked of the server: the SDK also cancels the tasks of a
+            # workflow it evicts from its cache, which must not record anything.
+            if workflow.cancellation_reason() is not None:
+                await self._cancelled()
             raise
         await workflow.wait_condition(workflow.all_handlers_finished)
         if self._background:

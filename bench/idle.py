@@ -1,0 +1,232 @@
+"""`python -m bench idle`: many unit workflows waiting, against as many trivial ones.
+
+On a private stack, each side with its worker in a separate process whose resident memory
+is sampled every 0.2 s:
+
+(a) floor: `--units` `BenchEcho` workflows (they wait for a signal) on a floor worker
+    (`python -m bench.floor_worker`, the same sandbox and workflow cache size as kaohe's);
+(b) kaohe: a campaign of `--units` units (its roster stored in PostgreSQL) on `kaohe worker`;
+    every unit waits for its notice to be acknowledged, and its notice deadline
+    (`--stall-after` seconds) passes, so each ends up stalled (KaoheStalled = true).
+
+Then the stalled units are listed from the visibility store, as `kaohe stalled` lists them,
+and so are the floor's running workflows. Last lines: kaohe worker peak RSS / floor worker
+peak RSS, kaohe worker peak RSS / 1 GiB (the goal: below 1), and the time to list the
+stalled units / the time to list as many floor workflows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import psutil
+
+from bench.floor import EchoWorkflow
+from bench.stack import (
+    BenchStack,
+    bounded,
+    console,
+    figures_table,
+    log_summary,
+    print_ratio_line,
+    private_stack,
+    ratio,
+)
+from kaohe.simulate import simulated_unit
+from kaohe.starter import start_campaign
+from schemas.common import Stage
+from schemas.policy import DeadlinePolicy, Policy
+from schemas.roster import Roster
+from workflows.campaign import AssessmentCampaign, campaign_workflow_id
+
+GIB = 1024**3
+KAOHE = str(Path(sys.executable).parent / "kaohe")
+
+
+class RssPeak:
+    """Samples a process's resident memory in the background; `peak` is the highest seen."""
+
+    def __init__(self, pid: int, every: float = 0.2) -> None:
+        self._proc = psutil.Process(pid)
+        self._every = every
+        self.peak = 0
+        self._task: asyncio.Task[None] | None = None
+
+    async def _sample(self) -> None:
+        while True:
+            self.peak = max(self.peak, self._proc.memory_info().rss)
+            await asyncio.sleep(self._every)
+
+    def __enter__(self) -> RssPeak:
+        self._task = asyncio.create_task(self._sample())
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._task.cancel()
+
+
+def _spawn(cmd: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with log.open("ab") as out:
+        return subprocess.Popen(cmd, env=env, stdout=out, stderr=out)
+
+
+def _stop(proc: subprocess.Popen[bytes]) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+async def _until(check: Callable[[], Awaitable[bool]], seconds: float, what: str) -> None:
+    deadline = time.monotonic() + seconds
+    while not await check():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not reached in {seconds:.0f} s")
+        await asyncio.sleep(1.0)
+
+
+async def _timed_list(stack: BenchStack, query: str) -> tuple[int, float]:
+    t0 = time.perf_counter()
+    n = len([wf async for wf in stack.client.list_workflows(query, page_size=1000)])
+    return n, time.perf_counter() - t0
+
+
+async def floor_side(stack: BenchStack, env: dict[str, str], n: int) -> dict[str, float]:
+    queue = stack.task_queue("idle-floor")
+    cmd = [sys.executable, "-m", "bench.floor_worker", stack.temporal.address, queue]
+    proc = _spawn(cmd, env, stack.root / "floor-worker.log")
+    prefix = f"idle-echo-{stack.run_id}"
+    try:
+        with RssPeak(proc.pid) as rss:
+            t0 = time.perf_counter()
+            await bounded(
+                100,
+                [
+                    lambda i=i: stack.client.start_workflow(
+                        EchoWorkflow.run, id=f"{prefix}-{i}", task_queue=queue
+                    )
+                    for i in range(n)
+                ],
+            )
+
+            async def last_ran() -> bool:  # tasks go roughly in order: the last ones last
+                tail = [f"{prefix}-{i}" for i in range(max(0, n - 20), n)]
+                for wf in tail:
+                    history = await stack.client.get_workflow_handle(wf).fetch_history()
+                    if len(history.events) < 4:  # started + its first task completed
+                        return False
+                return True
+
+            await _until(last_ran, 600, "floor workflows running")
+            started = time.perf_counter() - t0
+        query = (
+            f"WorkflowType = 'BenchEcho' AND ExecutionStatus = 'Running' AND TaskQueue = '{queue}'"
+        )
+        listed, list_time = await _timed_list(stack, query)
+    finally:
+        _stop(proc)
+    if listed != n:
+        raise RuntimeError(f"listed {listed} floor workflows, started {n}")
+    return {"peak": rss.peak, "start": started, "list": list_time}
+
+
+async def kaohe_side(
+    stack: BenchStack, env: dict[str, str], n: int, stall_after: float
+) -> dict[str, float]:
+    queue = stack.task_queue("idle-kaohe")
+    proc = _spawn([KAOHE, "worker"], {**env, "KAOHE_TASK_QUEUE": queue}, stack.root / "w.log")
+    roster = Roster(
+        campaign_id=f"idle-{uuid.uuid4().hex[:6]}",
+        year=2026,
+        title="等待基准",
+        units=[simulated_unit(f"u{i:05d}", 2, (2, 2, 3)) for i in range(n)],
+    )
+    policy = Policy(
+        deadlines=DeadlinePolicy(
+            working_days={Stage.NOTICE: 1},
+            reminder_working_days=0,
+            escalate_after_working_days=60,
+            working_day_seconds=stall_after,
+        )
+    )
+    stalled = (
+        f"KaoheStalled = true AND WorkflowType = 'UnitAssessment' "
+        f"AND KaoheCampaign = '{roster.campaign_id}'"
+    )
+    try:
+        with RssPeak(proc.pid) as rss:
+            t0 = time.perf_counter()
+            await start_campaign(
+                stack.client, roster, queue, policy, database_url=stack.database_url
+            )
+            handle = stack.client.get_workflow_handle_for(
+                AssessmentCampaign.run, campaign_workflow_id(roster.campaign_id)
+            )
+
+            async def all_started() -> bool:
+                try:
+                    progress = await handle.query(AssessmentCampaign.progress)
+                except Exception:  # between two runs (continue-as-new)
+                    return False
+                return progress.units_started == n
+
+            await _until(all_started, 3600, "units started")
+            started = time.perf_counter() - t0
+
+            async def all_stalled() -> bool:
+                return (await stack.client.count_workflows(stalled)).count == n
+
+            await _until(all_stalled, 3600, "units stalled")
+            waited = time.perf_counter() - t0
+        listed, list_time = await _timed_list(stack, stalled)
+    finally:
+        _stop(proc)
+    if listed != n:
+        raise RuntimeError(f"listed {listed} stalled units, started {n}")
+    return {"peak": rss.peak, "start": started, "stalled": waited, "list": list_time}
+
+
+async def main(*, units: int, stall_after: float, keep: bool) -> int:
+    async with private_stack(keep) as stack:
+        env = {
+            **os.environ,
+            "KAOHE_TEMPORAL_ADDRESS": stack.temporal.address,
+            "KAOHE_DATABASE_URL": stack.database_url,
+            "KAOHE_DATA_DIR": str(stack.root),
+            "KAOHE_TALK_KEY": base64.b64encode(b"i" * 32).decode(),
+            "KAOHE_LOG_FORMAT": "json",
+        }
+        console.print(f"idle: {units} floor workflows, then a campaign of {units} units")
+        floor = await floor_side(stack, env, units)
+        kaohe = await kaohe_side(stack, env, units, stall_after)
+        rows = [
+            ("workflows waiting (each side)", str(units)),
+            ("floor worker peak RSS", f"{floor['peak'] / 2**20:.0f} MiB"),
+            ("kaohe worker peak RSS", f"{kaohe['peak'] / 2**20:.0f} MiB"),
+            ("floor: all started and run", f"{floor['start']:.1f} s"),
+            ("kaohe: all units started", f"{kaohe['start']:.1f} s"),
+            ("kaohe: all units stalled", f"{kaohe['stalled']:.1f} s"),
+            ("list the floor's running workflows", f"{floor['list']:.2f} s"),
+            ("list the stalled units", f"{kaohe['list']:.2f} s"),
+        ]
+        console.print(figures_table("idle: waiting workflows", rows))
+        console.print(log_summary(stack))
+    print_ratio_line(
+        "kaohe worker peak RSS / floor worker peak RSS", ratio(kaohe["peak"], floor["peak"])
+    )
+    print_ratio_line("kaohe worker peak RSS / 1 GiB", kaohe["peak"] / GIB)
+    print_ratio_line(
+        "list stalled units / list floor workflows", ratio(kaohe["list"], floor["list"])
+    )
+    return 0
