@@ -13,13 +13,12 @@ floor events/s, goal >= 0.8.
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
 from temporalio.client import WorkflowHandle
 
-from bench.chaos import POLICY, drive_campaign
+from bench.chaos import POLICY, drive_campaign, roster_of
 from bench.floor import FloorResult, measure_floor
 from bench.stack import (
     BenchStack,
@@ -36,19 +35,12 @@ from bench.stack import (
     ratio,
     settle,
 )
-from kaohe.simulate import simulated_unit
 from schemas.roster import Roster
 from workflows.campaign import campaign_workflow_id, unit_workflow_id
 
 
 def bench_roster(units: int, tag: str) -> Roster:
-    """Units of 2 cadres with rater groups of 2, 2 and 3 sheets (as the chaos bench)."""
-    return Roster(
-        campaign_id=f"{tag}-{uuid.uuid4().hex[:6]}",
-        year=2026,
-        title="规模基准",
-        units=[simulated_unit(f"u{i:04d}", 2, (2, 2, 3)) for i in range(units)],
-    )
+    return roster_of(units, tag, "规模基准")
 
 
 @dataclass

@@ -85,12 +85,13 @@ SHEETS_PER_UNIT = 7
 BALLOTS_PER_UNIT = SHEETS_PER_UNIT * 3
 
 
-def roster_of(units: int, tag: str) -> Roster:
+def roster_of(units: int, tag: str, title: str = "故障注入") -> Roster:
+    """Units of 2 cadres with rater groups of 2, 2 and 3 sheets (the other benches' too)."""
     return Roster(
         campaign_id=f"{tag}-{uuid.uuid4().hex[:6]}",
         year=2026,
-        title="故障注入",
-        units=[simulated_unit(f"u{i:03d}", 2, (2, 2, 3)) for i in range(units)],
+        title=title,
+        units=[simulated_unit(f"u{i:05d}", 2, (2, 2, 3)) for i in range(units)],
     )
 
 

@@ -23,12 +23,12 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import psutil
 
+from bench.chaos import roster_of
 from bench.floor import EchoWorkflow
 from bench.stack import (
     BenchStack,
@@ -40,11 +40,9 @@ from bench.stack import (
     private_stack,
     ratio,
 )
-from kaohe.simulate import simulated_unit
 from kaohe.starter import start_campaign
 from schemas.common import Stage
 from schemas.policy import DeadlinePolicy, Policy
-from schemas.roster import Roster
 from workflows.campaign import AssessmentCampaign, campaign_workflow_id
 
 GIB = 1024**3
@@ -146,12 +144,7 @@ async def kaohe_side(
 ) -> dict[str, float]:
     queue = stack.task_queue("idle-kaohe")
     proc = _spawn([KAOHE, "worker"], {**env, "KAOHE_TASK_QUEUE": queue}, stack.root / "w.log")
-    roster = Roster(
-        campaign_id=f"idle-{uuid.uuid4().hex[:6]}",
-        year=2026,
-        title="等待基准",
-        units=[simulated_unit(f"u{i:05d}", 2, (2, 2, 3)) for i in range(n)],
-    )
+    roster = roster_of(n, "idle", "等待基准")
     policy = Policy(
         deadlines=DeadlinePolicy(
             working_days={Stage.NOTICE: 1},
