@@ -14,21 +14,18 @@ from temporalio.exceptions import ApplicationError
 
 from schemas.roster import Roster
 from schemas.workflow_io import RosterPage, RosterUnit, StoredRoster
-from workflows.rules import graded_headcount
+from workflows.rules import graded_by_category
 
 
 async def store_roster(conn: asyncpg.Connection, roster: Roster) -> StoredRoster:
     """Stores the roster's units (once per digest: storing it again writes nothing) and
     returns the reference a campaign input carries instead of the roster."""
     digest = hashlib.sha256(roster.model_dump_json().encode()).hexdigest()
-    graded: dict[str, int] = {}
-    for unit in roster.units:
-        graded[unit.category] = graded.get(unit.category, 0) + graded_headcount(unit)
     stored = StoredRoster(
         header=roster.header(),
         digest=digest,
         units_total=len(roster.units),
-        graded_by_category=graded,
+        graded_by_category=graded_by_category(roster.units),
     )
     async with conn.transaction():
         # One writer per roster at a time; a second one finds it complete and leaves.

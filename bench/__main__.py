@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib
 import sys
 from collections.abc import Sequence
 
@@ -87,68 +88,10 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
-    if args.name == "floor":
-        from bench import floor
-
-        return asyncio.run(
-            floor.main(args.workflows, args.updates, args.concurrency, args.warmup, args.keep)
-        )
-    if args.name == "ballots":
-        from bench import ballots
-
-        return asyncio.run(
-            ballots.main(n=args.n, cadres=args.cadres, batch_size=args.batch_size, keep=args.keep)
-        )
-    if args.name == "chaos":
-        from bench import chaos as chaos_bench
-
-        return asyncio.run(
-            chaos_bench.main(
-                units=args.units, kills=args.kills, concurrency=args.concurrency, keep=args.keep
-            )
-        )
-    if args.name == "idle":
-        from bench import idle as idle_bench
-
-        return asyncio.run(
-            idle_bench.main(units=args.units, stall_after=args.stall_after, keep=args.keep)
-        )
-    if args.name == "latency":
-        from bench import latency as latency_bench
-
-        return asyncio.run(
-            latency_bench.main(updates=args.updates, warmup=args.warmup, keep=args.keep)
-        )
-    if args.name == "campaign":
-        from bench import campaign as campaign_bench
-
-        return asyncio.run(
-            campaign_bench.main(
-                units=args.units,
-                concurrency=args.concurrency,
-                floor_workflows=args.floor_workflows,
-                floor_concurrency=args.floor_concurrency,
-                floor_warmup=args.floor_warmup,
-                keep=args.keep,
-            )
-        )
-    from bench import unit
-
-    return asyncio.run(
-        unit.main(
-            units=args.units,
-            voters=args.voters,
-            cadres=args.cadres,
-            batch_size=args.batch_size,
-            concurrency=args.concurrency,
-            warmup=args.warmup,
-            floor_workflows=args.floor_workflows,
-            floor_updates=args.floor_updates,
-            floor_concurrency=args.floor_concurrency,
-            floor_warmup=args.floor_warmup,
-            keep=args.keep,
-        )
-    )
+    # Each benchmark is bench/<name>.py, whose main() takes the options by their names.
+    bench = importlib.import_module(f"bench.{args.name}")
+    options = {k: v for k, v in vars(args).items() if k != "name"}
+    return asyncio.run(bench.main(**options))
 
 
 if __name__ == "__main__":

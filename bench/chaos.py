@@ -18,11 +18,9 @@ Last line: `ratio faults time / undisturbed time = X.XX`.
 from __future__ import annotations
 
 import asyncio
-import base64
 import os
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable
@@ -34,6 +32,7 @@ from temporalio.client import Client
 from temporalio.converter import DataConverter
 from temporalio.worker import Replayer
 
+from bench.stack import KAOHE
 from kaohe.ballot_io import TokensError, token_source
 from kaohe.client import data_converter
 from kaohe.simulate import (
@@ -50,7 +49,6 @@ from schemas.roster import Roster, UnitSpec
 from worker import WORKFLOWS, sandbox_runner
 from workflows.campaign import AssessmentCampaign, campaign_workflow_id, unit_workflow_id
 
-KAOHE = str(Path(sys.executable).parent / "kaohe")
 POLICY = Policy(grading=GradingPolicy(publicity_seconds=1))
 
 
@@ -264,15 +262,7 @@ async def main(*, units: int, kills: int, concurrency: int, keep: bool) -> int:
     from bench.stack import console, figures_table, print_ratio_line, private_stack, ratio
 
     async with private_stack(keep) as stack:
-        env = {
-            **os.environ,
-            "KAOHE_TEMPORAL_ADDRESS": stack.temporal.address,
-            "KAOHE_DATABASE_URL": stack.database_url,
-            "KAOHE_DATA_DIR": str(stack.root),
-            "KAOHE_TASK_QUEUE": stack.task_queue("chaos"),
-            "KAOHE_TALK_KEY": base64.b64encode(b"c" * 32).decode(),
-            "KAOHE_LOG_FORMAT": "json",
-        }
+        env = stack.worker_env(stack.task_queue("chaos"))
         workers = WorkerProcesses(env, stack.root / "workers.log")
         workers.start()
         try:

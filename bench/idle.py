@@ -18,8 +18,6 @@ stalled units / the time to list as many floor workflows.
 from __future__ import annotations
 
 import asyncio
-import base64
-import os
 import subprocess
 import sys
 import time
@@ -31,6 +29,7 @@ import psutil
 from bench.chaos import roster_of
 from bench.floor import EchoWorkflow
 from bench.stack import (
+    KAOHE,
     BenchStack,
     bounded,
     console,
@@ -46,7 +45,6 @@ from schemas.policy import DeadlinePolicy, Policy
 from workflows.campaign import AssessmentCampaign, campaign_workflow_id
 
 GIB = 1024**3
-KAOHE = str(Path(sys.executable).parent / "kaohe")
 
 
 class RssPeak:
@@ -100,8 +98,9 @@ async def _timed_list(stack: BenchStack, query: str) -> tuple[int, float]:
     return n, time.perf_counter() - t0
 
 
-async def floor_side(stack: BenchStack, env: dict[str, str], n: int) -> dict[str, float]:
+async def floor_side(stack: BenchStack, n: int) -> dict[str, float]:
     queue = stack.task_queue("idle-floor")
+    env = stack.worker_env(queue)
     cmd = [sys.executable, "-m", "bench.floor_worker", stack.temporal.address, queue]
     proc = _spawn(cmd, env, stack.root / "floor-worker.log")
     prefix = f"idle-echo-{stack.run_id}"
@@ -139,11 +138,9 @@ async def floor_side(stack: BenchStack, env: dict[str, str], n: int) -> dict[str
     return {"peak": rss.peak, "start": started, "list": list_time}
 
 
-async def kaohe_side(
-    stack: BenchStack, env: dict[str, str], n: int, stall_after: float
-) -> dict[str, float]:
+async def kaohe_side(stack: BenchStack, n: int, stall_after: float) -> dict[str, float]:
     queue = stack.task_queue("idle-kaohe")
-    proc = _spawn([KAOHE, "worker"], {**env, "KAOHE_TASK_QUEUE": queue}, stack.root / "w.log")
+    proc = _spawn([KAOHE, "worker"], stack.worker_env(queue), stack.root / "w.log")
     roster = roster_of(n, "idle", "等待基准")
     policy = Policy(
         deadlines=DeadlinePolicy(
@@ -192,17 +189,9 @@ async def kaohe_side(
 
 async def main(*, units: int, stall_after: float, keep: bool) -> int:
     async with private_stack(keep) as stack:
-        env = {
-            **os.environ,
-            "KAOHE_TEMPORAL_ADDRESS": stack.temporal.address,
-            "KAOHE_DATABASE_URL": stack.database_url,
-            "KAOHE_DATA_DIR": str(stack.root),
-            "KAOHE_TALK_KEY": base64.b64encode(b"i" * 32).decode(),
-            "KAOHE_LOG_FORMAT": "json",
-        }
         console.print(f"idle: {units} floor workflows, then a campaign of {units} units")
-        floor = await floor_side(stack, env, units)
-        kaohe = await kaohe_side(stack, env, units, stall_after)
+        floor = await floor_side(stack, units)
+        kaohe = await kaohe_side(stack, units, stall_after)
         rows = [
             ("workflows waiting (each side)", str(units)),
             ("floor worker peak RSS", f"{floor['peak'] / 2**20:.0f} MiB"),

@@ -8,11 +8,13 @@ stopped (and the directory removed unless `keep`) however the run ends.
 from __future__ import annotations
 
 import asyncio
+import base64
 import contextlib
 import gc
 import json
 import logging
 import math
+import os
 import re
 import shutil
 import sys
@@ -49,6 +51,8 @@ T = TypeVar("T")
 console = Console(width=max(Console().width, 110), highlight=False)
 
 BENCH_KEY = TalkCipher(b"b" * 32, "bench-key")
+# `kaohe worker` as a process of its own (the benches that kill it or measure its memory).
+KAOHE = str(Path(sys.executable).parent / "kaohe")
 
 
 @dataclass
@@ -76,6 +80,18 @@ class BenchStack:
         for path in self.logs().values():
             with contextlib.suppress(OSError):
                 self.log_offsets[path] = path.stat().st_size
+
+    def worker_env(self, task_queue: str) -> dict[str, str]:
+        """Environment for a `kaohe worker` process on this stack and task queue."""
+        return {
+            **os.environ,
+            "KAOHE_TEMPORAL_ADDRESS": self.temporal.address,
+            "KAOHE_DATABASE_URL": self.database_url,
+            "KAOHE_DATA_DIR": str(self.root),
+            "KAOHE_TASK_QUEUE": task_queue,
+            "KAOHE_TALK_KEY": base64.b64encode(b"w" * 32).decode(),
+            "KAOHE_LOG_FORMAT": "json",
+        }
 
     def task_queue(self, purpose: str) -> str:
         return f"bench-{purpose}-{self.run_id}"

@@ -4,6 +4,8 @@ carried over every continue-as-new)."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import asyncpg
 from temporalio.client import Client
 from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
@@ -42,9 +44,13 @@ async def start_campaign(
     """Starts the campaign workflow; (workflow id, False) if it already exists."""
     workflow_id = campaign_workflow_id(roster.campaign_id)
     policy = policy or load_policy(None, roster.year)
+    # Built (and so validated) once, with either the roster or where it is stored.
+    options: dict[str, Any] = {"policy": policy, "history_limit": history_limit}
+    if max_concurrent_starts is not None:
+        options["max_concurrent_starts"] = max_concurrent_starts
     size = len(roster.model_dump_json())
     if size <= inline_limit:
-        input = CampaignInput(roster=roster, policy=policy)
+        options["roster"] = roster
     elif database_url is None:
         raise RosterTooLarge(
             f"the roster is {size // 1024} kB, above the {inline_limit // 1024} kB a workflow "
@@ -54,16 +60,13 @@ async def start_campaign(
     else:
         conn = await asyncpg.connect(database_url)
         try:
-            input = CampaignInput(stored_roster=await store_roster(conn, roster), policy=policy)
+            options["stored_roster"] = await store_roster(conn, roster)
         finally:
             await conn.close()
-    if max_concurrent_starts is not None:
-        input.max_concurrent_starts = max_concurrent_starts
-    input.history_limit = history_limit
     try:
         await client.start_workflow(
             AssessmentCampaign.run,
-            input,
+            CampaignInput(**options),
             id=workflow_id,
             task_queue=task_queue,
             # A terminated or failed campaign may be started again (its units are not

@@ -44,7 +44,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.details import campaign_details
     from workflows.payloads import ActionRejected, parse_action
-    from workflows.rules import excellent_quota, graded_headcount
+    from workflows.rules import excellent_quota, graded_by_category
     from workflows.stages import TERMINAL
     from workflows.unit import ACTIVITY_RETRY, UnitAssessment
 
@@ -80,10 +80,7 @@ class AssessmentCampaign:
         self._calibration: dict[str, CalibrationEntry] = dict(state.calibration)
         self._decisions: dict[str, str] = dict(state.calibration_decisions)
         if input.roster is not None:
-            self._graded: dict[str, int] = {}
-            for unit in input.roster.units:
-                graded = self._graded.get(unit.category, 0) + graded_headcount(unit)
-                self._graded[unit.category] = graded
+            self._graded = graded_by_category(input.roster.units)
         else:
             assert input.stored_roster is not None
             self._graded = dict(input.stored_roster.graded_by_category)

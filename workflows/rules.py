@@ -189,6 +189,14 @@ def graded_headcount(unit: UnitSpec) -> int:
     return sum(1 for c in unit.cadres if not c.ungraded_reason)
 
 
+def graded_by_category(units: Sequence[UnitSpec]) -> dict[str, int]:
+    """Graded cadres per category: what the pooled 优秀 quotas of a campaign count."""
+    graded: dict[str, int] = {}
+    for unit in units:
+        graded[unit.category] = graded.get(unit.category, 0) + graded_headcount(unit)
+    return graded
+
+
 def excellent_quota(headcount: int, ratio: Fraction) -> int:
     """DOMAIN.md: quota = headcount × ratio, rounded down (default ratio 20%)."""
     return int(headcount * ratio)  # int() of a non-negative Fraction rounds down
