@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv run test lint schemas clean
+.PHONY: venv system-deps run test lint schemas clean
 
 venv: $(STAMP)
 
@@ -28,8 +28,27 @@ $(STAMP): pyproject.toml | $(BIN)/python
 run: venv
 	$(BIN)/kaohe dev --demo
 
+# Debian packages the suite drives, installed only when missing (never a browser download at
+# run time): Chromium for the Temporal UI test, kubectl for the manifests' dry run, curl for
+# the integrator guide's examples, a CJK font so screenshots show the Chinese text.
+SYSTEM_TOOLS := chromium:chromium kubectl:kubernetes-client curl:curl
+CJK_FONT := fonts-wqy-zenhei
+
+system-deps:
+	@missing=""; \
+	for pair in $(SYSTEM_TOOLS); do \
+	  command -v $${pair%%:*} >/dev/null 2>&1 || missing="$$missing $${pair##*:}"; \
+	done; \
+	fc-list :lang=zh 2>/dev/null | grep -q . || missing="$$missing $(CJK_FONT)"; \
+	if [ -n "$$missing" ]; then \
+	  sudo=""; [ "$$(id -u)" -eq 0 ] || sudo=sudo; \
+	  echo "installing Debian packages:$$missing"; \
+	  $$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+	    $$sudo apt-get install -y -qq --no-install-recommends $$missing; \
+	fi
+
 # pytest exits with 5 when it collects no tests: that is not a failure here.
-test: venv
+test: venv system-deps
 	$(BIN)/pytest -n auto $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests collected"; exit 0; fi; exit $$rc
 
