@@ -23,7 +23,9 @@ from activities.rosters import RosterActivities
 from activities.storage import StorageActivities
 from activities.talk_cipher import TalkCipher
 from kaohe.client import connect
+from kaohe.metrics import metrics_runtime, serving_metrics
 from kaohe.settings import Settings
+from kaohe.tracing import flush_traces
 from workflows.campaign import AssessmentCampaign
 from workflows.unit import UnitAssessment
 
@@ -42,7 +44,12 @@ def sandbox_runner() -> SandboxedWorkflowRunner:
     # Our schemas and pydantic are deterministic and heavy to re-import per run: pass them through.
     return SandboxedWorkflowRunner(
         restrictions=SandboxRestrictions.default.with_passthrough_modules(
-            "pydantic", "pydantic_core", "annotated_types", "schemas"
+            # opentelemetry: the tracing interceptor's spans cross into the sandbox.
+            "pydantic",
+            "pydantic_core",
+            "annotated_types",
+            "schemas",
+            "opentelemetry",
         )
     )
 
@@ -129,8 +136,10 @@ async def patiently(what: str, attempt: Callable[[], Awaitable[T]], give_up: flo
 
 
 async def run_worker(settings: Settings, database_url: str, give_up: float = 300.0) -> None:
-    """Runs until cancelled; closes the database pool on the way out."""
-    client = await patiently("temporal", lambda: connect(settings), give_up)
+    """Runs until cancelled, with the metrics endpoint when `metrics_port` is set; closes
+    the database pool and flushes traces on the way out."""
+    runtime, sdk_metrics = metrics_runtime() if settings.metrics_port else (None, None)
+    client = await patiently("temporal", lambda: connect(settings, runtime), give_up)
     pool = await patiently(
         "postgresql",
         lambda: create_pool(database_url, settings.db_pool_min, settings.db_pool_max),
@@ -152,9 +161,11 @@ async def run_worker(settings: Settings, database_url: str, give_up: float = 300
             max_cached_workflows=settings.worker_max_cached_workflows,
             db_pool_max=settings.db_pool_max,
         )
-        await worker.run()
+        async with serving_metrics(settings, client, sdk_metrics):
+            await worker.run()
     finally:
         await pool.close()
+        flush_traces()
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ from activities.ballot_store import (
     store_batch,
     verify_batch,
 )
+from activities.metrics import BALLOT_SHEETS_INGESTED, BALLOTS_INGESTED
 from activities.storage import _audit, _log
 from schemas.workflow_io import (
     BallotBatchCheck,
@@ -61,6 +62,7 @@ class BallotActivities:
                     )
         except BallotRejected as err:
             raise _rejected(rec.ref, a.batch_id, err) from None
+        _count_ingested(receipt, batch.sheets, "update")
         _log(
             rec.ref,
             "ballot batch stored",
@@ -88,6 +90,7 @@ class BallotActivities:
                 )
         except BallotRejected as err:
             raise _rejected(rec.ref, a.batch_id, err) from None
+        _count_ingested(receipt, a.sheets, "import")
         _log(
             rec.ref,
             "imported ballot batch registered",
@@ -105,3 +108,10 @@ class BallotActivities:
             counts = await count_overall(conn, ref.workflow_id)
         _log(ref, "ballots counted", sheets=sum(counts.sheets_by_group.values()))
         return counts
+
+
+def _count_ingested(receipt: BallotBatchReceipt, sheets: int, source: str) -> None:
+    """After the commit, and once per batch: a duplicate stored nothing."""
+    if not receipt.duplicate:
+        BALLOTS_INGESTED.labels(source).inc(receipt.count)
+        BALLOT_SHEETS_INGESTED.labels(source).inc(sheets)

@@ -21,6 +21,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.channels import Channels, DeliveryError
 from activities.failpoints import failpoint
+from activities.metrics import NOTIFICATION_DELIVERIES
 from activities.storage import _audit
 from schemas.workflow_io import Delivery, Notification, NotifyOutcome
 
@@ -83,6 +84,7 @@ class NotifyActivities:
                 n,
                 d,
             )
+            NOTIFICATION_DELIVERIES.labels(d.channel, "sent").inc()
         if failing:
             raise ApplicationError("; ".join(failing), type="DeliveryFailed")
         return await self._close(n)
@@ -150,6 +152,7 @@ class NotifyActivities:
                         "error": error,
                     },
                 )
+        NOTIFICATION_DELIVERIES.labels(d.channel, "dead_lettered" if dead else "failed").inc()
         return bool(dead)
 
     async def _record(self, sql: str, n: Notification, d: Delivery) -> None:

@@ -17,6 +17,7 @@ from temporalio.exceptions import ApplicationError
 
 from activities.ballot_store import store_rater_groups
 from activities.failpoints import failpoint
+from activities.metrics import BALLOTS_INGESTED
 from activities.talk_cipher import TalkCipher
 from schemas.common import Actor
 from schemas.messages import GroupEvaluation, evaluation_text
@@ -288,6 +289,7 @@ class StorageActivities:
                 a.actor,
                 {"batch_id": a.batch_id, "count": len(rows), "checksum": checksum},
             )
+        BALLOTS_INGESTED.labels("update").inc(len(rows))
         _log(rec.ref, "ballot batch stored", batch_id=a.batch_id, count=len(rows))
         return BallotBatchReceipt(
             batch_id=a.batch_id, count=len(rows), checksum=checksum, duplicate=False

@@ -9,10 +9,12 @@ from pathlib import Path
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter
+from temporalio.runtime import Runtime
 from temporalio.service import TLSConfig
 
 from kaohe.codec import codec_from_settings
 from kaohe.settings import Settings
+from kaohe.tracing import tracing_interceptors
 
 
 def data_converter(settings: Settings) -> DataConverter:
@@ -75,11 +77,15 @@ def api_key(settings: Settings) -> str | None:
     return None
 
 
-async def connect(settings: Settings) -> Client:
+async def connect(settings: Settings, runtime: Runtime | None = None) -> Client:
+    """A client on the settings' cluster; `runtime` carries the worker's metrics exporter.
+    With KAOHE_OTEL_TRACING its calls (and a worker built on it) are traced."""
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,
         data_converter=data_converter(settings),
         tls=tls_config(settings),
         api_key=api_key(settings),
+        interceptors=tracing_interceptors(settings),
+        runtime=runtime,
     )

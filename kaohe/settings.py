@@ -83,6 +83,15 @@ class Settings(BaseSettings):
     log_format: Literal["console", "json"] = "console"
     log_level: str = "INFO"
 
+    # The worker's Prometheus endpoint (/metrics, /healthz); port 0 turns it off. With
+    # `--processes N`, process i listens on metrics_port + i.
+    metrics_host: str = "127.0.0.1"
+    metrics_port: int = Field(default=9464, ge=0, le=65535)
+    metrics_refresh_seconds: float = Field(default=30.0, gt=0)
+    # Spans through the SDK's OpenTelemetry interceptor, exported over OTLP/HTTP to the
+    # standard OTEL_EXPORTER_OTLP_[TRACES_]ENDPOINT (needs `pip install kaohe[otel]`).
+    otel_tracing: bool = False
+
     @property
     def effective_database_url(self) -> str:
         """The configured database, or the embedded one `kaohe dev` runs."""

@@ -8,6 +8,7 @@ again (after a growing pause if it keeps dying at once); SIGTERM or Ctrl-C stops
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -15,6 +16,8 @@ import time
 from types import FrameType
 
 import structlog
+
+from kaohe.settings import get_settings
 
 log = structlog.get_logger("kaohe.worker")
 
@@ -26,15 +29,16 @@ STOP_GRACE = 30.0
 
 
 class Child:
-    def __init__(self, index: int, command: list[str]) -> None:
+    def __init__(self, index: int, command: list[str], env: dict[str, str] | None = None) -> None:
         self.index = index
         self.command = command
+        self.env = env
         self.pause = 0.0
         self.process = self._spawn()
 
     def _spawn(self) -> subprocess.Popen[bytes]:
         self.started = time.monotonic()
-        process = subprocess.Popen(self.command)
+        process = subprocess.Popen(self.command, env=self.env)
         log.info("worker process started", index=self.index, pid=process.pid)
         return process
 
@@ -56,6 +60,14 @@ class Child:
         self.process = self._spawn()
 
 
+def child_env(index: int, metrics_port: int) -> dict[str, str]:
+    """Each child serves its metrics on a port of its own: metrics_port + index."""
+    env = dict(os.environ)
+    if metrics_port:
+        env["KAOHE_METRICS_PORT"] = str(metrics_port + index)
+    return env
+
+
 def supervise(processes: int, command: list[str] | None = None, poll: float = 0.5) -> int:
     """Runs `processes` workers until SIGTERM or SIGINT; returns the exit code."""
     stopping = False
@@ -66,7 +78,10 @@ def supervise(processes: int, command: list[str] | None = None, poll: float = 0.
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, stop)
-    children = [Child(i, command or WORKER_COMMAND) for i in range(processes)]
+    metrics_port = get_settings().metrics_port
+    children = [
+        Child(i, command or WORKER_COMMAND, child_env(i, metrics_port)) for i in range(processes)
+    ]
     while not stopping:
         for child in children:
             if not stopping:
