@@ -80,7 +80,8 @@ class Settings(BaseSettings):
     # Attempts per delivery before it is dead-lettered (the workflow goes on).
     notify_max_attempts: int = Field(default=8, ge=1, le=100)
 
-    log_format: Literal["console", "json"] = "console"
+    # auto: the console on a terminal, JSON lines anywhere else (production).
+    log_format: Literal["auto", "console", "json"] = "auto"
     log_level: str = "INFO"
 
     # The worker's Prometheus endpoint (/metrics, /healthz); port 0 turns it off. With
