@@ -685,6 +685,9 @@ async def run_dev(
         if codec_server is not None:
             token = codec_server.token_file or "$KAOHE_CODEC_TOKEN"
             console.print(f"  codec server   [cyan]{codec_server.url}[/] (token: {token})")
+        if with_worker is not None and settings.metrics_port:
+            metrics = f"http://{settings.metrics_host}:{settings.metrics_port}/metrics"
+            console.print(f"  metrics        [cyan]{metrics}[/]")
         console.print(f"  migrations     {', '.join(applied) if applied else 'up to date'}")
         console.print(f"  data / logs    {data_dir}")
 
