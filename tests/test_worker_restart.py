@@ -98,7 +98,10 @@ async def test_follow_ups_and_feedback_once_though_the_worker_dies_after_each_co
         doomed = spawn_worker(stack, task_queue, log, failpoint=point)
         exit_code = await asyncio.to_thread(doomed.wait, 120)
         assert exit_code == KILLED, f"the worker was to die at {point}"
-        assert not drive.done()
+        if point.startswith("create_follow_ups"):
+            # Still grading; the feedback is sent in result use, which the drive may see
+            # before the second worker dies.
+            assert not drive.done()
     last = spawn_worker(stack, task_queue, log)
     try:
         status = await asyncio.wait_for(drive, timeout=120)
