@@ -22,8 +22,9 @@ from temporalio.service import RPCError
 from kaohe.audit import verify_audit
 from kaohe.cli_ballots import ballots_app, tokens_app
 from kaohe.cli_calibration import calibration_app
-from kaohe.cli_common import console, err_console, fail, parse_actor, run
+from kaohe.cli_common import console, err_console, fail, parse_actor, run, stop_on_sigterm
 from kaohe.cli_report import report
+from kaohe.cli_status import show_status, watch_status
 from kaohe.client import connect
 from kaohe.roster_io import (
     RosterError,
@@ -41,10 +42,8 @@ from schemas.errors import format_validation_error
 from schemas.messages import ACTION_MODELS, ActionResult
 from schemas.policy import Policy
 from schemas.roster import Roster
-from schemas.status import CampaignProgress, UnitStatus
 from workflows.calendar import SHANGHAI
-from workflows.campaign import AssessmentCampaign, campaign_workflow_id
-from workflows.unit import UnitAssessment
+from workflows.campaign import campaign_workflow_id
 
 app = typer.Typer(
     help="kaohe: annual assessment (年度考核) workflows on Temporal.",
@@ -124,6 +123,7 @@ def worker(
     from worker import run_worker
 
     settings = get_settings()
+    stop_on_sigterm()
     try:
         run(run_worker(settings, settings.effective_database_url))
     except KeyboardInterrupt:
@@ -138,6 +138,7 @@ def codec_server(
     """Serve /encode and /decode for a Temporal UI or CLI (every request needs the token)."""
     from kaohe.codec_server import run_codec_server
 
+    stop_on_sigterm()
     try:
         run(run_codec_server(get_settings(), host, port))
     except KeyboardInterrupt:
@@ -271,92 +272,35 @@ def status(
     workflow_id: Annotated[str | None, typer.Argument()] = None,
     campaign: Annotated[str | None, typer.Option(help="A campaign id.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    watch: Annotated[
+        bool, typer.Option("--watch", help="Keep the table live until Ctrl-C or the end.")
+    ] = False,
+    interval: Annotated[
+        float, typer.Option(min=0.1, help="Seconds between two refreshes of --watch.")
+    ] = 5.0,
+    count: Annotated[
+        int | None, typer.Option(min=1, help="Stop --watch after this many refreshes.")
+    ] = None,
 ) -> None:
-    """Show a unit's progress, or a campaign's units per stage."""
+    """Show a unit's progress, or a campaign's units per stage; --watch keeps it live (a
+    refresh that fails is shown and the next one tries again)."""
     if (workflow_id is None) == (campaign is None):
         raise fail("give either a WORKFLOW_ID or --campaign ID")
+    if watch and as_json:
+        raise fail("--watch draws a live table; --json prints once")
     settings = get_settings()
-
-    async def go() -> None:
-        client = await connect(settings)
-        if workflow_id is not None:
-            unit = await client.get_workflow_handle(workflow_id).query(
-                UnitAssessment.status, result_type=UnitStatus
-            )
-            if as_json:
-                console.print_json(unit.model_dump_json())
-            else:
-                _print_unit(unit)
-            return
-        assert campaign is not None
-        handle = client.get_workflow_handle(campaign_workflow_id(campaign))
-        progress = await handle.query(AssessmentCampaign.progress, result_type=CampaignProgress)
-        units = [
-            wf
-            async for wf in client.list_workflows(
-                f'KaoheCampaign="{campaign}" AND WorkflowType="UnitAssessment"'
-            )
-        ]
-        if as_json:
-            console.print_json(progress.model_dump_json())
-            return
-        _print_campaign(progress, units)
-
+    if watch:
+        try:
+            ok = run(watch_status(settings, workflow_id, campaign, interval=interval, count=count))
+        except KeyboardInterrupt:
+            return  # Ctrl-C is how a watch ends
+        if not ok:
+            raise typer.Exit(1)  # the last refresh failed: its error is on the screen
+        return
     try:
-        run(go())
+        run(show_status(settings, workflow_id, campaign, as_json))
     except RPCError as err:
         raise fail(str(err)) from err
-
-
-def _print_unit(s: UnitStatus) -> None:
-    table = Table(title=f"{s.unit_name} ({s.workflow_id})", show_header=False)
-    table.add_row("stage", f"[bold]{s.stage.value}[/]")
-    table.add_row(
-        "reports",
-        f"team {'yes' if s.reports.team_summary else 'no'}, cadres "
-        f"{s.reports.cadres_submitted}/{s.reports.cadres_total}",
-    )
-    e = s.evaluation
-    table.add_row("ballots", f"{e.ballots} on {e.sheets} sheets in {e.batches} batches")
-    if e.participation:
-        table.add_row(
-            "participation",
-            ", ".join(f"{g.group_id} {g.returned}/{g.planned}" for g in e.participation),
-        )
-    if e.flags:
-        table.add_row("flags", "\n".join(f.message for f in e.flags))
-    if s.reports.late:
-        table.add_row("late reports", ", ".join(s.reports.late))
-    table.add_row("talks", f"{s.talks.recorded}/{s.talks.planned}")
-    g = s.grading
-    table.add_row(
-        "grades",
-        f"published: team {g.team_grade}"
-        if g.published
-        else ("sealed proposal pending" if g.pending_proposal else f"{g.proposals} proposals"),
-    )
-    table.add_row("follow-ups", f"{s.follow_ups.closed} closed, {s.follow_ups.open} open")
-    if s.rejected_signals:
-        table.add_row("rejected signals", str(len(s.rejected_signals)))
-    console.print(table)
-
-
-def _print_campaign(p: CampaignProgress, units: list[Any]) -> None:
-    console.print(
-        f"[bold]{p.title}[/] — {p.units_started}/{p.units_total} units started"
-        + (" — [green]completed[/]" if p.completed else "")
-    )
-    table = Table("unit", "workflow id", "stage", "status")
-    for wf in sorted(units, key=lambda w: w.id):
-        attrs = wf.search_attributes
-        table.add_row(
-            str(attrs.get("KaoheUnit", [""])[0]),
-            wf.id,
-            str(attrs.get("KaoheStage", [""])[0]),
-            wf.status.name if wf.status else "",
-        )
-    console.print(table)
-    console.print(", ".join(f"{stage.value}: {n}" for stage, n in p.by_stage.items()))
 
 
 # ---- acting on a unit ------------------------------------------------------------------

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -47,3 +48,10 @@ def parse_actor(actor: str) -> Actor:
         return Actor.model_validate({"id": ident, "role": role})
     except ValidationError as err:
         raise fail(f"--actor: {format_validation_error(err)} (use ID:ROLE)") from err
+
+
+def stop_on_sigterm() -> None:
+    """SIGTERM (Kubernetes, systemd, docker stop) stops a long-running command as Ctrl-C does:
+    the worker finishes its shutdown instead of dying (and, as a container's PID 1, Python
+    would otherwise ignore SIGTERM altogether)."""
+    signal.signal(signal.SIGTERM, signal.default_int_handler)

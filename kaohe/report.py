@@ -4,7 +4,10 @@ cadres, tallies, final grades and follow-ups, and an xlsx workbook of them.
 Only what may leave the system is read: talks are counted, never their content; ballot
 tokens are not touched; grades come from the `grades` table, which holds approved grades
 only, so a sealed proposal (`grade_proposals`) never shows: the group's evaluation is read
-only from the approved proposal of a unit whose grades are final.
+only from the approved proposal of a unit whose grades are final. Stalls (a stage past its
+deadline) and the furthest stage each unit reached come from the audit table's transition,
+escalation and deadline-extension rows. kaohe/report_html.py renders the same report as
+HTML with charts.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from typing import Any
 import asyncpg
 from openpyxl import Workbook
 from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
+from openpyxl.chart import BarChart, Reference
 from openpyxl.styles import Alignment, Font
 from openpyxl.utils import get_column_letter
 from openpyxl.worksheet.worksheet import Worksheet
@@ -26,7 +30,8 @@ from pydantic import BaseModel, Field
 
 from schemas.common import CadreGrade, CadreOverall, Stage, TeamGrade
 from schemas.messages import Appraisal, GroupEvaluation
-from workflows.stages import ORDER
+from workflows.calendar import SHANGHAI
+from workflows.stages import ORDER, TERMINAL
 
 TEAM = ""  # grades.cadre_id of a team's own grade
 STAGES: tuple[Stage, ...] = (*ORDER, Stage.CANCELLED)
@@ -34,7 +39,8 @@ CADRE_OPTIONS: tuple[str, ...] = tuple(o.value for o in CadreOverall)
 TEAM_OPTIONS: tuple[str, ...] = tuple(o.value for o in TeamGrade)
 NOT_FINAL = "not final yet"
 
-SHEETS = ("Summary", "Units", "Cadres", "Follow-ups", "Evaluations")
+# New sheets go last: a reader of an older workbook finds the first five where they were.
+SHEETS = ("Summary", "Units", "Cadres", "Follow-ups", "Evaluations", "Stalls", "Charts")
 
 
 class ReportError(Exception):
@@ -56,6 +62,11 @@ class UnitRow(BaseModel):
     follow_ups_closed: int
     team_ballots: int = 0  # every overall team ballot
     team_counts: dict[str, int] = Field(default_factory=dict)  # option -> ballots, unweighted
+    # The furthest stage of ORDER reached: the current one, or a cancelled unit's last.
+    reached: str = ""
+    stalled: bool = False  # past the current stage's deadline now (audit: escalated, not moved)
+    escalation: int = 0  # the current stall's highest escalation level
+    cadre_grades: dict[str, int] = Field(default_factory=dict)  # final grade -> cadres
 
     @property
     def good_or_better_share(self) -> float | None:
@@ -110,17 +121,36 @@ class EvaluationRow(BaseModel):
     shortcomings: str
 
 
+class StallPeriod(BaseModel):
+    """A unit past its stage's deadline: from escalation level 1 until it moved on (the next
+    stage, or a deadline extended beyond that moment, which is when the workflow clears it)."""
+
+    unit_id: str
+    unit_name: str
+    stage: str
+    since: dt.datetime
+    until: dt.datetime | None = None  # None: still stalled
+    level: int = 1  # the highest escalation level reached
+
+    def overlaps(self, start: dt.datetime, end: dt.datetime) -> bool:
+        """Stalled at some moment of [start, end)."""
+        return self.since < end and (self.until is None or self.until >= start)
+
+
 class CampaignReport(BaseModel):
     campaign_id: str
     year: int
     title: str
     generated_at: dt.datetime
+    created_at: dt.datetime | None = None  # the campaign's first record
+    finished_at: dt.datetime | None = None  # when its last unit ended, once every one has
     units: list[UnitRow] = Field(default_factory=list)
     cadres: list[CadreRow] = Field(default_factory=list)
     follow_ups: list[FollowUpRow] = Field(default_factory=list)
     evaluations: list[EvaluationRow] = Field(default_factory=list)
     team_grades: dict[str, int] = Field(default_factory=dict)  # grade -> units (final only)
     cadre_grades: dict[str, int] = Field(default_factory=dict)  # grade -> cadres (final only)
+    stalls: list[StallPeriod] = Field(default_factory=list)  # by unit, then time
 
     @property
     def units_by_stage(self) -> dict[str, int]:
@@ -131,6 +161,31 @@ class CampaignReport(BaseModel):
         return out
 
     @property
+    def funnel(self) -> dict[str, int]:
+        """Units that reached each stage of ORDER (notice ... completed): the stages run in
+        order, so a unit further on passed every earlier one."""
+        index = {s.value: i for i, s in enumerate(ORDER)}
+        out = {s.value: 0 for s in ORDER}
+        for u in self.units:
+            for s in ORDER[: index.get(u.reached, -1) + 1]:
+                out[s.value] += 1
+        return out
+
+    @property
+    def stalled_now(self) -> int:
+        return sum(1 for u in self.units if u.stalled)
+
+    def stalled_by_day(self) -> list[tuple[dt.date, int]]:
+        """Units stalled at some moment of each day (Asia/Shanghai), from the campaign's
+        first day to today, or to the day its last unit ended."""
+        moments = [p.since for p in self.stalls]
+        if self.created_at is not None:
+            moments.append(self.created_at)
+        end = self.finished_at or self.generated_at
+        first = min(moments, default=end).astimezone(SHANGHAI).date()
+        return stalled_by_day(self.stalls, first, max(first, end.astimezone(SHANGHAI).date()))
+
+    @property
     def follow_ups_open(self) -> int:
         return sum(1 for f in self.follow_ups if f.closed_at is None)
 
@@ -139,10 +194,27 @@ class CampaignReport(BaseModel):
         return sum(1 for f in self.follow_ups if f.closed_at is not None)
 
 
+def stalled_by_day(
+    stalls: Iterable[StallPeriod], first: dt.date, last: dt.date
+) -> list[tuple[dt.date, int]]:
+    """(day, units stalled at some moment of it) for each day from `first` to `last`, days
+    of Asia/Shanghai. A unit counts once a day however often it stalled."""
+    periods = list(stalls)
+    out: list[tuple[dt.date, int]] = []
+    day = first
+    while day <= last:
+        start = dt.datetime.combine(day, dt.time(), SHANGHAI)
+        end = start + dt.timedelta(days=1)
+        out.append((day, len({p.unit_id for p in periods if p.overlaps(start, end)})))
+        day += dt.timedelta(days=1)
+    return out
+
+
 # ---- reading ---------------------------------------------------------------------------
 
 _CAMPAIGN = (
-    "SELECT campaign_id, year, title, grade_labels::text FROM campaigns WHERE campaign_id = $1"
+    "SELECT campaign_id, year, title, grade_labels::text, created_at FROM campaigns "
+    "WHERE campaign_id = $1"
 )
 
 # Ballots and sheets of registered batches only: an imported batch counts once the workflow
@@ -215,6 +287,16 @@ WHERE u.campaign_id = $1 AND g.final
 GROUP BY 1, 2
 """
 
+# What stalls and stage history are made of, in the order each unit wrote them.
+_EVENTS = """
+SELECT a.workflow_id, a.kind, a.stage, a.at, a.detail->>'to' AS moved_to,
+       (a.detail->>'level')::int AS level
+FROM units u
+JOIN audit_log a ON a.workflow_id = u.workflow_id
+WHERE u.campaign_id = $1 AND a.kind IN ('transition', 'escalation', 'deadline_extended')
+ORDER BY a.workflow_id, a.id
+"""
+
 _FOLLOW_UPS = """
 SELECT u.unit_id, u.name AS unit_name, f.follow_up_id, f.kind, f.cadre_id,
        c.name AS cadre_name, f.owner, f.due_date, f.closed_at, f.outcome, f.closed_by
@@ -255,6 +337,7 @@ async def _read(conn: asyncpg.Connection, campaign_id: str) -> CampaignReport:
         appraisals = await conn.fetch(_APPRAISALS, campaign_id, TEAM)
         grades = await conn.fetch(_GRADES, campaign_id, TEAM)
         follow_ups = await conn.fetch(_FOLLOW_UPS, campaign_id)
+        events = await conn.fetch(_EVENTS, campaign_id)
         generated_at = await conn.fetchval("SELECT now()")
 
     counts: dict[tuple[str, str], dict[str, int]] = {}
@@ -273,16 +356,34 @@ async def _read(conn: asyncpg.Connection, campaign_id: str) -> CampaignReport:
     for r in grades:
         into, label = (team_grades, team_label) if r["team"] else (cadre_grades, cadre_label)
         into[label(r["grade"])] = into.get(label(r["grade"]), 0) + r["n"]
+    by_unit: dict[str, list[asyncpg.Record]] = {}
+    for r in events:
+        by_unit.setdefault(r["workflow_id"], []).append(r)
+    histories = {r["workflow_id"]: _history(r, by_unit.get(r["workflow_id"], [])) for r in units}
+    graded: dict[str, dict[str, int]] = {}  # workflow id -> final cadre grade -> cadres
+    for r in cadres:
+        if r["grade"] is not None:
+            unit_grades = graded.setdefault(r["workflow_id"], {})
+            grade = cadre_label(r["grade"]) or r["grade"]
+            unit_grades[grade] = unit_grades.get(grade, 0) + 1
+    ends = [h.ended_at for h in histories.values()]
+    finished_at = max(e for e in ends if e) if ends and all(ends) else None
     return CampaignReport(
         campaign_id=campaign["campaign_id"],
         year=campaign["year"],
         title=campaign["title"],
         generated_at=generated_at,
+        created_at=campaign["created_at"],
+        finished_at=finished_at,
         units=[
             UnitRow(
                 **{**dict(r), "team_grade": team_label(r["team_grade"])},
                 team_ballots=sum(team_counts.get(r["workflow_id"], {}).values()),
                 team_counts=team_counts.get(r["workflow_id"], {}),
+                reached=histories[r["workflow_id"]].reached,
+                stalled=histories[r["workflow_id"]].stalled,
+                escalation=histories[r["workflow_id"]].escalation,
+                cadre_grades=graded.get(r["workflow_id"], {}),
             )
             for r in units
         ],
@@ -294,6 +395,51 @@ async def _read(conn: asyncpg.Connection, campaign_id: str) -> CampaignReport:
         evaluations=[row for r in appraisals for row in _evaluation_rows(r, names)],
         team_grades=team_grades,
         cadre_grades=cadre_grades,
+        stalls=[p for h in histories.values() for p in h.stalls],
+    )
+
+
+class _History(BaseModel):
+    reached: str
+    stalled: bool
+    escalation: int
+    stalls: list[StallPeriod]
+    ended_at: dt.datetime | None  # entered completed or cancelled
+
+
+def _history(unit: asyncpg.Record, events: list[asyncpg.Record]) -> _History:
+    """A unit's stalls and furthest stage from its audit rows, as the workflow decides them:
+    escalation level 1 marks the deadline passed; the next stage clears it, and so does a
+    deadline extended beyond the moment of the extension."""
+    index = {s.value: i for i, s in enumerate(ORDER)}
+    furthest = index.get(unit["stage"], -1)
+    stalls: list[StallPeriod] = []
+    open_: StallPeriod | None = None
+    ended_at: dt.datetime | None = None
+    for e in events:
+        if e["kind"] == "escalation":
+            if open_ is None:
+                open_ = StallPeriod(
+                    unit_id=unit["unit_id"], unit_name=unit["name"], stage=e["stage"], since=e["at"]
+                )
+                stalls.append(open_)
+            open_.level = max(open_.level, e["level"] or 1)
+            continue
+        if e["kind"] == "transition":
+            furthest = max(furthest, index.get(e["moved_to"], -1))
+            if e["moved_to"] in TERMINAL:
+                ended_at = e["at"]
+        elif e["moved_to"] is None or dt.datetime.fromisoformat(e["moved_to"]) <= e["at"]:
+            continue  # an extension that leaves the deadline behind: still stalled
+        if open_ is not None:
+            open_.until = e["at"]
+            open_ = None
+    return _History(
+        reached=ORDER[furthest].value if furthest >= 0 else unit["stage"],
+        stalled=open_ is not None and unit["stage"] not in TERMINAL,
+        escalation=open_.level if open_ is not None else 0,
+        stalls=stalls,
+        ended_at=ended_at if unit["stage"] in TERMINAL else None,
     )
 
 
@@ -330,8 +476,8 @@ MAX_WIDTH = 60
 
 
 def write_xlsx(report: CampaignReport, path: str | Path) -> Path:
-    """Writes the workbook (sheets Summary, Units, Cadres, Follow-ups, Evaluations); returns
-    its path.
+    """Writes the workbook (sheets Summary, Units, Cadres, Follow-ups, Evaluations, Stalls,
+    Charts); returns its path.
 
     Each sheet has a caption in row 1, a bold header in row 2 and its panes frozen below
     the header (and right of the id columns)."""
@@ -357,6 +503,7 @@ def write_xlsx(report: CampaignReport, path: str | Path) -> Path:
             "name",
             "category",
             "stage",
+            "stalled",
             "team grade",
             "team ballots",
             *TEAM_OPTIONS,
@@ -375,6 +522,7 @@ def write_xlsx(report: CampaignReport, path: str | Path) -> Path:
                 u.name,
                 u.category,
                 u.stage,
+                "yes" if u.stalled else "no",
                 u.team_grade,
                 u.team_ballots,
                 *(u.team_counts.get(o, 0) for o in TEAM_OPTIONS),
@@ -390,7 +538,7 @@ def write_xlsx(report: CampaignReport, path: str | Path) -> Path:
             for u in report.units
         ),
         freeze="B3",
-        formats={len(TEAM_OPTIONS) + 7: "0.0%"},
+        formats={len(TEAM_OPTIONS) + 8: "0.0%"},
     )
     cadres = wb.create_sheet(SHEETS[2])
     _table(
@@ -483,6 +631,26 @@ def write_xlsx(report: CampaignReport, path: str | Path) -> Path:
         ),
         freeze="C3",
     )
+    _table(
+        wb.create_sheet(SHEETS[5]),
+        f"{caption} — stalls: a stage past its deadline (escalation level 1) until the unit "
+        "moved on (next stage, or a deadline extended ahead). Times are local.",
+        ["unit id", "unit", "stage", "since", "until", "escalation level"],
+        (
+            [
+                p.unit_id,
+                p.unit_name,
+                p.stage,
+                _local(p.since),
+                _local(p.until) if p.until else None,
+                p.level,
+            ]
+            for p in report.stalls
+        ),
+        freeze="C3",
+        formats={4: "yyyy-mm-dd hh:mm", 5: "yyyy-mm-dd hh:mm"},
+    )
+    _charts(wb.create_sheet(SHEETS[6]), report, caption)
     out = Path(path)
     wb.save(out)
     return out
@@ -497,6 +665,11 @@ def _summary_rows(report: CampaignReport) -> list[list[Any]]:
         ["cadres", "total", len(report.cadres)],
     ]
     rows += [["units per stage", stage, n] for stage, n in report.units_by_stage.items()]
+    rows += [["units that reached", stage, n] for stage, n in report.funnel.items()]
+    rows += [
+        ["stalls", "units stalled now", report.stalled_now],
+        ["stalls", "stall periods", len(report.stalls)],
+    ]
     rows += [["team grades", grade, n] for grade, n in report.team_grades.items()]
     rows.append(["team grades", NOT_FINAL, len(report.units) - sum(report.team_grades.values())])
     rows += [["cadre grades", grade, n] for grade, n in report.cadre_grades.items()]
@@ -506,6 +679,38 @@ def _summary_rows(report: CampaignReport) -> list[list[Any]]:
         ["follow-ups", "closed", report.follow_ups_closed],
     ]
     return rows
+
+
+def _charts(ws: Worksheet, report: CampaignReport, caption: str) -> None:
+    """Each chart's figures in columns A-B and a native bar chart beside them, so the
+    workbook shows what the HTML report draws without any image."""
+    ws.cell(row=1, column=1, value=_text(f"{caption} — charts (figures left of each)")).font = NOTE
+    blocks: list[tuple[str, str, list[tuple[Any, int]], str | None]] = [
+        ("team grade", "units (final)", list(report.team_grades.items()), None),
+        ("cadre grade", "cadres (final)", list(report.cadre_grades.items()), None),
+        ("stage reached", "units", list(report.funnel.items()), None),
+        ("day", "units stalled", list(report.stalled_by_day()), "yyyy-mm-dd"),
+    ]
+    row = 2
+    for label, value, data, number_format in blocks:
+        for col, title in enumerate((label, value), start=1):
+            ws.cell(row=row, column=col, value=title).font = BOLD
+        for r, (category, n) in enumerate(data, start=row + 1):
+            cell = ws.cell(row=r, column=1, value=category)
+            if number_format:
+                cell.number_format = number_format
+            ws.cell(row=r, column=2, value=n)
+        chart = BarChart()
+        chart.title = f"{value} by {label}"
+        chart.legend = None
+        chart.y_axis.majorGridlines = None
+        chart.x_axis.delete = chart.y_axis.delete = False  # openpyxl hides both by default
+        chart.add_data(Reference(ws, min_col=2, min_row=row, max_row=row + len(data)), True)
+        chart.set_categories(Reference(ws, min_col=1, min_row=row + 1, max_row=row + len(data)))
+        ws.add_chart(chart, f"D{row}")
+        row += max(len(data), 15) + 2  # a chart is about 15 rows high
+    ws.column_dimensions["A"].width = 16
+    ws.column_dimensions["B"].width = 16
 
 
 def _table(

@@ -70,9 +70,11 @@ async def worker_with(stack: Stack, tmp_path: Path, **env: str) -> AsyncIterator
     finally:
         process.terminate()
         try:
-            process.wait(30)
+            # SIGTERM is a clean stop (Kubernetes sends it), not a death by signal.
+            assert process.wait(30) == 0
         except subprocess.TimeoutExpired:
             process.kill()
+            raise
 
 
 async def test_one_endpoint_serves_the_sdk_metrics_and_kaohes_own(
