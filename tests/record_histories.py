@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import random
 import tempfile
 import uuid
 from pathlib import Path
@@ -21,6 +22,7 @@ from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 
 from kaohe.simulate import (
     APPROVER,
+    BALLOT_SYSTEM,
     DEPARTMENT,
     GROUP,
     UNIT_CONTACT,
@@ -28,6 +30,7 @@ from kaohe.simulate import (
     close_follow_ups,
     drive_unit,
     proposal_for,
+    sheet_for,
     wait_for_status,
     wait_started,
 )
@@ -37,6 +40,7 @@ from schemas.messages import (
     ApproveGrades,
     CloseStage,
     RaiseObjection,
+    RecordBallots,
     RecordFollowUp,
     RequestReview,
     ResolveObjection,
@@ -74,7 +78,9 @@ async def wait_for_stage(handle: WorkflowHandle, stage: Stage, seconds: float = 
 #       "resume-working-days", in deadline_path)
 #   v10: campaigns from a stored roster, continued as new while starting units
 #       (workflow.patched "campaign-continue-while-starting"; stored_campaign)
-VERSION = "v10"
+#   v11: a ballot batch the database refuses is a rejection by signal too, not the unit's
+#       failure (workflow.patched "ballot-rejection-local"; ballot_signal_rejected)
+VERSION = "v11"
 
 
 async def record_paths(
@@ -302,6 +308,20 @@ async def record_paths(
         first = history.events[0].workflow_execution_started_event_attributes
         if not first.continued_execution_run_id:
             out["stored_campaign"] = history
+
+    # 6. A ballot batch reusing a token, sent by signal: rejected, and the unit goes on.
+    unit = sample_unit(f"reused-{tag}", cadres=2)
+    handle = await start_unit(client, task_queue, unit, campaign_id="replay")
+    await drive_unit(client, handle.id, unit, stop_at=Stage.EVALUATION, tokens=tokens)
+    [token, *_] = (await tokens(handle.id))["A"]
+    rng = random.Random(6)
+    for key in ("b1", "b2"):
+        sheets = [sheet_for(token, unit, TEST_POLICY.ballots, rng)]
+        batch = RecordBallots(idempotency_key=key, actor=BALLOT_SYSTEM, batch_id=key, sheets=sheets)
+        await handle.signal("record_ballots", batch)
+    await wait_for_status(handle, lambda s: bool(s.rejected_signals), 30)
+    out["ballot_signal_rejected"] = await handle.fetch_history()
+    await handle.terminate("recorded")
     return out
 
 

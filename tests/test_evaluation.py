@@ -252,3 +252,35 @@ async def test_batches_stop_at_the_history_limit_and_point_to_the_import(
     assert "past the policy's 0.001 MB" in msg and "kaohe ballots import" in msg
     status = await handle.query(UnitAssessment.status)
     assert status.stage == Stage.EVALUATION and status.evaluation.ballots == 0
+
+
+async def test_a_batch_the_database_refuses_is_a_rejection_by_signal_and_by_update(
+    client: Client, worker: str, tokens: TokenSource, pool: asyncpg.Pool
+) -> None:
+    """The store refuses a used token inside a local activity: by update the caller gets
+    ActionRejected naming the field; by signal the unit records the rejection and goes on
+    (it used to fail the whole workflow)."""
+    unit, handle, issued = await unit_in_evaluation(client, worker, tokens)
+    rng = random.Random(3)
+    first = sheet_for(issued["A"][0], unit, POLICY, rng)
+    assert (
+        await handle.execute_update(UnitAssessment.record_ballots, batch("b1", [first]))
+    ).accepted
+
+    reused = [sheet_for(issued["A"][0], unit, POLICY, rng)]
+    with pytest.raises(WorkflowUpdateFailedError) as info:
+        await handle.execute_update(UnitAssessment.record_ballots, batch("b2", reused))
+    assert info.value.cause.type == "ActionRejected"  # type: ignore[attr-defined]
+    assert "sheets[0].token" in str(info.value.cause)
+
+    await handle.signal("record_ballots", batch("b3", reused))
+    status = await wait_for_status(handle, lambda s: bool(s.rejected_signals), 30)
+    [rejection] = status.rejected_signals
+    assert "sheets[0].token" in rejection.reason and "used" in rejection.reason
+    assert status.stage == Stage.EVALUATION
+    # Still running and still taking ballots.
+    later = sheet_for(issued["A"][1], unit, POLICY, rng)
+    assert (
+        await handle.execute_update(UnitAssessment.record_ballots, batch("b4", [later]))
+    ).accepted
+    assert await marks(pool, handle.id) > 0

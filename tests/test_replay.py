@@ -31,7 +31,7 @@ def replayer(converter: DataConverter = pydantic_data_converter) -> Replayer:
 def test_every_stage_path_is_recorded_for_every_version() -> None:
     paths = {"full_path", "closed_early_path", "campaign"}
     names = {p.stem for p in RECORDED}
-    for version in ("v0", "v1", "v2", "v3", "v4", "v5", "v6", "v7", "v8", "v9", VERSION):
+    for version in ("v0", "v1", "v2", "v3", "v4", "v5", "v6", "v7", "v8", "v9", "v10", VERSION):
         assert {f"{version}_{path}" for path in paths} <= names
     assert {"v5_calibrated_unit", "v6_deadline_path", "v7_deadline_path"} <= names
     assert f"{VERSION}_deadline_path" in names
@@ -107,4 +107,10 @@ def test_each_version_took_its_branches() -> None:
     assert stored.events[-1].HasField("workflow_execution_continued_as_new_event_attributes")
     assert "campaign-continue-while-starting" in patches(
         HISTORIES / f"{VERSION}_stored_campaign.json"
+    )
+    # v11: the reused token's batch came by signal and was rejected; the unit went on.
+    rejected = HISTORIES / f"{VERSION}_ballot_signal_rejected.json"
+    assert "ballot-rejection-local" in patches(rejected)
+    assert not any(
+        e.HasField("workflow_execution_failed_event_attributes") for e in load(rejected).events
     )

@@ -132,6 +132,8 @@ NOTIFY_ACTIVITY_PATCH = "notify-activity"
 RESULT_USE_SIGNED_PATCH = "result-use-signed"
 # workflow.patched id: resume gives back the working days paused, not the wall-clock time.
 RESUME_WORKING_DAYS_PATCH = "resume-working-days"
+# workflow.patched id: a batch the database refuses is a rejection, by signal as by update.
+BALLOT_REJECTION_PATCH = "ballot-rejection-local"
 MAX_PROBLEMS_SHOWN = 20
 # Who may close feedback (反馈) follow-ups: the one it is sent to signs, or the department
 # records a signature on paper (or a refusal to sign).
@@ -924,9 +926,15 @@ class UnitAssessment:
             receipt: BallotBatchReceipt = await self._activity(
                 activity, record, result_type=BallotBatchReceipt
             )
-        except ActivityError as err:
-            cause = err.cause
-            if isinstance(cause, ApplicationError) and cause.type == "BallotRejected":
+        except (ActivityError, ApplicationError) as err:
+            # A scheduled activity's failure arrives as an ActivityError around it; a local
+            # activity's as the activity's own ApplicationError, which failed the whole unit
+            # when it came by signal (patched: histories that failed so replay as they ran).
+            cause = err.cause if isinstance(err, ActivityError) else err
+            rejected = isinstance(cause, ApplicationError) and cause.type == "BallotRejected"
+            if rejected and (
+                isinstance(err, ActivityError) or workflow.patched(BALLOT_REJECTION_PATCH)
+            ):
                 raise ActionRejected(cause.message) from err
             raise
         self._batches[receipt.batch_id] = receipt.count
