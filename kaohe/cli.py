@@ -22,7 +22,7 @@ from temporalio.service import RPCError
 from kaohe.audit import verify_audit
 from kaohe.cli_ballots import ballots_app, tokens_app
 from kaohe.cli_calibration import calibration_app
-from kaohe.cli_common import console, err_console, fail, parse_actor, run, stop_on_sigterm
+from kaohe.cli_common import console, err_console, fail, parse_actor, run, serve
 from kaohe.cli_report import report
 from kaohe.cli_status import show_status, watch_status
 from kaohe.client import connect
@@ -123,9 +123,8 @@ def worker(
     from worker import run_worker
 
     settings = get_settings()
-    stop_on_sigterm()
     try:
-        run(run_worker(settings, settings.effective_database_url))
+        serve(run_worker(settings, settings.effective_database_url))
     except KeyboardInterrupt:
         pass
 
@@ -138,9 +137,8 @@ def codec_server(
     """Serve /encode and /decode for a Temporal UI or CLI (every request needs the token)."""
     from kaohe.codec_server import run_codec_server
 
-    stop_on_sigterm()
     try:
-        run(run_codec_server(get_settings(), host, port))
+        serve(run_codec_server(get_settings(), host, port))
     except KeyboardInterrupt:
         pass
 

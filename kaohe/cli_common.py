@@ -35,6 +35,32 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         raise fail(str(err)) from None
 
 
+def serve(coro: Coroutine[Any, Any, None]) -> None:
+    """`run` for a long-running command (worker, codec server): SIGTERM (Kubernetes, systemd,
+    docker stop) cancels it, so it shuts down as on Ctrl-C and exits with 0. Python's default
+    dies at once, and a container's PID 1 ignores SIGTERM altogether."""
+    run(_until_sigterm(coro))
+
+
+async def _until_sigterm(coro: Coroutine[Any, Any, None]) -> None:
+    main = asyncio.ensure_future(coro)
+    terminated = asyncio.Event()
+
+    def terminate() -> None:
+        terminated.set()
+        main.cancel()
+
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGTERM, terminate)
+    try:
+        await main
+    except asyncio.CancelledError:
+        if not terminated.is_set():
+            raise
+    finally:
+        loop.remove_signal_handler(signal.SIGTERM)
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
     """Prints the error; the caller raises what this returns."""
     err_console.print(f"[red]error:[/] {message}")
@@ -48,10 +74,3 @@ def parse_actor(actor: str) -> Actor:
         return Actor.model_validate({"id": ident, "role": role})
     except ValidationError as err:
         raise fail(f"--actor: {format_validation_error(err)} (use ID:ROLE)") from err
-
-
-def stop_on_sigterm() -> None:
-    """SIGTERM (Kubernetes, systemd, docker stop) stops a long-running command as Ctrl-C does:
-    the worker finishes its shutdown instead of dying (and, as a container's PID 1, Python
-    would otherwise ignore SIGTERM altogether)."""
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
