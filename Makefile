@@ -11,7 +11,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: venv system-deps run test lint schemas clean
+.PHONY: venv system-deps run test lint schemas screenshots clean
 
 venv: $(STAMP)
 
@@ -58,6 +58,10 @@ lint: venv
 
 schemas: venv
 	$(BIN)/kaohe schema export docs/schemas
+
+# The README's Temporal UI screenshots, taken again by the UI test (docs/screenshots).
+screenshots: venv system-deps
+	KAOHE_UPDATE_SCREENSHOTS=1 $(BIN)/pytest -p no:cacheprovider tests/test_temporal_ui.py
 
 clean:
 	rm -rf $(VENV) .kaohe

@@ -74,7 +74,7 @@ def unit_details(s: UnitStatus) -> str:
         f"**{st.value}**" if st == s.stage else (f"~~{st.value}~~" if st in done else st.value)
         for st in ORDER
     )
-    extra = f"\n\nDeadline: {s.deadline:%Y-%m-%d %H:%M %Z}" if s.deadline else ""
+    extra = ""  # the deadline is in the head, in Beijing time
     if s.rejected_signals:
         last = s.rejected_signals[-1]
         extra += f"\n\nLast rejected signal: `{last.name}` — {last.reason}"
