@@ -24,7 +24,6 @@ from prometheus_client import Gauge, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
-from temporalio.service import RPCError
 
 from activities.metrics import REGISTRY
 from kaohe.settings import Settings
@@ -93,7 +92,8 @@ async def keep_gauges_fresh(client: Client, task_queue: str, every: float) -> No
     while True:
         try:
             await refresh_gauges(client, task_queue)
-        except RPCError as err:
+        except Exception as err:
+            # Whatever failed, the loop goes on: the refresh timestamp shows stale figures.
             log.warning("visibility read for metrics failed", error=str(err))
         await asyncio.sleep(every)
 
