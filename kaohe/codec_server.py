@@ -41,6 +41,7 @@ from google.protobuf import json_format
 from temporalio.api.common.v1 import Payload, Payloads
 
 from kaohe.codec import EncryptionCodec, PayloadKeyError, codec_from_settings, create_secret_file
+from kaohe.listening import listen
 from kaohe.settings import Settings
 
 log = structlog.get_logger("kaohe.codec_server")
@@ -190,14 +191,7 @@ class CodecServer:
             codec_token(settings),
             cors_origins=[*ui_origins, *settings.codec_cors_origins],
         )
-        runner = web.AppRunner(app, access_log=None, handle_signals=False)
-        await runner.setup()
-        try:
-            await web.TCPSite(runner, self.host, self.port, reuse_address=True).start()
-        except BaseException:
-            await runner.cleanup()
-            raise
-        self._runner = runner
+        self._runner = await listen(app, self.host, self.port, reuse_address=True)
         log.info(
             "codec server started",
             url=self.url,

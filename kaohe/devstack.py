@@ -42,6 +42,7 @@ from temporalio.client import Client
 from activities.db import apply_migrations
 from kaohe.codec import codec_from_settings
 from kaohe.codec_server import CodecServer
+from kaohe.listening import free_port
 from kaohe.settings import Settings
 from schemas.search_attributes import CLI_TYPES
 
@@ -68,13 +69,6 @@ _INDEXED_TYPES: dict[str, IndexedValueType.ValueType] = {
     "Datetime": IndexedValueType.INDEXED_VALUE_TYPE_DATETIME,
     "KeywordList": IndexedValueType.INDEXED_VALUE_TYPE_KEYWORD_LIST,
 }
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port that was free a moment ago (for tests; another process may still take it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
 
 
 S = TypeVar("S", bound="_ChildServer")

@@ -12,7 +12,6 @@ per-stage gauges are the same figures read by each (take the max).
 from __future__ import annotations
 
 import asyncio
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ from temporalio.client import Client
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
 from activities.metrics import REGISTRY
+from kaohe.listening import free_port, listen
 from kaohe.settings import Settings
 from schemas.common import Stage
 
@@ -58,15 +58,9 @@ REFRESHED = Gauge(
 OPEN_STAGES = [s for s in Stage if s not in (Stage.COMPLETED, Stage.CANCELLED)]
 
 
-def free_loopback_port() -> str:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return f"127.0.0.1:{s.getsockname()[1]}"
-
-
 def metrics_runtime() -> tuple[Runtime, str]:
     """A Temporal runtime exporting the SDK's metrics on a loopback port; (runtime, address)."""
-    address = free_loopback_port()
+    address = f"127.0.0.1:{free_port()}"
     runtime = Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=address)))
     return runtime, address
 
@@ -110,13 +104,7 @@ class MetricsServer:
         app = web.Application()
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/healthz", self._healthz)
-        self._runner = web.AppRunner(app, access_log=None)
-        await self._runner.setup()
-        try:
-            await web.TCPSite(self._runner, self.host, self.port).start()
-        except OSError:
-            await self._runner.cleanup()
-            raise
+        self._runner = await listen(app, self.host, self.port)
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
         log.info("metrics endpoint listening", url=f"http://{self.host}:{self.port}/metrics")
 

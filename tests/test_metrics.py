@@ -19,7 +19,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from prometheus_client.parser import text_string_to_metric_families
 from temporalio.client import Client
 
-from kaohe.devstack import free_port
+from kaohe.listening import free_port, listen
 from kaohe.simulate import TokenSource, drive_unit, wait_for_status
 from schemas.common import Stage
 from schemas.roster import Contact
@@ -173,10 +173,8 @@ async def test_spans_of_workflows_and_activities_reach_an_otlp_collector(
     collector = Collector()
     app = web.Application()
     app.router.add_post("/v1/traces", collector.export)
-    runner = web.AppRunner(app)
-    await runner.setup()
     port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner = await listen(app, "127.0.0.1", port)
     env = {
         "KAOHE_OTEL_TRACING": "true",
         "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{port}",

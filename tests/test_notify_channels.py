@@ -23,7 +23,7 @@ from activities.channels import Channels, signature
 from activities.failpoints import KILLED
 from activities.notify import NotifyActivities
 from activities.storage import StorageActivities
-from kaohe.devstack import free_port
+from kaohe.listening import free_port, listen
 from kaohe.simulate import UNIT_CONTACT, wait_for_status
 from schemas.common import Stage
 from schemas.messages import AcknowledgeNotice
@@ -57,10 +57,8 @@ class Receiver:
 async def serving(receiver: Receiver) -> AsyncIterator[str]:
     app = web.Application()
     app.router.add_post("/hook", receiver.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
     port = free_port()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    runner = await listen(app, "127.0.0.1", port)
     try:
         yield f"http://127.0.0.1:{port}/hook"
     finally:
