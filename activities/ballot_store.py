@@ -18,10 +18,10 @@ from typing import Literal
 
 import asyncpg
 
+from domain.ballots import OVERALL, Mark, marks_checksum, sheet_marks
 from schemas.messages import BallotSheet, RegisterBallotBatch
 from schemas.policy import RaterGroup
 from schemas.workflow_io import BallotBatchReceipt, BallotCounts, OverallCount
-from workflows.ballots import OVERALL, Mark, marks_checksum, sheet_marks
 
 Source = Literal["update", "import"]
 MAX_PROBLEMS_IN_MESSAGE = 20

@@ -12,9 +12,9 @@ import asyncpg
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from domain.rules import graded_by_category
 from schemas.roster import Roster
 from schemas.workflow_io import RosterPage, RosterUnit, StoredRoster
-from workflows.rules import graded_by_category
 
 
 async def store_roster(conn: asyncpg.Connection, roster: Roster) -> StoredRoster:

@@ -44,6 +44,7 @@ from bench.stack import (
     ratio,
     settle,
 )
+from domain.ballots import sheet_marks
 from kaohe.ballot_csv import write_ballot_csv
 from kaohe.ballot_io import import_ballots, issue_tokens, token_source
 from kaohe.simulate import BALLOT_SYSTEM, batches_of, drive_unit, sheet_for, simulated_unit
@@ -52,7 +53,6 @@ from schemas.messages import BallotSheet, RecordBallots
 from schemas.policy import Policy
 from schemas.roster import UnitSpec
 from schemas.workflow_io import UnitInput
-from workflows.ballots import sheet_marks
 from workflows.unit import UnitAssessment
 
 SCRATCH = "bench_raw_marks"

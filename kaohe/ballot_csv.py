@@ -1,7 +1,7 @@
 """The bulk ballot CSV: one row per mark, `sheet,token,kind,target_id,item,option`.
 
 Rows of a sheet are consecutive and share `sheet` (any label) and `token`. A row is a mark
-as `workflows.ballots.sheet_marks` makes it, values taken as they are (no trimming):
+as `domain.ballots.sheet_marks` makes it, values taken as they are (no trimming):
 
 | kind             | target_id      | item                      | option                      |
 |------------------|----------------|---------------------------|-----------------------------|
@@ -13,7 +13,7 @@ as `workflows.ballots.sheet_marks` makes it, values taken as they are (no trimmi
 (a `selection_work` row may also give the question as `item` with an empty `target_id`).
 
 Every sheet is checked as the record_ballots update checks it: built into a BallotSheet and
-checked with `workflows.ballots.batch_problems`, every problem reported with its CSV line.
+checked with `domain.ballots.batch_problems`, every problem reported with its CSV line.
 A fast path spares that for sheets in the standard layout (the marks in exactly the order
 `sheet_marks` gives them, as `kaohe` writes them): their rows only need each option to be
 one the policy allows for that mark. The layout and its allowed options are derived from a
@@ -41,11 +41,7 @@ from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
-from schemas.errors import error_lines
-from schemas.messages import BallotSheet, CadreRating, NewCadreRating, TeamRating, Token
-from schemas.policy import BallotPolicy
-from schemas.roster import UnitSpec
-from workflows.ballots import (
+from domain.ballots import (
     CADRE,
     NEW_CADRE,
     OVERALL,
@@ -54,6 +50,10 @@ from workflows.ballots import (
     batch_problems,
     sheet_marks,
 )
+from schemas.errors import error_lines
+from schemas.messages import BallotSheet, CadreRating, NewCadreRating, TeamRating, Token
+from schemas.policy import BallotPolicy
+from schemas.roster import UnitSpec
 
 COLUMNS = ("sheet", "token", "kind", "target_id", "item", "option")
 KINDS = (TEAM, CADRE, SELECTION, NEW_CADRE)
@@ -88,7 +88,7 @@ class ReadSheet:
 
 
 class MarksDigest:
-    """`workflows.ballots.marks_checksum`, fed sheet by sheet from rows (marks at 2..5):
+    """`domain.ballots.marks_checksum`, fed sheet by sheet from rows (marks at 2..5):
     the same bytes, so the same hex digest (tests/test_ballots_storage.py checks it)."""
 
     def __init__(self) -> None:

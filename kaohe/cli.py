@@ -19,6 +19,7 @@ from rich.table import Table
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
+from domain.calendar import SHANGHAI
 from kaohe.audit import verify_audit
 from kaohe.cli_ballots import ballots_app, tokens_app
 from kaohe.cli_calibration import calibration_app
@@ -42,7 +43,6 @@ from schemas.errors import format_validation_error
 from schemas.messages import ACTION_MODELS, ActionResult
 from schemas.policy import Policy
 from schemas.roster import Roster
-from workflows.calendar import SHANGHAI
 from workflows.campaign import campaign_workflow_id
 
 app = typer.Typer(

@@ -18,13 +18,13 @@ from rich.table import Table
 from rich.text import Text
 from temporalio.client import Client, WorkflowExecution
 
+from domain.calendar import SHANGHAI
+from domain.stages import TERMINAL
 from kaohe.cli_common import console
 from kaohe.client import ConnectionSettingsError, connect
 from kaohe.settings import Settings
 from schemas.status import CampaignProgress, UnitStatus
-from workflows.calendar import SHANGHAI
 from workflows.campaign import AssessmentCampaign, campaign_workflow_id
-from workflows.stages import TERMINAL
 from workflows.unit import UnitAssessment
 
 T = TypeVar("T")

@@ -28,10 +28,10 @@ from openpyxl.utils import get_column_letter
 from openpyxl.worksheet.worksheet import Worksheet
 from pydantic import BaseModel, Field
 
+from domain.calendar import SHANGHAI
+from domain.stages import ORDER, TERMINAL
 from schemas.common import CadreGrade, CadreOverall, Stage, TeamGrade
 from schemas.messages import Appraisal, GroupEvaluation
-from workflows.calendar import SHANGHAI
-from workflows.stages import ORDER, TERMINAL
 
 TEAM = ""  # grades.cadre_id of a team's own grade
 STAGES: tuple[Stage, ...] = (*ORDER, Stage.CANCELLED)

@@ -30,9 +30,9 @@ from matplotlib.container import BarContainer
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
+from domain.calendar import SHANGHAI
 from kaohe.report import CampaignReport, UnitRow
 from schemas.common import Stage
-from workflows.calendar import SHANGHAI
 from workflows.details import STAGE_LABELS
 
 TEMPLATE = "templates/report.html.j2"

@@ -21,6 +21,8 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError
 
+from domain.rules import excellent_quota
+from domain.stages import ORDER
 from schemas.common import Actor, CadreGrade, Role, Stage, TeamGrade
 from schemas.messages import (
     AcknowledgeNotice,
@@ -44,8 +46,6 @@ from schemas.policy import BallotPolicy, Policy, RaterGroup
 from schemas.roster import CadreSpec, UnitSpec
 from schemas.status import FollowUpView, UnitStatus
 from workflows.campaign import AssessmentCampaign, campaign_workflow_id
-from workflows.rules import excellent_quota
-from workflows.stages import ORDER
 from workflows.unit import UnitAssessment
 
 # workflow id -> rater group -> one-time ballot tokens

@@ -234,7 +234,7 @@ class ResultUsePolicy(Model):
             "较差": _actions((FollowUpKind.RECTIFICATION, "班子整改方案及整改落实")),
         }
     )
-    # Flags of the evaluation, by code (workflows/tally.py).
+    # Flags of the evaluation, by code (domain/tally.py).
     flag_actions: dict[str, list[FollowUpAction]] = Field(
         default_factory=lambda: {
             "selection_review": _actions((FollowUpKind.SELECTION_REVIEW, "新提拔干部选任核查")),

@@ -23,6 +23,7 @@ from temporalio.exceptions import ApplicationError
 from activities.ballot_store import MARK_COLUMNS, prepare_batch, store_batch
 from activities.ballots import BallotActivities
 from activities.storage import StorageActivities
+from domain.ballots import marks_checksum, sheet_marks
 from kaohe.ballot_csv import (
     BallotCsvReader,
     MarksDigest,
@@ -50,7 +51,6 @@ from schemas.workflow_io import (
 )
 from tests.conftest import Stack
 from tests.helpers import SMALL_GROUPS, TEST_KEY, sample_unit, start_unit
-from workflows.ballots import marks_checksum, sheet_marks
 
 POLICY = BallotPolicy()
 

@@ -1,4 +1,4 @@
-"""workflows.calendar: pure working-day arithmetic (no servers)."""
+"""domain.calendar: pure working-day arithmetic (no servers)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from schemas.common import Stage
-from schemas.policy import DeadlinePolicy
-from workflows.calendar import (
+from domain.calendar import (
     SHANGHAI,
     CalendarUnavailableError,
     add_working_days,
@@ -23,7 +21,7 @@ from workflows.calendar import (
     shanghai_date,
     working_days_between,
 )
-from workflows.deadlines import (
+from domain.deadlines import (
     extended,
     level2_at,
     next_step,
@@ -31,6 +29,8 @@ from workflows.deadlines import (
     resumed,
     stage_deadline,
 )
+from schemas.common import Stage
+from schemas.policy import DeadlinePolicy
 
 
 def sh(iso: str) -> datetime:
@@ -212,7 +212,7 @@ def test_publicity_end_properties(published: datetime, n: int) -> None:
     assert end > published
 
 
-# ---- stage deadlines (workflows/deadlines.py) ----------------------------------------------
+# ---- stage deadlines (domain/deadlines.py) ----------------------------------------------
 
 CALENDAR = DeadlinePolicy(
     working_days={Stage.NOTICE: 3, Stage.TALKS: 10},

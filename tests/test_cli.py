@@ -14,13 +14,13 @@ import pytest
 import yaml
 from temporalio.client import Client
 
+from domain.calendar import deadline_after
 from kaohe.roster_io import RosterError, load_roster
 from kaohe.simulate import wait_for_status, wait_started
 from schemas.common import Stage
 from schemas.messages import ACTION_MODELS
 from tests.conftest import Stack
 from tests.helpers import sample_unit, start_unit
-from workflows.calendar import deadline_after
 from workflows.unit import UnitAssessment
 
 KAOHE = str(Path(sys.executable).parent / "kaohe")

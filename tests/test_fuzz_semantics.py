@@ -16,6 +16,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 
+from domain.stages import ACTION_RULES
 from kaohe.simulate import TokenSource, drive_unit, sheet_for
 from schemas.common import Role, Stage
 from schemas.messages import ActionResult
@@ -25,7 +26,6 @@ from schemas.workflow_io import CampaignInput
 from tests.helpers import sample_unit, start_unit
 from tests.test_fuzz_updates import examples as fuzz_examples
 from workflows.campaign import AssessmentCampaign, campaign_workflow_id
-from workflows.stages import ACTION_RULES
 
 EXAMPLES = 12  # per (action, kind of fault)
 UNKNOWN = st.from_regex(r"zz[a-z0-9]{1,12}", fullmatch=True)  # no roster id starts so

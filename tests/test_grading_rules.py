@@ -1,16 +1,11 @@
-"""The grading rules (workflows/rules.py), each at its boundary. Pure: no servers."""
+"""The grading rules (domain/rules.py), each at its boundary. Pure: no servers."""
 
 from __future__ import annotations
 
 import datetime as dt
 from fractions import Fraction
 
-from schemas.common import AccountabilityLevel, CadreGrade, TeamGrade
-from schemas.policy import GradingPolicy
-from schemas.roster import Accountability, CadreSpec
-from schemas.status import Flag
-from tests.helpers import sample_unit
-from workflows.rules import (
+from domain.rules import (
     accountability_bar,
     derive_follow_ups,
     excellent_quota,
@@ -18,6 +13,11 @@ from workflows.rules import (
     proposal_violations,
     suggested_grade,
 )
+from schemas.common import AccountabilityLevel, CadreGrade, TeamGrade
+from schemas.policy import GradingPolicy
+from schemas.roster import Accountability, CadreSpec
+from schemas.status import Flag
+from tests.helpers import sample_unit
 
 POLICY = GradingPolicy()
 

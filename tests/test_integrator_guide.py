@@ -45,6 +45,7 @@ from temporalio.api.common.v1 import Payload
 from temporalio.client import Client, WorkflowHandle
 
 import kaohe
+from domain.stages import ACTION_RULES
 from kaohe.ballot_csv import write_ballot_csv
 from kaohe.ballot_io import import_ballots
 from kaohe.cli import schema_export
@@ -80,7 +81,6 @@ from schemas.roster import Roster, UnitSpec
 from tests.conftest import Stack
 from tests.helpers import SMALL_GROUPS, start_unit
 from workflows.campaign import AssessmentCampaign, campaign_workflow_id, unit_workflow_id
-from workflows.stages import ACTION_RULES
 from workflows.unit import UnitAssessment
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -22,6 +22,8 @@ from openpyxl import load_workbook
 from openpyxl.worksheet.worksheet import Worksheet
 from temporalio.client import Client
 
+from domain.calendar import SHANGHAI
+from domain.stages import ORDER
 from kaohe.report import (
     SHEETS,
     CampaignReport,
@@ -47,8 +49,6 @@ from schemas.status import UnitStatus
 from tests.conftest import Stack
 from tests.helpers import sample_unit, start_unit
 from tests.test_deadlines import clock_policy
-from workflows.calendar import SHANGHAI
-from workflows.stages import ORDER
 from workflows.unit import UnitAssessment
 
 KAOHE = str(Path(sys.executable).parent / "kaohe")

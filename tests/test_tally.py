@@ -7,11 +7,11 @@ from fractions import Fraction
 import pytest
 from pydantic import ValidationError
 
+from domain.tally import participation_flags, tally_ballots, weighted_share
 from kaohe.roster_io import load_policy
 from schemas.policy import FlagPolicy, Policy, RaterGroup
 from schemas.workflow_io import BallotCounts, OverallCount
 from tests.helpers import sample_unit
-from workflows.tally import participation_flags, tally_ballots, weighted_share
 
 ONE_GROUP = [RaterGroup(group_id="A", label="全体", planned=90, weight=Fraction(1))]
 

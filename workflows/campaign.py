@@ -22,6 +22,9 @@ from temporalio.common import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
+    from domain import calibration as pool
+    from domain.rules import excellent_quota, graded_by_category
+    from domain.stages import TERMINAL
     from schemas import search_attributes as sa
     from schemas.calibration import (
         CalibrationEntry,
@@ -44,12 +47,8 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.details import campaign_details
     from workflows.payloads import ActionRejected, parse_action
-    from workflows.rules import excellent_quota, graded_by_category
-    from workflows.stages import TERMINAL
     from workflows.unit import ACTIVITY_RETRY, UnitAssessment
 
-# States of a calibration entry whose 优秀 count against the category's pooled quota.
-RESERVING = ("cleared", "allowed")
 # Units of a stored roster read per activity (about 1.3 kB each).
 ROSTER_PAGE = 200
 # Continue-as-new between chunks of starts too, not only once every unit has started.
@@ -262,7 +261,7 @@ class AssessmentCampaign:
             )
         entry = self._calibration.get(a.unit_id)
         if entry is None or entry.state != "held":
-            held = ", ".join(u for u, e in self._calibration.items() if e.state == "held")
+            held = ", ".join(pool.held(self._calibration))
             raise ActionRejected(
                 f"unit_id: {a.unit_id!r} has no proposal on hold; held: {held or 'none'}"
             )
@@ -276,27 +275,10 @@ class AssessmentCampaign:
         graded = self._graded.get(category, 0)
         return graded, excellent_quota(graded, self._input.policy.grading.ratio_for(category))
 
-    def _reserved(self, category: str, but: str | None = None) -> int:
-        return sum(
-            e.request.excellent
-            for unit_id, e in self._calibration.items()
-            if e.request.category == category and e.state in RESERVING and unit_id != but
-        )
-
     def _judge(self, request: CalibrationRequest) -> CalibrationEntry:
-        category, n = request.category, request.excellent
-        graded, quota = self._quota(category)
-        reserved = self._reserved(category, but=request.unit_id)
-        ratio = self._input.policy.grading.ratio_for(category)
-        # The reason goes to the unit's status and details, where the proposal is sealed:
-        # it names the pool, never how many 优秀 this or another unit proposed (the
-        # department reads those from the calibration query).
-        pool = f"pooled quota of {quota} 优秀 ({graded} graded cadres × {ratio}, rounded down)"
-        if reserved + n <= quota:
-            reason = f"category {category}: within its {pool}"
-            return CalibrationEntry(request=request, state="cleared", reason=reason)
-        reason = f"category {category}: beyond its {pool}; the department decides"
-        return CalibrationEntry(request=request, state="held", reason=reason)
+        graded = self._graded.get(request.category, 0)
+        ratio = self._input.policy.grading.ratio_for(request.category)
+        return pool.judge(self._calibration, request, graded, ratio)
 
     async def _clear_held_that_fit(self, category: str) -> None:
         """Held proposals that the pool now holds (another unit asked for fewer, or was
@@ -332,12 +314,8 @@ class AssessmentCampaign:
             ratio=str(self._input.policy.grading.ratio_for(category)),
             graded=graded,
             quota=quota,
-            reserved=self._reserved(category),
-            held=[
-                u
-                for u, e in self._calibration.items()
-                if e.request.category == category and e.state == "held"
-            ],
+            reserved=pool.reserved(self._calibration, category),
+            held=pool.held(self._calibration, category),
         )
 
     async def _start_unit(self, unit: UnitSpec, contacts: dict[str, Contact]) -> None:
@@ -402,7 +380,7 @@ class AssessmentCampaign:
             units_started=len(self._started),
             by_stage={stage: n for stage, n in self._by_stage.items() if n},
             completed=self._all_done(),
-            calibration_held=[u for u, e in self._calibration.items() if e.state == "held"],
+            calibration_held=pool.held(self._calibration),
         )
 
     def _refresh_details(self) -> None:

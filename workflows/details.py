@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
+from domain.calendar import SHANGHAI
+from domain.stages import ORDER, stage_number
 from schemas.common import Stage
 from schemas.status import CampaignProgress, UnitStatus
-from workflows.calendar import SHANGHAI
-from workflows.stages import ORDER, stage_number
 
 STAGE_LABELS: dict[Stage, str] = {
     Stage.NOTICE: "考核通知 notice",

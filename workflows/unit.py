@@ -20,6 +20,12 @@ from temporalio.common import RawValue, RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from domain.ballots import batch_problems
+    from domain.calendar import SHANGHAI, publicity_end
+    from domain.deadlines import Step, extended, next_step, resumed, stage_deadline
+    from domain.rules import derive_follow_ups, proposal_violations, suggested_grade
+    from domain.stages import ACTION_RULES, CLOSABLE_EARLY, NEXT, TERMINAL
+    from domain.tally import group_participation, groups_complete, tally_ballots
     from schemas import search_attributes as sa
     from schemas.calibration import CalibrationRequest, CalibrationResult, CalibrationView
     from schemas.common import Action, Actor, CadreGrade, Role, Stage
@@ -88,14 +94,8 @@ with workflow.unsafe.imports_passed_through():
         UnitProgress,
         UnitRef,
     )
-    from workflows.ballots import batch_problems
-    from workflows.calendar import SHANGHAI, publicity_end
-    from workflows.deadlines import Step, extended, next_step, resumed, stage_deadline
     from workflows.details import unit_details
     from workflows.payloads import ActionRejected, idempotency_key_of, parse_action
-    from workflows.rules import derive_follow_ups, proposal_violations, suggested_grade
-    from workflows.stages import ACTION_RULES, CLOSABLE_EARLY, NEXT, TERMINAL
-    from workflows.tally import group_participation, groups_complete, tally_ballots
 
 # Storage survives a database restart: retry with backoff for as long as it takes
 # (past a minute the SDK waits between local attempts with a timer), except for errors

@@ -9,15 +9,15 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from typing import Literal
 
-from schemas.common import Stage
-from schemas.policy import DeadlinePolicy
-from workflows.calendar import (
+from domain.calendar import (
     deadline_after,
     end_of_day,
     is_working_day,
     shanghai_date,
     working_days_between,
 )
+from schemas.common import Stage
+from schemas.policy import DeadlinePolicy
 
 Step = Literal["reminder", "level1", "level2"]
 _JUST_BEFORE = timedelta(microseconds=1)  # a deadline's last day is the day before it

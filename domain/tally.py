@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from fractions import Fraction
 
+from domain.ballots import CADRE, NEW_CADRE, SELECTION, TEAM
 from schemas.policy import FlagPolicy, RaterGroup
 from schemas.status import Flag, GroupParticipation, TargetTally
 from schemas.workflow_io import BallotCounts
-from workflows.ballots import CADRE, NEW_CADRE, SELECTION, TEAM
 
 Counts = dict[str, dict[str, int]]  # rater group -> option -> ballots
 
