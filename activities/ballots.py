@@ -11,6 +11,7 @@ import asyncpg
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.audit_log import log_event, write_audit
 from activities.ballot_store import (
     BallotRejected,
     count_overall,
@@ -20,7 +21,6 @@ from activities.ballot_store import (
     verify_batch,
 )
 from activities.metrics import BALLOT_SHEETS_INGESTED, BALLOTS_INGESTED
-from activities.storage import _audit, _log
 from schemas.workflow_io import (
     BallotBatchCheck,
     BallotBatchReceipt,
@@ -33,7 +33,7 @@ BALLOT_REJECTED = "BallotRejected"
 
 
 def _rejected(ref: UnitRef, batch_id: str, err: BallotRejected) -> ApplicationError:
-    _log(ref, "ballot batch rejected", batch_id=batch_id, problems=len(err.problems))
+    log_event(ref, "ballot batch rejected", batch_id=batch_id, problems=len(err.problems))
     return ApplicationError(str(err), type=BALLOT_REJECTED, non_retryable=True)
 
 
@@ -52,7 +52,7 @@ class BallotActivities:
             async with self._pool.acquire() as conn, conn.transaction():
                 receipt = await store_batch(conn, rec.ref.workflow_id, batch, "update")
                 if not receipt.duplicate:
-                    await _audit(
+                    await write_audit(
                         conn,
                         rec.ref,
                         f"ballots:{a.batch_id}",
@@ -63,7 +63,7 @@ class BallotActivities:
         except BallotRejected as err:
             raise _rejected(rec.ref, a.batch_id, err) from None
         _count_ingested(receipt, batch.sheets, "update")
-        _log(
+        log_event(
             rec.ref,
             "ballot batch stored",
             batch_id=a.batch_id,
@@ -80,7 +80,7 @@ class BallotActivities:
         try:
             async with self._pool.acquire() as conn, conn.transaction():
                 receipt = await verify_batch(conn, rec.ref.workflow_id, a)
-                await _audit(
+                await write_audit(
                     conn,
                     rec.ref,
                     f"ballots:{a.batch_id}",
@@ -91,7 +91,7 @@ class BallotActivities:
         except BallotRejected as err:
             raise _rejected(rec.ref, a.batch_id, err) from None
         _count_ingested(receipt, a.sheets, "import")
-        _log(
+        log_event(
             rec.ref,
             "imported ballot batch registered",
             batch_id=a.batch_id,
@@ -106,7 +106,7 @@ class BallotActivities:
         """Overall marks per kind, target, rater group and option, and sheets per group."""
         async with self._pool.acquire() as conn:
             counts = await count_overall(conn, ref.workflow_id)
-        _log(ref, "ballots counted", sheets=sum(counts.sheets_by_group.values()))
+        log_event(ref, "ballots counted", sheets=sum(counts.sheets_by_group.values()))
         return counts
 
 

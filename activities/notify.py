@@ -19,10 +19,10 @@ import asyncpg
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.audit_log import write_audit
 from activities.channels import Channels, DeliveryError
 from activities.failpoints import failpoint
 from activities.metrics import NOTIFICATION_DELIVERIES
-from activities.storage import _audit
 from schemas.workflow_io import Delivery, Notification, NotifyOutcome
 
 HEARTBEAT_SECONDS = 1.0  # the workflow's heartbeat timeout for notify is a few of these
@@ -140,7 +140,7 @@ class NotifyActivities:
                 self._channels.max_attempts,
             )
             if dead:
-                await _audit(
+                await write_audit(
                     conn,
                     n.ref,
                     f"dead-letter:{n.idempotency_key}:{d.recipient}:{d.channel}",

@@ -8,18 +8,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Any
 
 import asyncpg
-import structlog
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.audit_log import log_event, write_audit
 from activities.ballot_store import store_rater_groups
 from activities.failpoints import failpoint
 from activities.metrics import BALLOTS_INGESTED
 from activities.talk_cipher import TalkCipher
-from schemas.common import Actor
 from schemas.messages import GroupEvaluation, evaluation_text
 from schemas.status import TargetTally
 from schemas.workflow_io import (
@@ -42,41 +40,7 @@ from schemas.workflow_io import (
     UnitRef,
 )
 
-log = structlog.get_logger("kaohe.storage")
-
 TEAM_TARGET = ""  # grades.cadre_id of the team's own grade
-
-
-async def _audit(
-    conn: asyncpg.Connection,
-    ref: UnitRef,
-    event_key: str,
-    kind: str,
-    actor: Actor | None = None,
-    detail: dict[str, Any] | None = None,
-) -> bool:
-    """Appends an audit row once per (workflow, event_key); True if it is new."""
-    row = await conn.fetchrow(
-        """INSERT INTO audit_log
-               (workflow_id, campaign_id, unit_id, event_key, kind, stage,
-                actor_id, actor_role, detail)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)
-           ON CONFLICT (workflow_id, event_key) DO NOTHING RETURNING id""",
-        ref.workflow_id,
-        ref.campaign_id,
-        ref.unit_id,
-        event_key,
-        kind,
-        ref.stage.value,
-        actor.id if actor else None,
-        actor.role.value if actor else None,
-        json.dumps(detail or {}, ensure_ascii=False, default=str),
-    )
-    return row is not None
-
-
-def _log(ref: UnitRef, event: str, **fields: Any) -> None:
-    log.info(event, workflow_id=ref.workflow_id, unit=ref.unit_id, stage=ref.stage.value, **fields)
 
 
 def ballots_checksum(rows: list[tuple[str, str | None, str, str]]) -> str:
@@ -136,7 +100,7 @@ class StorageActivities:
                 ],
             )
             await store_rater_groups(conn, rec.ref.workflow_id, rec.rater_groups)
-            await _audit(
+            await write_audit(
                 conn,
                 rec.ref,
                 "registered",
@@ -146,12 +110,12 @@ class StorageActivities:
                     "rater_groups": {g.group_id: g.planned for g in rec.rater_groups},
                 },
             )
-        _log(rec.ref, "unit registered", cadres=len(unit.cadres))
+        log_event(rec.ref, "unit registered", cadres=len(unit.cadres))
 
     @activity.defn
     async def record_transition(self, rec: TransitionRecord) -> None:
         async with self._pool.acquire() as conn, conn.transaction():
-            new = await _audit(
+            new = await write_audit(
                 conn,
                 rec.ref,
                 f"transition:{rec.seq}",
@@ -169,13 +133,13 @@ class StorageActivities:
                     rec.ref.workflow_id,
                     rec.to_stage.value,
                 )
-        _log(rec.ref, "stage transition", to=rec.to_stage.value, seq=rec.seq)
+        log_event(rec.ref, "stage transition", to=rec.to_stage.value, seq=rec.seq)
 
     @activity.defn
     async def append_audit(self, rec: AuditRecord) -> None:
         async with self._pool.acquire() as conn:
-            await _audit(conn, rec.ref, rec.event_key, rec.kind, rec.actor, rec.detail)
-        _log(rec.ref, "audit", kind=rec.kind)
+            await write_audit(conn, rec.ref, rec.event_key, rec.kind, rec.actor, rec.detail)
+        log_event(rec.ref, "audit", kind=rec.kind)
 
     @activity.defn
     async def save_acknowledgement(self, rec: AcknowledgementRecord) -> None:
@@ -189,8 +153,10 @@ class StorageActivities:
                 a.actor.id,
                 a.note,
             )
-            await _audit(conn, rec.ref, f"ack:{a.idempotency_key}", "notice_acknowledged", a.actor)
-        _log(rec.ref, "notice acknowledged")
+            await write_audit(
+                conn, rec.ref, f"ack:{a.idempotency_key}", "notice_acknowledged", a.actor
+            )
+        log_event(rec.ref, "notice acknowledged")
 
     @activity.defn
     async def save_report(self, rec: ReportRecord) -> None:
@@ -217,7 +183,7 @@ class StorageActivities:
                 f.size if f else None,
                 f.media_type if f else None,
             )
-            await _audit(
+            await write_audit(
                 conn,
                 rec.ref,
                 f"report:{a.idempotency_key}",
@@ -231,7 +197,7 @@ class StorageActivities:
                     "file_sha256": f.sha256 if f else None,
                 },
             )
-        _log(rec.ref, "report stored", kind=a.kind, cadre=a.cadre_id, revision=rec.revision)
+        log_event(rec.ref, "report stored", kind=a.kind, cadre=a.cadre_id, revision=rec.revision)
 
     # Flat ballots and their tallies: only units started before BALLOT_SHEETS_PATCH (v0/v1
     # histories) call these two; new units use activities/ballots.py.
@@ -281,7 +247,7 @@ class StorageActivities:
                     "overall",
                 ],
             )
-            await _audit(
+            await write_audit(
                 conn,
                 rec.ref,
                 f"ballots:{a.batch_id}",
@@ -290,7 +256,7 @@ class StorageActivities:
                 {"batch_id": a.batch_id, "count": len(rows), "checksum": checksum},
             )
         BALLOTS_INGESTED.labels("update").inc(len(rows))
-        _log(rec.ref, "ballot batch stored", batch_id=a.batch_id, count=len(rows))
+        log_event(rec.ref, "ballot batch stored", batch_id=a.batch_id, count=len(rows))
         return BallotBatchReceipt(
             batch_id=a.batch_id, count=len(rows), checksum=checksum, duplicate=False
         )
@@ -329,7 +295,7 @@ class StorageActivities:
                 nonce,
                 ciphertext,
             )
-            await _audit(
+            await write_audit(
                 conn,
                 rec.ref,
                 f"talk:{a.talk_id}",
@@ -337,7 +303,7 @@ class StorageActivities:
                 a.actor,
                 {"talk_id": a.talk_id, "interviewee_role": a.interviewee_role},
             )
-        _log(rec.ref, "talk stored", talk_id=a.talk_id)
+        log_event(rec.ref, "talk stored", talk_id=a.talk_id)
 
     @activity.defn
     async def save_grade_proposal(self, rec: GradeProposalRecord) -> None:
@@ -362,7 +328,7 @@ class StorageActivities:
                 appraisal,
             )
             # The audit row says a proposal exists, never its grades: they are sealed.
-            await _audit(
+            await write_audit(
                 conn,
                 rec.ref,
                 f"proposal:{rec.proposal_no}",
@@ -370,7 +336,7 @@ class StorageActivities:
                 a.actor,
                 {"proposal_no": rec.proposal_no},
             )
-        _log(rec.ref, "grade proposal stored", proposal_no=rec.proposal_no)
+        log_event(rec.ref, "grade proposal stored", proposal_no=rec.proposal_no)
 
     @activity.defn
     async def save_grade_decision(self, rec: GradeDecisionRecord) -> None:
@@ -419,7 +385,7 @@ class StorageActivities:
                         for cadre, grade in grades.items()
                     ],
                 )
-            await _audit(
+            await write_audit(
                 conn,
                 rec.ref,
                 f"decision:{rec.proposal_no}",
@@ -427,7 +393,9 @@ class StorageActivities:
                 a.actor,
                 {"proposal_no": rec.proposal_no, "comment": a.comment},
             )
-        _log(rec.ref, "grade decision stored", proposal_no=rec.proposal_no, decision=a.decision)
+        log_event(
+            rec.ref, "grade decision stored", proposal_no=rec.proposal_no, decision=a.decision
+        )
 
     @activity.defn
     async def previous_grades(self, q: PreviousGradesQuery) -> dict[str, str]:
@@ -449,8 +417,8 @@ class StorageActivities:
                 "WHERE workflow_id = $1 AND NOT final",
                 ref.workflow_id,
             )
-            await _audit(conn, ref, "grades_final", "grades_final")
-        _log(ref, "grades final")
+            await write_audit(conn, ref, "grades_final", "grades_final")
+        log_event(ref, "grades final")
 
     @activity.defn
     async def save_objection(self, rec: ObjectionRecord) -> None:
@@ -465,7 +433,7 @@ class StorageActivities:
                 a.cadre_id,
                 a.reason,
             )
-            await _audit(
+            await write_audit(
                 conn,
                 rec.ref,
                 f"objection:{a.objection_id}",
@@ -473,7 +441,7 @@ class StorageActivities:
                 a.actor,
                 {"objection_id": a.objection_id, "cadre_id": a.cadre_id},
             )
-        _log(rec.ref, "objection raised", objection_id=a.objection_id)
+        log_event(rec.ref, "objection raised", objection_id=a.objection_id)
 
     @activity.defn
     async def resolve_objection(self, rec: ObjectionDecision) -> None:
@@ -494,7 +462,7 @@ class StorageActivities:
                 await conn.execute(
                     "DELETE FROM grades WHERE workflow_id = $1 AND NOT final", rec.ref.workflow_id
                 )
-            await _audit(
+            await write_audit(
                 conn,
                 rec.ref,
                 f"objection_resolved:{a.objection_id}",
@@ -502,7 +470,7 @@ class StorageActivities:
                 a.actor,
                 {"objection_id": a.objection_id, "decision": a.decision},
             )
-        _log(rec.ref, "objection resolved", objection_id=a.objection_id, decision=a.decision)
+        log_event(rec.ref, "objection resolved", objection_id=a.objection_id, decision=a.decision)
 
     @activity.defn
     async def create_follow_ups(self, rec: FollowUpsRecord) -> None:
@@ -524,7 +492,7 @@ class StorageActivities:
                     for f in rec.follow_ups
                 ],
             )
-            await _audit(
+            await write_audit(
                 conn,
                 rec.ref,
                 "follow_ups:derived",
@@ -532,7 +500,7 @@ class StorageActivities:
                 detail={"follow_ups": [f.follow_up_id for f in rec.follow_ups]},
             )
         failpoint("create_follow_ups:committed")
-        _log(rec.ref, "follow-ups created", count=len(rec.follow_ups))
+        log_event(rec.ref, "follow-ups created", count=len(rec.follow_ups))
 
     @activity.defn
     async def save_follow_up(self, rec: FollowUpRecord) -> None:
@@ -550,7 +518,7 @@ class StorageActivities:
                 a.due_date,
                 a.description,
             )
-            await _audit(
+            await write_audit(
                 conn,
                 rec.ref,
                 f"follow_up:{a.follow_up_id}",
@@ -558,7 +526,7 @@ class StorageActivities:
                 a.actor,
                 {"follow_up_id": a.follow_up_id, "kind": a.kind.value},
             )
-        _log(rec.ref, "follow-up recorded", follow_up_id=a.follow_up_id)
+        log_event(rec.ref, "follow-up recorded", follow_up_id=a.follow_up_id)
 
     @activity.defn
     async def close_follow_up(self, rec: FollowUpClosure) -> None:
@@ -572,7 +540,7 @@ class StorageActivities:
                 a.outcome,
                 a.actor.id,
             )
-            await _audit(
+            await write_audit(
                 conn,
                 rec.ref,
                 f"follow_up_closed:{a.follow_up_id}",
@@ -580,7 +548,7 @@ class StorageActivities:
                 a.actor,
                 {"follow_up_id": a.follow_up_id},
             )
-        _log(rec.ref, "follow-up closed", follow_up_id=a.follow_up_id)
+        log_event(rec.ref, "follow-up closed", follow_up_id=a.follow_up_id)
 
     @activity.defn
     async def load_unit_stages(self, campaign_id: str) -> dict[str, str]:

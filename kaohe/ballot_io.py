@@ -31,6 +31,7 @@ from rich.progress import Progress
 from temporalio.client import Client
 from temporalio.service import RPCError
 
+from activities.audit_log import write_audit
 from activities.ballot_store import (
     MARK_COLUMNS,
     BallotRejected,
@@ -45,7 +46,6 @@ from activities.ballot_store import (
     unused_tokens,
     use_tokens,
 )
-from activities.storage import _audit
 from kaohe.ballot_csv import (
     BallotCsvReader,
     MarksDigest,
@@ -180,7 +180,7 @@ async def issue_tokens(
             columns=["workflow_id", "token_hash", "rater_group"],
         )
         issued = {g.group_id: g.issued for g in result.groups}
-        await _audit(
+        await write_audit(
             conn,
             ref,
             f"tokens:{uuid.uuid4().hex}",
@@ -464,7 +464,7 @@ async def _stream_into_batch(
         sheets_by_group=sheets_by_group(out.groups),
     )
     await store_sheets_by_group(conn, wf, batch_id, receipt.sheets_by_group)
-    await _audit(
+    await write_audit(
         conn,
         ref,
         f"import:{batch_id}",

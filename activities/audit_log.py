@@ -1,0 +1,50 @@
+"""The audit table's append and the structured log line every storage write ends with.
+
+Every state change writes its audit row in the transaction that makes the change, once per
+(workflow, event_key), so a retried activity never adds a second row.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import asyncpg
+import structlog
+
+from schemas.common import Actor
+from schemas.workflow_io import UnitRef
+
+log = structlog.get_logger("kaohe.storage")
+
+
+async def write_audit(
+    conn: asyncpg.Connection,
+    ref: UnitRef,
+    event_key: str,
+    kind: str,
+    actor: Actor | None = None,
+    detail: dict[str, Any] | None = None,
+) -> bool:
+    """Appends an audit row once per (workflow, event_key); True if it is new."""
+    row = await conn.fetchrow(
+        """INSERT INTO audit_log
+               (workflow_id, campaign_id, unit_id, event_key, kind, stage,
+                actor_id, actor_role, detail)
+           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9::jsonb)
+           ON CONFLICT (workflow_id, event_key) DO NOTHING RETURNING id""",
+        ref.workflow_id,
+        ref.campaign_id,
+        ref.unit_id,
+        event_key,
+        kind,
+        ref.stage.value,
+        actor.id if actor else None,
+        actor.role.value if actor else None,
+        json.dumps(detail or {}, ensure_ascii=False, default=str),
+    )
+    return row is not None
+
+
+def log_event(ref: UnitRef, event: str, **fields: Any) -> None:
+    log.info(event, workflow_id=ref.workflow_id, unit=ref.unit_id, stage=ref.stage.value, **fields)
