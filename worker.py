@@ -169,9 +169,6 @@ async def run_worker(settings: Settings, database_url: str, give_up: float = 300
 
 
 if __name__ == "__main__":
-    import sys
+    from kaohe.serving import serve_main
 
-    from kaohe.cli import main
-
-    sys.argv[1:] = ["worker"]
-    main()
+    serve_main(lambda settings: run_worker(settings, settings.effective_database_url))

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import sys
 import uuid
 from importlib import resources
 from pathlib import Path
@@ -35,6 +33,7 @@ from kaohe.roster_io import (
     with_deadlines,
 )
 from kaohe.roster_tables import count_rows, write_roster_tables
+from kaohe.serving import exit_flushed
 from kaohe.settings import get_settings
 from kaohe.starter import start_campaign
 from schemas import search_attributes as sa
@@ -537,14 +536,10 @@ def schema_export(directory: Path) -> None:
 
 
 def main() -> None:
-    """The `kaohe` console script. It leaves with os._exit once output is flushed: the
-    Temporal client's Rust threads can otherwise abort CPython's finalization of a short
-    process ("PyGILState_Release ... finalizing", temporalio/sdk-python#300)."""
+    """The `kaohe` console script; it leaves through exit_flushed (os._exit)."""
     try:
         app()
         code = 0
     except SystemExit as exit_:
         code = exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    exit_flushed(code)
