@@ -40,6 +40,21 @@ def talk_cipher(settings: Settings) -> TalkCipher:
     return TalkCipher.from_key_file(settings.data_dir / "talk.key", settings.talk_key_id)
 
 
+def channels(s: Settings) -> Channels:
+    """The notification channels, from the settings (activities never read settings)."""
+    return Channels(
+        webhook_secret=s.webhook_secret.get_secret_value().encode() if s.webhook_secret else None,
+        webhook_timeout=s.webhook_timeout,
+        smtp_host=s.smtp_host,
+        smtp_port=s.smtp_port,
+        smtp_user=s.smtp_user,
+        smtp_password=s.smtp_password.get_secret_value() if s.smtp_password else None,
+        smtp_from=s.smtp_from,
+        smtp_starttls=s.smtp_starttls,
+        max_attempts=s.notify_max_attempts,
+    )
+
+
 def sandbox_runner() -> SandboxedWorkflowRunner:
     # Our schemas and pydantic are deterministic and heavy to re-import per run: pass them through.
     return SandboxedWorkflowRunner(
@@ -149,7 +164,7 @@ async def run_worker(settings: Settings, database_url: str, give_up: float = 300
         worker = build_worker(
             client,
             StorageActivities(pool, talk_cipher(settings)),
-            NotifyActivities(pool, Channels.from_settings(settings)),
+            NotifyActivities(pool, channels(settings)),
             settings.task_queue,
             settings,
         )

@@ -19,7 +19,6 @@ import aiosmtplib
 import httpx
 import structlog
 
-from kaohe.settings import Settings
 from schemas.workflow_io import Delivery, Notification
 
 log = structlog.get_logger("kaohe.notify")
@@ -45,22 +44,6 @@ class Channels:
     smtp_from: str = "kaohe@localhost"
     smtp_starttls: bool = True
     max_attempts: int = 8
-
-    @classmethod
-    def from_settings(cls, s: Settings) -> Channels:
-        return cls(
-            webhook_secret=s.webhook_secret.get_secret_value().encode()
-            if s.webhook_secret
-            else None,
-            webhook_timeout=s.webhook_timeout,
-            smtp_host=s.smtp_host,
-            smtp_port=s.smtp_port,
-            smtp_user=s.smtp_user,
-            smtp_password=s.smtp_password.get_secret_value() if s.smtp_password else None,
-            smtp_from=s.smtp_from,
-            smtp_starttls=s.smtp_starttls,
-            max_attempts=s.notify_max_attempts,
-        )
 
     async def send(self, n: Notification, d: Delivery) -> None:
         if d.channel == "webhook":
