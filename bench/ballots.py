@@ -4,7 +4,7 @@ On a private stack, with units in their evaluation whose rater groups plan enoug
 
 (a) raw COPY: asyncpg `copy_records_to_table` of the bulk batch's mark rows into a scratch
     table shaped like `ballot_marks` (same columns, checks and index);
-(b) bulk path: `kaohe.ballot_io.import_ballots` end to end on a CSV of the same sheets
+(b) bulk path: `kaohe.ingest.ballot_io.import_ballots` end to end on a CSV of the same sheets
     (written first, untimed): parse, check, tokens, COPY, the register_ballot_batch update;
 (c) update path: the same number of ballots on another unit through `record_ballots`
     updates of at most `--batch-size` ballots (each sheet: a team ballot and one per cadre);
@@ -45,9 +45,9 @@ from bench.stack import (
     settle,
 )
 from domain.ballots import sheet_marks
-from kaohe.ballot_csv import write_ballot_csv
-from kaohe.ballot_io import import_ballots, issue_tokens, token_source
-from kaohe.simulate import BALLOT_SYSTEM, batches_of, drive_unit, sheet_for, simulated_unit
+from kaohe.ingest.ballot_csv import write_ballot_csv
+from kaohe.ingest.ballot_io import import_ballots, issue_tokens, token_source
+from kaohe.sim.simulate import BALLOT_SYSTEM, batches_of, drive_unit, sheet_for, simulated_unit
 from schemas.common import Stage
 from schemas.messages import BallotSheet, RecordBallots
 from schemas.policy import Policy

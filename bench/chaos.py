@@ -33,9 +33,9 @@ from temporalio.converter import DataConverter
 from temporalio.worker import Replayer
 
 from bench.stack import KAOHE
-from kaohe.ballot_io import TokensError, token_source
 from kaohe.client import data_converter
-from kaohe.simulate import (
+from kaohe.ingest.ballot_io import TokensError, token_source
+from kaohe.sim.simulate import (
     TokenSource,
     drive_unit,
     persist,

@@ -36,8 +36,8 @@ from bench.stack import (
     ratio,
     settle,
 )
-from kaohe.ballot_io import token_source
-from kaohe.simulate import GROUP, drive_unit, simulated_unit
+from kaohe.ingest.ballot_io import token_source
+from kaohe.sim.simulate import GROUP, drive_unit, simulated_unit
 from schemas.common import Stage
 from schemas.messages import RecordTalk
 from schemas.workflow_io import UnitInput

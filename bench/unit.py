@@ -1,7 +1,7 @@
 """`python -m bench unit`: UnitAssessment workflows driven through all six stages.
 
 N units are started directly (as tests/helpers.start_unit does, with unique ids) and each is
-driven by kaohe.simulate.drive_unit with real updates, at most `concurrency` units at once.
+driven by kaohe.sim.simulate.drive_unit with real updates, at most `concurrency` units at once.
 The floor is measured first on the same stack; the ratios against it are printed last.
 """
 
@@ -34,8 +34,8 @@ from bench.stack import (
     private_stack,
     ratio,
 )
-from kaohe.ballot_io import token_source
-from kaohe.simulate import drive_unit, simulated_unit
+from kaohe.ingest.ballot_io import token_source
+from kaohe.sim.simulate import drive_unit, simulated_unit
 from schemas.common import Stage
 from schemas.roster import UnitSpec
 from schemas.workflow_io import UnitInput

@@ -1,5 +1,5 @@
 """The Temporal client every kaohe process uses: pydantic data converter (with payload
-encryption, kaohe/codec.py, unless turned off), configured target."""
+encryption, kaohe/codec/payloads.py, unless turned off), configured target."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from temporalio.converter import DataConverter
 from temporalio.runtime import Runtime
 from temporalio.service import TLSConfig
 
-from kaohe.codec import codec_from_settings
+from kaohe.codec.payloads import codec_from_settings
 from kaohe.settings import Settings
 from kaohe.tracing import tracing_interceptors
 

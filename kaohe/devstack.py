@@ -40,8 +40,8 @@ from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client
 
 from activities.db import apply_migrations
-from kaohe.codec import codec_from_settings
-from kaohe.codec_server import CodecServer
+from kaohe.codec.payloads import codec_from_settings
+from kaohe.codec.server import CodecServer
 from kaohe.listening import free_port
 from kaohe.pg_system_user import ensure_system_user
 from kaohe.settings import Settings, get_settings

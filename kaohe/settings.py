@@ -54,14 +54,14 @@ class Settings(BaseSettings):
     talk_key: SecretStr | None = None
     talk_key_id: str = "k1"
 
-    # Payload encryption (kaohe/codec.py): every payload in workflow history is AES-256-GCM
+    # Payload encryption (kaohe/codec/payloads.py): every payload in workflow history is AES-256-GCM
     # encrypted. Keys as "id:base64key,..." with the first one current (older ones only
     # decrypt); unset means a key file in data_dir, created on first use. Turning encryption
     # off stops encrypting new payloads; existing keys still decrypt the old ones.
     payload_encryption: bool = True
     payload_keys: SecretStr | None = None
 
-    # The codec server the Temporal UI decodes payloads with (kaohe/codec_server.py).
+    # The codec server the Temporal UI decodes payloads with (kaohe/codec/server.py).
     codec_port: int = 8234
     # Bearer token for /encode and /decode; unset means a token file in data_dir.
     codec_token: SecretStr | None = None

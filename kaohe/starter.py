@@ -12,7 +12,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from activities.rosters import store_roster
-from kaohe.roster_io import load_policy
+from kaohe.ingest.roster_io import load_policy
 from schemas.policy import Policy
 from schemas.roster import Roster
 from schemas.workflow_io import CampaignInput

@@ -17,11 +17,11 @@ from temporalio.client import Client
 from activities.db import apply_migrations, create_pool
 from activities.notify import NotifyActivities
 from activities.storage import StorageActivities
-from kaohe.ballot_io import token_source
 from kaohe.client import connect
 from kaohe.devstack import EmbeddedPostgres, TemporalDevServer, free_port, start_private_servers
+from kaohe.ingest.ballot_io import token_source
 from kaohe.settings import Settings
-from kaohe.simulate import TokenSource
+from kaohe.sim.simulate import TokenSource
 from tests.helpers import TEST_KEY, TEST_KEY_B64
 from worker import build_worker
 

@@ -9,7 +9,7 @@ from typing import Any
 from temporalio.client import Client, WorkflowHandle
 
 from activities.talk_cipher import TalkCipher
-from kaohe.simulate import simulated_unit
+from kaohe.sim.simulate import simulated_unit
 from schemas.policy import GradingPolicy, Policy
 from schemas.roster import UnitSpec
 from schemas.workflow_io import UnitInput

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from temporalio.client import Client, WorkflowHandle, WorkflowHistory
 
-from kaohe.simulate import (
+from kaohe.sim.simulate import (
     APPROVER,
     BALLOT_SYSTEM,
     DEPARTMENT,
@@ -329,9 +329,9 @@ async def main() -> None:
     from activities.db import apply_migrations, create_pool
     from activities.notify import NotifyActivities
     from activities.storage import StorageActivities
-    from kaohe.ballot_io import token_source
     from kaohe.client import connect
     from kaohe.devstack import EmbeddedPostgres, TemporalDevServer, free_port
+    from kaohe.ingest.ballot_io import token_source
     from kaohe.settings import Settings
     from tests.conftest import TEST_KEY  # noqa: F401  (same key as the suite)
     from tests.helpers import TEST_KEY as key

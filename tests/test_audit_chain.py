@@ -9,7 +9,7 @@ import uuid
 import asyncpg
 from temporalio.client import Client
 
-from kaohe.simulate import TokenSource, drive_unit
+from kaohe.sim.simulate import TokenSource, drive_unit
 from schemas.common import Stage
 from tests.conftest import Stack
 from tests.helpers import sample_unit, start_unit

@@ -24,7 +24,7 @@ from activities.ballot_store import MARK_COLUMNS, prepare_batch, store_batch
 from activities.ballots import BallotActivities
 from activities.storage import StorageActivities
 from domain.ballots import marks_checksum, sheet_marks
-from kaohe.ballot_csv import (
+from kaohe.ingest.ballot_csv import (
     BallotCsvReader,
     MarksDigest,
     NotStandard,
@@ -32,13 +32,13 @@ from kaohe.ballot_csv import (
     parse_ballot_csv,
     write_ballot_csv,
 )
-from kaohe.ballot_io import (
+from kaohe.ingest.ballot_io import (
     BallotImportError,
     TokensError,
     import_ballots,
     issue_tokens,
 )
-from kaohe.simulate import BALLOT_SYSTEM, TokenSource, drive_unit, sheet_for
+from kaohe.sim.simulate import BALLOT_SYSTEM, TokenSource, drive_unit, sheet_for
 from schemas.common import Stage
 from schemas.messages import BallotSheet, RecordBallots, RegisterBallotBatch
 from schemas.policy import BallotPolicy
@@ -399,7 +399,7 @@ async def test_import_with_a_bad_csv_names_lines_and_stores_nothing(
         [
             sys.executable,
             "-c",
-            "from kaohe.cli_ballots import ballots_app; ballots_app()",  # as `kaohe ballots`
+            "from kaohe.cli.ballots import ballots_app; ballots_app()",  # as `kaohe ballots`
             "import",
             str(bad),
             "--campaign",
@@ -521,7 +521,7 @@ async def test_tokens_issue_from_the_cli(
             [
                 sys.executable,
                 "-c",
-                "from kaohe.cli_ballots import tokens_app; tokens_app()",
+                "from kaohe.cli.ballots import tokens_app; tokens_app()",
                 "issue",
                 "--campaign",
                 campaign,

@@ -14,7 +14,7 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
 )
 
-from kaohe.simulate import (
+from kaohe.sim.simulate import (
     APPROVER,
     TokenSource,
     drive_unit,

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from temporalio.client import Client, WorkflowFailureError
 
 from activities.rosters import store_roster
-from kaohe.simulate import TokenSource, drive_unit
+from kaohe.sim.simulate import TokenSource, drive_unit
 from kaohe.starter import RosterTooLarge, start_campaign
 from schemas.common import Stage
 from schemas.roster import Contact, Roster

@@ -15,8 +15,8 @@ import yaml
 from temporalio.client import Client
 
 from domain.calendar import deadline_after
-from kaohe.roster_io import RosterError, load_roster
-from kaohe.simulate import wait_for_status, wait_started
+from kaohe.ingest.roster_io import RosterError, load_roster
+from kaohe.sim.simulate import wait_for_status, wait_started
 from schemas.common import Stage
 from schemas.messages import ACTION_MODELS
 from tests.conftest import Stack

@@ -27,7 +27,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from kaohe.client import data_converter
-from kaohe.codec import (
+from kaohe.codec.payloads import (
     ENCODING,
     KEY_FILE_NAME,
     EncryptionCodec,
@@ -37,10 +37,10 @@ from kaohe.codec import (
     format_key,
     rotate_key_file,
 )
-from kaohe.codec_server import CodecServer, codec_token
+from kaohe.codec.server import CodecServer, codec_token
 from kaohe.devstack import TemporalDevServer, free_port, run_dev
 from kaohe.settings import Settings
-from kaohe.simulate import TokenSource, proposal_for, sheet_for
+from kaohe.sim.simulate import TokenSource, proposal_for, sheet_for
 from schemas.messages import ActionResult
 from schemas.policy import BallotPolicy
 from tests.conftest import Stack

@@ -12,9 +12,9 @@ from temporalio.client import Client
 from temporalio.service import TLSConfig
 
 from kaohe.client import ConnectionSettingsError, api_key, tls_config
-from kaohe.codec import KEY_FILE_NAME
+from kaohe.codec.payloads import KEY_FILE_NAME
 from kaohe.settings import Settings
-from kaohe.simulate import TokenSource, drive_unit
+from kaohe.sim.simulate import TokenSource, drive_unit
 from schemas.common import Stage
 from tests.conftest import Stack
 from tests.helpers import TEST_KEY_B64, sample_unit, start_unit

@@ -15,7 +15,7 @@ from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 
 from activities.failpoints import KILLED
-from kaohe.simulate import (
+from kaohe.sim.simulate import (
     DEPARTMENT,
     UNIT_CONTACT,
     TokenSource,

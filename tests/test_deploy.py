@@ -33,7 +33,7 @@ import pytest
 import typer
 import yaml
 
-from kaohe.cli import app as cli_app
+from kaohe.cli.main import app as cli_app
 from kaohe.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]

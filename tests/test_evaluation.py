@@ -10,7 +10,14 @@ import asyncpg
 import pytest
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 
-from kaohe.simulate import BALLOT_SYSTEM, GROUP, TokenSource, drive_unit, sheet_for, wait_for_status
+from kaohe.sim.simulate import (
+    BALLOT_SYSTEM,
+    GROUP,
+    TokenSource,
+    drive_unit,
+    sheet_for,
+    wait_for_status,
+)
 from schemas.common import Stage
 from schemas.messages import ActionResult, CloseEvaluation, RecordBallots, RecordTalk
 from schemas.policy import BallotPolicy, Policy

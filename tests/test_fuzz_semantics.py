@@ -16,8 +16,8 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 
-from domain.stages import ACTION_RULES
-from kaohe.simulate import TokenSource, drive_unit, sheet_for
+from domain.actions import ACTIONS
+from kaohe.sim.simulate import TokenSource, drive_unit, sheet_for
 from schemas.common import Role, Stage
 from schemas.messages import ActionResult
 from schemas.policy import BallotPolicy
@@ -37,11 +37,11 @@ def actor(role: Role) -> dict[str, str]:
 
 
 def allowed(name: str) -> st.SearchStrategy[dict[str, str]]:
-    return st.sampled_from(sorted(ACTION_RULES[name].roles)).map(actor)
+    return st.sampled_from(sorted(ACTIONS[name].roles)).map(actor)
 
 
 def wrong_role(name: str) -> st.SearchStrategy[dict[str, str]]:
-    return st.sampled_from(sorted(set(Role) - ACTION_RULES[name].roles)).map(actor)
+    return st.sampled_from(sorted(set(Role) - ACTIONS[name].roles)).map(actor)
 
 
 def bad_sheet(unit: UnitSpec, token: str, cadre_id: str | None) -> dict[str, Any]:
@@ -124,7 +124,7 @@ def well_formed(stage: Stage, unit: UnitSpec) -> dict[str, st.SearchStrategy[dic
                 "description": REASON,
             }
         )
-    if stage in ACTION_RULES["close_stage"].stages:  # a stale request names another stage
+    if stage in ACTIONS["close_stage"].stages:  # a stale request names another stage
         out["close_stage"] = st.fixed_dictionaries(
             {"stage": st.sampled_from([s.value for s in Stage if s != stage]), "reason": REASON}
         )

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowUpdateFailedError
 
-from kaohe.simulate import UNIT_CONTACT
+from kaohe.sim.simulate import UNIT_CONTACT
 from schemas.messages import ACTION_MODELS, AcknowledgeNotice, ActionResult
 from tests.helpers import sample_unit, start_unit
 from workflows.unit import UnitAssessment

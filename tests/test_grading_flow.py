@@ -9,8 +9,8 @@ import pytest
 from pydantic import ValidationError
 from temporalio.client import Client, WorkflowUpdateFailedError
 
-from kaohe.report import build_report
-from kaohe.simulate import (
+from kaohe.reports.report import build_report
+from kaohe.sim.simulate import (
     APPROVER,
     BALLOT_SYSTEM,
     TokenSource,

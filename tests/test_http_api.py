@@ -13,7 +13,7 @@ from temporalio.api.common.v1 import Payload
 from temporalio.client import Client
 
 from kaohe.client import data_converter
-from kaohe.simulate import wait_for_status
+from kaohe.sim.simulate import wait_for_status
 from schemas.common import Stage
 from tests.conftest import Stack
 from tests.helpers import sample_unit, start_unit

@@ -45,15 +45,15 @@ from temporalio.api.common.v1 import Payload
 from temporalio.client import Client, WorkflowHandle
 
 import kaohe
-from domain.stages import ACTION_RULES
-from kaohe.ballot_csv import write_ballot_csv
-from kaohe.ballot_io import import_ballots
-from kaohe.cli import schema_export
+from domain.actions import ACTIONS
+from kaohe.cli.main import schema_export
 from kaohe.client import data_converter
-from kaohe.codec_server import CodecServer, codec_token
+from kaohe.codec.server import CodecServer, codec_token
 from kaohe.devstack import free_port
-from kaohe.roster_io import load_policy, load_roster
-from kaohe.simulate import (
+from kaohe.ingest.ballot_csv import write_ballot_csv
+from kaohe.ingest.ballot_io import import_ballots
+from kaohe.ingest.roster_io import load_policy, load_roster
+from kaohe.sim.simulate import (
     APPROVER,
     DEPARTMENT,
     UNIT_CONTACT,
@@ -224,7 +224,7 @@ def test_every_handler_has_a_section_and_a_tested_example() -> None:
 
 
 def test_sections_give_the_stages_and_roles_of_the_transition_table() -> None:
-    for name, rule in ACTION_RULES.items():
+    for name, rule in ACTIONS.items():
         text = GUIDE_DOC.sections[name]
         found = re.search(r"\*\*Stage:\*\*(.*?)·\s*\*\*Roles:\*\*(.*?)·", text, re.S)
         assert found, f"{name}: no '**Stage:** ... · **Roles:** ... ·' line"

@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from temporalio.client import Client
 
 from kaohe.listening import free_port, listen
-from kaohe.simulate import TokenSource, drive_unit, wait_for_status
+from kaohe.sim.simulate import TokenSource, drive_unit, wait_for_status
 from schemas.common import Stage
 from schemas.roster import Contact
 from tests.conftest import Stack

@@ -24,7 +24,7 @@ from activities.failpoints import KILLED
 from activities.notify import NotifyActivities
 from activities.storage import StorageActivities
 from kaohe.listening import free_port, listen
-from kaohe.simulate import UNIT_CONTACT, wait_for_status
+from kaohe.sim.simulate import UNIT_CONTACT, wait_for_status
 from schemas.common import Stage
 from schemas.messages import AcknowledgeNotice
 from schemas.roster import Contact, Roster

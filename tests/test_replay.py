@@ -11,7 +11,7 @@ from temporalio.converter import DataConverter
 from temporalio.worker import Replayer
 
 from kaohe.client import data_converter
-from kaohe.simulate import TokenSource
+from kaohe.sim.simulate import TokenSource
 from tests.conftest import Stack
 from tests.record_histories import HISTORIES, VERSION, record_paths
 from worker import WORKFLOWS, sandbox_runner

@@ -24,7 +24,8 @@ from temporalio.client import Client
 
 from domain.calendar import SHANGHAI
 from domain.stages import ORDER
-from kaohe.report import (
+from kaohe.reports.html import write_html
+from kaohe.reports.report import (
     SHEETS,
     CampaignReport,
     ReportError,
@@ -33,8 +34,7 @@ from kaohe.report import (
     stalled_by_day,
     write_xlsx,
 )
-from kaohe.report_html import write_html
-from kaohe.simulate import (
+from kaohe.sim.simulate import (
     DEPARTMENT,
     UNIT_CONTACT,
     TokenSource,
@@ -190,7 +190,7 @@ async def test_report_workbook(campaign: Campaign, pool: asyncpg.Pool, tmp_path:
     assert s["units per stage", "grading"] == 1
     assert s["units per stage", "talks"] == 0
     # Approved: two teams 好, the principals 优秀 (5 cadres × 20%: one each), the others 称职
-    # (kaohe.simulate's proposal). The pending unit's sealed 较差 / 不称职 count nowhere.
+    # (kaohe.sim.simulate's proposal). The pending unit's sealed 较差 / 不称职 count nowhere.
     assert s["team grades", "好"] == 2 and s["team grades", "较差"] == 0
     assert s["team grades", "not final yet"] == 1
     assert s["cadre grades", "优秀"] == 2 and s["cadre grades", "称职"] == 8
@@ -595,7 +595,7 @@ def test_stalled_by_day_counts_each_unit_once_a_day() -> None:
 def test_the_page_needs_no_chinese_font_to_be_drawn(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without a CJK font matplotlib warns of every missing glyph: not here, and the labels
     stay text for the browser to draw."""
-    import kaohe.report_html as page
+    import kaohe.reports.html as page
 
     monkeypatch.setitem(page._RC, "font.sans-serif", ["No Such Font", "DejaVu Sans"])
     now = dt.datetime(2026, 12, 20, 15, tzinfo=SHANGHAI)

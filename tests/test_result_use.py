@@ -10,7 +10,7 @@ import asyncpg
 import pytest
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 
-from kaohe.simulate import (
+from kaohe.sim.simulate import (
     APPROVER,
     BALLOT_SYSTEM,
     DEPARTMENT,

@@ -10,8 +10,8 @@ from pathlib import Path
 import openpyxl
 import pytest
 
-from kaohe.roster_io import RosterError, load_roster
-from kaohe.roster_tables import write_roster_tables
+from kaohe.ingest.roster_io import RosterError, load_roster
+from kaohe.ingest.roster_tables import write_roster_tables
 from schemas.common import AccountabilityLevel
 from schemas.policy import RaterGroup
 from schemas.roster import Accountability, CadreSpec, Contact, Roster, UnitSpec

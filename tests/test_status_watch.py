@@ -19,9 +19,9 @@ from rich.console import Console
 from rich.text import Text
 from temporalio.client import Client
 
-from kaohe.cli_status import FATAL, watch
+from kaohe.cli.status import FATAL, watch
 from kaohe.client import ConnectionSettingsError
-from kaohe.simulate import TokenSource, drive_unit, wait_campaign_started, wait_for_status
+from kaohe.sim.simulate import TokenSource, drive_unit, wait_campaign_started, wait_for_status
 from schemas.common import Stage
 from tests.conftest import Stack
 from tests.helpers import sample_unit, start_unit

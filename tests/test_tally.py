@@ -8,7 +8,7 @@ import pytest
 from pydantic import ValidationError
 
 from domain.tally import participation_flags, tally_ballots, weighted_share
-from kaohe.roster_io import load_policy
+from kaohe.ingest.roster_io import load_policy
 from schemas.policy import FlagPolicy, Policy, RaterGroup
 from schemas.workflow_io import BallotCounts, OverallCount
 from tests.helpers import sample_unit

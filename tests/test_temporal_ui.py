@@ -42,12 +42,12 @@ from temporalio.api.sdk.v1 import WorkflowMetadata
 from temporalio.client import Client
 
 from activities.db import create_pool
-from kaohe.ballot_io import token_source
 from kaohe.client import connect
 from kaohe.devstack import _die_with_parent, free_port
-from kaohe.roster_io import load_policy
+from kaohe.ingest.ballot_io import token_source
+from kaohe.ingest.roster_io import load_policy
 from kaohe.settings import Settings
-from kaohe.simulate import drive_unit, wait_started
+from kaohe.sim.simulate import drive_unit, wait_started
 from kaohe.starter import start_campaign
 from schemas.common import Stage
 from schemas.roster import Roster

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncpg
 from temporalio.client import Client
 
-from kaohe.simulate import TokenSource, drive_unit
+from kaohe.sim.simulate import TokenSource, drive_unit
 from schemas import search_attributes as sa
 from schemas.common import Stage
 from tests.helpers import TEST_KEY, sample_unit, start_unit
@@ -150,7 +150,7 @@ async def test_status_query_shows_progress_and_seals_grades(
     assert status.reports.cadres_submitted == 2 and status.reports.team_summary
     assert status.talks.recorded == status.talks.planned == 2
 
-    from kaohe.simulate import proposal_for
+    from kaohe.sim.simulate import proposal_for
 
     flagged = [f.target_id for f in status.evaluation.flags if f.code == "incompetent_votes"]
     await handle.execute_update(UnitAssessment.propose_grades, proposal_for(unit, None, flagged))

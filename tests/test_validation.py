@@ -10,7 +10,7 @@ import pytest
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 
-from kaohe.simulate import (
+from kaohe.sim.simulate import (
     APPROVER,
     GROUP,
     UNIT_CONTACT,

@@ -16,7 +16,7 @@ from temporalio.client import Client
 from activities.notify import NotifyActivities
 from activities.storage import StorageActivities
 from kaohe.settings import Settings
-from kaohe.simulate import TokenSource, drive_unit
+from kaohe.sim.simulate import TokenSource, drive_unit
 from schemas.common import Stage
 from tests.conftest import Stack
 from tests.helpers import TEST_KEY, sample_unit, start_unit

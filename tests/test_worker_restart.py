@@ -15,7 +15,7 @@ from temporalio.client import Client
 
 from activities.failpoints import ENV as FAILPOINT_ENV
 from activities.failpoints import KILLED
-from kaohe.simulate import TokenSource, drive_unit
+from kaohe.sim.simulate import TokenSource, drive_unit
 from schemas.common import Stage
 from tests.conftest import Stack
 from tests.helpers import sample_unit, start_unit

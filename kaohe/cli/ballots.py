@@ -1,6 +1,6 @@
 """`kaohe tokens ...` and `kaohe ballots ...`: ballot tokens and the bulk ballot import.
 
-kaohe/cli.py mounts these: `app.add_typer(tokens_app, name="tokens")` and
+kaohe/cli/main.py mounts these: `app.add_typer(tokens_app, name="tokens")` and
 `app.add_typer(ballots_app, name="ballots")`.
 """
 
@@ -23,7 +23,9 @@ from rich.table import Table
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
-from kaohe.ballot_io import (
+from kaohe.cli.common import console, err_console, fail, run
+from kaohe.client import connect
+from kaohe.ingest.ballot_io import (
     BallotImportError,
     ImportResult,
     IssuedTokens,
@@ -32,8 +34,6 @@ from kaohe.ballot_io import (
     issue_tokens,
     write_tokens_csv,
 )
-from kaohe.cli_common import console, err_console, fail, run
-from kaohe.client import connect
 from kaohe.settings import get_settings
 from workflows.campaign import unit_workflow_id
 

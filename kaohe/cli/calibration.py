@@ -1,7 +1,7 @@
 """`kaohe calibration ...`: the department's view and decisions on cross-unit calibration
 (a policy with grading.excellent_quota_scope = "category"; see schemas/calibration.py).
 
-kaohe/cli.py mounts it as `calibration`.
+kaohe/cli/main.py mounts it as `calibration`.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from rich.table import Table
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
-from kaohe.cli_common import console, fail, parse_actor, run
+from kaohe.cli.common import console, fail, parse_actor, run
 from kaohe.client import connect
 from kaohe.settings import get_settings
 from schemas.calibration import CategoryCalibration, DecideCalibration

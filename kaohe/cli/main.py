@@ -19,20 +19,20 @@ from temporalio.service import RPCError
 
 from domain.calendar import SHANGHAI
 from kaohe.audit import verify_audit
-from kaohe.cli_ballots import ballots_app, tokens_app
-from kaohe.cli_calibration import calibration_app
-from kaohe.cli_common import console, err_console, fail, parse_actor, run, serve
-from kaohe.cli_report import report
-from kaohe.cli_status import show_status, watch_status
+from kaohe.cli.ballots import ballots_app, tokens_app
+from kaohe.cli.calibration import calibration_app
+from kaohe.cli.common import console, err_console, fail, parse_actor, run, serve
+from kaohe.cli.report import report
+from kaohe.cli.status import show_status, watch_status
 from kaohe.client import connect
-from kaohe.roster_io import (
+from kaohe.ingest.roster_io import (
     RosterError,
     is_table_roster,
     load_policy,
     load_roster,
     with_deadlines,
 )
-from kaohe.roster_tables import count_rows, write_roster_tables
+from kaohe.ingest.roster_tables import count_rows, write_roster_tables
 from kaohe.serving import exit_flushed
 from kaohe.settings import get_settings
 from kaohe.starter import start_campaign
@@ -82,7 +82,7 @@ def dev(
         if not demo:
             await run_worker(settings, database_url)
             return
-        from kaohe.demo import run_demo
+        from kaohe.sim.demo import run_demo
 
         worker_task = asyncio.create_task(run_worker(settings, database_url))
         try:
@@ -134,7 +134,7 @@ def codec_server(
     port: Annotated[int | None, typer.Option(help="Port; default KAOHE_CODEC_PORT.")] = None,
 ) -> None:
     """Serve /encode and /decode for a Temporal UI or CLI (every request needs the token)."""
-    from kaohe.codec_server import run_codec_server
+    from kaohe.codec.server import run_codec_server
 
     try:
         serve(run_codec_server(get_settings(), host, port))
@@ -255,7 +255,7 @@ def demo(
     roster_file: Annotated[Path | None, typer.Option("--roster")] = None,
 ) -> None:
     """Start the sample campaign and let simulated integrators drive every unit."""
-    from kaohe.demo import run_demo
+    from kaohe.sim.demo import run_demo
 
     roster = _load_or_exit(roster_file or _sample_roster())
     run(run_demo(get_settings(), roster, pace=pace))
@@ -532,7 +532,7 @@ def schema_export(directory: Path) -> None:
     console.print(f"wrote {len(public_schemas())} schemas to {directory}")
 
 
-# ---- results out: `kaohe report` (kaohe/cli_report.py) ---------------------------------
+# ---- results out: `kaohe report` (kaohe/cli/report.py) ---------------------------------
 
 
 def main() -> None:

@@ -1,7 +1,7 @@
 """`kaohe report --campaign C [--format xlsx|html|all] [--out PATH]`: a campaign's results
 out, as an XLSX workbook, an HTML page with charts for the leaders, or both.
 
-kaohe/cli.py mounts it last: `app.command()(report)`.
+kaohe/cli/main.py mounts it last: `app.command()(report)`.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import asyncpg
 import typer
 from rich.table import Table
 
-from kaohe.cli_common import console, fail, run
-from kaohe.report import SHEETS, CampaignReport, ReportError, build_report, write_xlsx
+from kaohe.cli.common import console, fail, run
+from kaohe.reports.report import SHEETS, CampaignReport, ReportError, build_report, write_xlsx
 from kaohe.settings import get_settings
 
 
@@ -37,7 +37,7 @@ WHAT = {
 
 def _write_html(result: CampaignReport, path: str | Path) -> Path:
     # matplotlib is imported only by the command that draws: every other command starts fast.
-    from kaohe.report_html import write_html
+    from kaohe.reports.html import write_html
 
     return write_html(result, path)
 

@@ -1,7 +1,7 @@
 """`kaohe status`: a unit's or a campaign's progress as rich tables, printed once or kept
 live (`--watch`) until Ctrl-C or until the unit or campaign is finished.
 
-kaohe/cli.py's `status` command parses the options and calls show_status / watch_status.
+kaohe/cli/main.py's `status` command parses the options and calls show_status / watch_status.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from temporalio.client import Client, WorkflowExecution
 
 from domain.calendar import SHANGHAI
 from domain.stages import TERMINAL
-from kaohe.cli_common import console
+from kaohe.cli.common import console
 from kaohe.client import ConnectionSettingsError, connect
 from kaohe.settings import Settings
 from schemas.status import CampaignProgress, UnitStatus

@@ -40,7 +40,12 @@ from aiohttp import hdrs, web
 from google.protobuf import json_format
 from temporalio.api.common.v1 import Payload, Payloads
 
-from kaohe.codec import EncryptionCodec, PayloadKeyError, codec_from_settings, create_secret_file
+from kaohe.codec.payloads import (
+    EncryptionCodec,
+    PayloadKeyError,
+    codec_from_settings,
+    create_secret_file,
+)
 from kaohe.listening import listen
 from kaohe.settings import Settings
 

@@ -2,7 +2,7 @@
 `kaohe ballots import` call them, and so can simulators, tests and benchmarks.
 
 Tokens: `planned` random one-time tokens per rater group; only their sha256 is stored.
-Import: a ballot CSV (kaohe/ballot_csv.py) is read and checked as the record_ballots update
+Import: a ballot CSV (kaohe/ingest/ballot_csv.py) is read and checked as the record_ballots update
 checks sheets while its marks stream into COPY, all in one transaction with the token checks
 of save_ballot_sheets (activities/ballot_store.py) and the batch row; then it is announced to
 the unit's workflow with the register_ballot_batch update, which verifies it and counts it.
@@ -46,7 +46,7 @@ from activities.ballot_store import (
     unused_tokens,
     use_tokens,
 )
-from kaohe.ballot_csv import (
+from kaohe.ingest.ballot_csv import (
     BallotCsvReader,
     MarksDigest,
     NotStandard,
@@ -203,7 +203,7 @@ async def issue_tokens(
 def token_source(
     db: Db, *, reissue: bool = False
 ) -> Callable[[str], Awaitable[dict[str, list[str]]]]:
-    """workflow id -> rater group -> tokens (kaohe.simulate.TokenSource). A unit's tokens
+    """workflow id -> rater group -> tokens (kaohe.sim.simulate.TokenSource). A unit's tokens
     are issued on the first call and remembered, so asking again returns the same ones;
     with `reissue`, a unit that had tokens from elsewhere (an earlier run) gets its unused
     ones replaced instead of a refusal."""

@@ -9,7 +9,12 @@ from typing import TypeVar
 import yaml
 from pydantic import ValidationError
 
-from kaohe.roster_tables import TABLE_SUFFIXES, Progress, RosterTableError, load_roster_tables
+from kaohe.ingest.roster_tables import (
+    TABLE_SUFFIXES,
+    Progress,
+    RosterTableError,
+    load_roster_tables,
+)
 from schemas.common import Model, Stage
 from schemas.errors import error_lines
 from schemas.policy import Policy
@@ -42,7 +47,7 @@ def is_table_roster(path: Path) -> bool:
 
 def load_roster(path: Path, on_rows: Progress | None = None) -> Roster:
     """Parses and validates a roster: YAML, an XLSX workbook or a folder of CSV sheets
-    (kaohe/roster_tables.py); raises RosterError listing every problem with its place."""
+    (kaohe/ingest/roster_tables.py); raises RosterError listing every problem with its place."""
     if is_table_roster(path):
         try:
             return load_roster_tables(path, on_rows)

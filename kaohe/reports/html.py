@@ -5,7 +5,7 @@ The page loads nothing (no CDN, no script, no web font): the machines and the le
 networks may be offline. Charts are drawn by matplotlib into SVG with `svg.fonttype: none`,
 so Chinese labels stay <text> the browser renders with its own fonts; matplotlib only
 measures them with whichever CJK font this machine has. It shows what the workbook shows
-(kaohe/report.py): final grades only, no talk content, no ballot token, no report text.
+(kaohe/reports/report.py): final grades only, no talk content, no ballot token, no report text.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from domain.calendar import SHANGHAI
-from kaohe.report import CampaignReport, UnitRow
+from kaohe.reports.report import CampaignReport, UnitRow
 from schemas.common import Stage
 from workflows.details import STAGE_LABELS
 
@@ -195,7 +195,7 @@ def render_html(report: CampaignReport) -> str:
     env.filters["local"] = _local
     env.filters["stage"] = lambda s: STAGE_NAMES.get(s, s)
     env.filters["cadre_grades"] = _cadre_grades
-    source = resources.files("kaohe").joinpath(TEMPLATE).read_text(encoding="utf-8")
+    source = resources.files("kaohe.reports").joinpath(TEMPLATE).read_text(encoding="utf-8")
     team_final = sum(report.team_grades.values())
     cadres_final = sum(report.cadre_grades.values())
     return env.from_string(source).render(

@@ -6,7 +6,7 @@ tokens are not touched; grades come from the `grades` table, which holds approve
 only, so a sealed proposal (`grade_proposals`) never shows: the group's evaluation is read
 only from the approved proposal of a unit whose grades are final. Stalls (a stage past its
 deadline) and the furthest stage each unit reached come from the audit table's transition,
-escalation and deadline-extension rows. kaohe/report_html.py renders the same report as
+escalation and deadline-extension rows. kaohe/reports/html.py renders the same report as
 HTML with charts.
 """
 

@@ -14,11 +14,11 @@ from rich.console import Console
 from temporalio.client import WorkflowExecutionStatus
 
 from activities.db import create_pool
-from kaohe.ballot_io import token_source
 from kaohe.client import connect
-from kaohe.roster_io import load_policy
+from kaohe.ingest.ballot_io import token_source
+from kaohe.ingest.roster_io import load_policy
 from kaohe.settings import Settings
-from kaohe.simulate import drive_unit, wait_started
+from kaohe.sim.simulate import drive_unit, wait_started
 from schemas.common import Stage
 from schemas.messages import ActionResult
 from schemas.roster import Roster

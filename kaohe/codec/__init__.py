@@ -1,0 +1,1 @@
+"""Payload encryption (payloads.py) and the codec server the Temporal UI uses (server.py)."""

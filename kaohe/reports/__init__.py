@@ -1,0 +1,1 @@
+"""Campaign reports out of PostgreSQL: the read and XLSX (report.py), HTML charts (html.py)."""

@@ -1,0 +1,1 @@
+"""Simulated integrators driving units through their stages, and the demo campaign."""
