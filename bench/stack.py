@@ -40,7 +40,9 @@ from activities.notify import NotifyActivities
 from activities.storage import StorageActivities
 from activities.talk_cipher import TalkCipher
 from kaohe.client import connect
-from kaohe.devstack import EmbeddedPostgres, TemporalDevServer, start_private_servers
+from kaohe.devstack.postgres import EmbeddedPostgres
+from kaohe.devstack.stack import start_private_servers
+from kaohe.devstack.temporal import TemporalDevServer
 from kaohe.settings import Settings
 from schemas.policy import GradingPolicy, Policy
 from worker import build_worker

@@ -18,8 +18,11 @@ from activities.db import apply_migrations, create_pool
 from activities.notify import NotifyActivities
 from activities.storage import StorageActivities
 from kaohe.client import connect
-from kaohe.devstack import EmbeddedPostgres, TemporalDevServer, free_port, start_private_servers
+from kaohe.devstack.postgres import EmbeddedPostgres
+from kaohe.devstack.stack import start_private_servers
+from kaohe.devstack.temporal import TemporalDevServer
 from kaohe.ingest.ballot_io import token_source
+from kaohe.listening import free_port
 from kaohe.settings import Settings
 from kaohe.sim.simulate import TokenSource
 from tests.helpers import TEST_KEY, TEST_KEY_B64

@@ -330,8 +330,10 @@ async def main() -> None:
     from activities.notify import NotifyActivities
     from activities.storage import StorageActivities
     from kaohe.client import connect
-    from kaohe.devstack import EmbeddedPostgres, TemporalDevServer, free_port
+    from kaohe.devstack.postgres import EmbeddedPostgres
+    from kaohe.devstack.temporal import TemporalDevServer
     from kaohe.ingest.ballot_io import token_source
+    from kaohe.listening import free_port
     from kaohe.settings import Settings
     from tests.conftest import TEST_KEY  # noqa: F401  (same key as the suite)
     from tests.helpers import TEST_KEY as key

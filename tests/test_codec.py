@@ -38,7 +38,9 @@ from kaohe.codec.payloads import (
     rotate_key_file,
 )
 from kaohe.codec.server import CodecServer, codec_token
-from kaohe.devstack import TemporalDevServer, free_port, run_dev
+from kaohe.devstack.stack import run_dev
+from kaohe.devstack.temporal import TemporalDevServer
+from kaohe.listening import free_port
 from kaohe.settings import Settings
 from kaohe.sim.simulate import TokenSource, proposal_for, sheet_for
 from schemas.messages import ActionResult

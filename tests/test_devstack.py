@@ -16,8 +16,10 @@ from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
 from temporalio.client import Client
 
 from activities.db import apply_migrations, migration_files
-from kaohe import devstack
-from kaohe.devstack import EmbeddedPostgres, TemporalDevServer, free_port, run_dev
+from kaohe.devstack.postgres import EmbeddedPostgres
+from kaohe.devstack.stack import run_dev, start_on_free_ports
+from kaohe.devstack.temporal import TemporalDevServer
+from kaohe.listening import free_port
 from kaohe.settings import Settings
 from schemas.search_attributes import CLI_TYPES
 
@@ -156,7 +158,7 @@ async def test_temporal_registers_new_attributes_on_an_existing_db(
 ) -> None:
     # start-dev only applies --search-attribute when it creates the db file.
     server = TemporalDevServer(tmp_path, port=free_port(), http_port=free_port(), ui=False)
-    monkeypatch.setattr(devstack, "CLI_TYPES", {"KaoheYear": "Int"})
+    monkeypatch.setattr("kaohe.devstack.temporal.CLI_TYPES", {"KaoheYear": "Int"})
     await server.start()
     await server.kill()
     monkeypatch.undo()
@@ -232,7 +234,7 @@ async def test_a_port_taken_before_the_server_binds_it_is_picked_again(tmp_path:
             made.append(EmbeddedPostgres(tmp_path / "pg", next(ports)))
             return made[-1]
 
-        server, url = await devstack.start_on_free_ports(make)
+        server, url = await start_on_free_ports(make)
     try:
         assert len(made) == 2 and server is made[1]
         conn = await asyncpg.connect(url)

@@ -49,10 +49,10 @@ from domain.actions import ACTIONS
 from kaohe.cli.main import schema_export
 from kaohe.client import data_converter
 from kaohe.codec.server import CodecServer, codec_token
-from kaohe.devstack import free_port
 from kaohe.ingest.ballot_csv import write_ballot_csv
 from kaohe.ingest.ballot_io import import_ballots
 from kaohe.ingest.roster_io import load_policy, load_roster
+from kaohe.listening import free_port
 from kaohe.sim.simulate import (
     APPROVER,
     DEPARTMENT,

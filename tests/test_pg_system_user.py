@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from kaohe.pg_system_user import ensure_system_user, remove_system_user
+from kaohe.devstack.system_user import ensure_system_user, remove_system_user
 
 pytestmark = [
     pytest.mark.timeout(180),
@@ -31,7 +31,8 @@ _CHILD = """
 import asyncio, sys, time
 from pathlib import Path
 import asyncpg
-from kaohe.devstack import EmbeddedPostgres, free_port
+from kaohe.devstack.postgres import EmbeddedPostgres
+from kaohe.listening import free_port
 
 root, user, barrier = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])
 

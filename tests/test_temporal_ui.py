@@ -43,9 +43,10 @@ from temporalio.client import Client
 
 from activities.db import create_pool
 from kaohe.client import connect
-from kaohe.devstack import _die_with_parent, free_port
+from kaohe.devstack.processes import die_with_parent
 from kaohe.ingest.ballot_io import token_source
 from kaohe.ingest.roster_io import load_policy
+from kaohe.listening import free_port
 from kaohe.settings import Settings
 from kaohe.sim.simulate import drive_unit, wait_started
 from kaohe.starter import start_campaign
@@ -203,7 +204,7 @@ async def kaohe_dev(root: Path, attempts: int = 3) -> AsyncIterator[DevStack]:
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # a Ctrl-C of pytest reaches it through us only
                 # Even if pytest is killed outright, kaohe dev stops (and stops its servers).
-                preexec_fn=_die_with_parent(signal.SIGTERM),
+                preexec_fn=die_with_parent(signal.SIGTERM),
             )
         try:
             deadline = time.monotonic() + 60

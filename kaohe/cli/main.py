@@ -73,7 +73,7 @@ def dev(
     demo: Annotated[bool, typer.Option(help="Also start the demo campaign and drive it.")] = False,
 ) -> None:
     """Run the embedded Temporal dev server, PostgreSQL and a worker until Ctrl-C."""
-    from kaohe.devstack import run_dev
+    from kaohe.devstack.stack import run_dev
     from worker import run_worker
 
     settings = get_settings()
