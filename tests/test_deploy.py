@@ -393,7 +393,9 @@ def test_dockerfile_copies_what_the_package_needs() -> None:
     setuptools_conf = project["tool"]["setuptools"]
     needed = {"pyproject.toml", project["project"]["readme"]}
     needed |= {f"{module}.py" for module in setuptools_conf.get("py-modules", [])}
-    needed |= {package.split(".")[0] for package in setuptools_conf["packages"]}
+    # Packages are found by setuptools: each include pattern ("kaohe*") names a top-level dir.
+    found = setuptools_conf["packages"]["find"]["include"]
+    needed |= {pattern.rstrip("*").split(".")[0] for pattern in found}
     assert needed <= sources
 
 
