@@ -80,8 +80,6 @@ def activities_of(
         storage.append_audit,
         storage.save_acknowledgement,
         storage.save_report,
-        storage.save_ballots,
-        storage.compute_tallies,
         ballots.save_ballot_sheets,
         ballots.verify_ballot_batch,
         ballots.count_ballots,

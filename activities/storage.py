@@ -6,7 +6,6 @@ retry after a worker or database crash writes nothing twice.
 
 from __future__ import annotations
 
-import hashlib
 import json
 
 import asyncpg
@@ -16,15 +15,11 @@ from temporalio.exceptions import ApplicationError
 from activities.audit_log import log_event, write_audit
 from activities.ballot_store import store_rater_groups
 from activities.failpoints import failpoint
-from activities.metrics import BALLOTS_INGESTED
 from activities.talk_cipher import TalkCipher
 from schemas.messages import GroupEvaluation, evaluation_text
-from schemas.status import TargetTally
 from schemas.workflow_io import (
     AcknowledgementRecord,
     AuditRecord,
-    BallotBatchReceipt,
-    BallotBatchRecord,
     FollowUpClosure,
     FollowUpRecord,
     FollowUpsRecord,
@@ -41,15 +36,6 @@ from schemas.workflow_io import (
 )
 
 TEAM_TARGET = ""  # grades.cadre_id of the team's own grade
-
-
-def ballots_checksum(rows: list[tuple[str, str | None, str, str]]) -> str:
-    """sha256 over the batch's rows in order: lets the bulk path and the update path agree."""
-    digest = hashlib.sha256()
-    for row in rows:
-        digest.update("\x1f".join(v or "" for v in row).encode())
-        digest.update(b"\x1e")
-    return digest.hexdigest()
 
 
 class StorageActivities:
@@ -198,83 +184,6 @@ class StorageActivities:
                 },
             )
         log_event(rec.ref, "report stored", kind=a.kind, cadre=a.cadre_id, revision=rec.revision)
-
-    # Flat ballots and their tallies: only units started before BALLOT_SHEETS_PATCH (v0/v1
-    # histories) call these two; new units use activities/ballots.py.
-    @activity.defn
-    async def save_ballots(self, rec: BallotBatchRecord) -> BallotBatchReceipt:
-        a = rec.action
-        rows = [(b.target_kind, b.target_id, b.rater_group, b.overall) for b in a.ballots]
-        checksum = ballots_checksum(rows)
-        async with self._pool.acquire() as conn, conn.transaction():
-            inserted = await conn.fetchrow(
-                """INSERT INTO ballot_batches (workflow_id, batch_id, ballots, checksum)
-                   VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING RETURNING batch_id""",
-                rec.ref.workflow_id,
-                a.batch_id,
-                len(rows),
-                checksum,
-            )
-            if inserted is None:
-                existing = await conn.fetchrow(
-                    "SELECT ballots, checksum FROM ballot_batches "
-                    "WHERE workflow_id = $1 AND batch_id = $2",
-                    rec.ref.workflow_id,
-                    a.batch_id,
-                )
-                assert existing is not None
-                if existing["checksum"] != checksum:
-                    raise ApplicationError(
-                        f"batch_id {a.batch_id} was already stored with other ballots",
-                        type="BatchConflict",
-                        non_retryable=True,
-                    )
-                return BallotBatchReceipt(
-                    batch_id=a.batch_id,
-                    count=existing["ballots"],
-                    checksum=checksum,
-                    duplicate=True,
-                )
-            await conn.copy_records_to_table(
-                "ballots",
-                records=[(rec.ref.workflow_id, a.batch_id, *row) for row in rows],
-                columns=[
-                    "workflow_id",
-                    "batch_id",
-                    "target_kind",
-                    "target_id",
-                    "rater_group",
-                    "overall",
-                ],
-            )
-            await write_audit(
-                conn,
-                rec.ref,
-                f"ballots:{a.batch_id}",
-                "ballots_recorded",
-                a.actor,
-                {"batch_id": a.batch_id, "count": len(rows), "checksum": checksum},
-            )
-        BALLOTS_INGESTED.labels("update").inc(len(rows))
-        log_event(rec.ref, "ballot batch stored", batch_id=a.batch_id, count=len(rows))
-        return BallotBatchReceipt(
-            batch_id=a.batch_id, count=len(rows), checksum=checksum, duplicate=False
-        )
-
-    @activity.defn
-    async def compute_tallies(self, ref: UnitRef) -> list[TargetTally]:
-        async with self._pool.acquire() as conn:
-            rows = await conn.fetch(
-                """SELECT target_kind, target_id, overall, count(*) AS n
-                   FROM ballots WHERE workflow_id = $1
-                   GROUP BY target_kind, target_id, overall
-                   ORDER BY target_kind DESC, target_id, overall""",
-                ref.workflow_id,
-            )
-        by_target: dict[tuple[str, str | None], dict[str, int]] = {}
-        for r in rows:
-            by_target.setdefault((r["target_kind"], r["target_id"]), {})[r["overall"]] = r["n"]
-        return [_tally(kind, target, counts) for (kind, target), counts in by_target.items()]
 
     @activity.defn
     async def save_talk(self, rec: TalkRecord) -> None:
@@ -558,28 +467,3 @@ class StorageActivities:
                 "SELECT unit_id, stage FROM units WHERE campaign_id = $1", campaign_id
             )
         return {r["unit_id"]: r["stage"] for r in rows}
-
-
-def _rate(counts: dict[str, int], total: int, *options: str) -> float:
-    return sum(counts.get(o, 0) for o in options) / total if total else 0.0
-
-
-def _tally(kind: str, target: str | None, counts: dict[str, int]) -> TargetTally:
-    total = sum(counts.values())
-    if kind == "team":
-        return TargetTally(
-            target_kind=kind,
-            target_id=target,
-            ballots=total,
-            counts=counts,
-            good_rate=_rate(counts, total, "好", "较好"),
-        )
-    return TargetTally(
-        target_kind=kind,
-        target_id=target,
-        ballots=total,
-        counts=counts,
-        excellent_rate=_rate(counts, total, "优秀"),
-        competent_or_better_rate=_rate(counts, total, "优秀", "称职"),
-        incompetent_rate=_rate(counts, total, "不称职"),
-    )

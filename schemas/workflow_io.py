@@ -99,16 +99,6 @@ class CampaignInput(Model):
     history_limit: int | None = Field(default=None, ge=20)
     state: CampaignState = Field(default_factory=CampaignState)
 
-    @model_validator(mode="before")
-    @classmethod
-    def _state_at_top_level(cls, data: Any) -> Any:
-        """Inputs recorded before CampaignState carried its fields at the top level."""
-        if isinstance(data, dict) and any(k in data for k in _LEGACY_STATE):
-            data = dict(data)
-            legacy = {k: data.pop(k) for k in _LEGACY_STATE if k in data}
-            data["state"] = {**legacy, **data.get("state", {})}
-        return data
-
     @model_validator(mode="after")
     def _one_roster(self) -> CampaignInput:
         if (self.roster is None) == (self.stored_roster is None):
@@ -128,9 +118,6 @@ class CampaignInput(Model):
             return len(self.roster.units)
         assert self.stored_roster is not None
         return self.stored_roster.units_total
-
-
-_LEGACY_STATE = ("started", "stages", "seqs", "calibration", "calibration_decisions")
 
 
 class UnitProgress(Model):
@@ -179,11 +166,6 @@ class ReportRecord(Model):
     ref: UnitRef
     action: SubmitReport
     revision: int
-
-
-class BallotBatchRecord(Model):
-    ref: UnitRef
-    action: RecordBallots
 
 
 class BallotBatchReceipt(Model):

@@ -5,8 +5,8 @@ Refresh them (after a change that is meant to be compatible, or to add a path) w
     .venv/bin/python -m tests.record_histories
 
 which starts a private stack, runs each path with the current code and writes
-tests/histories/<VERSION>_<path>.json. A change that breaks replay of the old files needs
-`workflow.patched`, not new files.
+tests/histories/<VERSION>_<path>.json. A change that breaks replay of the recorded files needs
+`workflow.patched` (docs/versioning.md), not new files in their place.
 """
 
 from __future__ import annotations
@@ -58,29 +58,11 @@ async def wait_for_stage(handle: WorkflowHandle, stage: Stage, seconds: float = 
         raise TimeoutError(f"{handle.id} did not reach {stage.value}")
 
 
-# Bump when the workflows change in a way recorded histories should capture; keep the
-# older files: they are what running workflows started before the change look like.
-#   v0: storage through (server) activities
-#   v1: storage through local activities (workflow.patched "local-storage-activities")
-#   v2: ballot sheets with tokens, weighted tallies (workflow.patched "ballot-sheets")
-#   v3: publicity and objections after approval (workflow.patched "publicity")
-#   v4: cadres sign for feedback, two-year rule (workflow.patched "result-use-two-years")
-#   v5: raw payloads parsed once, grade labels, cross-unit calibration of a pooled 优秀
-#       quota (workflow.patched "cross-unit-calibration"; campaign path and calibrated_unit)
-#   v6: stage deadlines, reminders, escalation, extend/pause/resume (workflow.patched
-#       "stage-deadlines"; deadline_path)
-#   v7: notifications by channel, in the background (workflow.patched "notify-channels")
-#   v8: notify as a server-scheduled activity, not a local one (workflow.patched
-#       "notify-activity")
-#   v9: result use ends with its follow-ups; cadres sign their feedback; a 复核 answered
-#       late escalates; the group's evaluation as strengths and shortcomings (workflow.patched
-#       "result-use-signed"); resume gives back working days (workflow.patched
-#       "resume-working-days", in deadline_path)
-#   v10: campaigns from a stored roster, continued as new while starting units
-#       (workflow.patched "campaign-continue-while-starting"; stored_campaign)
-#   v11: a ballot batch the database refuses is a rejection by signal too, not the unit's
-#       failure (workflow.patched "ballot-rejection-local"; ballot_signal_rejected)
-VERSION = "v11"
+# The corpus: one file per path, named <VERSION>_<path>.json. docs/versioning.md has the rule:
+# a change that breaks replay of these goes behind workflow.patched and the new path is
+# recorded under the next version beside them; files are removed with the patch they need.
+#   v12: recorded afresh once every patch up to 0.1.0 was retired (no patch markers)
+VERSION = "v12"
 
 
 async def record_paths(

@@ -163,22 +163,6 @@ async def test_a_large_roster_without_a_database_is_refused(client: Client) -> N
         await start_campaign(client, roster_with_contacts(2), "unused", inline_limit=0)
 
 
-def test_inputs_recorded_before_the_state_model_still_load() -> None:
-    r = roster_with_contacts(1)
-    unit = r.units[0].unit_id
-    legacy = {
-        "roster": r.model_dump(mode="json"),
-        "started": [unit],
-        "stages": {unit: "evaluation"},
-        "seqs": {unit: 3},
-        "calibration": {},
-        "calibration_decisions": {},
-    }
-    loaded = CampaignInput.model_validate(legacy)
-    assert loaded.state.started == [unit] and loaded.state.stages == {unit: Stage.EVALUATION}
-    assert loaded.state.cursor == 0 and loaded.state.seqs == {unit: 3}
-
-
 def test_a_campaign_input_takes_exactly_one_roster() -> None:
     with pytest.raises(ValidationError, match="roster: give the roster or stored_roster"):
         CampaignInput()

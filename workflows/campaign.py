@@ -22,7 +22,10 @@ from temporalio.common import (
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
+    from activities.rosters import RosterActivities
+    from activities.storage import StorageActivities
     from domain import calibration as pool
+    from domain.actions import ActionRejected
     from domain.rules import excellent_quota, graded_by_category
     from domain.stages import TERMINAL
     from schemas import search_attributes as sa
@@ -41,18 +44,16 @@ with workflow.unsafe.imports_passed_through():
         CampaignInput,
         CampaignState,
         RosterPage,
-        RosterUnit,
         UnitInput,
         UnitProgress,
     )
     from workflows.details import campaign_details
-    from workflows.payloads import ActionRejected, parse_action
-    from workflows.unit import ACTIVITY_RETRY, UnitAssessment
+    from workflows.payloads import parse_action
+    from workflows.unit import UnitAssessment
+    from workflows.unit.io import ACTIVITY_RETRY
 
 # Units of a stored roster read per activity (about 1.3 kB each).
 ROSTER_PAGE = 200
-# Continue-as-new between chunks of starts too, not only once every unit has started.
-CONTINUE_WHILE_STARTING_PATCH = "campaign-continue-while-starting"
 
 
 def campaign_workflow_id(campaign_id: str) -> str:
@@ -121,17 +122,14 @@ class AssessmentCampaign:
                 await asyncio.gather(*(self._start_unit(*u) for u in chunk))
                 self._cursor += len(chunk)
                 self._refresh_details()
-                if self._should_continue_as_new() and workflow.patched(
-                    CONTINUE_WHILE_STARTING_PATCH
-                ):
+                if self._should_continue_as_new():
                     await self._continue_as_new()
         if self._recover:
             # Units an earlier run started: take their stage from the database projection,
             # unless one of them has already told us.
-            stored: dict[str, str] = await workflow.execute_activity(
-                "load_unit_stages",
+            stored = await workflow.execute_activity_method(
+                StorageActivities.load_unit_stages,
                 self._header.campaign_id,
-                result_type=dict[str, str],
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=ACTIVITY_RETRY,
             )
@@ -160,15 +158,14 @@ class AssessmentCampaign:
             return
         assert stored is not None
         while self._cursor < stored.units_total:
-            page: list[RosterUnit] = await workflow.execute_activity(
-                "load_roster_units",
+            page = await workflow.execute_activity_method(
+                RosterActivities.load_roster_units,
                 RosterPage(
                     campaign_id=self._header.campaign_id,
                     digest=stored.digest,
                     offset=self._cursor,
                     count=min(ROSTER_PAGE, stored.units_total - self._cursor),
                 ),
-                result_type=list[RosterUnit],
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=ACTIVITY_RETRY,
             )

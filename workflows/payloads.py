@@ -13,15 +13,11 @@ from typing import Any
 from pydantic import ValidationError
 from temporalio.common import RawValue
 
+from domain.actions import ActionRejected
 from schemas.common import Action
 from schemas.errors import format_validation_error
 
 JSON_ENCODING = b"json/plain"
-
-
-class ActionRejected(ValueError):
-    """A well-formed action that the unit's current state does not allow, or a payload that
-    is not a well-formed action (the message names the field)."""
 
 
 def parse_action(
