@@ -79,5 +79,11 @@ class UnitState(Model):
     def open_objections(self) -> bool:
         return any(o.state == "open" for o in self.objections.values())
 
+    def grades_may_become_final(self, now: dt.datetime) -> bool:
+        """Published grades become final when their publicity is over and no objection is
+        open (an upheld one withdraws them: publicity_ends is cleared)."""
+        ends = self.publicity_ends
+        return ends is not None and now >= ends and not self.open_objections()
+
     def ballots(self) -> int:
         return sum(self.batches.values())

@@ -186,7 +186,7 @@ async def follow_publicity(u: Unit) -> None:
             lambda ends=ends: s.publicity_ends != ends or not s.open_objections()
         )
         async with u.lock:
-            if s.publicity_ends != ends or s.open_objections():
+            if s.publicity_ends != ends or not s.grades_may_become_final(workflow.now()):
                 continue  # an objection was upheld, or raised, while we waited
             await io.store(io.storage.finalize_grades, u.ref())
             s.publicity_ends = None
