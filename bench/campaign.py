@@ -146,7 +146,7 @@ async def main(
         console.print(figures_table("floor (dev server + SDK, trivial workflows)", floor.rows()))
         console.print(
             f"campaign: {units} units of 2 cadres, driven to the end by simulated integrators, "
-            f"{concurrency} at once (publicity {POLICY.grading.publicity_seconds} s)"
+            f"{concurrency} at once (publicity {POLICY.demo.publicity_seconds} s)"
         )
         result = await measure_campaign(stack, units, concurrency)
         console.print(figures_table("campaign (AssessmentCampaign + its units)", result.rows()))

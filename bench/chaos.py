@@ -44,12 +44,12 @@ from kaohe.sim.simulate import (
     wait_campaign_started,
 )
 from schemas.common import Stage
-from schemas.policy import GradingPolicy, Policy
+from schemas.policy import DemoClock, Policy
 from schemas.roster import Roster, UnitSpec
 from worker import WORKFLOWS, sandbox_runner
 from workflows.campaign import AssessmentCampaign, campaign_workflow_id, unit_workflow_id
 
-POLICY = Policy(grading=GradingPolicy(publicity_seconds=1))
+POLICY = Policy(demo_clock=DemoClock(publicity_seconds=1))
 
 
 class WorkerProcesses:

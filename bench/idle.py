@@ -41,7 +41,7 @@ from bench.stack import (
 )
 from kaohe.starter import start_campaign
 from schemas.common import Stage
-from schemas.policy import DeadlinePolicy, Policy
+from schemas.policy import DeadlinePolicy, DemoClock, Policy
 from workflows.campaign import AssessmentCampaign, campaign_workflow_id
 
 GIB = 1024**3
@@ -147,8 +147,8 @@ async def kaohe_side(stack: BenchStack, n: int, stall_after: float) -> dict[str,
             working_days={Stage.NOTICE: 1},
             reminder_working_days=0,
             escalate_after_working_days=60,
-            working_day_seconds=stall_after,
-        )
+        ),
+        demo_clock=DemoClock(working_day_seconds=stall_after),
     )
     stalled = (
         f"KaoheStalled = true AND WorkflowType = 'UnitAssessment' "

@@ -44,7 +44,7 @@ from kaohe.devstack.postgres import EmbeddedPostgres
 from kaohe.devstack.stack import start_private_servers
 from kaohe.devstack.temporal import TemporalDevServer
 from kaohe.settings import Settings
-from schemas.policy import GradingPolicy, Policy
+from schemas.policy import DemoClock, Policy
 from worker import build_worker
 
 T = TypeVar("T")
@@ -443,4 +443,4 @@ def print_ratio_line(label: str, value: float) -> None:
 
 
 # Publicity (公示) ends at once in benchmarks: five working days would stall every unit.
-BENCH_POLICY = Policy(grading=GradingPolicy(publicity_seconds=0))
+BENCH_POLICY = Policy(demo_clock=DemoClock(publicity_seconds=0))

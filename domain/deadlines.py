@@ -1,7 +1,8 @@
 """Stage deadlines, reminders and escalation times (pure; DOMAIN.md "Timing").
 
-Deadlines are exclusive instants: 24:00 Asia/Shanghai of the last working day. With the
-policy's `working_day_seconds` (tests, demos) every working day is that many seconds instead.
+Deadlines are exclusive instants: 24:00 Asia/Shanghai of the last working day. With
+`day_seconds` (a demo clock's working_day_seconds: tests, demonstrations) every working day
+is that many seconds instead.
 """
 
 from __future__ import annotations
@@ -23,44 +24,54 @@ Step = Literal["reminder", "level1", "level2"]
 _JUST_BEFORE = timedelta(microseconds=1)  # a deadline's last day is the day before it
 
 
-def stage_deadline(policy: DeadlinePolicy, stage: Stage, start: datetime) -> datetime | None:
+def stage_deadline(
+    policy: DeadlinePolicy, stage: Stage, start: datetime, day_seconds: float | None = None
+) -> datetime | None:
     """`working_days[stage]` working days counted from the first working day after `start`."""
     days = policy.working_days.get(stage)
     if days is None:
         return None
-    if policy.working_day_seconds is not None:
-        return start + timedelta(seconds=days * policy.working_day_seconds)
+    if day_seconds is not None:
+        return start + timedelta(seconds=days * day_seconds)
     return deadline_after(start, days)
 
 
-def extended(policy: DeadlinePolicy, deadline: datetime, days: int) -> datetime:
+def extended(
+    policy: DeadlinePolicy, deadline: datetime, days: int, day_seconds: float | None = None
+) -> datetime:
     """`days` more working days after a deadline's last day."""
-    if policy.working_day_seconds is not None:
-        return deadline + timedelta(seconds=days * policy.working_day_seconds)
+    if day_seconds is not None:
+        return deadline + timedelta(seconds=days * day_seconds)
     return deadline_after(deadline - _JUST_BEFORE, days)
 
 
 def resumed(
-    policy: DeadlinePolicy, deadline: datetime, paused_since: datetime, now: datetime
+    policy: DeadlinePolicy,
+    deadline: datetime,
+    paused_since: datetime,
+    now: datetime,
+    day_seconds: float | None = None,
 ) -> datetime:
     """The deadline after a pause, whose clock stood still: moved by the working days the
     pause took (the day it began counts, the day it ended does not), so a pause over a
     weekend or a holiday gives back only the working days in it. With second-long working
     days (tests, demos): by the time paused."""
-    if policy.working_day_seconds is not None:
+    if day_seconds is not None:
         return deadline + (now - paused_since)
     day = timedelta(days=1)
     lost = working_days_between(shanghai_date(paused_since) - day, shanghai_date(now) - day)
-    return extended(policy, deadline, lost) if lost else deadline
+    return extended(policy, deadline, lost, day_seconds) if lost else deadline
 
 
-def reminder_at(policy: DeadlinePolicy, deadline: datetime) -> datetime | None:
+def reminder_at(
+    policy: DeadlinePolicy, deadline: datetime, day_seconds: float | None = None
+) -> datetime | None:
     """The start of the last `reminder_working_days` working days before the deadline."""
     lead = policy.reminder_working_days
     if lead == 0:
         return None
-    if policy.working_day_seconds is not None:
-        return deadline - timedelta(seconds=lead * policy.working_day_seconds)
+    if day_seconds is not None:
+        return deadline - timedelta(seconds=lead * day_seconds)
     day = shanghai_date(deadline - _JUST_BEFORE)
     while lead:
         day -= timedelta(days=1)
@@ -68,20 +79,26 @@ def reminder_at(policy: DeadlinePolicy, deadline: datetime) -> datetime | None:
     return end_of_day(day)
 
 
-def level2_at(policy: DeadlinePolicy, deadline: datetime) -> datetime:
-    return extended(policy, deadline, policy.escalate_after_working_days)
+def level2_at(
+    policy: DeadlinePolicy, deadline: datetime, day_seconds: float | None = None
+) -> datetime:
+    return extended(policy, deadline, policy.escalate_after_working_days, day_seconds)
 
 
 def next_step(
-    policy: DeadlinePolicy, deadline: datetime, reminded: bool, level: int
+    policy: DeadlinePolicy,
+    deadline: datetime,
+    reminded: bool,
+    level: int,
+    day_seconds: float | None = None,
 ) -> tuple[Step, datetime] | None:
     """What happens next on this deadline, and when: the reminder (once, if it is due before
     the deadline), then level 1 at the deadline, then level 2."""
-    remind = reminder_at(policy, deadline)
+    remind = reminder_at(policy, deadline, day_seconds)
     if not reminded and level == 0 and remind is not None and remind < deadline:
         return "reminder", remind
     if level == 0:
         return "level1", deadline
     if level == 1:
-        return "level2", level2_at(policy, deadline)
+        return "level2", level2_at(policy, deadline, day_seconds)
     return None

@@ -343,25 +343,3 @@ class ActionResult(Model):
     duplicate: bool = False
     stage: Stage
     message: str
-
-
-# Update and signal names (snake_case) with their message models: the public contract.
-ACTION_MODELS: dict[str, type[Action]] = {
-    "acknowledge_notice": AcknowledgeNotice,
-    "submit_report": SubmitReport,
-    "record_ballots": RecordBallots,
-    "register_ballot_batch": RegisterBallotBatch,
-    "close_evaluation": CloseEvaluation,
-    "record_talk": RecordTalk,
-    "propose_grades": ProposeGrades,
-    "approve_grades": ApproveGrades,
-    "raise_objection": RaiseObjection,
-    "resolve_objection": ResolveObjection,
-    "record_follow_up": RecordFollowUp,
-    "request_review": RequestReview,
-    "close_follow_up": CloseFollowUp,
-    "close_stage": CloseStage,
-    "extend_deadline": ExtendDeadline,
-    "pause": PauseUnit,
-    "resume": ResumeUnit,
-}

@@ -145,8 +145,6 @@ class GradingPolicy(Model):
 
     # 公示: working days from the first working day after publication, to 24:00 Shanghai.
     publicity_working_days: int = Field(default=5, ge=0, le=30)
-    # A plain duration instead (tests and demos): seconds after publication.
-    publicity_seconds: float | None = Field(default=None, ge=0)
 
     # How grades are shown (DOMAIN.md: some places grade teams 优秀/良好/一般/较差). Proposals
     # may name a grade by its label or by the default name; unlisted grades keep their name.
@@ -210,8 +208,6 @@ class ResultUsePolicy(Model):
     # 复核: days after the results are notified to ask, and days to answer (local practice).
     review_request_days: int = Field(default=10, ge=0, le=366)
     review_answer_days: int = Field(default=10, ge=1, le=366)
-    # Tests and demos: the answer is due this many seconds after the request instead.
-    review_answer_seconds: float | None = Field(default=None, gt=0)
     cadre_actions: dict[str, list[FollowUpAction]] = Field(
         default_factory=lambda: {
             "优秀": _actions(
@@ -261,8 +257,25 @@ class DeadlinePolicy(Model):
     )
     reminder_working_days: int = Field(default=2, ge=0, le=30)
     escalate_after_working_days: int = Field(default=3, ge=1, le=60)
-    # Tests and demos: every working day above counts as this many seconds instead.
-    working_day_seconds: float | None = Field(default=None, gt=0)
+
+
+class DemoClock(Model):
+    """Seconds instead of days, for tests and demonstrations only: with it a stall, the end
+    of publicity or an overdue 复核 shows within seconds. A real campaign's policy has none;
+    `kaohe demo` sets one. Each field left out keeps the calendar's own days."""
+
+    working_day_seconds: float | None = Field(
+        default=None,
+        gt=0,
+        description="Every working day of a stage's deadline, reminder and escalation lasts "
+        "this many seconds.",
+    )
+    publicity_seconds: float | None = Field(
+        default=None, ge=0, description="Publicity (公示) lasts this many seconds."
+    )
+    review_answer_seconds: float | None = Field(
+        default=None, gt=0, description="A 复核 is overdue this many seconds after the request."
+    )
 
 
 class Policy(Model):
@@ -278,6 +291,9 @@ class Policy(Model):
     grading: GradingPolicy = Field(default_factory=GradingPolicy)
     result_use: ResultUsePolicy = Field(default_factory=ResultUsePolicy)
     deadlines: DeadlinePolicy = Field(default_factory=DeadlinePolicy)
+    demo_clock: DemoClock | None = Field(
+        default=None, description="Tests and demonstrations only: seconds instead of days."
+    )
     rater_groups: list[RaterGroup] = Field(
         default_factory=lambda: [
             RaterGroup(group_id="A", label="领导班子成员", planned=5, weight=Fraction(2, 5)),
@@ -286,6 +302,11 @@ class Policy(Model):
         ],
         description="Default rater groups of a unit whose roster entry names none.",
     )
+
+    @property
+    def demo(self) -> DemoClock:
+        """The demo clock, or one that leaves every day a day."""
+        return self.demo_clock or DemoClock()
 
     @model_validator(mode="after")
     def _weights(self) -> Policy:

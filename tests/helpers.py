@@ -10,7 +10,7 @@ from temporalio.client import Client, WorkflowHandle
 
 from activities.talk_cipher import TalkCipher
 from kaohe.sim.simulate import simulated_unit
-from schemas.policy import GradingPolicy, Policy
+from schemas.policy import DemoClock, Policy
 from schemas.roster import UnitSpec
 from schemas.workflow_io import UnitInput
 from workflows.unit import UnitAssessment
@@ -24,7 +24,7 @@ SMALL_GROUPS = simulated_unit("template", 1, (2, 2, 3)).rater_groups or []
 
 
 # Publicity (公示) of a second instead of five working days, so units finish in a test.
-TEST_POLICY = Policy(grading=GradingPolicy(publicity_seconds=1))
+TEST_POLICY = Policy(demo_clock=DemoClock(publicity_seconds=1))
 
 
 def sample_unit(unit_id: str | None = None, cadres: int = 2, **extra: Any) -> UnitSpec:

@@ -45,7 +45,7 @@ from schemas.messages import (
     RequestReview,
     ResolveObjection,
 )
-from schemas.policy import DeadlinePolicy
+from schemas.policy import DeadlinePolicy, DemoClock
 from schemas.roster import Roster
 from workflows.campaign import unit_workflow_id
 from workflows.unit import UnitAssessment
@@ -240,7 +240,6 @@ async def record_paths(
         working_days={Stage.NOTICE: 2},
         reminder_working_days=1,
         escalate_after_working_days=1,
-        working_day_seconds=1,
     )
     unit = sample_unit(f"late-{tag}")
     handle = await start_unit(
@@ -248,7 +247,9 @@ async def record_paths(
         task_queue,
         unit,
         campaign_id="replay",
-        policy=TEST_POLICY.model_copy(update={"deadlines": deadlines}),
+        policy=TEST_POLICY.model_copy(
+            update={"deadlines": deadlines, "demo_clock": DemoClock(working_day_seconds=1)}
+        ),
     )
     await wait_for_status(handle, lambda s: s.escalation_level == 2, 30)
     for name, body in (

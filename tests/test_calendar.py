@@ -252,11 +252,11 @@ def test_deadline_steps_in_order_once_each() -> None:
         midnight("2026-10-14"),
     )
     assert next_step(CALENDAR, deadline, reminded=True, level=2) is None
-    seconds = DeadlinePolicy(working_day_seconds=1.5, reminder_working_days=1)
+    seconds = DeadlinePolicy(reminder_working_days=1)
     start = sh("2026-09-29T10:00")
-    d = stage_deadline(seconds, Stage.NOTICE, start)
+    d = stage_deadline(seconds, Stage.NOTICE, start, day_seconds=1.5)
     assert d == start + timedelta(seconds=4.5)
-    assert reminder_at(seconds, d) == start + timedelta(seconds=3)
+    assert reminder_at(seconds, d, day_seconds=1.5) == start + timedelta(seconds=3)
 
 
 def test_resume_gives_back_the_working_days_paused() -> None:
@@ -275,8 +275,8 @@ def test_resume_gives_back_the_working_days_paused() -> None:
     after = resumed(CALENDAR, deadline, sh("2026-10-09T09:00"), sh("2026-10-12T09:00"))
     assert after == extended(CALENDAR, deadline, 2)
     # Second-long working days (tests): the time paused.
-    seconds = DeadlinePolicy(working_day_seconds=1)
     start = sh("2026-10-13T09:00")
-    assert resumed(seconds, deadline, start, start + timedelta(seconds=7)) == deadline + timedelta(
+    later = start + timedelta(seconds=7)
+    assert resumed(CALENDAR, deadline, start, later, day_seconds=1) == deadline + timedelta(
         seconds=7
     )

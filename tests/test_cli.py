@@ -10,18 +10,21 @@ import sys
 import uuid
 from pathlib import Path
 
+import jsonschema
 import pytest
 import yaml
 from temporalio.client import Client
 
+from domain.actions import ACTIONS
 from domain.calendar import deadline_after
 from kaohe.ingest.roster_io import RosterError, load_roster
 from kaohe.sim.simulate import wait_for_status, wait_started
 from schemas.common import Stage
-from schemas.messages import ACTION_MODELS
 from tests.conftest import Stack
 from tests.helpers import sample_unit, start_unit
 from workflows.unit import UnitAssessment
+
+ROOT = Path(__file__).parent.parent
 
 KAOHE = str(Path(sys.executable).parent / "kaohe")
 
@@ -161,10 +164,16 @@ def test_schema_export(tmp_path: Path) -> None:
     run = kaohe(None, "schema", "export", str(tmp_path / "schemas"))
     assert run.returncode == 0, run.stderr
     files = {p.stem for p in (tmp_path / "schemas").glob("*.json")}
-    assert set(ACTION_MODELS) | {"status", "roster", "action_result"} <= files
+    assert set(ACTIONS) | {"status", "roster", "action_result"} <= files
     schema = json.loads((tmp_path / "schemas" / "record_ballots.json").read_text())
     assert {"idempotency_key", "actor", "batch_id"} <= set(schema["required"])
     assert "sheets" in schema["properties"]
+    # The policy file's schema: the shipped policy and a demo clock validate against it.
+    policy_schema = json.loads((tmp_path / "schemas" / "policy.json").read_text())
+    shipped = yaml.safe_load((ROOT / "kaohe" / "policies" / "2026.yaml").read_text())
+    jsonschema.validate({**shipped, "demo_clock": {"working_day_seconds": 10}}, policy_schema)
+    with pytest.raises(jsonschema.ValidationError, match="working_day_seconds"):
+        jsonschema.validate({"demo_clock": {"working_day_seconds": "soon"}}, policy_schema)
 
 
 async def test_a_campaign_sets_its_own_stage_deadlines(

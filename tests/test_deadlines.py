@@ -40,9 +40,9 @@ def clock_policy(notice_days: int, reminder: int, escalate_after: int) -> Policy
         working_days={Stage.NOTICE: notice_days},
         reminder_working_days=reminder,
         escalate_after_working_days=escalate_after,
-        working_day_seconds=1,
     )
-    return TEST_POLICY.model_copy(update={"deadlines": deadlines})
+    demo = TEST_POLICY.demo.model_copy(update={"working_day_seconds": 1})
+    return TEST_POLICY.model_copy(update={"deadlines": deadlines, "demo_clock": demo})
 
 
 async def audit(pool: asyncpg.Pool, workflow_id: str) -> list[tuple[str, Any]]:
@@ -147,9 +147,9 @@ async def test_reminders_go_to_whoever_the_stage_waits_for(
         working_days={Stage.TALKS: 3, Stage.GRADING: 3},
         reminder_working_days=1,
         escalate_after_working_days=30,
-        working_day_seconds=2,
     )
-    policy = TEST_POLICY.model_copy(update={"deadlines": deadlines})
+    demo = TEST_POLICY.demo.model_copy(update={"working_day_seconds": 2})
+    policy = TEST_POLICY.model_copy(update={"deadlines": deadlines, "demo_clock": demo})
     unit = sample_unit()
     handle = await start_unit(client, worker, unit, policy=policy)
     await drive_unit(client, handle.id, unit, policy=policy, stop_at=Stage.TALKS, tokens=tokens)

@@ -11,8 +11,9 @@ from hypothesis import strategies as st
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowUpdateFailedError
 
+from domain.actions import ACTIONS
 from kaohe.sim.simulate import UNIT_CONTACT
-from schemas.messages import ACTION_MODELS, AcknowledgeNotice, ActionResult
+from schemas.messages import AcknowledgeNotice, ActionResult
 from tests.helpers import sample_unit, start_unit
 from workflows.unit import UnitAssessment
 
@@ -41,7 +42,7 @@ json_value = st.recursive(
 def payloads(name: str) -> st.SearchStrategy[Any]:
     """Bad payloads for one action: wrong types, missing or unknown fields, huge strings,
     unknown ids, and well-formed ones sent in the wrong stage."""
-    fields = list(ACTION_MODELS[name].model_fields)
+    fields = list(ACTIONS[name].model.model_fields)
     broken_field = st.builds(
         lambda f, v: {"idempotency_key": "k", "actor": ACTOR, f: v},
         st.sampled_from(fields),
@@ -100,7 +101,7 @@ async def test_every_update_rejects_bad_payloads_clearly(client: Client, worker:
     unit = sample_unit()
     handle = await start_unit(client, worker, unit)
     cases = 0
-    for name in ACTION_MODELS:
+    for name in ACTIONS:
         if name == "acknowledge_notice":
             continue  # a valid one would be accepted in this stage; fuzzed separately below
         for payload in collect(name):

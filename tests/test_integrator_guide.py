@@ -70,13 +70,12 @@ from kaohe.starter import start_campaign
 from schemas.calibration import DecideCalibration
 from schemas.common import CadreGrade, Stage
 from schemas.messages import (
-    ACTION_MODELS,
     ActionResult,
     ApproveGrades,
     PauseUnit,
     RaiseObjection,
 )
-from schemas.policy import Policy
+from schemas.policy import DemoClock, Policy
 from schemas.roster import Roster, UnitSpec
 from tests.conftest import Stack
 from tests.helpers import SMALL_GROUPS, start_unit
@@ -216,7 +215,7 @@ def test_every_handler_has_a_section_and_a_tested_example() -> None:
         "AssessmentCampaign:\n" + "\n".join(missing)
     )
     # Internal is for the signals the workflows send each other, never the public contract.
-    public = set(ACTION_MODELS) | set(CAMPAIGN.updates) | handler_names()["query"]
+    public = set(ACTIONS) | set(CAMPAIGN.updates) | handler_names()["query"]
     assert not internal & public, f"public handlers marked internal: {internal & public}"
     assert internal <= handler_names()["signal"], internal - handler_names()["signal"]
     stray = set(GUIDE_DOC.sections) - set().union(*handler_names().values())
@@ -259,7 +258,7 @@ def test_shipped_schemas_are_the_exported_ones(tmp_path: Path) -> None:
         name for name in exported.keys() | shipped.keys() if exported.get(name) != shipped.get(name)
     )
     assert not stale, f"docs/schemas is out of date ({', '.join(stale)}): run `make schemas`"
-    assert {f"{name}.json" for name in ACTION_MODELS} <= shipped.keys()
+    assert {f"{name}.json" for name in ACTIONS} <= shipped.keys()
 
 
 def schema_of(name: str) -> dict[str, Any]:
@@ -327,7 +326,7 @@ async def test_python_calls_send_valid_messages() -> None:
             workflow_class = UnitAssessment if name in UNIT.queries else AssessmentCampaign
             assert [c.target for c in calls] == [getattr(workflow_class, name)], where
             continue
-        model = DecideCalibration if name in CAMPAIGN.updates else ACTION_MODELS[name]
+        model = DecideCalibration if name in CAMPAIGN.updates else ACTIONS[name].model
         kinds = ["update", "signal"] if name in UNIT.signals else ["update"]
         assert [c.kind for c in calls] == kinds, where
         for call in calls:
@@ -423,8 +422,12 @@ def demo_unit(unit_id: str = "jyj") -> UnitSpec:
 def demo_policy(publicity_seconds: float = 0.2, **grading: Any) -> Policy:
     """The 2026 policy the demo runs with, with a publicity (公示) of seconds."""
     policy = load_policy(None, 2026)
-    update = {"publicity_seconds": publicity_seconds, **grading}
-    return policy.model_copy(update={"grading": policy.grading.model_copy(update=update)})
+    return policy.model_copy(
+        update={
+            "grading": policy.grading.model_copy(update=grading),
+            "demo_clock": DemoClock(publicity_seconds=publicity_seconds),
+        }
+    )
 
 
 @dataclass

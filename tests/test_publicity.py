@@ -21,12 +21,12 @@ from kaohe.sim.simulate import (
 from schemas import search_attributes as sa
 from schemas.common import Stage
 from schemas.messages import ActionResult, ApproveGrades, RaiseObjection, ResolveObjection
-from schemas.policy import GradingPolicy, Policy
+from schemas.policy import DemoClock, Policy
 from schemas.status import UnitStatus
 from tests.helpers import sample_unit, start_unit
 from workflows.unit import UnitAssessment
 
-PUBLICITY = Policy(grading=GradingPolicy(publicity_seconds=3))
+PUBLICITY = Policy(demo_clock=DemoClock(publicity_seconds=3))
 
 
 async def approved_unit(

@@ -153,8 +153,8 @@ async def test_a_late_review_answer_goes_to_the_department_once(
 ) -> None:
     """复核 answered past the policy's days: the department is notified, once; the unit's
     status and the UI say so; answering it later still ends result use."""
-    result_use = TEST_POLICY.result_use.model_copy(update={"review_answer_seconds": 1})
-    policy = TEST_POLICY.model_copy(update={"result_use": result_use})
+    demo = TEST_POLICY.demo.model_copy(update={"review_answer_seconds": 1})
+    policy = TEST_POLICY.model_copy(update={"demo_clock": demo})
     unit = sample_unit(cadres=2)
     asker = unit.cadres[1].cadre_id
     handle = await start_unit(client, worker, unit, policy=policy)

@@ -17,6 +17,7 @@ from rich.table import Table
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
+from domain.actions import ACTIONS
 from domain.calendar import SHANGHAI
 from kaohe.audit import verify_audit
 from kaohe.cli.ballots import ballots_app, tokens_app
@@ -39,7 +40,7 @@ from kaohe.starter import start_campaign
 from schemas import search_attributes as sa
 from schemas.common import Stage
 from schemas.errors import format_validation_error
-from schemas.messages import ACTION_MODELS, ActionResult
+from schemas.messages import ActionResult
 from schemas.policy import Policy
 from schemas.roster import Roster
 from workflows.campaign import campaign_workflow_id
@@ -304,8 +305,8 @@ def status(
 
 
 def _action_payload(name: str, body: str, actor: str | None) -> dict[str, Any]:
-    if name not in ACTION_MODELS:
-        raise fail(f"unknown action {name!r}; actions: {', '.join(ACTION_MODELS)}")
+    if name not in ACTIONS:
+        raise fail(f"unknown action {name!r}; actions: {', '.join(ACTIONS)}")
     try:
         payload = json.loads(body)
     except json.JSONDecodeError as err:
@@ -316,7 +317,7 @@ def _action_payload(name: str, body: str, actor: str | None) -> dict[str, Any]:
     if actor is not None:
         payload.setdefault("actor", parse_actor(actor).model_dump(mode="json"))
     try:  # check here too, so the error names the field before anything is sent
-        ACTION_MODELS[name].model_validate(payload)
+        ACTIONS[name].model.model_validate(payload)
     except ValidationError as err:
         raise fail(format_validation_error(err)) from err
     return payload
@@ -510,7 +511,7 @@ def public_schemas() -> dict[str, dict[str, Any]]:
     from schemas.calibration import CategoryCalibration, DecideCalibration
     from schemas.status import CampaignProgress, UnitStatus
 
-    out = {name: model.model_json_schema() for name, model in ACTION_MODELS.items()}
+    out = {name: rule.model.model_json_schema() for name, rule in ACTIONS.items()}
     out["action_result"] = ActionResult.model_json_schema()
     out["status"] = UnitStatus.model_json_schema()
     out["campaign_progress"] = CampaignProgress.model_json_schema()
@@ -518,12 +519,13 @@ def public_schemas() -> dict[str, dict[str, Any]]:
     out["calibration"] = TypeAdapter(list[CategoryCalibration]).json_schema()
     out["roster"] = Roster.model_json_schema()
     out["stage"] = TypeAdapter(Stage).json_schema()
+    out["policy"] = Policy.model_json_schema()
     return out
 
 
 @schema_app.command("export")
 def schema_export(directory: Path) -> None:
-    """Write the JSON Schema of every update/signal, query result and the roster."""
+    """Write the JSON Schema of every update/signal, query result, the roster and the policy."""
     directory.mkdir(parents=True, exist_ok=True)
     for name, schema in public_schemas().items():
         (directory / f"{name}.json").write_text(

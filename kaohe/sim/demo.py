@@ -21,6 +21,7 @@ from kaohe.settings import Settings
 from kaohe.sim.simulate import drive_unit, wait_started
 from schemas.common import Stage
 from schemas.messages import ActionResult
+from schemas.policy import DemoClock
 from schemas.roster import Roster
 from schemas.search_attributes import STAGE
 from workflows.campaign import unit_workflow_id
@@ -37,9 +38,7 @@ async def run_demo(settings: Settings, roster: Roster, *, pace: float = 2.0) -> 
     # reissue: a rerun of the demo replaces the unused tokens of the run before.
     tokens = token_source(pool, reissue=True)
     # A short publicity (公示) so the demo's units finish while you watch.
-    demo_policy = policy.model_copy(
-        update={"grading": policy.grading.model_copy(update={"publicity_seconds": pace * 5})}
-    )
+    demo_policy = policy.model_copy(update={"demo_clock": DemoClock(publicity_seconds=pace * 5)})
     workflow_id, new = await start_campaign(client, roster, settings.task_queue, demo_policy)
     console.print(
         f"[bold]demo campaign[/] {workflow_id} "

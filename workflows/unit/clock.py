@@ -25,7 +25,7 @@ async def extend_deadline(u: Unit, a: ExtendDeadline) -> str:
     clock = u.state.clock
     assert clock.deadline is not None
     old = clock.deadline
-    clock.deadline = extended(u.input.policy.deadlines, old, a.days)
+    clock.deadline = extended(u.input.policy.deadlines, old, a.days, _day_seconds(u))
     if clock.deadline > workflow.now():
         clock.reminded = False  # a reminder is due again before the new deadline
         u.set_escalation(0)
@@ -59,7 +59,8 @@ async def resume(u: Unit, a: ResumeUnit) -> str:
     paused = now - since
     clock.paused_since = None
     if clock.deadline is not None:
-        clock.deadline = resumed(u.input.policy.deadlines, clock.deadline, since, now)
+        policy = u.input.policy.deadlines
+        clock.deadline = resumed(policy, clock.deadline, since, now, _day_seconds(u))
         workflow.upsert_search_attributes([sa.DEADLINE.value_set(clock.deadline)])
     await _audit(
         u,
@@ -70,6 +71,10 @@ async def resume(u: Unit, a: ResumeUnit) -> str:
     )
     where = f"; deadline {clock.deadline.isoformat()}" if clock.deadline else ""
     return f"resumed after {paused}{where}"
+
+
+def _day_seconds(u: Unit) -> float | None:
+    return u.input.policy.demo.working_day_seconds
 
 
 async def _audit(u: Unit, key: str, kind: str, actor: Actor | None, detail: dict[str, Any]) -> None:
@@ -87,7 +92,7 @@ async def watch_deadlines(u: Unit) -> None:
         moved = lambda planned=planned: s.stage in TERMINAL or _plan(s) != planned  # noqa: E731
         step = None
         if c.deadline is not None and c.paused_since is None:
-            step = next_step(policy, c.deadline, c.reminded, c.escalation)
+            step = next_step(policy, c.deadline, c.reminded, c.escalation, _day_seconds(u))
         if not await sleep_until(step[1] if step else None, interrupted=moved):
             continue
         assert step is not None
@@ -107,7 +112,8 @@ def _start(u: Unit) -> None:
     s = u.state
     c = s.clock
     c.visit = len(s.history)
-    c.deadline = stage_deadline(u.input.policy.deadlines, s.stage, s.history[-1].entered_at)
+    policy = u.input.policy.deadlines
+    c.deadline = stage_deadline(policy, s.stage, s.history[-1].entered_at, _day_seconds(u))
     c.reminded = False
     c.steps = []
     u.set_escalation(0)

@@ -143,10 +143,10 @@ async def approve_grades(u: Unit, a: ApproveGrades) -> str:
 
 
 def _publicity_end(u: Unit) -> dt.datetime:
-    grading = u.input.policy.grading
-    if grading.publicity_seconds is not None:
-        return workflow.now() + timedelta(seconds=grading.publicity_seconds)
-    return publicity_end(workflow.now(), grading.publicity_working_days)
+    seconds = u.input.policy.demo.publicity_seconds
+    if seconds is not None:
+        return workflow.now() + timedelta(seconds=seconds)
+    return publicity_end(workflow.now(), u.input.policy.grading.publicity_working_days)
 
 
 async def raise_objection(u: Unit, a: RaiseObjection) -> str:

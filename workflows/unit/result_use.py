@@ -99,10 +99,9 @@ async def request_review(u: Unit, a: RequestReview) -> str:
         description=f"{cadre.name}: 复核 — {a.reason}"[:200],
     )
     await record_follow_up(u, follow_up)
+    seconds = u.input.policy.demo.review_answer_seconds
     answer_by = workflow.now() + (
-        timedelta(seconds=policy.review_answer_seconds)
-        if policy.review_answer_seconds is not None
-        else timedelta(days=days)
+        timedelta(seconds=seconds) if seconds is not None else timedelta(days=days)
     )
     u.spawn(_watch_review(u, follow_up.follow_up_id, answer_by))
     return f"复核 requested; the department answers by {follow_up.due_date}"
