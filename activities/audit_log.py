@@ -7,6 +7,9 @@ Every state change writes its audit row in the transaction that makes the change
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -48,3 +51,25 @@ async def write_audit(
 
 def log_event(ref: UnitRef, event: str, **fields: Any) -> None:
     log.info(event, workflow_id=ref.workflow_id, unit=ref.unit_id, stage=ref.stage.value, **fields)
+
+
+@dataclass(frozen=True)
+class Entry:
+    """An audit row: once per (workflow, event_key)."""
+
+    event_key: str
+    kind: str
+    actor: Actor | None = None
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@asynccontextmanager
+async def recorded(
+    pool: asyncpg.Pool, ref: UnitRef, entry: Entry, event: str, **fields: Any
+) -> AsyncIterator[asyncpg.Connection]:
+    """One state change: the block's writes and the audit row in one transaction, and the log
+    line once it commits. A block that raises writes nothing."""
+    async with pool.acquire() as conn, conn.transaction():
+        yield conn
+        await write_audit(conn, ref, entry.event_key, entry.kind, entry.actor, entry.detail)
+    log_event(ref, event, **fields)

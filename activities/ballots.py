@@ -1,11 +1,14 @@
-"""Ballot activities of units started with ballot sheets (see activities/ballot_store.py).
+"""Ballot activities: sheets by update, batches from the bulk import, counts (the SQL is in
+activities/ballot_store.py).
 
-The workflow calls them as local activities by name. A batch that cannot be taken raises a
+The workflow calls them as local activities. A batch that cannot be taken raises a
 non-retryable ApplicationError of type "BallotRejected" whose message names the field (e.g.
 `sheets[3].token: already used`); the workflow turns it into the update's rejection.
 """
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
 
 import asyncpg
 from temporalio import activity
@@ -21,6 +24,7 @@ from activities.ballot_store import (
     verify_batch,
 )
 from activities.metrics import BALLOT_SHEETS_INGESTED, BALLOTS_INGESTED
+from schemas.messages import RecordBallots, RegisterBallotBatch
 from schemas.workflow_io import (
     BallotBatchCheck,
     BallotBatchReceipt,
@@ -45,58 +49,58 @@ class BallotActivities:
     async def save_ballot_sheets(self, rec: BallotSheetsRecord) -> BallotBatchReceipt:
         """record_ballots: checks and uses the tokens, stores the marks and the batch, all or
         nothing; the same batch again is a duplicate, another with the same id a rejection."""
-        a = rec.action
-        batch = prepare_batch(a.batch_id, a.sheets)
-        try:
-            # The planned counts come from unit_rater_groups, which register_unit filled.
-            async with self._pool.acquire() as conn, conn.transaction():
-                receipt = await store_batch(conn, rec.ref.workflow_id, batch, "update")
-                if not receipt.duplicate:
-                    await write_audit(
-                        conn,
-                        rec.ref,
-                        f"ballots:{a.batch_id}",
-                        "ballots_recorded",
-                        a.actor,
-                        receipt_detail(receipt, "update"),
-                    )
-        except BallotRejected as err:
-            raise _rejected(rec.ref, a.batch_id, err) from None
-        _count_ingested(receipt, batch.sheets, "update")
-        log_event(
-            rec.ref,
-            "ballot batch stored",
-            batch_id=a.batch_id,
-            ballots=receipt.count,
-            sheets=batch.sheets,
-            duplicate=receipt.duplicate,
+        batch = prepare_batch(rec.action.batch_id, rec.action.sheets)
+
+        # The planned counts come from unit_rater_groups, which register_unit filled.
+        async def store(conn: asyncpg.Connection) -> BallotBatchReceipt:
+            return await store_batch(conn, rec.ref.workflow_id, batch, "update")
+
+        return await self._take(
+            rec.ref, rec.action, batch.sheets, "update", "ballots_recorded", store
         )
-        return receipt
 
     @activity.defn
     async def verify_ballot_batch(self, rec: BallotBatchCheck) -> BallotBatchReceipt:
         """register_ballot_batch: the import stored the batch; confirm it is as announced."""
-        a = rec.action
+
+        async def verify(conn: asyncpg.Connection) -> BallotBatchReceipt:
+            return await verify_batch(conn, rec.ref.workflow_id, rec.action)
+
+        return await self._take(
+            rec.ref, rec.action, rec.action.sheets, "import", "ballots_registered", verify
+        )
+
+    async def _take(
+        self,
+        ref: UnitRef,
+        a: RecordBallots | RegisterBallotBatch,
+        sheets: int,
+        source: str,
+        kind: str,
+        write: Callable[[asyncpg.Connection], Awaitable[BallotBatchReceipt]],
+    ) -> BallotBatchReceipt:
+        """A batch and its audit row in one transaction (the row once per batch: a duplicate
+        adds none); a batch the database refuses is a non-retryable rejection."""
         try:
             async with self._pool.acquire() as conn, conn.transaction():
-                receipt = await verify_batch(conn, rec.ref.workflow_id, a)
+                receipt = await write(conn)
                 await write_audit(
                     conn,
-                    rec.ref,
+                    ref,
                     f"ballots:{a.batch_id}",
-                    "ballots_registered",
+                    kind,
                     a.actor,
-                    receipt_detail(receipt, "import"),
+                    receipt_detail(receipt, source),
                 )
         except BallotRejected as err:
-            raise _rejected(rec.ref, a.batch_id, err) from None
-        _count_ingested(receipt, a.sheets, "import")
+            raise _rejected(ref, a.batch_id, err) from None
+        _count_ingested(receipt, sheets, source)
         log_event(
-            rec.ref,
-            "imported ballot batch registered",
+            ref,
+            "ballot batch stored" if source == "update" else "imported ballot batch registered",
             batch_id=a.batch_id,
             ballots=receipt.count,
-            sheets=a.sheets,
+            sheets=sheets,
             duplicate=receipt.duplicate,
         )
         return receipt

@@ -12,16 +12,17 @@ import asyncpg
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.audit_log import log_event, write_audit
+from activities.audit_log import Entry, log_event, recorded, write_audit
 from activities.ballot_store import store_rater_groups
 from activities.failpoints import failpoint
 from activities.talk_cipher import TalkCipher
-from schemas.messages import GroupEvaluation, evaluation_text
+from schemas.messages import GroupEvaluation, RecordFollowUp, evaluation_text
 from schemas.workflow_io import (
     AcknowledgementRecord,
     AuditRecord,
     FollowUpClosure,
     FollowUpRecord,
+    FollowUpSpec,
     FollowUpsRecord,
     GradeDecisionRecord,
     GradeProposalRecord,
@@ -37,6 +38,22 @@ from schemas.workflow_io import (
 
 TEAM_TARGET = ""  # grades.cadre_id of the team's own grade
 
+_INSERT_FOLLOW_UP = """INSERT INTO follow_ups (workflow_id, follow_up_id, kind, cadre_id, owner,
+                                               due_date, description)
+                       VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING"""
+
+
+def _follow_up_row(ref: UnitRef, f: FollowUpSpec | RecordFollowUp) -> tuple[object, ...]:
+    return (
+        ref.workflow_id,
+        f.follow_up_id,
+        f.kind.value,
+        f.cadre_id,
+        f.owner,
+        f.due_date,
+        f.description,
+    )
+
 
 class StorageActivities:
     def __init__(self, pool: asyncpg.Pool, cipher: TalkCipher) -> None:
@@ -50,7 +67,17 @@ class StorageActivities:
     @activity.defn
     async def register_unit(self, rec: RegisterUnit) -> None:
         unit = rec.unit
-        async with self._pool.acquire() as conn, conn.transaction():
+        entry = Entry(
+            "registered",
+            "unit_registered",
+            detail={
+                "cadres": len(unit.cadres),
+                "rater_groups": {g.group_id: g.planned for g in rec.rater_groups},
+            },
+        )
+        async with recorded(
+            self._pool, rec.ref, entry, "unit registered", cadres=len(unit.cadres)
+        ) as conn:
             await conn.execute(
                 """INSERT INTO campaigns (campaign_id, year, title, grade_labels)
                    VALUES ($1, $2, $3, $4::jsonb) ON CONFLICT (campaign_id) DO NOTHING""",
@@ -86,17 +113,6 @@ class StorageActivities:
                 ],
             )
             await store_rater_groups(conn, rec.ref.workflow_id, rec.rater_groups)
-            await write_audit(
-                conn,
-                rec.ref,
-                "registered",
-                "unit_registered",
-                detail={
-                    "cadres": len(unit.cadres),
-                    "rater_groups": {g.group_id: g.planned for g in rec.rater_groups},
-                },
-            )
-        log_event(rec.ref, "unit registered", cadres=len(unit.cadres))
 
     @activity.defn
     async def record_transition(self, rec: TransitionRecord) -> None:
@@ -130,7 +146,8 @@ class StorageActivities:
     @activity.defn
     async def save_acknowledgement(self, rec: AcknowledgementRecord) -> None:
         a = rec.action
-        async with self._pool.acquire() as conn, conn.transaction():
+        entry = Entry(f"ack:{a.idempotency_key}", "notice_acknowledged", a.actor)
+        async with recorded(self._pool, rec.ref, entry, "notice acknowledged") as conn:
             await conn.execute(
                 """INSERT INTO acknowledgements (workflow_id, idempotency_key, actor_id, note)
                    VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING""",
@@ -139,16 +156,25 @@ class StorageActivities:
                 a.actor.id,
                 a.note,
             )
-            await write_audit(
-                conn, rec.ref, f"ack:{a.idempotency_key}", "notice_acknowledged", a.actor
-            )
-        log_event(rec.ref, "notice acknowledged")
 
     @activity.defn
     async def save_report(self, rec: ReportRecord) -> None:
         a = rec.action
         f = a.file
-        async with self._pool.acquire() as conn, conn.transaction():
+        entry = Entry(
+            f"report:{a.idempotency_key}",
+            "report_submitted",
+            a.actor,
+            {
+                "kind": a.kind,
+                "cadre_id": a.cadre_id,
+                "revision": rec.revision,
+                "chars": len(a.text) if a.text else None,
+                "file_sha256": f.sha256 if f else None,
+            },
+        )
+        fields = {"kind": a.kind, "cadre": a.cadre_id, "revision": rec.revision}
+        async with recorded(self._pool, rec.ref, entry, "report stored", **fields) as conn:
             await conn.execute(
                 """INSERT INTO reports (workflow_id, idempotency_key, kind, cadre_id, revision,
                                         revision_reason, title, body, submitted_by, file_uri,
@@ -169,28 +195,19 @@ class StorageActivities:
                 f.size if f else None,
                 f.media_type if f else None,
             )
-            await write_audit(
-                conn,
-                rec.ref,
-                f"report:{a.idempotency_key}",
-                "report_submitted",
-                a.actor,
-                {
-                    "kind": a.kind,
-                    "cadre_id": a.cadre_id,
-                    "revision": rec.revision,
-                    "chars": len(a.text) if a.text else None,
-                    "file_sha256": f.sha256 if f else None,
-                },
-            )
-        log_event(rec.ref, "report stored", kind=a.kind, cadre=a.cadre_id, revision=rec.revision)
 
     @activity.defn
     async def save_talk(self, rec: TalkRecord) -> None:
         a = rec.action
         associated = f"{rec.ref.workflow_id}/{a.talk_id}"
         nonce, ciphertext = self._cipher.seal(a.content, associated)
-        async with self._pool.acquire() as conn, conn.transaction():
+        entry = Entry(
+            f"talk:{a.talk_id}",
+            "talk_recorded",
+            a.actor,
+            {"talk_id": a.talk_id, "interviewee_role": a.interviewee_role},
+        )
+        async with recorded(self._pool, rec.ref, entry, "talk stored", talk_id=a.talk_id) as conn:
             await conn.execute(
                 """INSERT INTO talks (workflow_id, talk_id, interviewer, interviewee_role,
                                       talk_date, key_id, nonce, ciphertext)
@@ -204,15 +221,6 @@ class StorageActivities:
                 nonce,
                 ciphertext,
             )
-            await write_audit(
-                conn,
-                rec.ref,
-                f"talk:{a.talk_id}",
-                "talk_recorded",
-                a.actor,
-                {"talk_id": a.talk_id, "interviewee_role": a.interviewee_role},
-            )
-        log_event(rec.ref, "talk stored", talk_id=a.talk_id)
 
     @activity.defn
     async def save_grade_proposal(self, rec: GradeProposalRecord) -> None:
@@ -220,7 +228,12 @@ class StorageActivities:
         appraisal = None
         if isinstance(a.evaluation, GroupEvaluation):
             appraisal = a.evaluation.model_dump_json()
-        async with self._pool.acquire() as conn, conn.transaction():
+        # The audit row says a proposal exists, never its grades: they are sealed.
+        no = rec.proposal_no
+        entry = Entry(f"proposal:{no}", "grades_proposed", a.actor, {"proposal_no": no})
+        async with recorded(
+            self._pool, rec.ref, entry, "grade proposal stored", proposal_no=no
+        ) as conn:
             await conn.execute(
                 """INSERT INTO grade_proposals (workflow_id, proposal_no, proposer_id, evaluation,
                                                 team_grade, cadre_grades, determinations,
@@ -236,21 +249,19 @@ class StorageActivities:
                 json.dumps(a.determinations, ensure_ascii=False),
                 appraisal,
             )
-            # The audit row says a proposal exists, never its grades: they are sealed.
-            await write_audit(
-                conn,
-                rec.ref,
-                f"proposal:{rec.proposal_no}",
-                "grades_proposed",
-                a.actor,
-                {"proposal_no": rec.proposal_no},
-            )
-        log_event(rec.ref, "grade proposal stored", proposal_no=rec.proposal_no)
 
     @activity.defn
     async def save_grade_decision(self, rec: GradeDecisionRecord) -> None:
         a = rec.action
-        async with self._pool.acquire() as conn, conn.transaction():
+        no = rec.proposal_no
+        entry = Entry(
+            f"decision:{no}",
+            f"grades_{a.decision}d",
+            a.actor,
+            {"proposal_no": no, "comment": a.comment},
+        )
+        fields = {"proposal_no": no, "decision": a.decision}
+        async with recorded(self._pool, rec.ref, entry, "grade decision stored", **fields) as conn:
             proposal = await conn.fetchrow(
                 """UPDATE grade_proposals
                    SET decision = $3, decided_by = $4, comment = $5, decided_at = now()
@@ -294,17 +305,6 @@ class StorageActivities:
                         for cadre, grade in grades.items()
                     ],
                 )
-            await write_audit(
-                conn,
-                rec.ref,
-                f"decision:{rec.proposal_no}",
-                f"grades_{a.decision}d",
-                a.actor,
-                {"proposal_no": rec.proposal_no, "comment": a.comment},
-            )
-        log_event(
-            rec.ref, "grade decision stored", proposal_no=rec.proposal_no, decision=a.decision
-        )
 
     @activity.defn
     async def previous_grades(self, q: PreviousGradesQuery) -> dict[str, str]:
@@ -320,19 +320,25 @@ class StorageActivities:
     @activity.defn
     async def finalize_grades(self, ref: UnitRef) -> None:
         """Publicity ended with no open objection: the published grades become final."""
-        async with self._pool.acquire() as conn, conn.transaction():
+        entry = Entry("grades_final", "grades_final")
+        async with recorded(self._pool, ref, entry, "grades final") as conn:
             await conn.execute(
                 "UPDATE grades SET final = true, final_at = now() "
                 "WHERE workflow_id = $1 AND NOT final",
                 ref.workflow_id,
             )
-            await write_audit(conn, ref, "grades_final", "grades_final")
-        log_event(ref, "grades final")
 
     @activity.defn
     async def save_objection(self, rec: ObjectionRecord) -> None:
         a = rec.action
-        async with self._pool.acquire() as conn, conn.transaction():
+        entry = Entry(
+            f"objection:{a.objection_id}",
+            "objection_raised",
+            a.actor,
+            {"objection_id": a.objection_id, "cadre_id": a.cadre_id},
+        )
+        fields = {"objection_id": a.objection_id}
+        async with recorded(self._pool, rec.ref, entry, "objection raised", **fields) as conn:
             await conn.execute(
                 """INSERT INTO objections (workflow_id, objection_id, raised_by, cadre_id, reason)
                    VALUES ($1, $2, $3, $4, $5) ON CONFLICT DO NOTHING""",
@@ -342,20 +348,18 @@ class StorageActivities:
                 a.cadre_id,
                 a.reason,
             )
-            await write_audit(
-                conn,
-                rec.ref,
-                f"objection:{a.objection_id}",
-                "objection_raised",
-                a.actor,
-                {"objection_id": a.objection_id, "cadre_id": a.cadre_id},
-            )
-        log_event(rec.ref, "objection raised", objection_id=a.objection_id)
 
     @activity.defn
     async def resolve_objection(self, rec: ObjectionDecision) -> None:
         a = rec.action
-        async with self._pool.acquire() as conn, conn.transaction():
+        entry = Entry(
+            f"objection_resolved:{a.objection_id}",
+            f"objection_{a.decision}",
+            a.actor,
+            {"objection_id": a.objection_id, "decision": a.decision},
+        )
+        fields = {"objection_id": a.objection_id, "decision": a.decision}
+        async with recorded(self._pool, rec.ref, entry, "objection resolved", **fields) as conn:
             await conn.execute(
                 """UPDATE objections SET decision = $3, decision_reason = $4, decided_by = $5,
                           decided_at = now()
@@ -371,76 +375,45 @@ class StorageActivities:
                 await conn.execute(
                     "DELETE FROM grades WHERE workflow_id = $1 AND NOT final", rec.ref.workflow_id
                 )
-            await write_audit(
-                conn,
-                rec.ref,
-                f"objection_resolved:{a.objection_id}",
-                f"objection_{a.decision}",
-                a.actor,
-                {"objection_id": a.objection_id, "decision": a.decision},
-            )
-        log_event(rec.ref, "objection resolved", objection_id=a.objection_id, decision=a.decision)
 
     @activity.defn
     async def create_follow_ups(self, rec: FollowUpsRecord) -> None:
-        async with self._pool.acquire() as conn, conn.transaction():
+        entry = Entry(
+            "follow_ups:derived",
+            "follow_ups_created",
+            detail={"follow_ups": [f.follow_up_id for f in rec.follow_ups]},
+        )
+        fields = {"count": len(rec.follow_ups)}
+        async with recorded(self._pool, rec.ref, entry, "follow-ups created", **fields) as conn:
             await conn.executemany(
-                """INSERT INTO follow_ups (workflow_id, follow_up_id, kind, cadre_id, owner,
-                                           due_date, description)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING""",
-                [
-                    (
-                        rec.ref.workflow_id,
-                        f.follow_up_id,
-                        f.kind.value,
-                        f.cadre_id,
-                        f.owner,
-                        f.due_date,
-                        f.description,
-                    )
-                    for f in rec.follow_ups
-                ],
-            )
-            await write_audit(
-                conn,
-                rec.ref,
-                "follow_ups:derived",
-                "follow_ups_created",
-                detail={"follow_ups": [f.follow_up_id for f in rec.follow_ups]},
+                _INSERT_FOLLOW_UP, [_follow_up_row(rec.ref, f) for f in rec.follow_ups]
             )
         failpoint("create_follow_ups:committed")
-        log_event(rec.ref, "follow-ups created", count=len(rec.follow_ups))
 
     @activity.defn
     async def save_follow_up(self, rec: FollowUpRecord) -> None:
         a = rec.action
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute(
-                """INSERT INTO follow_ups (workflow_id, follow_up_id, kind, cadre_id, owner,
-                                           due_date, description)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7) ON CONFLICT DO NOTHING""",
-                rec.ref.workflow_id,
-                a.follow_up_id,
-                a.kind.value,
-                a.cadre_id,
-                a.owner,
-                a.due_date,
-                a.description,
-            )
-            await write_audit(
-                conn,
-                rec.ref,
-                f"follow_up:{a.follow_up_id}",
-                "follow_up_recorded",
-                a.actor,
-                {"follow_up_id": a.follow_up_id, "kind": a.kind.value},
-            )
-        log_event(rec.ref, "follow-up recorded", follow_up_id=a.follow_up_id)
+        entry = Entry(
+            f"follow_up:{a.follow_up_id}",
+            "follow_up_recorded",
+            a.actor,
+            {"follow_up_id": a.follow_up_id, "kind": a.kind.value},
+        )
+        fields = {"follow_up_id": a.follow_up_id}
+        async with recorded(self._pool, rec.ref, entry, "follow-up recorded", **fields) as conn:
+            await conn.execute(_INSERT_FOLLOW_UP, *_follow_up_row(rec.ref, a))
 
     @activity.defn
     async def close_follow_up(self, rec: FollowUpClosure) -> None:
         a = rec.action
-        async with self._pool.acquire() as conn, conn.transaction():
+        entry = Entry(
+            f"follow_up_closed:{a.follow_up_id}",
+            "follow_up_closed",
+            a.actor,
+            {"follow_up_id": a.follow_up_id},
+        )
+        fields = {"follow_up_id": a.follow_up_id}
+        async with recorded(self._pool, rec.ref, entry, "follow-up closed", **fields) as conn:
             await conn.execute(
                 """UPDATE follow_ups SET outcome = $3, closed_at = now(), closed_by = $4
                    WHERE workflow_id = $1 AND follow_up_id = $2 AND closed_at IS NULL""",
@@ -449,15 +422,6 @@ class StorageActivities:
                 a.outcome,
                 a.actor.id,
             )
-            await write_audit(
-                conn,
-                rec.ref,
-                f"follow_up_closed:{a.follow_up_id}",
-                "follow_up_closed",
-                a.actor,
-                {"follow_up_id": a.follow_up_id},
-            )
-        log_event(rec.ref, "follow-up closed", follow_up_id=a.follow_up_id)
 
     @activity.defn
     async def load_unit_stages(self, campaign_id: str) -> dict[str, str]:
