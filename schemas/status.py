@@ -110,12 +110,19 @@ class GradingProgress(Model):
     cadre_grade_labels: dict[str, str] | None = None
 
 
-class FollowUpView(Model):
+class FollowUp(Model):
+    """A follow-up action of result use (结果运用): what, for whom, whose, by when."""
+
     follow_up_id: str
     kind: FollowUpKind
     cadre_id: str | None = None
     owner: str
     due_date: dt.date | None = None
+
+
+class FollowUpView(FollowUp):
+    """A follow-up as the unit's status shows it."""
+
     closed: bool = False
     closed_by: str | None = Field(default=None, description="Actor id; a feedback's signer.")
     overdue: bool = Field(default=False, description="A 复核 not answered by its date.")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import datetime as dt
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, StringConstraints, model_validator
@@ -13,7 +12,6 @@ from schemas.messages import (
     AcknowledgeNotice,
     ApproveGrades,
     CloseFollowUp,
-    FollowUpKind,
     ProposeGrades,
     RaiseObjection,
     RecordBallots,
@@ -25,6 +23,7 @@ from schemas.messages import (
 )
 from schemas.policy import Policy, RaterGroup
 from schemas.roster import Contact, Roster, RosterHeader, UnitSpec
+from schemas.status import FollowUp
 
 
 class UnitInput(Model):
@@ -244,12 +243,9 @@ class ObjectionDecision(Model):
     action: ResolveObjection
 
 
-class FollowUpSpec(Model):
-    follow_up_id: str
-    kind: FollowUpKind
-    cadre_id: str | None = None
-    owner: str
-    due_date: dt.date | None = None
+class FollowUpSpec(FollowUp):
+    """A follow-up derived from the final grades and the evaluation's flags."""
+
     description: str
 
 

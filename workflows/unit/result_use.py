@@ -13,7 +13,7 @@ with workflow.unsafe.imports_passed_through():
     from domain.rules import derive_follow_ups
     from domain.stages import TERMINAL
     from schemas.messages import CloseFollowUp, FollowUpKind, RecordFollowUp, RequestReview
-    from schemas.status import FollowUpView
+    from schemas.status import FollowUp, FollowUpView
     from schemas.workflow_io import (
         FollowUpClosure,
         FollowUpRecord,
@@ -27,13 +27,7 @@ with workflow.unsafe.imports_passed_through():
 
 
 def _view(f: RecordFollowUp | FollowUpSpec) -> FollowUpView:
-    return FollowUpView(
-        follow_up_id=f.follow_up_id,
-        kind=f.kind,
-        cadre_id=f.cadre_id,
-        owner=f.owner,
-        due_date=f.due_date,
-    )
+    return FollowUpView(**f.model_dump(include=set(FollowUp.model_fields)))
 
 
 async def enter(u: Unit) -> None:
