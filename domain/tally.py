@@ -89,43 +89,33 @@ def target_flags(
     kind: str, target: str, counts: Counts, weights: dict[str, Fraction], policy: FlagPolicy
 ) -> list[Flag]:
     out: list[Flag] = []
+
+    def flag(code: str, message: str) -> None:
+        out.append(Flag(code=code, target_kind=kind, target_id=target, message=message))
+
     if kind == CADRE:
         # DOMAIN.md: 不称职票率 more than 1/3 -> organizational determination of 不称职.
         incompetent = weighted_share(counts, weights, ("不称职",))
         if incompetent > policy.incompetent_more_than:
-            out.append(
-                Flag(
-                    code="incompetent_votes",
-                    target_kind=kind,
-                    target_id=target,
-                    message=f"不称职票率 {float(incompetent):.1%} is more than "
-                    f"{policy.incompetent_more_than}",
-                )
+            flag(
+                "incompetent_votes",
+                f"不称职票率 {float(incompetent):.1%} is more than {policy.incompetent_more_than}",
             )
         # DOMAIN.md: 优秀率 + 称职率 below 2/3 -> 诫勉谈话 or adjustment review.
         competent = weighted_share(counts, weights, ("优秀", "称职"))
         if competent < policy.competent_or_better_below:
-            out.append(
-                Flag(
-                    code="low_competence",
-                    target_kind=kind,
-                    target_id=target,
-                    message=f"优秀+称职 {float(competent):.1%} is below "
-                    f"{policy.competent_or_better_below}",
-                )
+            flag(
+                "low_competence",
+                f"优秀+称职 {float(competent):.1%} is below {policy.competent_or_better_below}",
             )
     elif kind == NEW_CADRE:
         # DOMAIN.md: newly promoted cadre with 不认同 more than 1/3 -> the selection is reviewed.
         disapproval = weighted_share(counts, weights, ("不认同",))
         if disapproval > policy.new_cadre_disapproval_more_than:
-            out.append(
-                Flag(
-                    code="selection_review",
-                    target_kind=kind,
-                    target_id=target,
-                    message=f"不认同 {float(disapproval):.1%} is more than "
-                    f"{policy.new_cadre_disapproval_more_than}",
-                )
+            flag(
+                "selection_review",
+                f"不认同 {float(disapproval):.1%} is more than "
+                f"{policy.new_cadre_disapproval_more_than}",
             )
     return out
 
