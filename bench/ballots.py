@@ -26,24 +26,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bench import measure, report
 from bench.floor import EchoWorkflow, floor_worker
-from bench.stack import (
-    BENCH_POLICY,
-    BenchStack,
-    console,
-    cpu_rows,
-    cpu_snapshot,
-    figures_table,
-    history_breakdown,
-    log_summary,
-    ms,
-    percentile,
-    phases_table,
-    print_ratio_line,
-    private_stack,
-    ratio,
-    settle,
-)
+from bench.stack import BENCH_POLICY, BenchStack, private_stack
 from domain.ballots import sheet_marks
 from kaohe.ingest.ballot_csv import write_ballot_csv
 from kaohe.ingest.ballot_io import import_ballots, issue_tokens, token_source
@@ -103,7 +88,7 @@ class Timed:
 
     @property
     def rows_per_s(self) -> float:
-        return ratio(self.rows, self.seconds)
+        return measure.ratio(self.rows, self.seconds)
 
 
 async def raw_copy(stack: BenchStack, workflow_id: str, sheets: list[BallotSheet]) -> Timed:
@@ -118,7 +103,7 @@ async def raw_copy(stack: BenchStack, workflow_id: str, sheets: list[BallotSheet
         columns += ["target_id", "item", "option"]
         await conn.copy_records_to_table(SCRATCH, records=records[:10_000], columns=columns)
         await conn.execute(f"TRUNCATE {SCRATCH}")
-        await settle(stack)
+        await measure.settle(stack)
         t0 = time.perf_counter()
         async with conn.transaction():
             await conn.copy_records_to_table(SCRATCH, records=records, columns=columns)
@@ -142,7 +127,7 @@ async def update_path(
     batches = batches_of(sheets, batch_size)
     rows = sum(len(sheet_marks(s)) for s in sheets)
     samples: list[float] = []
-    await settle(stack)
+    await measure.settle(stack)
     t0 = time.perf_counter()
     for n, batch in enumerate(batches):
         t1 = time.perf_counter()
@@ -175,7 +160,7 @@ async def bare_updates(stack: BenchStack, calls: int, payloads: list[Any] | None
         )
         for i in range(10):  # warm-up
             await handle.execute_update(EchoWorkflow.ping, i)
-        await settle(stack)
+        await measure.settle(stack)
         t0 = time.perf_counter()
         for i in range(calls):
             if payloads is None:
@@ -210,7 +195,7 @@ async def main(*, n: int, cadres: int, batch_size: int, keep: bool) -> int:
     async with private_stack(keep) as stack:
         task_queue = stack.task_queue("kaohe")
         campaign = f"bench-{stack.run_id}"
-        console.print(
+        report.console.print(
             f"ballots: {sheets_needed} sheets of {per_sheet} ballots "
             f"(a team ballot and {cadres} cadres) = {sheets_needed * per_sheet} ballots per path"
         )
@@ -228,12 +213,12 @@ async def main(*, n: int, cadres: int, batch_size: int, keep: bool) -> int:
                 path = Path(tmp) / "ballots.csv"
                 write_ballot_csv(path, [(str(i), s) for i, s in enumerate(bulk_sheets)])
                 size = path.stat().st_size
-                await settle(stack)
-                cpu_before = cpu_snapshot(stack)
+                await measure.settle(stack)
+                cpu_before = measure.cpu_snapshot(stack)
                 t0 = time.perf_counter()
                 imported = await import_ballots(stack.client, stack.pool, path, campaign, "bulk")
                 bulk_seconds = time.perf_counter() - t0
-                bulk_cpu = cpu_rows(cpu_before, cpu_snapshot(stack), bulk_seconds)
+                bulk_cpu = measure.cpu_rows(cpu_before, measure.cpu_snapshot(stack), bulk_seconds)
             bulk = Timed(bulk_seconds, imported.rows)
             close_seconds = await close_evaluation(stack, bulk_wf)
 
@@ -267,29 +252,34 @@ async def main(*, n: int, cadres: int, batch_size: int, keep: bool) -> int:
             ),
             (
                 "    per update p50 / p99",
-                f"{ms(percentile(updates.samples, 50))} / {ms(percentile(updates.samples, 99))}",
+                f"{report.ms(measure.percentile(updates.samples, 50))} / "
+                f"{report.ms(measure.percentile(updates.samples, 99))}",
             ),
             (
                 f"(d) bare updates ({updates.calls}), empty",
-                f"{bare:.2f} s, {ratio(bare, updates.calls) * 1000:.1f} ms each",
+                f"{bare:.2f} s, {measure.ratio(bare, updates.calls) * 1000:.1f} ms each",
             ),
             (
                 f"(d') bare updates ({updates.calls}) carrying the same batches",
-                f"{carried:.2f} s, {ratio(carried, updates.calls) * 1000:.1f} ms each",
+                f"{carried:.2f} s, {measure.ratio(carried, updates.calls) * 1000:.1f} ms each",
             ),
         ]
-        console.print(figures_table("ballots: bulk import and updates vs their floors", rows))
-        _, phases = await history_breakdown([stack.client.get_workflow_handle(upd_wf)])
-        console.print(
-            phases_table("(c) update path unit, server-side (history timestamps)", phases)
+        report.console.print(
+            report.figures_table("ballots: bulk import and updates vs their floors", rows)
         )
-        console.print(log_summary(stack))
-    print_ratio_line("bulk rows/s / raw COPY rows/s", ratio(bulk.rows_per_s, raw.rows_per_s))
-    print_ratio_line(
-        "update path time / empty bare updates time", ratio(updates.timed.seconds, bare)
+        _, phases = await measure.history_breakdown([stack.client.get_workflow_handle(upd_wf)])
+        report.console.print(
+            report.phases_table("(c) update path unit, server-side (history timestamps)", phases)
+        )
+        report.console.print(report.log_summary(stack))
+    report.print_ratio_line(
+        "bulk rows/s / raw COPY rows/s", measure.ratio(bulk.rows_per_s, raw.rows_per_s)
     )
-    print_ratio_line(
+    report.print_ratio_line(
+        "update path time / empty bare updates time", measure.ratio(updates.timed.seconds, bare)
+    )
+    report.print_ratio_line(
         "update path time / bare updates of the same batches time",
-        ratio(updates.timed.seconds, carried),
+        measure.ratio(updates.timed.seconds, carried),
     )
     return 0

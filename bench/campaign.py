@@ -18,23 +18,10 @@ from typing import Any
 
 from temporalio.client import WorkflowHandle
 
+from bench import measure, report
 from bench.chaos import POLICY, drive_campaign, roster_of
 from bench.floor import FloorResult, measure_floor
-from bench.stack import (
-    BenchStack,
-    Phase,
-    console,
-    cpu_rows,
-    cpu_snapshot,
-    figures_table,
-    history_breakdown,
-    log_summary,
-    phases_table,
-    print_ratio_line,
-    private_stack,
-    ratio,
-    settle,
-)
+from bench.stack import BenchStack, private_stack
 from schemas.roster import Roster
 from workflows.campaign import campaign_workflow_id, unit_workflow_id
 
@@ -53,7 +40,7 @@ class CampaignResult:
     campaign_events: int
     campaign_runs: int
     cpu: list[tuple[str, str]] = field(default_factory=list)
-    phases: dict[str, Phase] = field(default_factory=dict)
+    phases: dict[str, measure.Phase] = field(default_factory=dict)
 
     @property
     def events(self) -> int:
@@ -61,7 +48,7 @@ class CampaignResult:
 
     @property
     def unit_events_per_s(self) -> float:
-        return ratio(self.unit_events, self.wall)
+        return measure.ratio(self.unit_events, self.wall)
 
     def rows(self) -> list[tuple[str, str]]:
         return [
@@ -69,12 +56,12 @@ class CampaignResult:
             ("roster JSON", f"{self.roster_bytes / 1024:.0f} kB"),
             ("units driven at once at most", str(self.concurrency)),
             ("wall time (start to campaign result)", f"{self.wall:.1f} s"),
-            ("units/s", f"{ratio(self.units, self.wall):.2f}"),
+            ("units/s", f"{measure.ratio(self.units, self.wall):.2f}"),
             ("unit history events", str(self.unit_events)),
             ("campaign history events (all runs)", str(self.campaign_events)),
             ("campaign runs (continue-as-new)", str(self.campaign_runs)),
             ("unit events/s", f"{self.unit_events_per_s:.1f}"),
-            ("all events/s", f"{ratio(self.events, self.wall):.1f}"),
+            ("all events/s", f"{measure.ratio(self.events, self.wall):.1f}"),
             *self.cpu,
         ]
 
@@ -102,8 +89,8 @@ async def measure_campaign(stack: BenchStack, units: int, concurrency: int) -> C
             stack.client, stack.pool, bench_roster(2, "warmup"), task_queue, concurrency
         )
         roster = bench_roster(units, "bench")
-        await settle(stack)
-        cpu_before = cpu_snapshot(stack)
+        await measure.settle(stack)
+        cpu_before = measure.cpu_snapshot(stack)
         wall = await drive_campaign(
             stack.client,
             stack.pool,
@@ -112,10 +99,10 @@ async def measure_campaign(stack: BenchStack, units: int, concurrency: int) -> C
             concurrency,
             database_url=stack.database_url,
         )
-        cpu = cpu_rows(cpu_before, cpu_snapshot(stack), wall)
+        cpu = measure.cpu_rows(cpu_before, measure.cpu_snapshot(stack), wall)
     unit_handles, run_handles = await _campaign_handles(stack, roster)
-    unit_events, phases = await history_breakdown(unit_handles)
-    campaign_events, _ = await history_breakdown(run_handles)
+    unit_events, phases = await measure.history_breakdown(unit_handles)
+    campaign_events, _ = await measure.history_breakdown(run_handles)
     return CampaignResult(
         units=units,
         concurrency=concurrency,
@@ -139,26 +126,37 @@ async def main(
     keep: bool,
 ) -> int:
     async with private_stack(keep) as stack:
-        console.print(f"floor: {floor_workflows} hello workflows ({floor_concurrency} in flight)")
+        report.console.print(
+            f"floor: {floor_workflows} hello workflows ({floor_concurrency} in flight)"
+        )
         floor: FloorResult = await measure_floor(
             stack, floor_workflows, 50, floor_concurrency, floor_warmup
         )
-        console.print(figures_table("floor (dev server + SDK, trivial workflows)", floor.rows()))
-        console.print(
+        report.console.print(
+            report.figures_table("floor (dev server + SDK, trivial workflows)", floor.rows())
+        )
+        report.console.print(
             f"campaign: {units} units of 2 cadres, driven to the end by simulated integrators, "
             f"{concurrency} at once (publicity {POLICY.demo.publicity_seconds} s)"
         )
         result = await measure_campaign(stack, units, concurrency)
-        console.print(figures_table("campaign (AssessmentCampaign + its units)", result.rows()))
-        console.print(phases_table("unit tasks, server-side (history timestamps)", result.phases))
-        console.print(log_summary(stack))
-    floor_time = ratio(result.events, floor.events_per_s)
-    console.print(
+        report.console.print(
+            report.figures_table("campaign (AssessmentCampaign + its units)", result.rows())
+        )
+        report.console.print(
+            report.phases_table("unit tasks, server-side (history timestamps)", result.phases)
+        )
+        report.console.print(report.log_summary(stack))
+    floor_time = measure.ratio(result.events, floor.events_per_s)
+    report.console.print(
         f"the floor would take {floor_time:.1f} s for the campaign's {result.events} events "
         f"at {floor.events_per_s:.0f} events/s; the campaign took {result.wall:.1f} s"
     )
-    print_ratio_line("campaign wall time / (events / floor events/s)", result.wall / floor_time)
-    print_ratio_line(
-        "unit events/s / floor events/s", ratio(result.unit_events_per_s, floor.events_per_s)
+    report.print_ratio_line(
+        "campaign wall time / (events / floor events/s)", result.wall / floor_time
+    )
+    report.print_ratio_line(
+        "unit events/s / floor events/s",
+        measure.ratio(result.unit_events_per_s, floor.events_per_s),
     )
     return 0

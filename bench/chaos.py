@@ -259,7 +259,8 @@ def faults(
 
 
 async def main(*, units: int, kills: int, concurrency: int, keep: bool) -> int:
-    from bench.stack import console, figures_table, print_ratio_line, private_stack, ratio
+    from bench import measure, report
+    from bench.stack import private_stack
 
     async with private_stack(keep) as stack:
         env = stack.worker_env(stack.task_queue("chaos"))
@@ -289,6 +290,8 @@ async def main(*, units: int, kills: int, concurrency: int, keep: bool) -> int:
             ("PostgreSQL / Temporal crashes", "1 / 1"),
             ("differences from an undisturbed run", "; ".join(found) or "none"),
         ]
-        console.print(figures_table("chaos: a campaign through faults", rows))
-    print_ratio_line("faults time / undisturbed time", ratio(storm_seconds, calm_seconds))
+        report.console.print(report.figures_table("chaos: a campaign through faults", rows))
+    report.print_ratio_line(
+        "faults time / undisturbed time", measure.ratio(storm_seconds, calm_seconds)
+    )
     return 1 if found else 0

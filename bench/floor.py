@@ -19,23 +19,8 @@ with workflow.unsafe.imports_passed_through():
     from temporalio.client import WorkflowHandle
     from temporalio.worker import Worker
 
-    from bench.stack import (
-        BenchStack,
-        Phase,
-        bounded,
-        console,
-        cpu_rows,
-        cpu_snapshot,
-        figures_table,
-        history_breakdown,
-        log_summary,
-        ms,
-        percentile,
-        phases_table,
-        print_ratio_line,
-        private_stack,
-        ratio,
-    )
+    from bench import measure, report
+    from bench.stack import BenchStack, private_stack
     from worker import sandbox_runner
 
 
@@ -86,23 +71,23 @@ class FloorResult:
     updates: list[float] = field(default_factory=list)  # round trips, seconds
     update_wall: float = 0.0
     cpu: list[tuple[str, str]] = field(default_factory=list)  # during the hello workflows
-    phases: dict[str, Phase] = field(default_factory=dict)  # of the hello workflows
+    phases: dict[str, measure.Phase] = field(default_factory=dict)  # of the hello workflows
 
     @property
     def workflows_per_s(self) -> float:
-        return ratio(self.workflows, self.wall)
+        return measure.ratio(self.workflows, self.wall)
 
     @property
     def events_per_s(self) -> float:
-        return ratio(self.events, self.wall)
+        return measure.ratio(self.events, self.wall)
 
     @property
     def update_p50(self) -> float:
-        return percentile(self.updates, 50)
+        return measure.percentile(self.updates, 50)
 
     @property
     def update_p99(self) -> float:
-        return percentile(self.updates, 99)
+        return measure.percentile(self.updates, 99)
 
     def rows(self) -> list[tuple[str, str]]:
         return [
@@ -111,14 +96,14 @@ class FloorResult:
             ("wall time", f"{self.wall:.2f} s"),
             ("workflows/s", f"{self.workflows_per_s:.1f}"),
             ("history events", str(self.events)),
-            ("events per workflow", f"{ratio(self.events, self.workflows):.1f}"),
+            ("events per workflow", f"{measure.ratio(self.events, self.workflows):.1f}"),
             ("history events/s", f"{self.events_per_s:.1f}"),
             *self.cpu,
             ("sequential updates (trivial handler)", str(len(self.updates))),
-            ("updates/s", f"{ratio(len(self.updates), self.update_wall):.1f}"),
-            ("update round trip p50", ms(self.update_p50)),
-            ("update round trip p99", ms(self.update_p99)),
-            ("update round trip max", ms(max(self.updates, default=float("nan")))),
+            ("updates/s", f"{measure.ratio(len(self.updates), self.update_wall):.1f}"),
+            ("update round trip p50", report.ms(self.update_p50)),
+            ("update round trip p99", report.ms(self.update_p99)),
+            ("update round trip max", report.ms(max(self.updates, default=float("nan")))),
         ]
 
 
@@ -145,7 +130,7 @@ async def _hello_batch(
         handles.append(handle)
         await handle.result()
 
-    await bounded(limit, [lambda i=i: one(i) for i in range(n)])
+    await measure.bounded(limit, [lambda i=i: one(i) for i in range(n)])
     return handles
 
 
@@ -174,27 +159,33 @@ async def measure_floor(
         if warmup:
             await _hello_batch(stack, task_queue, f"{prefix}-warmup", warmup, concurrency)
             await _updates(stack, task_queue, f"{prefix}-echo-warmup", warmup)
-        cpu_before = cpu_snapshot(stack)
+        cpu_before = measure.cpu_snapshot(stack)
         t0 = time.perf_counter()
         handles = await _hello_batch(stack, task_queue, f"{prefix}-hello", workflows, concurrency)
         wall = time.perf_counter() - t0
-        cpu = cpu_rows(cpu_before, cpu_snapshot(stack), wall)
+        cpu = measure.cpu_rows(cpu_before, measure.cpu_snapshot(stack), wall)
         t0 = time.perf_counter()
         samples = await _updates(stack, task_queue, f"{prefix}-echo", updates)
         update_wall = time.perf_counter() - t0
-    events, phases = await history_breakdown(handles)
+    events, phases = await measure.history_breakdown(handles)
     return FloorResult(workflows, concurrency, wall, events, samples, update_wall, cpu, phases)
 
 
 async def main(workflows: int, updates: int, concurrency: int, warmup: int, keep: bool) -> int:
     async with private_stack(keep) as stack:
-        console.print(
+        report.console.print(
             f"floor: {workflows} hello workflows ({concurrency} in flight), "
             f"{updates} sequential updates, after {warmup} of each to warm up"
         )
         result = await measure_floor(stack, workflows, updates, concurrency, warmup)
-        console.print(figures_table("floor (dev server + SDK, trivial workflows)", result.rows()))
-        console.print(phases_table("floor tasks, server-side (history timestamps)", result.phases))
-        console.print(log_summary(stack))
-    print_ratio_line("floor update p99 / p50", ratio(result.update_p99, result.update_p50))
+        report.console.print(
+            report.figures_table("floor (dev server + SDK, trivial workflows)", result.rows())
+        )
+        report.console.print(
+            report.phases_table("floor tasks, server-side (history timestamps)", result.phases)
+        )
+        report.console.print(report.log_summary(stack))
+    report.print_ratio_line(
+        "floor update p99 / p50", measure.ratio(result.update_p99, result.update_p50)
+    )
     return 0

@@ -26,19 +26,10 @@ from pathlib import Path
 
 import psutil
 
+from bench import measure, report
 from bench.chaos import roster_of
 from bench.floor import EchoWorkflow
-from bench.stack import (
-    KAOHE,
-    BenchStack,
-    bounded,
-    console,
-    figures_table,
-    log_summary,
-    print_ratio_line,
-    private_stack,
-    ratio,
-)
+from bench.stack import KAOHE, BenchStack, private_stack
 from kaohe.starter import start_campaign
 from schemas.common import Stage
 from schemas.policy import DeadlinePolicy, DemoClock, Policy
@@ -107,7 +98,7 @@ async def floor_side(stack: BenchStack, n: int) -> dict[str, float]:
     try:
         with RssPeak(proc.pid) as rss:
             t0 = time.perf_counter()
-            await bounded(
+            await measure.bounded(
                 100,
                 [
                     lambda i=i: stack.client.start_workflow(
@@ -189,7 +180,7 @@ async def kaohe_side(stack: BenchStack, n: int, stall_after: float) -> dict[str,
 
 async def main(*, units: int, stall_after: float, keep: bool) -> int:
     async with private_stack(keep) as stack:
-        console.print(f"idle: {units} floor workflows, then a campaign of {units} units")
+        report.console.print(f"idle: {units} floor workflows, then a campaign of {units} units")
         floor = await floor_side(stack, units)
         kaohe = await kaohe_side(stack, units, stall_after)
         rows = [
@@ -202,13 +193,13 @@ async def main(*, units: int, stall_after: float, keep: bool) -> int:
             ("list the floor's running workflows", f"{floor['list']:.2f} s"),
             ("list the stalled units", f"{kaohe['list']:.2f} s"),
         ]
-        console.print(figures_table("idle: waiting workflows", rows))
-        console.print(log_summary(stack))
-    print_ratio_line(
-        "kaohe worker peak RSS / floor worker peak RSS", ratio(kaohe["peak"], floor["peak"])
+        report.console.print(report.figures_table("idle: waiting workflows", rows))
+        report.console.print(report.log_summary(stack))
+    report.print_ratio_line(
+        "kaohe worker peak RSS / floor worker peak RSS", measure.ratio(kaohe["peak"], floor["peak"])
     )
-    print_ratio_line("kaohe worker peak RSS / 1 GiB", kaohe["peak"] / GIB)
-    print_ratio_line(
-        "list stalled units / list floor workflows", ratio(kaohe["list"], floor["list"])
+    report.print_ratio_line("kaohe worker peak RSS / 1 GiB", kaohe["peak"] / GIB)
+    report.print_ratio_line(
+        "list stalled units / list floor workflows", measure.ratio(kaohe["list"], floor["list"])
     )
     return 0

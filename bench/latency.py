@@ -20,22 +20,9 @@ from typing import Any
 
 from temporalio.client import WorkflowHandle
 
+from bench import measure, report
 from bench.floor import EchoWorkflow, floor_worker
-from bench.stack import (
-    BENCH_POLICY,
-    BenchStack,
-    console,
-    figures_table,
-    history_breakdown,
-    log_summary,
-    ms,
-    percentile,
-    phases_table,
-    print_ratio_line,
-    private_stack,
-    ratio,
-    settle,
-)
+from bench.stack import BENCH_POLICY, BenchStack, private_stack
 from kaohe.ingest.ballot_io import token_source
 from kaohe.sim.simulate import GROUP, drive_unit, simulated_unit
 from schemas.common import Stage
@@ -84,7 +71,7 @@ async def _timed(call: Callable[[], Awaitable[Any]]) -> float:
     return time.perf_counter() - t0
 
 
-async def measure(
+async def measure_round_trips(
     stack: BenchStack, updates: int, warmup: int
 ) -> tuple[list[float], list[float], WorkflowHandle]:
     kaohe_queue, floor_queue = stack.task_queue("kaohe"), stack.task_queue("floor")
@@ -95,7 +82,7 @@ async def measure(
         )
         floor: list[float] = []
         talks: list[float] = []
-        await settle(stack)
+        await measure.settle(stack)
         for i in range(warmup + updates):
             f = await _timed(lambda i=i: echo.execute_update(EchoWorkflow.ping, i))
             t = await _timed(lambda i=i: unit.execute_update(UnitAssessment.record_talk, _talk(i)))
@@ -108,32 +95,37 @@ async def measure(
 
 async def main(*, updates: int, warmup: int, keep: bool) -> int:
     async with private_stack(keep) as stack:
-        console.print(
+        report.console.print(
             f"latency: {updates} record_talk updates to one unit and {updates} floor pings, "
             f"alternating, after {warmup} of each to warm up"
         )
-        floor, talks, unit = await measure(stack, updates, warmup)
-        _, phases = await history_breakdown([unit])
+        floor, talks, unit = await measure_round_trips(stack, updates, warmup)
+        _, phases = await measure.history_breakdown([unit])
         rows = [
             ("updates of each", str(updates)),
             ("floor ping p50 / p99 / max", _three(floor)),
             ("record_talk p50 / p99 / max", _three(talks)),
         ]
-        console.print(figures_table("update round trips (client execute_update)", rows))
-        console.print(phases_table("unit tasks, server-side (history timestamps)", phases))
-        console.print(log_summary(stack))
-    print_ratio_line(
+        report.console.print(
+            report.figures_table("update round trips (client execute_update)", rows)
+        )
+        report.console.print(
+            report.phases_table("unit tasks, server-side (history timestamps)", phases)
+        )
+        report.console.print(report.log_summary(stack))
+    report.print_ratio_line(
         "record_talk p50 / floor update p50",
-        ratio(percentile(talks, 50), percentile(floor, 50)),
+        measure.ratio(measure.percentile(talks, 50), measure.percentile(floor, 50)),
     )
-    print_ratio_line(
+    report.print_ratio_line(
         "record_talk p99 / floor update p99",
-        ratio(percentile(talks, 99), percentile(floor, 99)),
+        measure.ratio(measure.percentile(talks, 99), measure.percentile(floor, 99)),
     )
     return 0
 
 
 def _three(samples: list[float]) -> str:
     return " / ".join(
-        ms(x) for x in (percentile(samples, 50), percentile(samples, 99), max(samples))
+        report.ms(x)
+        for x in (measure.percentile(samples, 50), measure.percentile(samples, 99), max(samples))
     )

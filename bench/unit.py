@@ -15,25 +15,9 @@ from typing import Any
 from rich.table import Table
 from temporalio.client import Client, WorkflowHandle
 
+from bench import measure, report
 from bench.floor import FloorResult, measure_floor
-from bench.stack import (
-    BENCH_POLICY,
-    BenchStack,
-    Phase,
-    bounded,
-    console,
-    cpu_rows,
-    cpu_snapshot,
-    figures_table,
-    history_breakdown,
-    log_summary,
-    ms,
-    percentile,
-    phases_table,
-    print_ratio_line,
-    private_stack,
-    ratio,
-)
+from bench.stack import BENCH_POLICY, BenchStack, private_stack
 from kaohe.ingest.ballot_io import token_source
 from kaohe.sim.simulate import drive_unit, simulated_unit
 from schemas.common import Stage
@@ -92,7 +76,7 @@ class UnitResult:
     updates: dict[str, list[float]] = field(default_factory=dict)
     cpu: list[tuple[str, str]] = field(default_factory=list)
     # Server-side times from the histories, per activity type and for workflow tasks.
-    phases: dict[str, Phase] = field(default_factory=dict)
+    phases: dict[str, measure.Phase] = field(default_factory=dict)
 
     @property
     def all_updates(self) -> list[float]:
@@ -100,15 +84,15 @@ class UnitResult:
 
     @property
     def events_per_s(self) -> float:
-        return ratio(self.events, self.wall)
+        return measure.ratio(self.events, self.wall)
 
     @property
     def update_p50(self) -> float:
-        return percentile(self.all_updates, 50)
+        return measure.percentile(self.all_updates, 50)
 
     @property
     def update_p99(self) -> float:
-        return percentile(self.all_updates, 99)
+        return measure.percentile(self.all_updates, 99)
 
     def rows(self) -> list[tuple[str, str]]:
         n_updates = len(self.all_updates)
@@ -117,29 +101,31 @@ class UnitResult:
             ("cadres per unit / voters", f"{self.cadres} / {self.voters}"),
             ("units in flight at most", str(self.concurrency)),
             ("wall time", f"{self.wall:.2f} s"),
-            ("units/s", f"{ratio(self.units, self.wall):.2f}"),
+            ("units/s", f"{measure.ratio(self.units, self.wall):.2f}"),
             ("updates", str(n_updates)),
-            ("updates/s", f"{ratio(n_updates, self.wall):.1f}"),
+            ("updates/s", f"{measure.ratio(n_updates, self.wall):.1f}"),
             ("history events", str(self.events)),
-            ("events per unit", f"{ratio(self.events, self.units):.1f}"),
+            ("events per unit", f"{measure.ratio(self.events, self.units):.1f}"),
             ("unit events/s", f"{self.events_per_s:.1f}"),
             *self.cpu,
-            ("update round trip p50", ms(self.update_p50)),
-            ("update round trip p99", ms(self.update_p99)),
-            ("update round trip max", ms(max(self.all_updates, default=float("nan")))),
+            ("update round trip p50", report.ms(self.update_p50)),
+            ("update round trip p99", report.ms(self.update_p99)),
+            ("update round trip max", report.ms(max(self.all_updates, default=float("nan")))),
         ]
 
     def per_update_table(self) -> Table:
         table = Table(title="unit update round trips by update", title_justify="left")
         for column in ("update", "count", "p50", "p99", "max"):
             table.add_column(column, justify="left" if column == "update" else "right")
-        for name, samples in sorted(self.updates.items(), key=lambda kv: -percentile(kv[1], 50)):
+        for name, samples in sorted(
+            self.updates.items(), key=lambda kv: -measure.percentile(kv[1], 50)
+        ):
             table.add_row(
                 name,
                 str(len(samples)),
-                ms(percentile(samples, 50)),
-                ms(percentile(samples, 99)),
-                ms(max(samples)),
+                report.ms(measure.percentile(samples, 50)),
+                report.ms(measure.percentile(samples, 99)),
+                report.ms(max(samples)),
             )
         return table
 
@@ -189,7 +175,7 @@ async def _run_units(
         if result.stage != Stage.COMPLETED:
             raise RuntimeError(f"{handle.id} returned stage {result.stage.value}")
 
-    await bounded(concurrency, [lambda i=i: one(i) for i in range(n)])
+    await measure.bounded(concurrency, [lambda i=i: one(i) for i in range(n)])
     return handles
 
 
@@ -218,14 +204,14 @@ async def measure_units(
                 **options,
             )
         samples: dict[str, list[float]] = defaultdict(list)
-        cpu_before = cpu_snapshot(stack)
+        cpu_before = measure.cpu_snapshot(stack)
         t0 = time.perf_counter()
         handles = await _run_units(
             stack, task_queue, prefix, units, concurrency=concurrency, samples=samples, **options
         )
         wall = time.perf_counter() - t0
-        cpu = cpu_rows(cpu_before, cpu_snapshot(stack), wall)
-    events, phases = await history_breakdown(handles)
+        cpu = measure.cpu_rows(cpu_before, measure.cpu_snapshot(stack), wall)
+    events, phases = await measure.history_breakdown(handles)
     return UnitResult(units, concurrency, voters, cadres, wall, events, dict(samples), cpu, phases)
 
 
@@ -237,25 +223,25 @@ def comparison_table(floor: FloorResult, unit: UnitResult) -> Table:
         "history events/s",
         f"{floor.events_per_s:.1f}",
         f"{unit.events_per_s:.1f}",
-        f"{ratio(unit.events_per_s, floor.events_per_s):.2f}",
+        f"{measure.ratio(unit.events_per_s, floor.events_per_s):.2f}",
     )
     rows = [
         ("update round trip p50", floor.update_p50, unit.update_p50),
         ("update round trip p99", floor.update_p99, unit.update_p99),
     ]
     # Workflow tasks as the server saw them: how long the worker took, how long they waited.
-    floor_wft = floor.phases.get("workflow task", Phase())
-    unit_wft = unit.phases.get("workflow task", Phase())
+    floor_wft = floor.phases.get("workflow task", measure.Phase())
+    unit_wft = unit.phases.get("workflow task", measure.Phase())
     for what, p in (("running", 50), ("running", 99), ("queued", 50), ("queued", 99)):
         rows.append(
             (
                 f"workflow task {'run' if what == 'running' else what} p{p}",
-                percentile(getattr(floor_wft, what), p),
-                percentile(getattr(unit_wft, what), p),
+                measure.percentile(getattr(floor_wft, what), p),
+                measure.percentile(getattr(unit_wft, what), p),
             )
         )
     for label, f, u in rows:
-        table.add_row(label, ms(f), ms(u), f"{ratio(u, f):.2f}")
+        table.add_row(label, report.ms(f), report.ms(u), f"{measure.ratio(u, f):.2f}")
     return table
 
 
@@ -274,15 +260,17 @@ async def main(
     keep: bool,
 ) -> int:
     async with private_stack(keep) as stack:
-        console.print(
+        report.console.print(
             f"floor: {floor_workflows} hello workflows ({floor_concurrency} in flight), "
             f"{floor_updates} sequential updates"
         )
         floor = await measure_floor(
             stack, floor_workflows, floor_updates, floor_concurrency, floor_warmup
         )
-        console.print(figures_table("floor (dev server + SDK, trivial workflows)", floor.rows()))
-        console.print(
+        report.console.print(
+            report.figures_table("floor (dev server + SDK, trivial workflows)", floor.rows())
+        )
+        report.console.print(
             f"unit: {units} UnitAssessment workflows, {cadres} cadres and {voters} voters each, "
             f"{concurrency} in flight, after {warmup} to warm up"
         )
@@ -295,16 +283,26 @@ async def main(
             concurrency=concurrency,
             warmup=warmup,
         )
-        console.print(figures_table("unit (UnitAssessment, all six stages)", unit.rows()))
-        console.print(unit.per_update_table())
-        console.print(phases_table("unit tasks, server-side (history timestamps)", unit.phases))
-        console.print(log_summary(stack))
-        console.print(comparison_table(floor, unit))
-        console.print(
+        report.console.print(
+            report.figures_table("unit (UnitAssessment, all six stages)", unit.rows())
+        )
+        report.console.print(unit.per_update_table())
+        report.console.print(
+            report.phases_table("unit tasks, server-side (history timestamps)", unit.phases)
+        )
+        report.console.print(report.log_summary(stack))
+        report.console.print(comparison_table(floor, unit))
+        report.console.print(
             "[dim]note: floor updates are sequential on one idle workflow; unit updates run "
             f"{concurrency} units at once and each does PostgreSQL writes in activities.[/]"
         )
-    print_ratio_line("unit update p50 / floor update p50", ratio(unit.update_p50, floor.update_p50))
-    print_ratio_line("unit update p99 / floor update p99", ratio(unit.update_p99, floor.update_p99))
-    print_ratio_line("unit events/s / floor events/s", ratio(unit.events_per_s, floor.events_per_s))
+    report.print_ratio_line(
+        "unit update p50 / floor update p50", measure.ratio(unit.update_p50, floor.update_p50)
+    )
+    report.print_ratio_line(
+        "unit update p99 / floor update p99", measure.ratio(unit.update_p99, floor.update_p99)
+    )
+    report.print_ratio_line(
+        "unit events/s / floor events/s", measure.ratio(unit.events_per_s, floor.events_per_s)
+    )
     return 0
