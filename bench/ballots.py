@@ -28,7 +28,7 @@ from typing import Any
 
 from bench import measure, report
 from bench.floor import EchoWorkflow, floor_worker
-from bench.stack import BENCH_POLICY, BenchStack, private_stack
+from bench.stack import BenchStack, private_stack
 from domain.ballots import sheet_marks
 from kaohe.ingest.ballot_csv import write_ballot_csv
 from kaohe.ingest.ballot_io import import_ballots, issue_tokens, token_source
@@ -37,7 +37,6 @@ from schemas.common import Stage
 from schemas.messages import BallotSheet, RecordBallots
 from schemas.policy import Policy
 from schemas.roster import UnitSpec
-from schemas.workflow_io import UnitInput
 from workflows.unit import UnitAssessment
 
 SCRATCH = "bench_raw_marks"
@@ -54,18 +53,7 @@ async def unit_in_evaluation(
     stack: BenchStack, task_queue: str, campaign: str, unit: UnitSpec, sheets: int, seed: int
 ) -> tuple[str, list[BallotSheet]]:
     """Starts the unit, drives it to its evaluation, issues its tokens and fills `sheets`."""
-    handle = await stack.client.start_workflow(
-        UnitAssessment.run,
-        UnitInput(
-            campaign_id=campaign,
-            year=2026,
-            campaign_title="基准考核",
-            unit=unit,
-            policy=BENCH_POLICY,
-        ),
-        id=f"kaohe-{campaign}-{unit.unit_id}",
-        task_queue=task_queue,
-    )
+    handle = await stack.start_unit(task_queue, campaign, unit)
     await drive_unit(
         stack.client,
         handle.id,

@@ -22,29 +22,17 @@ from temporalio.client import WorkflowHandle
 
 from bench import measure, report
 from bench.floor import EchoWorkflow, floor_worker
-from bench.stack import BENCH_POLICY, BenchStack, private_stack
+from bench.stack import BenchStack, private_stack
 from kaohe.ingest.ballot_io import token_source
 from kaohe.sim.simulate import GROUP, drive_unit, simulated_unit
 from schemas.common import Stage
 from schemas.messages import RecordTalk
-from schemas.workflow_io import UnitInput
 from workflows.unit import UnitAssessment
 
 
 async def _unit_at_talks(stack: BenchStack, task_queue: str, planned: int) -> WorkflowHandle:
     unit = simulated_unit("u0001", 2, (2, 2, 3), planned_talks=planned)
-    handle = await stack.client.start_workflow(
-        UnitAssessment.run,
-        UnitInput(
-            campaign_id=f"latency-{stack.run_id}",
-            year=2026,
-            campaign_title="延迟基准",
-            unit=unit,
-            policy=BENCH_POLICY,
-        ),
-        id=f"kaohe-latency-{stack.run_id}-{unit.unit_id}",
-        task_queue=task_queue,
-    )
+    handle = await stack.start_unit(task_queue, f"latency-{stack.run_id}", unit, "延迟基准")
     status = await drive_unit(
         stack.client, handle.id, unit, tokens=token_source(stack.pool), stop_at=Stage.TALKS
     )

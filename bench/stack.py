@@ -21,7 +21,7 @@ from pathlib import Path
 
 import asyncpg
 import structlog
-from temporalio.client import Client
+from temporalio.client import Client, WorkflowHandle
 from temporalio.worker import Worker
 
 from activities.db import apply_migrations, create_pool
@@ -31,11 +31,17 @@ from activities.talk_cipher import TalkCipher
 from bench.report import console
 from kaohe.client import connect
 from kaohe.devstack.postgres import EmbeddedPostgres
+from kaohe.devstack.processes import stop_in_order
 from kaohe.devstack.stack import start_private_servers
 from kaohe.devstack.temporal import TemporalDevServer
 from kaohe.settings import Settings
 from schemas.policy import DemoClock, Policy
+from schemas.roster import UnitSpec
+from schemas.status import UnitStatus
+from schemas.workflow_io import UnitInput
 from worker import build_worker
+from workflows.campaign import unit_workflow_id
+from workflows.unit import UnitAssessment
 
 BENCH_KEY = TalkCipher(b"b" * 32, "bench-key")
 # `kaohe worker` as a process of its own (the benches that kill it or measure its memory).
@@ -90,6 +96,23 @@ class BenchStack:
             StorageActivities(self.pool, BENCH_KEY),
             NotifyActivities(self.pool),
             task_queue,
+        )
+
+    async def start_unit(
+        self, task_queue: str, campaign_id: str, unit: UnitSpec, title: str = "基准考核"
+    ) -> WorkflowHandle[UnitAssessment, UnitStatus]:
+        """A UnitAssessment of its own (no campaign workflow) under the bench policy."""
+        return await self.client.start_workflow(
+            UnitAssessment.run,
+            UnitInput(
+                campaign_id=campaign_id,
+                year=2026,
+                campaign_title=title,
+                unit=unit,
+                policy=BENCH_POLICY,
+            ),
+            id=unit_workflow_id(campaign_id, unit.unit_id),
+            task_queue=task_queue,
         )
 
 
@@ -151,11 +174,8 @@ async def private_stack(keep: bool = False) -> AsyncIterator[BenchStack]:
             await pool.close()
     finally:
         try:
-            if temporal is not None:
-                await temporal.stop()
+            await stop_in_order(temporal, postgres)
         finally:
-            if postgres is not None:
-                await postgres.stop()
             restore_logging()
             if keep:
                 console.print(f"[dim]kept the stack's data and logs in {root}[/]")

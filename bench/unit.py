@@ -17,13 +17,11 @@ from temporalio.client import Client, WorkflowHandle
 
 from bench import measure, report
 from bench.floor import FloorResult, measure_floor
-from bench.stack import BENCH_POLICY, BenchStack, private_stack
+from bench.stack import BenchStack, private_stack
 from kaohe.ingest.ballot_io import token_source
 from kaohe.sim.simulate import drive_unit, simulated_unit
 from schemas.common import Stage
 from schemas.roster import UnitSpec
-from schemas.workflow_io import UnitInput
-from workflows.unit import UnitAssessment
 
 
 class _TimedHandle:
@@ -148,18 +146,7 @@ async def _run_units(
 
     async def one(i: int) -> None:
         unit = bench_unit(f"u{i:04d}", cadres, voters)
-        handle = await stack.client.start_workflow(
-            UnitAssessment.run,
-            UnitInput(
-                campaign_id=prefix,
-                year=2026,
-                campaign_title="基准考核",
-                unit=unit,
-                policy=BENCH_POLICY,
-            ),
-            id=f"kaohe-{prefix}-{unit.unit_id}",
-            task_queue=task_queue,
-        )
+        handle = await stack.start_unit(task_queue, prefix, unit)
         handles.append(handle)
         status = await drive_unit(
             timed,  # type: ignore[arg-type]  # duck-typed: drive_unit only asks for handles
