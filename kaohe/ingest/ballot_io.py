@@ -293,10 +293,23 @@ def file_batch_id(path: Path) -> str:
         return "import-" + hashlib.file_digest(f, "sha256").hexdigest()[:16]
 
 
+@dataclass(frozen=True)
+class _BatchFile:
+    """The file being imported, and the batch it is stored as."""
+
+    batch_id: str
+    path: Path
+    reader: BallotCsvReader
+    on_bytes: Callable[[int], None] | None  # progress: bytes read
+
+
 @dataclass
 class _Stream:
-    """What the import learns while it streams the file into COPY."""
+    """One pass of the file into COPY: what it reads, and what it learns meanwhile."""
 
+    file: _BatchFile
+    workflow_id: str
+    usable: dict[bytes, str]  # token hash -> rater group
     labels: list[str] = field(default_factory=list)  # per sheet read
     lines: list[int] = field(default_factory=list)
     hashes: list[bytes] = field(default_factory=list)
@@ -306,114 +319,92 @@ class _Stream:
     rows: int = 0
     checksum: str = ""
 
+    def sheet_records(self) -> Iterator[list[tuple[str, str, int, str, str, str, str, str]]]:
+        """The mark rows for COPY, sheet by sheet as the file is read. After the first problem
+        nothing more is yielded, but the file is read to its end so every problem is found."""
+        reader, usable = self.file.reader, self.usable
+        workflow_id, batch_id = self.workflow_id, self.file.batch_id  # locals: used once per mark
+        digest = MarksDigest()
+        copying = True
+        for n, sheet in enumerate(reader.read(self.file.path, self.file.on_bytes)):
+            h = token_hash(sheet.token)
+            group = usable.get(h)
+            self.labels.append(sheet.label)
+            self.lines.append(sheet.line)
+            self.hashes.append(h)
+            self.groups.append(group or "")
+            if group is None:
+                self.unknown.append(n)
+                copying = False
+                continue
+            digest.add(sheet.rows)
+            self.ballots += sheet.ballots
+            self.rows += len(sheet.rows)
+            if copying and reader.problems:
+                copying = False
+            if copying:
+                # A sheet's rows at once: a list comprehension, not a generator step per row.
+                yield [
+                    (workflow_id, batch_id, n, group, r[2], r[3], r[4], r[5]) for r in sheet.rows
+                ]
+        self.checksum = digest.hexdigest()
 
-def _sheet_records(
-    reader: BallotCsvReader,
-    path: Path,
-    workflow_id: str,
-    batch_id: str,
-    usable: dict[bytes, str],
-    out: _Stream,
-    on_bytes: Callable[[int], None] | None,
-) -> Iterator[list[tuple[str, str, int, str, str, str, str, str]]]:
-    """The mark rows for COPY, sheet by sheet as the file is read. After the first problem
-    nothing more is yielded, but the file is read to its end so every problem is found."""
-    digest = MarksDigest()
-    copying = True
-    for n, sheet in enumerate(reader.read(path, on_bytes)):
-        h = token_hash(sheet.token)
-        group = usable.get(h)
-        out.labels.append(sheet.label)
-        out.lines.append(sheet.line)
-        out.hashes.append(h)
-        out.groups.append(group or "")
-        if group is None:
-            out.unknown.append(n)
-            copying = False
-            continue
-        digest.add(sheet.rows)
-        out.ballots += sheet.ballots
-        out.rows += len(sheet.rows)
-        if copying and reader.problems:
-            copying = False
-        if copying:
-            # A sheet's rows at once: a list comprehension, not a generator step per row.
-            yield [(workflow_id, batch_id, n, group, r[2], r[3], r[4], r[5]) for r in sheet.rows]
-    out.checksum = digest.hexdigest()
-
-
-def _standard_records(
-    reader: BallotCsvReader,
-    path: Path,
-    workflow_id: str,
-    batch_id: str,
-    usable: dict[bytes, str],
-    out: _Stream,
-    on_bytes: Callable[[int], None] | None,
-) -> Iterator[Iterator[tuple[Any, ...]]]:
-    """`_sheet_records` for a file in the standard layout (`read_standard`): each sheet's
-    rows zipped from its columns. A token that is not usable raises NotStandard, so that the
-    full read names the sheet's line."""
-    digest = MarksDigest()
-    size = len(reader.heads)
-    ballots = reader.sheet_ballots
-    layout = (reader.kinds, reader.targets, reader.items)
-    for n, sheet in enumerate(reader.read_standard(path, on_bytes)):
-        h = token_hash(sheet.token)
-        group = usable.get(h)
-        if group is None:
-            raise NotStandard
-        out.labels.append(sheet.label)
-        out.hashes.append(h)
-        out.groups.append(group)
-        digest.add_standard(reader.heads, sheet.options)
-        out.ballots += ballots
-        out.rows += size
-        # zip ends with the layout's columns.
-        yield zip(
-            repeat(workflow_id), repeat(batch_id), repeat(n), repeat(group), *layout, sheet.options
-        )
-    out.lines = [0] * len(out.labels)
-    out.checksum = digest.hexdigest()
+    def standard_records(self) -> Iterator[Iterator[tuple[Any, ...]]]:
+        """`sheet_records` for a file in the standard layout (`read_standard`): each sheet's
+        rows zipped from its columns. A token that is not usable raises NotStandard, so that
+        the full read names the sheet's line."""
+        reader, usable = self.file.reader, self.usable
+        digest = MarksDigest()
+        size = len(reader.heads)
+        ballots = reader.sheet_ballots
+        layout = (reader.kinds, reader.targets, reader.items)
+        for n, sheet in enumerate(reader.read_standard(self.file.path, self.file.on_bytes)):
+            h = token_hash(sheet.token)
+            group = usable.get(h)
+            if group is None:
+                raise NotStandard
+            self.labels.append(sheet.label)
+            self.hashes.append(h)
+            self.groups.append(group)
+            digest.add_standard(reader.heads, sheet.options)
+            self.ballots += ballots
+            self.rows += size
+            # zip ends with the layout's columns.
+            yield zip(
+                repeat(self.workflow_id),
+                repeat(self.file.batch_id),
+                repeat(n),
+                repeat(group),
+                *layout,
+                sheet.options,
+            )
+        self.lines = [0] * len(self.labels)
+        self.checksum = digest.hexdigest()
 
 
 async def _store_batch(
-    conn: asyncpg.Connection,
-    ref: UnitRef,
-    batch_id: str,
-    reader: BallotCsvReader,
-    path: Path,
-    on_bytes: Callable[[int], None] | None,
+    conn: asyncpg.Connection, ref: UnitRef, file: _BatchFile
 ) -> tuple[BallotBatchReceipt, int]:
     """The standard layout's column-wise read first, in a savepoint; a file it cannot vouch
     for (another layout, or any problem) is stored again with the full read, which gives
     every problem its line."""
-    if reader.fast_path:
+    if file.reader.fast_path:
         try:
             async with conn.transaction():  # a savepoint inside the caller's transaction
-                return await _stream_into_batch(
-                    conn, ref, batch_id, reader, path, on_bytes, standard=True
-                )
+                return await _stream_into_batch(conn, ref, file, standard=True)
         except (NotStandard, BallotImportError):
             pass
-    return await _stream_into_batch(conn, ref, batch_id, reader, path, on_bytes, standard=False)
+    return await _stream_into_batch(conn, ref, file, standard=False)
 
 
 async def _stream_into_batch(
-    conn: asyncpg.Connection,
-    ref: UnitRef,
-    batch_id: str,
-    reader: BallotCsvReader,
-    path: Path,
-    on_bytes: Callable[[int], None] | None,
-    *,
-    standard: bool,
+    conn: asyncpg.Connection, ref: UnitRef, file: _BatchFile, *, standard: bool
 ) -> tuple[BallotBatchReceipt, int]:
     """Inside the caller's transaction: the batch row, the marks COPYed while the file is
     read and checked (by `read_standard` if `standard`, else by `read`), the tokens used and
     the planned counts checked (as save_ballot_sheets does, with the same functions); raises
     BallotImportError (or NotStandard) and leaves nothing otherwise."""
-    wf = ref.workflow_id
+    wf, batch_id = ref.workflow_id, file.batch_id
     try:
         planned = await lock_rater_groups(conn, wf)
     except BallotRejected as err:
@@ -430,11 +421,10 @@ async def _stream_into_batch(
         raise BallotImportError(
             [Problem(0, f"batch_id: batch {batch_id!r} was stored meanwhile; import it again")]
         )
-    out = _Stream()
-    sheets = _standard_records if standard else _sheet_records
-    records = chain.from_iterable(sheets(reader, path, wf, batch_id, usable, out, on_bytes))
+    out = _Stream(file, wf, usable)
+    records = chain.from_iterable(out.standard_records() if standard else out.sheet_records())
     await conn.copy_records_to_table("ballot_marks", records=records, columns=MARK_COLUMNS)
-    problems = list(reader.problems)
+    problems = list(file.reader.problems)
     if out.unknown:
         found = await token_problems(conn, wf, out.hashes, set(usable))
         problems += locate(found, out.labels, out.lines)
@@ -476,15 +466,11 @@ async def _stream_into_batch(
 
 
 async def _stored_batch(
-    conn: asyncpg.Connection,
-    workflow_id: str,
-    batch_id: str,
-    reader: BallotCsvReader,
-    path: Path,
-    on_bytes: Callable[[int], None] | None,
+    conn: asyncpg.Connection, workflow_id: str, file: _BatchFile
 ) -> tuple[BallotBatchReceipt, int] | None:
     """A re-run: the batch's receipt and mark rows if it is stored and the file still gives
     its checksum; None if it is not stored."""
+    batch_id, reader = file.batch_id, file.reader
     row = await conn.fetchrow(
         "SELECT ballots, checksum FROM ballot_batches WHERE workflow_id = $1 AND batch_id = $2",
         workflow_id,
@@ -492,7 +478,9 @@ async def _stored_batch(
     )
     if row is None:
         return None
-    parsed = await asyncio.to_thread(parse_ballot_csv, path, reader.unit, reader.policy, on_bytes)
+    parsed = await asyncio.to_thread(
+        parse_ballot_csv, file.path, reader.unit, reader.policy, file.on_bytes
+    )
     if parsed.problems:
         raise BallotImportError(parsed.problems)
     if parsed.checksum != row["checksum"]:
@@ -541,12 +529,12 @@ async def import_ballots(
     phases.done("prepare")
 
     handle = client.get_workflow_handle(workflow_id)
-    on_bytes = phases.bar("read + copy", size)
+    file = _BatchFile(batch_id, path, reader, phases.bar("read + copy", size))
     async with _connection(db) as conn:
         ref = await _unit_ref(conn, workflow_id)
         if ref is None:
             raise BallotImportError([Problem(0, f"unit {workflow_id} is not registered")])
-        stored = await _stored_batch(conn, workflow_id, batch_id, reader, path, on_bytes)
+        stored = await _stored_batch(conn, workflow_id, file)
         if stored is not None:
             receipt, rows = stored
         else:
@@ -556,7 +544,7 @@ async def import_ballots(
                     [Problem(0, f"the unit is in stage {stage}; ballots are taken in evaluation")]
                 )
             async with conn.transaction():
-                receipt, rows = await _store_batch(conn, ref, batch_id, reader, path, on_bytes)
+                receipt, rows = await _store_batch(conn, ref, file)
     phases.done("store")
 
     key = f"import-{batch_id}"
