@@ -23,12 +23,11 @@ from rich.table import Table
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
-from kaohe.cli.common import console, err_console, fail, run
+from kaohe.cli.common import console, err_console, fail, on_database, run
 from kaohe.client import connect
 from kaohe.ingest.ballot_io import (
     BallotImportError,
     ImportResult,
-    IssuedTokens,
     TokensError,
     import_ballots,
     issue_tokens,
@@ -79,22 +78,17 @@ def tokens_issue(
     if path.exists():
         raise fail(f"{path} exists; tokens are written to a new file (choose another --out)")
     workflow_id = unit_workflow_id(campaign, unit)
-    settings = get_settings()
-
-    async def go() -> IssuedTokens:
-        conn = await asyncpg.connect(settings.effective_database_url)
-        try:
-            return await issue_tokens(
-                conn,
-                workflow_id,
-                reissue=reissue,
-                before_commit=lambda issued: write_tokens_csv(path, issued),
-            )
-        finally:
-            await conn.close()
-
+    issue = on_database(
+        get_settings(),
+        lambda conn: issue_tokens(
+            conn,
+            workflow_id,
+            reissue=reissue,
+            before_commit=lambda issued: write_tokens_csv(path, issued),
+        ),
+    )
     try:
-        issued = run(go())
+        issued = run(issue)
     except TokensError as err:
         raise fail(str(err)) from err
     table = Table(title=f"ballot tokens of {workflow_id}", title_justify="left")

@@ -12,10 +12,9 @@ from typing import Annotated
 import typer
 from pydantic import ValidationError
 from rich.table import Table
-from temporalio.client import WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
-from kaohe.cli.common import console, fail, parse_actor, run
+from kaohe.cli.common import console, fail, parse_actor, run, run_update
 from kaohe.client import connect
 from kaohe.settings import get_settings
 from schemas.calibration import CategoryCalibration, DecideCalibration
@@ -76,13 +75,7 @@ def _decide(campaign: str, unit: str, decision: str, reason: str, actor: str) ->
             AssessmentCampaign.decide_calibration, action, id=action.idempotency_key
         )
 
-    try:
-        result = run(go())
-    except WorkflowUpdateFailedError as err:
-        raise fail(f"decide_calibration rejected: {err.cause}") from err
-    except RPCError as err:
-        raise fail(str(err)) from err
-    console.print(result.message)
+    console.print(run_update(go(), "decide_calibration").message)
 
 
 @calibration_app.command("allow")

@@ -1,16 +1,21 @@
-"""What every `kaohe` command group shares: consoles, running a coroutine, failing."""
+"""What every `kaohe` command group shares: consoles, running a coroutine (on the database,
+or sending an update), failing."""
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any, TypeVar
 
+import asyncpg
 import typer
 from pydantic import ValidationError
 from rich.console import Console
+from temporalio.client import WorkflowUpdateFailedError
+from temporalio.service import RPCError
 
 from kaohe.client import ConnectionSettingsError
 from kaohe.serving import run_logged, until_sigterm
+from kaohe.settings import Settings
 from schemas.common import Actor
 from schemas.errors import format_validation_error
 
@@ -28,6 +33,35 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
         return run_logged(coro)
     except ConnectionSettingsError as err:
         raise fail(str(err)) from None
+
+
+def run_update(coro: Coroutine[Any, Any, T], name: str) -> T:
+    """`run` for a coroutine that sends the Workflow Update `name`: its rejection, or an error
+    from Temporal, ends the command with the message."""
+    try:
+        return run(coro)
+    except WorkflowUpdateFailedError as err:
+        raise fail(f"{name} rejected: {err.cause}") from err
+    except RPCError as err:
+        raise fail(str(err)) from err
+
+
+async def on_database(settings: Settings, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    """work(conn) on a connection of its own to kaohe's database, closed afterwards."""
+    conn = await asyncpg.connect(settings.effective_database_url)
+    try:
+        return await work(conn)
+    finally:
+        await conn.close()
+
+
+def run_on_database(settings: Settings, work: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    """`run(on_database(...))`; a database that cannot be reached, or fails, ends the command
+    with `database: ...`."""
+    try:
+        return run(on_database(settings, work))
+    except (OSError, asyncpg.PostgresError) as err:
+        raise fail(f"database: {err}") from err
 
 
 def serve(coro: Coroutine[Any, Any, None]) -> None:

@@ -5,16 +5,16 @@ from __future__ import annotations
 import asyncio
 import json
 import uuid
+from collections.abc import Awaitable, Callable
 from importlib import resources
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
-import asyncpg
 import typer
 from pydantic import TypeAdapter, ValidationError
 from rich.progress import Progress
 from rich.table import Table
-from temporalio.client import WorkflowUpdateFailedError
+from temporalio.client import WorkflowHandle
 from temporalio.service import RPCError
 
 from domain.actions import ACTIONS
@@ -22,7 +22,16 @@ from domain.calendar import SHANGHAI
 from kaohe.audit import verify_audit
 from kaohe.cli.ballots import ballots_app, tokens_app
 from kaohe.cli.calibration import calibration_app
-from kaohe.cli.common import console, err_console, fail, parse_actor, run, serve
+from kaohe.cli.common import (
+    console,
+    err_console,
+    fail,
+    parse_actor,
+    run,
+    run_on_database,
+    run_update,
+    serve,
+)
 from kaohe.cli.report import report
 from kaohe.cli.status import show_status, watch_status
 from kaohe.client import connect
@@ -35,7 +44,7 @@ from kaohe.ingest.roster_io import (
 )
 from kaohe.ingest.roster_tables import count_rows, write_roster_tables
 from kaohe.serving import exit_flushed
-from kaohe.settings import get_settings
+from kaohe.settings import Settings, get_settings
 from kaohe.starter import start_campaign
 from schemas import search_attributes as sa
 from schemas.common import Stage
@@ -44,6 +53,8 @@ from schemas.messages import ActionResult
 from schemas.policy import Policy
 from schemas.roster import Roster
 from workflows.campaign import campaign_workflow_id
+
+T = TypeVar("T")
 
 app = typer.Typer(
     help="kaohe: annual assessment (年度考核) workflows on Temporal.",
@@ -323,6 +334,13 @@ def _action_payload(name: str, body: str, actor: str | None) -> dict[str, Any]:
     return payload
 
 
+async def _to_unit(
+    settings: Settings, workflow_id: str, send: Callable[[WorkflowHandle[Any, Any]], Awaitable[T]]
+) -> T:
+    """send(handle of the unit's workflow), on a new connection to Temporal."""
+    return await send((await connect(settings)).get_workflow_handle(workflow_id))
+
+
 ActorOption = Annotated[
     str | None, typer.Option("--actor", help="ID:ROLE, used when the JSON has no actor.")
 ]
@@ -337,21 +355,14 @@ def update(
 ) -> None:
     """Send an action as a Workflow Update and print its result (or the rejection)."""
     payload = _action_payload(name, body, actor)
-    settings = get_settings()
-
-    async def go() -> ActionResult:
-        handle = (await connect(settings)).get_workflow_handle(workflow_id)
-        return await handle.execute_update(
+    send = _to_unit(
+        get_settings(),
+        workflow_id,
+        lambda handle: handle.execute_update(
             name, payload, result_type=ActionResult, id=payload["idempotency_key"]
-        )
-
-    try:
-        result = run(go())
-    except WorkflowUpdateFailedError as err:
-        raise fail(f"{name} rejected: {err.cause}") from err
-    except RPCError as err:
-        raise fail(str(err)) from err
-    console.print_json(result.model_dump_json())
+        ),
+    )
+    console.print_json(run_update(send, name).model_dump_json())
 
 
 @app.command()
@@ -363,12 +374,7 @@ def signal(
 ) -> None:
     """Send an action as a Signal (fire and forget; rejections show in `status`)."""
     payload = _action_payload(name, body, actor)
-    settings = get_settings()
-
-    async def go() -> None:
-        await (await connect(settings)).get_workflow_handle(workflow_id).signal(name, payload)
-
-    run(go())
+    run(_to_unit(get_settings(), workflow_id, lambda handle: handle.signal(name, payload)))
     console.print(f"signal {name} sent (idempotency_key {payload['idempotency_key']})")
 
 
@@ -478,19 +484,7 @@ def audit_verify(
     campaign: Annotated[str | None, typer.Option("--campaign", help="Only this campaign.")] = None,
 ) -> None:
     """Recompute every unit's audit hash chain; exit 1 naming each edited or deleted row."""
-    settings = get_settings()
-
-    async def go() -> tuple[int, list[str]]:
-        conn = await asyncpg.connect(settings.effective_database_url)
-        try:
-            return await verify_audit(conn, campaign)
-        finally:
-            await conn.close()
-
-    try:
-        checked, problems = run(go())
-    except (OSError, asyncpg.PostgresError) as err:
-        raise fail(f"database: {err}") from err
+    checked, problems = run_on_database(get_settings(), lambda conn: verify_audit(conn, campaign))
     for problem in problems:
         err_console.print(f"[red]tampered:[/] {problem}")
     if problems:

@@ -13,11 +13,10 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
-import asyncpg
 import typer
 from rich.table import Table
 
-from kaohe.cli.common import console, fail, run
+from kaohe.cli.common import console, fail, run_on_database
 from kaohe.reports.report import SHEETS, CampaignReport, ReportError, build_report, write_xlsx
 from kaohe.settings import get_settings
 
@@ -75,21 +74,10 @@ def report(
     Ballot figures are unweighted counts of the overall ballots.
     Talk content and ballot tokens are never included."""
     targets = _targets(campaign, fmt, out)
-    settings = get_settings()
-
-    async def go() -> CampaignReport:
-        conn = await asyncpg.connect(settings.effective_database_url)
-        try:
-            return await build_report(conn, campaign)
-        finally:
-            await conn.close()
-
     try:
-        result = run(go())
+        result = run_on_database(get_settings(), lambda conn: build_report(conn, campaign))
     except ReportError as err:
         raise fail(str(err)) from err
-    except (OSError, asyncpg.PostgresError) as err:
-        raise fail(f"database: {err}") from err
     _print_summary(result)
     for kind, path in targets:
         try:
