@@ -12,13 +12,14 @@ tests/histories/<VERSION>_<path>.json. A change that breaks replay of the record
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import random
 import tempfile
 import uuid
 from pathlib import Path
 
-from temporalio.client import Client, WorkflowHandle, WorkflowHistory
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle, WorkflowHistory
 
 from kaohe.sim.simulate import (
     APPROVER,
@@ -63,6 +64,17 @@ async def wait_for_stage(handle: WorkflowHandle, stage: Stage, seconds: float = 
 # recorded under the next version beside them; files are removed with the patch they need.
 #   v12: recorded afresh once every patch up to 0.1.0 was retired (no patch markers)
 VERSION = "v12"
+
+
+def continued_while_waiting(history: WorkflowHistory) -> bool:
+    """The run continued as new after its units' progress, not right after starting them."""
+    kinds = [e.WhichOneof("attributes") for e in history.events]
+    last = {k: i for i, k in enumerate(kinds)}
+    started = last.get("start_child_workflow_execution_initiated_event_attributes", -1)
+    signaled = last.get("workflow_execution_signaled_event_attributes", -1)
+    return kinds[-1] == "workflow_execution_continued_as_new_event_attributes" and (
+        signaled > started
+    )
 
 
 async def record_paths(
@@ -305,6 +317,40 @@ async def record_paths(
     await wait_for_status(handle, lambda s: bool(s.rejected_signals), 30)
     out["ballot_signal_rejected"] = await handle.fetch_history()
     await handle.terminate("recorded")
+
+    # 7. A unit cancelled in report-back: it records the cancelled stage, then ends.
+    unit = sample_unit(f"cancel-{tag}", cadres=1)
+    handle = await start_unit(client, task_queue, unit, campaign_id="replay")
+    await drive_unit(client, handle.id, unit, stop_at=Stage.REPORT_BACK, tokens=tokens)
+    await handle.cancel()
+    with contextlib.suppress(WorkflowFailureError):
+        await handle.result()
+    out["cancelled_path"] = await handle.fetch_history()
+
+    # 8. A campaign that continues as new while it waits on its units' progress (a history
+    # limit of 20 events, reached by their signals).
+    roster = Roster(
+        campaign_id=f"waiting-{tag}",
+        year=2026,
+        title="等待续跑",
+        units=[sample_unit(f"w{n}-{tag}", cadres=1) for n in range(2)],
+    )
+    wf_id, _ = await start_campaign(client, roster, task_queue, TEST_POLICY, history_limit=20)
+    for u in roster.units:
+        unit_id = unit_workflow_id(roster.campaign_id, u.unit_id)
+        await wait_started(client, unit_id)
+        await drive_unit(client, unit_id, u, stop_at=Stage.TALKS, tokens=tokens)
+    # The run that continued as new while waiting: a unit's signal came after its last
+    # start. Walk the chain of runs back from the latest (visibility may lag behind).
+    run_id: str | None = (await client.get_workflow_handle(wf_id).describe()).run_id
+    while run_id:
+        history = await client.get_workflow_handle(wf_id, run_id=run_id).fetch_history()
+        started = history.events[0].workflow_execution_started_event_attributes
+        run_id = started.continued_execution_run_id
+        if continued_while_waiting(history):
+            out["waiting_campaign"] = history
+            break
+    await client.get_workflow_handle(wf_id).terminate("recorded")
     return out
 
 

@@ -13,7 +13,7 @@ from temporalio.worker import Replayer
 from kaohe.client import data_converter
 from kaohe.sim.simulate import TokenSource
 from tests.conftest import Stack
-from tests.record_histories import HISTORIES, VERSION, record_paths
+from tests.record_histories import HISTORIES, VERSION, continued_while_waiting, record_paths
 from worker import WORKFLOWS, sandbox_runner
 
 RECORDED = sorted(HISTORIES.glob("*.json"))
@@ -34,8 +34,10 @@ PATHS = {
     "deadline_path",
     "calibrated_unit",
     "ballot_signal_rejected",
+    "cancelled_path",
     "campaign",
     "stored_campaign",
+    "waiting_campaign",
 }
 
 
@@ -86,6 +88,11 @@ def test_the_paths_took_their_turns() -> None:
     # The stored-roster campaign continued as new between two chunks of starts.
     stored = load(HISTORIES / f"{VERSION}_stored_campaign.json")
     assert stored.events[-1].HasField("workflow_execution_continued_as_new_event_attributes")
+    # The waiting campaign continued as new after all its units had started.
+    assert continued_while_waiting(load(HISTORIES / f"{VERSION}_waiting_campaign.json"))
+    # The cancelled unit ended cancelled.
+    cancelled = load(HISTORIES / f"{VERSION}_cancelled_path.json")
+    assert cancelled.events[-1].HasField("workflow_execution_canceled_event_attributes")
     # The reused token's batch came by signal and was rejected; the unit went on.
     rejected = load(HISTORIES / f"{VERSION}_ballot_signal_rejected.json")
     assert not any(
