@@ -71,9 +71,14 @@ class UnitRow(BaseModel):
     @property
     def good_or_better_share(self) -> float | None:
         """(好 + 较好) / team ballots, unweighted; None without ballots."""
-        if not self.team_ballots:
-            return None
-        return (self.team_counts.get("好", 0) + self.team_counts.get("较好", 0)) / self.team_ballots
+        return _share(self.team_counts, self.team_ballots, "好", "较好")
+
+
+def _share(counts: dict[str, int], ballots: int, *options: str) -> float | None:
+    """The options' ballots / all ballots; None without ballots."""
+    if not ballots:
+        return None
+    return sum(counts.get(option, 0) for option in options) / ballots
 
 
 class CadreRow(BaseModel):
@@ -91,9 +96,7 @@ class CadreRow(BaseModel):
     @property
     def competent_or_better_share(self) -> float | None:
         """(优秀 + 称职) / ballots, unweighted; None without ballots."""
-        if not self.ballots:
-            return None
-        return (self.counts.get("优秀", 0) + self.counts.get("称职", 0)) / self.ballots
+        return _share(self.counts, self.ballots, "优秀", "称职")
 
 
 class FollowUpRow(BaseModel):
