@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 from fractions import Fraction
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BeforeValidator, Field, PlainSerializer, WithJsonSchema, model_validator
 
@@ -278,6 +278,13 @@ class DemoClock(Model):
     )
 
 
+_OLD_DEMO_KNOBS = (
+    ("grading", "publicity_seconds"),
+    ("deadlines", "working_day_seconds"),
+    ("result_use", "review_answer_seconds"),
+)
+
+
 class Policy(Model):
     version: ShortText = "default"
     year: int | None = Field(default=None, ge=2000, le=2100)
@@ -302,6 +309,27 @@ class Policy(Model):
         ],
         description="Default rater groups of a unit whose roster entry names none.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _demo_knobs_of_old(cls, data: Any) -> Any:
+        """Policies written before the demo clock named its knobs in grading, deadlines and
+        result_use: they are read into demo_clock (deprecated; the schema shows only
+        demo_clock), so such a file keeps working."""
+        if not isinstance(data, dict):
+            return data
+        moved: dict[str, Any] = {}
+        data = dict(data)
+        for section, knob in _OLD_DEMO_KNOBS:
+            part = data.get(section)
+            if isinstance(part, dict) and knob in part:
+                part = dict(part)
+                moved[knob] = part.pop(knob)
+                data[section] = part
+        if moved:
+            clock = data.get("demo_clock") or {}
+            data["demo_clock"] = {**moved, **clock} if isinstance(clock, dict) else clock
+        return data
 
     @property
     def demo(self) -> DemoClock:

@@ -199,3 +199,24 @@ async def test_a_campaign_sets_its_own_stage_deadlines(
     assert ack.returncode == 0, ack.stderr
     status = await handle.query(UnitAssessment.status)
     assert status.stage == Stage.REPORT_BACK and status.deadline is None  # none for this one
+
+
+def test_a_policy_file_with_the_old_demo_knobs_still_loads(tmp_path: Path) -> None:
+    """Before the demo clock, its seconds sat in grading, deadlines and result_use."""
+    from kaohe.ingest.roster_io import load_policy
+
+    path = tmp_path / "policy.yaml"
+    path.write_text(
+        "year: 2026\n"
+        "grading: {publicity_seconds: 3}\n"
+        "deadlines: {working_day_seconds: 1}\n"
+        "result_use: {review_answer_seconds: 2}\n",
+        encoding="utf-8",
+    )
+    policy = load_policy(path, 2026)
+    assert policy.demo.model_dump() == {
+        "working_day_seconds": 1,
+        "publicity_seconds": 3,
+        "review_answer_seconds": 2,
+    }
+    assert "publicity_seconds" not in policy.grading.model_dump()
