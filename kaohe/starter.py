@@ -12,6 +12,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from activities.rosters import store_roster
+from kaohe.access.bindings import grant_many, roster_bindings
 from kaohe.ingest.roster_io import load_policy
 from schemas.policy import Policy
 from schemas.roster import Roster
@@ -41,7 +42,8 @@ async def start_campaign(
     max_concurrent_starts: int | None = None,
     history_limit: int | None = CAMPAIGN_HISTORY_LIMIT,
 ) -> tuple[str, bool]:
-    """Starts the campaign workflow; (workflow id, False) if it already exists."""
+    """Starts the campaign workflow; (workflow id, False) if it already exists. With a
+    database, the roster's people get their role bindings (granting again changes nothing)."""
     workflow_id = campaign_workflow_id(roster.campaign_id)
     policy = policy or load_policy(None, roster.year)
     # Built (and so validated) once, with either the roster or where it is stored.
@@ -57,10 +59,13 @@ async def start_campaign(
             "input takes: it is stored in PostgreSQL first, so give the database "
             "(KAOHE_DATABASE_URL)"
         )
-    else:
+    if database_url is not None:
         conn = await asyncpg.connect(database_url)
         try:
-            options["stored_roster"] = await store_roster(conn, roster)
+            if "roster" not in options:
+                options["stored_roster"] = await store_roster(conn, roster)
+            # Who the roster names as department, group, approver, contact and cadres.
+            await grant_many(conn, roster_bindings(roster), f"roster:{roster.campaign_id}")
         finally:
             await conn.close()
     try:

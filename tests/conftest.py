@@ -32,6 +32,8 @@ from worker import build_worker
 os.environ.setdefault("KAOHE_CODEC_PORT", str(free_port()))
 # Nor a metrics endpoint on the default port: workers in tests serve none unless a test asks.
 os.environ.setdefault("KAOHE_METRICS_PORT", "0")
+# Nor the dev issuer's JWKS endpoint: a test that wants it gives a port.
+os.environ.setdefault("KAOHE_ISSUER_PORT", "0")
 
 
 @dataclass

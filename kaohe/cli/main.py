@@ -20,6 +20,7 @@ from temporalio.service import RPCError
 from domain.actions import ACTIONS
 from domain.calendar import SHANGHAI
 from kaohe.audit import verify_audit
+from kaohe.cli.access import access_app, token_app
 from kaohe.cli.ballots import ballots_app, tokens_app
 from kaohe.cli.calibration import calibration_app
 from kaohe.cli.common import (
@@ -66,6 +67,8 @@ app.add_typer(schema_app, name="schema")
 app.add_typer(tokens_app, name="tokens")
 app.add_typer(ballots_app, name="ballots")
 app.add_typer(calibration_app, name="calibration")
+app.add_typer(access_app, name="access")
+app.add_typer(token_app, name="token")
 audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 roster_app = typer.Typer(

@@ -1,0 +1,138 @@
+"""`kaohe access ...` and `kaohe token mint`: role bindings, systems' API keys, and tokens of
+the dev stack's own issuer. kaohe/cli/main.py mounts them.
+
+The CLI reaches PostgreSQL with the operator's own database credentials; every change is in
+the access log under `cli:<os user>`."""
+
+from __future__ import annotations
+
+import getpass
+from typing import Annotated
+
+import asyncpg
+import typer
+from rich.table import Table
+
+from kaohe.access import api_keys
+from kaohe.access.bindings import ALL_UNITS, Binding, grant, list_bindings, revoke
+from kaohe.access.issuer import DevIssuer
+from kaohe.cli.common import console, fail, run_on_database
+from kaohe.settings import get_settings
+from schemas.common import Role
+
+access_app = typer.Typer(
+    help="Who may act on a campaign and its units (role bindings) and systems' API keys.",
+    no_args_is_help=True,
+)
+key_app = typer.Typer(help="API keys of integrating systems.", no_args_is_help=True)
+access_app.add_typer(key_app, name="key")
+token_app = typer.Typer(help="Bearer tokens of the dev stack's own issuer.", no_args_is_help=True)
+
+Campaign = Annotated[str, typer.Option("--campaign", help="Campaign id.")]
+Unit = Annotated[str, typer.Option("--unit", help="Unit id; left out: every unit.")]
+Cadre = Annotated[str, typer.Option("--cadre", help="Role cadre: the cadre id this person is.")]
+
+
+def _operator() -> str:
+    return f"cli:{getpass.getuser()}"
+
+
+def _binding(principal: str, role: Role, campaign: str, unit: str, cadre: str) -> Binding:
+    return Binding(campaign, principal, role, unit, cadre)
+
+
+@access_app.command("grant")
+def grant_cmd(
+    principal: str,
+    role: Role,
+    campaign: Campaign,
+    unit: Unit = ALL_UNITS,
+    cadre: Cadre = "",
+) -> None:
+    """Give PRINCIPAL (a token subject or a system id) ROLE on a campaign, or on one unit."""
+    b = _binding(principal, role, campaign, unit, cadre)
+
+    async def go(conn: asyncpg.Connection) -> bool:
+        return await grant(conn, b, _operator())
+
+    try:
+        new = run_on_database(get_settings(), go)
+    except ValueError as err:
+        raise fail(str(err)) from err
+    console.print(f"{principal}: {b.where()}" + ("" if new else " (already)"))
+
+
+@access_app.command("revoke")
+def revoke_cmd(
+    principal: str,
+    role: Role,
+    campaign: Campaign,
+    unit: Unit = ALL_UNITS,
+    cadre: Cadre = "",
+) -> None:
+    """Take a binding back."""
+    b = _binding(principal, role, campaign, unit, cadre)
+
+    async def go(conn: asyncpg.Connection) -> bool:
+        return await revoke(conn, b, _operator())
+
+    if not run_on_database(get_settings(), go):
+        raise fail(f"{principal} is not {b.where()}")
+    console.print(f"{principal}: no longer {b.where()}")
+
+
+@access_app.command("list")
+def list_cmd(
+    campaign: Annotated[str | None, typer.Option("--campaign")] = None,
+    unit: Annotated[str | None, typer.Option("--unit")] = None,
+    principal: Annotated[str | None, typer.Option("--principal")] = None,
+) -> None:
+    """The bindings, by campaign, unit and role."""
+
+    async def go(conn: asyncpg.Connection) -> list[Binding]:
+        return await list_bindings(conn, campaign, unit, principal)
+
+    table = Table("campaign", "unit", "role", "principal", "cadre")
+    for b in run_on_database(get_settings(), go):
+        table.add_row(
+            b.campaign_id, b.unit_id or "(every unit)", b.role.value, b.principal, b.cadre_id
+        )
+    console.print(table)
+
+
+@key_app.command("create")
+def key_create(system: str) -> None:
+    """A new API key for SYSTEM, printed once (only its hash is kept)."""
+
+    async def go(conn: asyncpg.Connection) -> str:
+        return await api_keys.create_key(conn, system, _operator())
+
+    print(run_on_database(get_settings(), go))
+
+
+@key_app.command("revoke")
+def key_revoke(key_id: str) -> None:
+    """Revoke the key whose id is KEY_ID (the part after kh_)."""
+
+    async def go(conn: asyncpg.Connection) -> bool:
+        return await api_keys.revoke_key(conn, key_id, _operator())
+
+    if not run_on_database(get_settings(), go):
+        raise fail(f"no live API key {key_id!r}")
+    console.print(f"API key {key_id} revoked")
+
+
+@token_app.command("mint")
+def mint(
+    subject: str,
+    ttl: Annotated[int, typer.Option("--ttl", min=60, max=86_400, help="Seconds.")] = 3600,
+    name: Annotated[str | None, typer.Option("--name", help="The person's name.")] = None,
+) -> None:
+    """A bearer token for SUBJECT from the dev stack's issuer (what it may do comes from its
+    bindings: `kaohe access grant`)."""
+    settings = get_settings()
+    try:
+        issuer = DevIssuer.in_dir(settings.data_dir)
+    except FileNotFoundError as err:
+        raise fail(str(err)) from err
+    print(issuer.mint(subject, ttl=ttl, name=name, audience=settings.oidc_audience))
