@@ -6,8 +6,9 @@ Run it with `kaohe worker` (or `python worker.py`); `kaohe dev` runs one for you
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import asyncpg
 import structlog
@@ -15,6 +16,7 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
+from activities.audit_log import write_refusal
 from activities.ballots import BallotActivities
 from activities.channels import Channels
 from activities.db import create_pool
@@ -23,6 +25,7 @@ from activities.rosters import RosterActivities
 from activities.storage import StorageActivities
 from activities.talk_cipher import TalkCipher
 from kaohe.client import connect
+from kaohe.interceptors import Assertions
 from kaohe.metrics import metrics_runtime, serving_metrics
 from kaohe.settings import Settings
 from kaohe.tracing import flush_traces
@@ -99,6 +102,25 @@ def activities_of(
     ]
 
 
+def refusal_recorder(pool: asyncpg.Pool) -> Callable[[dict[str, Any]], None]:
+    """Called from a workflow's thread when it refuses a message: the audit row is written on
+    the worker's own event loop, outside the sandbox, without holding the workflow up."""
+    loop = asyncio.get_running_loop()
+
+    def record(refusal: dict[str, Any]) -> None:
+        refusal = {**refusal, "id": uuid.uuid4().hex}
+
+        async def write() -> None:
+            try:
+                await write_refusal(pool, refusal)
+            except Exception:
+                log.exception("could not record a refused message", **refusal)
+
+        loop.call_soon_threadsafe(lambda: loop.create_task(write()))
+
+    return record
+
+
 def build_worker(
     client: Client,
     storage: StorageActivities,
@@ -118,6 +140,14 @@ def build_worker(
             value = getattr(settings, f"worker_{name}")
             if value is not None:
                 tuning[name] = value
+    checks = [i for i in client.config()["interceptors"] if isinstance(i, Assertions)]
+    if not checks:
+        # Fail closed: a worker that cannot check assertions would take anyone's message.
+        raise RuntimeError(
+            "no assertion keys: set KAOHE_ASSERTION_KEYS (or run `kaohe dev`, which makes "
+            "the key file in the data dir)"
+        )
+    checks[0].on_refused = refusal_recorder(storage.pool)
     return Worker(
         client,
         task_queue=task_queue,

@@ -73,3 +73,26 @@ async def recorded(
         yield conn
         await write_audit(conn, ref, entry.event_key, entry.kind, entry.actor, entry.detail)
     log_event(ref, event, **fields)
+
+
+async def write_refusal(pool: asyncpg.Pool, refusal: dict[str, Any]) -> None:
+    """The audit row of a message a workflow refused for want of a valid assertion: who it
+    claimed to be (unauthenticated, so in the detail, never as the row's actor) and why."""
+    attributes = refusal.get("attributes") or {}
+    detail = {
+        "message": refusal["message"],
+        "reason": refusal["reason"],
+        "claimed_actor": refusal.get("claimed_actor"),
+    }
+    async with pool.acquire() as conn:
+        await conn.execute(
+            """INSERT INTO audit_log (workflow_id, campaign_id, unit_id, event_key, kind, stage,
+                                      detail)
+               VALUES ($1, $2, $3, $4, 'message_refused', $5, $6::jsonb)""",
+            refusal["workflow_id"],
+            str(attributes.get("KaoheCampaign", "")),
+            str(attributes.get("KaoheUnit", "")),
+            f"refused:{refusal['id']}",
+            str(attributes.get("KaoheStage", "")),
+            json.dumps(detail, ensure_ascii=False, default=str),
+        )

@@ -4,7 +4,9 @@ encryption, kaohe/codec/payloads.py, unless turned off), configured target."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
+from typing import Any
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -12,7 +14,9 @@ from temporalio.converter import DataConverter
 from temporalio.runtime import Runtime
 from temporalio.service import TLSConfig
 
+from kaohe.assertions import Keyring
 from kaohe.codec.payloads import codec_from_settings
+from kaohe.interceptors import Assertions
 from kaohe.settings import Settings
 from kaohe.tracing import tracing_interceptors
 
@@ -77,15 +81,42 @@ def api_key(settings: Settings) -> str | None:
     return None
 
 
+def assertion_keyring(settings: Settings, create: bool = False) -> Keyring | None:
+    """The workers' assertion keys: the setting, else the dev stack's key file (made only by
+    `kaohe dev`, with `create`); None when there are none."""
+    if settings.assertion_keys is not None:
+        try:
+            return Keyring.parse(settings.assertion_keys.get_secret_value())
+        except ValueError as err:
+            raise ConnectionSettingsError(f"KAOHE_{err}") from None
+    path = settings.data_dir / "assertion.keys"
+    if path.exists():
+        return Keyring.parse(path.read_text())
+    if not create:
+        return None
+    keyring = Keyring.generate()
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(keyring.text())
+    return keyring
+
+
 async def connect(settings: Settings, runtime: Runtime | None = None) -> Client:
     """A client on the settings' cluster; `runtime` carries the worker's metrics exporter.
-    With KAOHE_OTEL_TRACING its calls (and a worker built on it) are traced."""
+    With KAOHE_OTEL_TRACING its calls (and a worker built on it) are traced; with assertion
+    keys it signs its updates and signals, and a worker built on it checks theirs."""
+    converter = data_converter(settings)
+    interceptors: list[Any] = tracing_interceptors(settings)
+    keyring = assertion_keyring(settings)
+    if keyring is not None:
+        interceptors.append(Assertions(keyring, converter.payload_converter))
     return await Client.connect(
         settings.temporal_address,
         namespace=settings.temporal_namespace,
-        data_converter=data_converter(settings),
+        data_converter=converter,
         tls=tls_config(settings),
         api_key=api_key(settings),
-        interceptors=tracing_interceptors(settings),
+        interceptors=interceptors,
         runtime=runtime,
     )

@@ -68,14 +68,23 @@ class Settings(BaseSettings):
     # Further browser origins allowed by CORS (e.g. a deployed UI), besides the dev UI's.
     codec_cors_origins: list[str] = Field(default_factory=list)
 
+    # Assertions (kaohe/assertions.py): the keyring "id:base64,..." (the first signs, all
+    # verify) with which kaohe's API and tools sign every update and signal and the workers
+    # check them; unset means the key file assertion.keys in data_dir, which only `kaohe dev`
+    # creates. A worker refuses to start without keys.
+    assertion_keys: SecretStr | None = None
+
+    # kaohe's API (kaohe/api): what people and integrating systems talk to.
+    api_host: str = "127.0.0.1"
+    api_port: int = Field(default=8236, ge=0, le=65535)
+
     # Who acts: people's bearer tokens come from this OIDC issuer (its JWKS at oidc_jwks_url)
-    # for this audience; unset oidc_jwks_url means the dev stack's own issuer (`kaohe dev`
-    # serves its JWKS on issuer_port, `kaohe token mint` makes tokens).
+    # for this audience; unset oidc_jwks_url means the dev stack's own issuer (made by
+    # `kaohe dev`, its JWKS served by the API; `kaohe token mint` makes tokens).
     oidc_issuer: str = "kaohe-dev"
     oidc_audience: str = "kaohe"
     oidc_jwks_url: str | None = None
     oidc_principal_claim: str = "sub"
-    issuer_port: int = Field(default=8235, ge=0, le=65535)
 
     # Notification channels (activities/notify.py). Webhooks are signed with HMAC-SHA256 of
     # "timestamp.body" under this secret; a webhook contact without it is dead-lettered.

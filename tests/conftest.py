@@ -3,20 +3,27 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import asyncpg
+import jwt
 import pytest
+import uvicorn
 from temporalio.client import Client
 
 from activities.db import apply_migrations, create_pool
 from activities.notify import NotifyActivities
 from activities.storage import StorageActivities
+from kaohe.access.identity import TokenVerifier
+from kaohe.access.issuer import DevIssuer
+from kaohe.api.app import Api, create_app
 from kaohe.client import connect
 from kaohe.devstack.postgres import EmbeddedPostgres
 from kaohe.devstack.stack import start_private_servers
@@ -25,15 +32,15 @@ from kaohe.ingest.ballot_io import token_source
 from kaohe.listening import free_port
 from kaohe.settings import Settings
 from kaohe.sim.simulate import TokenSource
-from tests.helpers import TEST_KEY, TEST_KEY_B64
+from tests.helpers import TEST_ASSERTION_KEYS, TEST_KEY, TEST_KEY_B64
 from worker import build_worker
 
 # run_dev() in tests starts a codec server: never on the port of a `make run` on this machine.
 os.environ.setdefault("KAOHE_CODEC_PORT", str(free_port()))
 # Nor a metrics endpoint on the default port: workers in tests serve none unless a test asks.
 os.environ.setdefault("KAOHE_METRICS_PORT", "0")
-# Nor the dev issuer's JWKS endpoint: a test that wants it gives a port.
-os.environ.setdefault("KAOHE_ISSUER_PORT", "0")
+# Nor kaohe's API on its default port.
+os.environ.setdefault("KAOHE_API_PORT", str(free_port()))
 
 
 @dataclass
@@ -54,6 +61,7 @@ class Stack:
             "KAOHE_DATA_DIR": str(self.data_dir),
             "KAOHE_LOG_FORMAT": "json",
             "KAOHE_TALK_KEY": TEST_KEY_B64,
+            "KAOHE_ASSERTION_KEYS": TEST_ASSERTION_KEYS,
         }
 
 
@@ -67,6 +75,7 @@ async def running_stack(root: Path) -> AsyncIterator[Stack]:
         database_url=url,
         task_queue=f"kaohe-test-{uuid.uuid4().hex[:8]}",
         data_dir=root,
+        assertion_keys=TEST_ASSERTION_KEYS,
     )
     try:
         yield Stack(postgres, temporal, url, settings, root)
@@ -107,3 +116,37 @@ async def worker(stack: Stack, client: Client, pool: asyncpg.Pool) -> AsyncItera
 def tokens(pool: asyncpg.Pool) -> TokenSource:
     """Issues a unit's one-time ballot tokens as `kaohe tokens issue` does (once per unit)."""
     return token_source(pool)
+
+
+@dataclass
+class ApiStack:
+    """kaohe's API in this process on the session's stack, with an issuer of its own."""
+
+    url: str
+    issuer: DevIssuer
+
+    def token(self, subject: str, **kwargs: Any) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.issuer.mint(subject, **kwargs)}"}
+
+
+@pytest.fixture(scope="session")
+async def api(client: Client, pool: asyncpg.Pool) -> AsyncIterator[ApiStack]:
+    issuer = DevIssuer.generate()
+    verifier = TokenVerifier(
+        jwks=jwt.PyJWKSet.from_dict(issuer.jwks()), issuer=issuer.issuer, audience="kaohe"
+    )
+    app = create_app(Api(client, pool, verifier), jwks=issuer.jwks())
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.02)
+    try:
+        yield ApiStack(f"http://127.0.0.1:{port}", issuer)
+    finally:
+        server.should_exit = True
+        await task

@@ -17,6 +17,8 @@ from workflows.unit import UnitAssessment
 
 TEST_KEY_B64 = base64.b64encode(b"k" * 32).decode()
 TEST_KEY = TalkCipher.from_base64(TEST_KEY_B64, "test-key")
+# The workers' assertion keys in the tests (kaohe/assertions.py): tools and workers share it.
+TEST_ASSERTION_KEYS = "test-a1:" + base64.b64encode(b"a" * 32).decode()
 
 
 # The rater groups every sample unit has: 2, 2 and 3 sheets planned.

@@ -210,8 +210,11 @@ def payloads_in(message: Message, path: str = "") -> Iterator[tuple[str, Payload
             yield from payloads_in(value, where)
 
 
+# Plain by design: the SDK core's and the server's own, and kaohe's assertion header (a MAC
+# over the workflow id, the message's name and its payload's digest: no content).
 SDK_OWN = re.compile(
     r"\.search_attributes\.|\.marker_recorded_event_attributes\.details\[(data|patch-data)\]"
+    r"|\.header\.fields\[kaohe-assertion\]"
 )
 
 

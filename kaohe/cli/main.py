@@ -93,13 +93,35 @@ def dev(
 
     settings = get_settings()
 
+    async def with_api(worker: Awaitable[None], database_url: str) -> None:
+        """The worker, and kaohe's API beside it (unless KAOHE_API_PORT is 0)."""
+        if not settings.api_port:
+            await worker
+            return
+        from kaohe.api.server import serve_api
+
+        tasks = [
+            asyncio.ensure_future(worker),
+            asyncio.ensure_future(serve_api(settings, database_url)),
+        ]
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
     async def worker_and_demo(database_url: str) -> None:
         if not demo:
-            await run_worker(settings, database_url)
+            await with_api(run_worker(settings, database_url), database_url)
             return
         from kaohe.sim.demo import run_demo
 
-        worker_task = asyncio.create_task(run_worker(settings, database_url))
+        worker_task = asyncio.create_task(
+            with_api(run_worker(settings, database_url), database_url)
+        )
         try:
             try:
                 await run_demo(settings, load_roster(_sample_roster()), pace=2.0)
@@ -139,6 +161,18 @@ def worker(
     settings = get_settings()
     try:
         serve(run_worker(settings, settings.effective_database_url))
+    except KeyboardInterrupt:
+        pass
+
+
+@app.command()
+def api() -> None:
+    """Serve kaohe's API (people and integrating systems) on KAOHE_API_HOST:KAOHE_API_PORT."""
+    from kaohe.api.server import serve_api
+
+    settings = get_settings()
+    try:
+        serve(serve_api(settings, settings.effective_database_url))
     except KeyboardInterrupt:
         pass
 

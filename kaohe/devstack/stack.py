@@ -12,17 +12,17 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
-from aiohttp import web
 from rich.console import Console
 
 from activities.db import apply_migrations
-from kaohe.access.issuer import DevIssuer, jwks_app
+from kaohe.access.issuer import DevIssuer
+from kaohe.client import assertion_keyring
 from kaohe.codec.payloads import codec_from_settings
 from kaohe.codec.server import CodecServer
 from kaohe.devstack.postgres import EmbeddedPostgres
 from kaohe.devstack.processes import ChildServer, stop_in_order
 from kaohe.devstack.temporal import TemporalDevServer
-from kaohe.listening import free_port, listen
+from kaohe.listening import free_port
 from kaohe.settings import Settings
 
 S = TypeVar("S", bound="ChildServer")
@@ -81,7 +81,6 @@ async def run_dev(
     postgres: EmbeddedPostgres | None = None
     temporal: TemporalDevServer | None = None
     codec_server: CodecServer | None = None
-    issuer_site: web.AppRunner | None = None
     tasks: dict[asyncio.Task[Any], str] = {}
     loop = asyncio.get_running_loop()
     current = asyncio.current_task()
@@ -110,12 +109,13 @@ async def run_dev(
             database_url = settings.database_url.get_secret_value()
         applied = await apply_migrations(database_url)
 
-        # The dev stack's own token issuer, unless the settings name a real one.
-        if settings.oidc_jwks_url is None and settings.issuer_port:
-            issuer = DevIssuer.in_dir(data_dir, create=True)
-            issuer_site = await listen(
-                jwks_app(issuer), settings.temporal_host, settings.issuer_port
-            )
+        # The workers' assertion keys: made here once, and only here (kaohe/assertions.py).
+        assertion_keyring(settings, create=True)
+
+        # The dev stack's own token issuer, unless the settings name a real one (the API
+        # serves its JWKS).
+        if settings.oidc_jwks_url is None:
+            DevIssuer.in_dir(data_dir, create=True)
 
         # Before Temporal, so the UI finds it; only when there are payload keys to decode with.
         if codec_from_settings(settings) is not None:
@@ -151,9 +151,9 @@ async def run_dev(
         if with_worker is not None and settings.metrics_port:
             metrics = f"http://{settings.metrics_host}:{settings.metrics_port}/metrics"
             console.print(f"  metrics        [cyan]{metrics}[/]")
-        if issuer_site is not None:
-            jwks = f"http://{settings.temporal_host}:{settings.issuer_port}/.well-known/jwks.json"
-            console.print(f"  token issuer   [cyan]{jwks}[/] (kaohe token mint NAME)")
+        if with_worker is not None and settings.api_port:
+            api = f"http://{settings.api_host}:{settings.api_port}"
+            console.print(f"  kaohe API      [cyan]{api}/docs[/] (kaohe token mint NAME)")
         console.print(f"  migrations     {', '.join(applied) if applied else 'up to date'}")
         console.print(f"  data / logs    {data_dir}")
 
@@ -184,8 +184,6 @@ async def run_dev(
                         await task
         finally:
             try:
-                if issuer_site is not None:
-                    await issuer_site.cleanup()
                 await stop_in_order(temporal, codec_server, postgres)
             finally:
                 if sigterm_handled:

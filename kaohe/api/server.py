@@ -1,0 +1,46 @@
+"""Running kaohe's API: `kaohe api` (and `kaohe dev`) serve it with uvicorn on api_host:port."""
+
+from __future__ import annotations
+
+import jwt
+import uvicorn
+
+from activities.db import create_pool
+from kaohe.access.identity import TokenVerifier
+from kaohe.access.issuer import DevIssuer
+from kaohe.api.app import Api, create_app
+from kaohe.client import connect
+from kaohe.settings import Settings
+
+
+def verifier_from_settings(settings: Settings) -> tuple[TokenVerifier, DevIssuer | None]:
+    """The site's identity provider when oidc_jwks_url is set, else the dev stack's issuer
+    (whose JWKS the API then serves too)."""
+    common = {
+        "issuer": settings.oidc_issuer,
+        "audience": settings.oidc_audience,
+        "principal_claim": settings.oidc_principal_claim,
+    }
+    if settings.oidc_jwks_url:
+        return TokenVerifier.from_jwks_url(settings.oidc_jwks_url, **common), None
+    issuer = DevIssuer.in_dir(settings.data_dir)
+    return TokenVerifier(jwks=jwt.PyJWKSet.from_dict(issuer.jwks()), **common), issuer
+
+
+async def serve_api(settings: Settings, database_url: str) -> None:
+    verifier, issuer = verifier_from_settings(settings)
+    client = await connect(settings)
+    pool = await create_pool(database_url, settings.db_pool_min, settings.db_pool_max)
+    try:
+        app = create_app(Api(client, pool, verifier), jwks=issuer.jwks() if issuer else None)
+        config = uvicorn.Config(
+            app,
+            host=settings.api_host,
+            port=settings.api_port,
+            log_config=None,  # kaohe's structlog setup renders uvicorn's records
+            access_log=False,
+            lifespan="on",
+        )
+        await uvicorn.Server(config).serve()
+    finally:
+        await pool.close()

@@ -1,0 +1,271 @@
+"""Every door of a unit tried as an attacker would (issue 19): kaohe's API without credentials,
+with an expired or a stranger's token, as a person of the wrong role or of another unit, the
+proposer approving; and straight to Temporal's HTTP API and gRPC without kaohe's assertion,
+including the workflows' internal signals. Each attempt is refused with a reason and an
+audit row, and the unit is unchanged; the right person gets through."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Any
+
+import asyncpg
+import httpx
+import pytest
+from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+
+from domain.actions import ACTIONS
+from kaohe.access.bindings import Binding, grant
+from kaohe.access.issuer import DevIssuer
+from kaohe.sim.simulate import wait_for_status
+from schemas.common import Role, Stage
+from schemas.status import UnitStatus
+from tests.conftest import ApiStack, Stack
+from tests.helpers import sample_unit, start_unit
+from workflows.unit import UnitAssessment
+
+pytestmark = pytest.mark.timeout(240)
+
+CAMPAIGN = "test"  # start_unit's campaign
+COMPLETED = "UPDATE_WORKFLOW_EXECUTION_LIFECYCLE_STAGE_COMPLETED"
+
+
+async def _unit(client: Client, worker: str, pool: asyncpg.Pool) -> tuple[WorkflowHandle, str]:
+    unit = sample_unit()
+    handle = await start_unit(client, worker, unit, campaign_id=CAMPAIGN)
+    u = unit.unit_id
+    async with pool.acquire() as conn:
+        for principal, role in (
+            ("dept-1", Role.DEPARTMENT),
+            (f"office-{u}", Role.UNIT),
+            (f"group-{u}", Role.ASSESSMENT_GROUP),
+            (f"approver-{u}", Role.APPROVER),
+            (f"ballots-{u}", Role.INTEGRATOR),
+        ):
+            scope = "" if role == Role.DEPARTMENT else u
+            await grant(conn, Binding(CAMPAIGN, principal, role, scope), "test")
+    return handle, u
+
+
+def _url(api: ApiStack, unit: str, action: str) -> str:
+    return f"{api.url}/v1/campaigns/{CAMPAIGN}/units/{unit}/actions/{action}"
+
+
+async def _audit(pool: asyncpg.Pool, workflow_id: str, kind: str) -> list[dict[str, Any]]:
+    async with pool.acquire() as conn:
+        rows = await conn.fetch(
+            "SELECT detail FROM audit_log WHERE workflow_id = $1 AND kind = $2 ORDER BY id",
+            workflow_id,
+            kind,
+        )
+    return [json.loads(r["detail"]) for r in rows]
+
+
+async def test_the_right_person_acknowledges_through_the_api(
+    api: ApiStack, client: Client, worker: str, pool: asyncpg.Pool
+) -> None:
+    handle, u = await _unit(client, worker, pool)
+    async with httpx.AsyncClient() as http:
+        r = await http.post(
+            _url(api, u, "acknowledge_notice"),
+            json={"idempotency_key": "ack-1", "note": "收到"},
+            headers=api.token(f"office-{u}"),
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["accepted"] and r.json()["stage"] == "report_back"
+        status = await http.get(
+            f"{api.url}/v1/campaigns/{CAMPAIGN}/units/{u}/status", headers=api.token("dept-1")
+        )
+        assert status.status_code == 200 and status.json()["acknowledgements"] == 1
+    # The actor recorded is the authenticated principal, with its bound role.
+    async with pool.acquire() as conn:
+        row = await conn.fetchrow(
+            "SELECT actor_id, actor_role FROM audit_log WHERE workflow_id = $1 "
+            "AND kind = 'notice_acknowledged'",
+            handle.id,
+        )
+    assert tuple(row) == (f"office-{u}", "unit")
+
+
+def _attacks(api: ApiStack, u: str) -> list[tuple[str, dict[str, str], int, str]]:
+    expired = api.issuer.mint(f"office-{u}", ttl=60, now=time.time() - 3600)
+    stranger = DevIssuer.generate().mint(f"office-{u}")
+    return [
+        ("without credentials", {}, 401, "no credentials"),
+        ("with an expired token", {"Authorization": f"Bearer {expired}"}, 401, "expired"),
+        ("with a stranger's token", {"Authorization": f"Bearer {stranger}"}, 401, "not valid"),
+        ("as nobody bound", api.token("mallory"), 403, "no role"),
+        ("with the right role on another unit", api.token("office-elsewhere"), 403, "no role"),
+    ]
+
+
+@pytest.mark.parametrize("action", sorted(ACTIONS))
+async def test_every_action_refuses_the_wrong_caller(
+    action: str, api: ApiStack, client: Client, worker: str, pool: asyncpg.Pool
+) -> None:
+    handle, u = await _unit(client, worker, pool)
+    async with pool.acquire() as conn:
+        await grant(conn, Binding(CAMPAIGN, "office-elsewhere", Role.UNIT, "other-unit"), "t")
+    before = await handle.query(UnitAssessment.status)
+    wrong_role = next(
+        (
+            p
+            for p, r in ((f"approver-{u}", Role.APPROVER), (f"office-{u}", Role.UNIT))
+            if r not in ACTIONS[action].roles
+        ),
+        None,
+    )
+    attacks = _attacks(api, u)
+    if wrong_role is not None:
+        attacks.append(("as a person of the wrong role", api.token(wrong_role), 403, "needs"))
+    body = {"idempotency_key": f"attack-{action}", "reason": "越权尝试"}
+    async with httpx.AsyncClient() as http:
+        for how, headers, status, says in attacks:
+            r = await http.post(_url(api, u, action), json=body, headers=headers)
+            assert r.status_code == status, (how, r.text)
+            assert r.headers["content-type"].startswith("application/problem+json"), how
+            assert says in r.json()["detail"], (how, r.json())
+    refused = await _audit(pool, handle.id, "api_refused")
+    assert len(refused) == len(attacks)
+    assert {r["attempted"] for r in refused} == {action}
+    assert [r["principal"] for r in refused][-1] == (wrong_role or "office-elsewhere")
+    after = await handle.query(UnitAssessment.status)
+    assert after.history == before.history and after.acknowledgements == 0
+
+
+async def test_an_actor_in_the_body_is_refused(
+    api: ApiStack, client: Client, worker: str, pool: asyncpg.Pool
+) -> None:
+    _, u = await _unit(client, worker, pool)
+    async with httpx.AsyncClient() as http:
+        r = await http.post(
+            _url(api, u, "acknowledge_notice"),
+            json={"idempotency_key": "k", "actor": {"id": "dept-1", "role": "department"}},
+            headers=api.token(f"office-{u}"),
+        )
+    assert r.status_code == 422 and r.json()["field"] == "actor"
+
+
+async def test_the_proposer_cannot_approve_by_holding_both_roles(
+    api: ApiStack, client: Client, worker: str, pool: asyncpg.Pool, tokens: Any
+) -> None:
+    from kaohe.sim.simulate import drive_unit, proposal_for
+
+    unit = sample_unit()
+    handle = await start_unit(client, worker, unit, campaign_id=CAMPAIGN)
+    u = unit.unit_id
+    async with pool.acquire() as conn:
+        for role in (Role.ASSESSMENT_GROUP, Role.APPROVER):
+            await grant(conn, Binding(CAMPAIGN, "both-hats", role, u), "test")
+    await drive_unit(client, handle.id, unit, stop_at=Stage.GRADING, tokens=tokens)
+    proposal = proposal_for(unit).model_dump(mode="json", exclude={"actor"})
+    async with httpx.AsyncClient() as http:
+        r = await http.post(
+            _url(api, u, "propose_grades"), json=proposal, headers=api.token("both-hats")
+        )
+        assert r.status_code == 200, r.text
+        r = await http.post(
+            _url(api, u, "approve_grades") + "?as=approver",
+            json={"idempotency_key": "approve-1", "decision": "approve"},
+            headers=api.token("both-hats"),
+        )
+    assert r.status_code == 409, r.text
+    assert "proposed these grades and cannot approve them" in r.json()["detail"]
+    status = await handle.query(UnitAssessment.status)
+    assert status.grading.pending_proposal and not status.grading.approved
+
+
+async def test_straight_to_temporal_without_the_assertion_is_refused(
+    stack: Stack, client: Client, worker: str, pool: asyncpg.Pool
+) -> None:
+    handle, _ = await _unit(client, worker, pool)
+    http_api = f"{stack.temporal.http_url}/api/v1/namespaces/default/workflows/{handle.id}"
+    forged = {"id": "dept-1", "role": "department"}
+
+    def args(body: dict[str, Any]) -> dict[str, Any]:
+        return {"payloads": [body]}
+
+    async with httpx.AsyncClient(timeout=30) as http:
+        # Temporal's HTTP API, as curl would: an update and a signal with a forged actor.
+        r = await http.post(
+            f"{http_api}/update/close_stage",
+            json={
+                "request": {
+                    "meta": {"updateId": "forged-close"},
+                    "input": {
+                        "args": args(
+                            {
+                                "idempotency_key": "forged",
+                                "actor": forged,
+                                "stage": "notice",
+                                "reason": "越权关闭",
+                            }
+                        )
+                    },
+                },
+                "waitPolicy": {
+                    "lifecycleStage": "UPDATE_WORKFLOW_EXECUTION_LIFECYCLE_STAGE_COMPLETED"
+                },
+            },
+        )
+        assert "no assertion" in r.text, r.text
+        for signal, body in (
+            ("acknowledge_notice", {"idempotency_key": "forged-ack", "actor": forged}),
+            ("calibration_result", {"proposal_no": 1, "outcome": "returned", "reason": "伪造"}),
+        ):
+            r = await http.post(f"{http_api}/signal/{signal}", json={"input": args(body)})
+            assert r.status_code == 200, r.text  # Temporal takes it; the unit drops it
+    # gRPC, from a client without kaohe's keys.
+    bare = await Client.connect(stack.temporal.address)
+    with pytest.raises(WorkflowUpdateFailedError) as info:
+        await bare.get_workflow_handle(handle.id).execute_update(
+            "acknowledge_notice", {"idempotency_key": "grpc", "actor": forged}
+        )
+    assert "no assertion" in str(info.value.cause)
+    refused = await wait_for_refusals(pool, handle.id, 4)
+    assert {r["message"] for r in refused} == {
+        "close_stage",
+        "acknowledge_notice",
+        "calibration_result",
+    }
+    assert forged in [r["claimed_actor"] for r in refused]
+    status: UnitStatus = await wait_for_status(handle, lambda s: True, 5)
+    assert status.stage == Stage.NOTICE and status.acknowledgements == 0
+
+
+async def wait_for_refusals(pool: asyncpg.Pool, workflow_id: str, n: int) -> list[dict]:
+    import asyncio
+
+    for _ in range(100):
+        rows = await _audit(pool, workflow_id, "message_refused")
+        if len(rows) >= n:
+            return rows
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"{len(rows)} refusals recorded, wanted {n}")
+
+
+async def test_the_campaigns_signals_cannot_be_forged(
+    stack: Stack, client: Client, worker: str, pool: asyncpg.Pool
+) -> None:
+    """unit_progress and calibrate sent to a campaign by curl are dropped."""
+    from kaohe.starter import start_campaign
+    from schemas.roster import Roster
+    from tests.helpers import TEST_POLICY
+    from workflows.campaign import AssessmentCampaign
+
+    campaign = f"forge-{uuid.uuid4().hex[:6]}"
+    roster = Roster(campaign_id=campaign, year=2026, title="伪造", units=[sample_unit("f1")])
+    wf_id, _ = await start_campaign(client, roster, worker, TEST_POLICY)
+    http_api = f"{stack.temporal.http_url}/api/v1/namespaces/default/workflows/{wf_id}"
+    async with httpx.AsyncClient(timeout=30) as http:
+        for _ in range(3):
+            body = {"unit_id": "f1", "stage": "completed", "seq": 999999}
+            r = await http.post(
+                f"{http_api}/signal/unit_progress", json={"input": {"payloads": [body]}}
+            )
+            assert r.status_code == 200
+    await wait_for_refusals(pool, wf_id, 3)
+    progress = await client.get_workflow_handle(wf_id).query(AssessmentCampaign.progress)
+    assert progress.by_stage.get("completed", 0) == 0
