@@ -79,7 +79,11 @@ def parser() -> argparse.ArgumentParser:
         "--stall-after", type=float, default=30.0, help="seconds until a notice deadline passes"
     )
 
-    for each in (floor, unit, ballots, chaos, campaign, latency, idle):
+    api = sub.add_parser("api", help="an action through kaohe's API vs straight to Temporal")
+    api.add_argument("--updates", type=_positive, default=300, help="actions of each")
+    api.add_argument("--warmup", type=_non_negative, default=20, help="untimed of each first")
+
+    for each in (floor, unit, ballots, chaos, campaign, latency, idle, api):
         each.add_argument(
             "--keep", action="store_true", help="keep the temp dir (data and logs) afterwards"
         )

@@ -29,6 +29,7 @@ from activities.notify import NotifyActivities
 from activities.storage import StorageActivities
 from activities.talk_cipher import TalkCipher
 from bench.report import console
+from kaohe.assertions import Keyring
 from kaohe.client import connect
 from kaohe.devstack.postgres import EmbeddedPostgres
 from kaohe.devstack.processes import stop_in_order
@@ -84,7 +85,14 @@ class BenchStack:
             "KAOHE_TASK_QUEUE": task_queue,
             "KAOHE_TALK_KEY": base64.b64encode(b"w" * 32).decode(),
             "KAOHE_LOG_FORMAT": "json",
+            "KAOHE_ASSERTION_KEYS": self.assertion_keys,
         }
+
+    @property
+    def assertion_keys(self) -> str:
+        keys = self.settings.assertion_keys
+        assert keys is not None
+        return keys.get_secret_value()
 
     def task_queue(self, purpose: str) -> str:
         return f"bench-{purpose}-{self.run_id}"
@@ -162,7 +170,11 @@ async def private_stack(keep: bool = False) -> AsyncIterator[BenchStack]:
         postgres, url, temporal = await start_private_servers(root)
         await apply_migrations(url)
         settings = Settings(
-            temporal_address=temporal.address, database_url=url, data_dir=root, task_queue="bench"
+            temporal_address=temporal.address,
+            database_url=url,
+            data_dir=root,
+            task_queue="bench",
+            assertion_keys=Keyring.generate().text(),
         )
         client = await connect(settings)
         pool = await create_pool(url, settings.db_pool_min, settings.db_pool_max)

@@ -365,6 +365,7 @@ async def main() -> None:
     from kaohe.listening import free_port
     from kaohe.settings import Settings
     from tests.conftest import TEST_KEY  # noqa: F401  (same key as the suite)
+    from tests.helpers import TEST_ASSERTION_KEYS
     from tests.helpers import TEST_KEY as key
     from worker import build_worker
 
@@ -381,7 +382,11 @@ async def main() -> None:
             # Plaintext payloads: the files stay readable and diffable; the codec passes
             # them through on replay.
             client = await connect(
-                Settings(temporal_address=temporal.address, payload_encryption=False)
+                Settings(
+                    temporal_address=temporal.address,
+                    payload_encryption=False,
+                    assertion_keys=TEST_ASSERTION_KEYS,
+                )
             )
             pool = await create_pool(url)
             worker = build_worker(

@@ -67,3 +67,8 @@ def test_idle_bench_lists_every_stalled_unit() -> None:
     lines = _bench("idle", "--units", "20", "--stall-after", "2")
     assert re.fullmatch(r"ratio list stalled units / list floor workflows = \d+\.\d\d", lines[-1])
     assert re.fullmatch(r"ratio kaohe worker peak RSS / 1 GiB = \d+\.\d\d", lines[-2])
+
+
+def test_api_bench_prints_p99_ratio_last() -> None:
+    lines = _bench("api", "--updates", "5", "--warmup", "1")
+    assert re.fullmatch(r"ratio API p99 / direct p99 = \d+\.\d\d", lines[-1]), lines[-1]

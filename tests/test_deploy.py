@@ -68,16 +68,30 @@ EXPECTED_DEPENDS_ON = {
         "kaohe-migrate": "service_completed_successfully",
     },
     "kaohe-codec-server": {},
+    "kaohe-api": {"temporal": "service_healthy", "kaohe-migrate": "service_completed_successfully"},
     "kaohe": {"kaohe-migrate": "service_completed_successfully"},
 }
 ONE_SHOT = {"temporal-schema", "temporal-namespace", "temporal-search-attributes", "kaohe-migrate"}
 # Which services may see each secret (least privilege).
 SECRET_READERS = {
     "TEMPORAL_DB_PASSWORD": {"temporal-postgresql", "temporal-schema", "temporal"},
-    "KAOHE_DB_PASSWORD": {"kaohe-postgresql", "kaohe-migrate", "kaohe-worker", "kaohe"},
-    "KAOHE_PAYLOAD_KEYS": {"kaohe-worker", "kaohe-codec-server", "kaohe"},
+    "KAOHE_DB_PASSWORD": {
+        "kaohe-postgresql",
+        "kaohe-migrate",
+        "kaohe-worker",
+        "kaohe-api",
+        "kaohe",
+    },
+    "KAOHE_PAYLOAD_KEYS": {"kaohe-worker", "kaohe-codec-server", "kaohe-api", "kaohe"},
     "KAOHE_TALK_KEY": {"kaohe-worker", "kaohe"},
     "KAOHE_CODEC_TOKEN": {"kaohe-codec-server", "temporal-ui"},
+    # Only the workers, the API and the operators' CLI can make a message a workflow takes.
+    "KAOHE_ASSERTION_KEYS": {"kaohe-worker", "kaohe-api", "kaohe"},
+    # Not secret, but the site's own: required, never defaulted.
+    "KAOHE_OIDC_ISSUER": {"kaohe-api", "temporal-ui"},
+    "KAOHE_OIDC_JWKS_URL": {"kaohe-api"},
+    "TEMPORAL_UI_OIDC_CLIENT_ID": {"temporal-ui"},
+    "TEMPORAL_UI_OIDC_CLIENT_SECRET": {"temporal-ui"},
 }
 
 # ${NAME}, ${NAME:-default}, ${NAME-default}, ${NAME:?error}, ${NAME?error}
