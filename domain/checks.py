@@ -154,7 +154,8 @@ def check_grading_rules(u: UnitInput, s: UnitState, a: ProposeGrades, at: Moment
 
 def check_approve_grades(u: UnitInput, s: UnitState, a: ApproveGrades, at: Moment) -> None:
     """Four-eyes: whoever proposed the grades cannot approve them; and a proposal the
-    campaign's calibration has not cleared waits for it."""
+    campaign's calibration has not cleared waits for it, or is returned if the campaign could
+    not be asked."""
     if s.pending is None:
         raise ActionRejected("there is no grade proposal awaiting approval")
     c = s.calibration
@@ -167,6 +168,12 @@ def check_approve_grades(u: UnitInput, s: UnitState, a: ApproveGrades, at: Momen
             raise ActionRejected(
                 f"proposal {c.proposal_no} is on hold by cross-unit calibration ({c.reason}); "
                 "the department decides with the campaign's decide_calibration"
+            )
+        # Fails closed: a proposal the campaign never saw may break the pooled quota.
+        if c.state == "unavailable" and a.decision == "approve":
+            raise ActionRejected(
+                f"proposal {c.proposal_no} was not calibrated ({c.reason}); return it, start "
+                "the campaign again (kaohe start) and propose again"
             )
     if a.actor.id == s.pending.actor.id:
         raise ActionRejected(

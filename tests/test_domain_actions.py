@@ -102,6 +102,16 @@ def test_approval_waits_for_calibration_and_a_hold() -> None:
     )
 
 
+def test_calibration_fails_closed_when_the_campaign_cannot_answer() -> None:
+    proposal = proposal_for(sample_unit("u1"))
+    view = CalibrationView(proposal_no=1, state="unavailable", reason="campaign gone")
+    state = _in(Stage.GRADING, pending=proposal, proposal_no=1, calibration=view)
+    with pytest.raises(ActionRejected, match="was not calibrated"):
+        _admit("approve_grades", state, _approve(APPROVER))
+    returned = ApproveGrades(idempotency_key="r", actor=APPROVER, decision="return", comment="重报")
+    _admit("approve_grades", state, returned)  # the way out: return, and propose again
+
+
 def test_nothing_to_approve_is_refused() -> None:
     with pytest.raises(ActionRejected, match="no grade proposal awaiting approval"):
         _admit("approve_grades", _in(Stage.GRADING), _approve(APPROVER))
