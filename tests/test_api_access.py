@@ -269,3 +269,39 @@ async def test_the_campaigns_signals_cannot_be_forged(
     await wait_for_refusals(pool, wf_id, 3)
     progress = await client.get_workflow_handle(wf_id).query(AssessmentCampaign.progress)
     assert progress.by_stage.get("completed", 0) == 0
+
+
+async def test_fire_and_forget_gets_202_and_a_durable_answer(
+    api: ApiStack, client: Client, worker: str, pool: asyncpg.Pool
+) -> None:
+    import asyncio
+
+    handle, u = await _unit(client, worker, pool)
+    headers = {**api.token(f"office-{u}"), "Prefer": "respond-async"}
+    async with httpx.AsyncClient() as http:
+        r = await http.post(
+            _url(api, u, "acknowledge_notice"), json={"idempotency_key": "async-1"}, headers=headers
+        )
+        assert r.status_code == 202, r.text
+        location = r.headers["Location"]
+        # A second one the unit will refuse (notice is over by then): rejected, with why.
+        r2 = await http.post(
+            _url(api, u, "acknowledge_notice"), json={"idempotency_key": "async-2"}, headers=headers
+        )
+        assert r2.status_code == 202
+        answers = {}
+        for _ in range(100):
+            for where in (location, r2.headers["Location"]):
+                got = await http.get(f"{api.url}{where}", headers=api.token(f"office-{u}"))
+                answers[where] = got.json()
+            if all(a["state"] != "queued" for a in answers.values()):
+                break
+            await asyncio.sleep(0.1)
+        assert answers[location]["state"] == "accepted"
+        assert answers[location]["answer"]["stage"] == "report_back"
+        assert answers[r2.headers["Location"]]["state"] == "rejected"
+        assert "not accepted now" in answers[r2.headers["Location"]]["answer"]["detail"]
+        # Nobody else reads them.
+        other = await http.get(f"{api.url}{location}", headers=api.token("dept-1"))
+        assert other.status_code == 404
+    assert (await handle.query(UnitAssessment.status)).acknowledgements == 1

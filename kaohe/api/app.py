@@ -19,7 +19,8 @@ from typing import Annotated, Any
 
 import asyncpg
 import structlog
-from fastapi import Depends, FastAPI, Header, Query, Request, Response
+from fastapi import Depends, FastAPI, Header, Query, Request
+from fastapi.responses import JSONResponse
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
@@ -203,7 +204,6 @@ def create_app(api: Api, *, jwks: dict[str, Any] | None = None) -> FastAPI:
     )
     async def act(
         request: Request,
-        response: Response,
         campaign: str,
         unit: str,
         action: str,
@@ -223,9 +223,11 @@ def create_app(api: Api, *, jwks: dict[str, Any] | None = None) -> FastAPI:
         if prefer and "respond-async" in prefer.lower():
             assert who is not None
             queued = await api.queue.put(who.principal, workflow_id, action, payload)
-            response.status_code = 202
-            response.headers["Location"] = f"/v1/requests/{queued}"
-            return {"request": queued, "state": "queued"}
+            return JSONResponse(
+                {"request": queued, "state": "queued"},
+                status_code=202,
+                headers={"Location": f"/v1/requests/{queued}"},
+            )
         return await api.send(workflow_id, action, payload)
 
     @app.get("/v1/requests/{request_id}")
