@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import json
 import random
 import tempfile
 import uuid
@@ -52,6 +53,17 @@ from workflows.campaign import unit_workflow_id
 from workflows.unit import UnitAssessment
 
 HISTORIES = Path(__file__).parent / "histories"
+# Each file's workflow id: replay runs under it (an assertion names the workflow it is for).
+IDS = HISTORIES / "workflow-ids.json"
+
+
+def recorded() -> list[Path]:
+    return sorted(HISTORIES.glob("v*_*.json"))
+
+
+def load(path: Path) -> WorkflowHistory:
+    workflow_id = json.loads(IDS.read_text()).get(path.stem, path.stem)
+    return WorkflowHistory.from_json(workflow_id, path.read_text())
 
 
 async def wait_for_stage(handle: WorkflowHandle, stage: Stage, seconds: float = 60) -> None:
@@ -399,10 +411,13 @@ async def main() -> None:
             await temporal.stop()
             await postgres.stop()
     HISTORIES.mkdir(exist_ok=True)
+    ids = json.loads(IDS.read_text()) if IDS.exists() else {}
     for name, history in histories.items():
         path = HISTORIES / f"{VERSION}_{name}.json"
         path.write_text(history.to_json())
+        ids[path.stem] = history.workflow_id
         print(f"wrote {path} ({len(history.events)} events)")
+    IDS.write_text(json.dumps(dict(sorted(ids.items())), indent=2) + "\n")
 
 
 if __name__ == "__main__":

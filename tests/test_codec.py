@@ -22,7 +22,7 @@ from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from temporalio.api.common.v1 import Payload, Payloads
-from temporalio.client import Client, WorkflowHandle, WorkflowHistory
+from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
@@ -47,9 +47,9 @@ from schemas.messages import ActionResult
 from schemas.policy import BallotPolicy
 from tests.conftest import Stack
 from tests.helpers import sample_unit, start_unit
+from tests.record_histories import load, recorded
 from worker import WORKFLOWS, sandbox_runner
 
-HISTORIES = Path(__file__).parent / "histories"
 K1, K2 = os.urandom(32), os.urandom(32)
 
 
@@ -171,11 +171,7 @@ async def test_settings_choose_the_converter(tmp_path: Path) -> None:
     assert await converter.decode(encrypted, [str]) == ["old"]
 
 
-def load_history(path: Path) -> WorkflowHistory:
-    return WorkflowHistory.from_json(path.stem, path.read_text())
-
-
-@pytest.mark.parametrize("path", sorted(HISTORIES.glob("*.json")), ids=lambda p: p.stem)
+@pytest.mark.parametrize("path", recorded(), ids=lambda p: p.stem)
 async def test_plaintext_histories_replay_with_the_codec(path: Path, tmp_path: Path) -> None:
     """Histories recorded without a codec replay through the converter every process uses."""
     replayer = Replayer(
@@ -183,7 +179,7 @@ async def test_plaintext_histories_replay_with_the_codec(path: Path, tmp_path: P
         data_converter=data_converter(Settings(data_dir=tmp_path)),
         workflow_runner=sandbox_runner(),
     )
-    history = load_history(path)
+    history = load(path)
     assert (await replayer.replay_workflow(history)).replay_failure is None
 
 

@@ -2,29 +2,44 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
-from temporalio.client import Client, WorkflowHistory
+from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.converter import DataConverter
 from temporalio.worker import Replayer
 
+from kaohe.assertions import Keyring
 from kaohe.client import data_converter
+from kaohe.interceptors import Assertions
 from kaohe.sim.simulate import TokenSource
 from tests.conftest import Stack
-from tests.record_histories import HISTORIES, VERSION, continued_while_waiting, record_paths
+from tests.helpers import TEST_ASSERTION_KEYS
+from tests.record_histories import (
+    HISTORIES,
+    VERSION,
+    continued_while_waiting,
+    load,
+    record_paths,
+    recorded,
+)
 from worker import WORKFLOWS, sandbox_runner
 
-RECORDED = sorted(HISTORIES.glob("*.json"))
+RECORDED = recorded()
 
 
 def replayer(converter: DataConverter = pydantic_data_converter) -> Replayer:
     # Recorded files are plaintext (see tests/record_histories.py); fresh ones are encrypted.
+    # With the workers' interceptor, as production replays: signals' assertions are checked
+    # again (the files were recorded with the tests' keys).
+    keyring = Keyring.parse(TEST_ASSERTION_KEYS)
     return Replayer(
         workflows=WORKFLOWS,
         data_converter=converter,
         workflow_runner=sandbox_runner(),
+        interceptors=[Assertions(keyring, converter.payload_converter)],
     )
 
 
@@ -45,10 +60,6 @@ def test_every_stage_path_is_recorded() -> None:
     assert {f"{VERSION}_{path}" for path in PATHS} <= {p.stem for p in RECORDED}
 
 
-def load(path: Path) -> WorkflowHistory:
-    return WorkflowHistory.from_json(path.stem, path.read_text())
-
-
 @pytest.mark.parametrize("path", RECORDED, ids=[p.stem for p in RECORDED])
 async def test_recorded_history_replays(path: Path) -> None:
     history = load(path)
@@ -67,7 +78,6 @@ async def test_fresh_histories_replay(
 
 def patches(path: Path) -> set[str]:
     """The workflow.patched ids recorded in a history's markers."""
-    import json
 
     found = set()
     for event in load(path).events:
