@@ -105,14 +105,7 @@ async def main(*, updates: int, warmup: int, keep: bool) -> int:
             ("through kaohe's API p50 / p99", _two(through_api)),
         ]
         report.console.print(report.figures_table("record_talk round trips", rows))
-    report.print_ratio_line(
-        "API p50 / direct p50",
-        measure.ratio(measure.percentile(through_api, 50), measure.percentile(direct, 50)),
-    )
-    report.print_ratio_line(
-        "API p99 / direct p99",
-        measure.ratio(measure.percentile(through_api, 99), measure.percentile(direct, 99)),
-    )
+    report.print_percentile_ratios("API", through_api, "direct", direct)
     return 0
 
 

@@ -101,14 +101,7 @@ async def main(*, updates: int, warmup: int, keep: bool) -> int:
             report.phases_table("unit tasks, server-side (history timestamps)", phases)
         )
         report.console.print(report.log_summary(stack))
-    report.print_ratio_line(
-        "record_talk p50 / floor update p50",
-        measure.ratio(measure.percentile(talks, 50), measure.percentile(floor, 50)),
-    )
-    report.print_ratio_line(
-        "record_talk p99 / floor update p99",
-        measure.ratio(measure.percentile(talks, 99), measure.percentile(floor, 99)),
-    )
+    report.print_percentile_ratios("record_talk", talks, "floor update", floor)
     return 0
 
 

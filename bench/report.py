@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from rich.console import Console
 from rich.table import Table
 
-from bench.measure import Phase, percentile
+from bench.measure import Phase, percentile, ratio
 
 if TYPE_CHECKING:
     from bench.stack import BenchStack
@@ -132,3 +132,12 @@ def print_ratio_line(label: str, value: float) -> None:
     """The last line of every benchmark: plain text, so a script can parse it."""
     sys.stdout.flush()
     print(f"ratio {label} = {value:.2f}", flush=True)
+
+
+def print_percentile_ratios(
+    name: str, samples: list[float], baseline_name: str, baseline: list[float]
+) -> None:
+    """The p50 and then the p99 of `samples` over those of `baseline`, as ratio lines."""
+    for p in (50, 99):
+        value = ratio(percentile(samples, p), percentile(baseline, p))
+        print_ratio_line(f"{name} p{p} / {baseline_name} p{p}", value)
