@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import asyncpg
 import pytest
 from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
@@ -26,6 +27,8 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
+from kaohe.access import api_keys
+from kaohe.access.bindings import Binding, grant
 from kaohe.client import data_converter
 from kaohe.codec.payloads import (
     ENCODING,
@@ -43,9 +46,10 @@ from kaohe.devstack.temporal import TemporalDevServer
 from kaohe.listening import free_port
 from kaohe.settings import Settings
 from kaohe.sim.simulate import TokenSource, proposal_for, sheet_for
+from schemas.common import Role
 from schemas.messages import ActionResult
 from schemas.policy import BallotPolicy
-from tests.conftest import Stack
+from tests.conftest import ApiStack, Stack
 from tests.helpers import sample_unit, start_unit
 from tests.record_histories import load, recorded
 from worker import WORKFLOWS, sandbox_runner
@@ -314,50 +318,38 @@ async def test_history_holds_no_plaintext(
     assert f"谈话内容 {marker}".encode() in decoded and token.encode() in decoded
 
 
-async def test_http_api_integrator_sends_plain_json(
-    stack: Stack, client: Client, worker: str
+async def test_api_integrator_sends_plain_json(
+    stack: Stack, client: Client, worker: str, pool: asyncpg.Pool, api: ApiStack
 ) -> None:
-    """Plain JSON in (passed through by the codec); the result comes back encrypted, and the
-    integrator decodes it with the codec server."""
-    handle = await start_unit(client, worker, sample_unit())
-    url = (
-        f"{stack.temporal.http_url}/api/v1/namespaces/default/workflows/{handle.id}"
-        "/update/acknowledge_notice"
-    )
-    body = {
-        "request": {
-            "meta": {"updateId": "http-ack"},
-            "input": {
-                "name": "acknowledge_notice",
-                "args": {
-                    "payloads": [
-                        {"idempotency_key": "http-ack", "actor": actor("oa", "integrator")}
-                    ]
-                },
-            },
-        },
-        "waitPolicy": {"lifecycleStage": "UPDATE_WORKFLOW_EXECUTION_LIFECYCLE_STAGE_COMPLETED"},
-    }
+    """An integrator sends plain JSON to kaohe's API and reads a plain JSON ActionResult,
+    no codec in sight; in Temporal the update's payloads are encrypted all the same."""
+    unit = sample_unit()
+    handle = await start_unit(client, worker, unit, campaign_id="codec")
+    async with pool.acquire() as conn:
+        await grant(conn, Binding("codec", "oa-codec", Role.INTEGRATOR, unit.unit_id), "test")
+        key = await api_keys.create_key(conn, "oa-codec", "test")
+    marker = f"NOTE-MARKER-{uuid.uuid4().hex}"
     async with aiohttp.ClientSession() as session:
-        async with session.post(url, json=body) as response:
+        async with session.post(
+            f"{api.url}/v1/campaigns/codec/units/{unit.unit_id}/actions/acknowledge_notice",
+            json={"idempotency_key": "api-ack", "note": marker},
+            headers={"X-Api-Key": key},
+        ) as response:
             assert response.status == 200, await response.text()
-            answer = await response.json(content_type=None)  # the HTTP API says "*"
-        [result] = answer["outcome"]["success"]["payloads"]
-        assert base64.b64decode(result["metadata"]["encoding"]) == ENCODING
+            assert response.content_type == "application/json"
+            result = await response.json()
+    assert ActionResult.model_validate(result).stage == "report_back"
 
-        server = CodecServer(stack.settings.model_copy(update={"codec_port": free_port()}))
-        await server.start()
-        try:
-            async with session.post(
-                f"{server.url}/decode",
-                json={"payloads": [result]},
-                headers={"Authorization": f"Bearer {codec_token(stack.settings)}"},
-            ) as response:
-                assert response.status == 200
-                [decoded] = (await response.json())["payloads"]
-        finally:
-            await server.stop()
-    assert json.loads(base64.b64decode(decoded["data"]))["stage"] == "report_back"
+    raw_client = await Client.connect(stack.temporal.address)
+    history = await raw_client.get_workflow_handle(handle.id).fetch_history()
+    assert marker.encode() not in b"".join(e.SerializeToString() for e in history.events)
+    update = [
+        (where, p)
+        for e in history.events
+        for where, p in payloads_in(e)
+        if "update" in where and not SDK_OWN.search(where)
+    ]
+    assert update and all(p.metadata["encoding"] == ENCODING for _, p in update), update
 
 
 # ---- the codec server ------------------------------------------------------------------------

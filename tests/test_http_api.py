@@ -1,90 +1,70 @@
-"""Integrators reach every action over Temporal's HTTP API: the README's examples, run."""
+"""Integrators reach every action over kaohe's API (Temporal's HTTP API refuses them: see
+tests/test_api_access.py): plain JSON in, a plain JSON ActionResult out, a rejection or a
+malformed body a problem naming the field."""
 
 from __future__ import annotations
 
-import asyncio
-import json
-import urllib.error
-import urllib.request
-from typing import Any
-
-from google.protobuf import json_format
-from temporalio.api.common.v1 import Payload
+import asyncpg
+import httpx
 from temporalio.client import Client
 
-from kaohe.client import data_converter
+from kaohe.access import api_keys
+from kaohe.access.bindings import Binding, grant
 from kaohe.sim.simulate import wait_for_status
-from schemas.common import Stage
-from tests.conftest import Stack
+from schemas.common import Role, Stage
+from tests.conftest import ApiStack
 from tests.helpers import sample_unit, start_unit
 
-
-def post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
-    request = urllib.request.Request(
-        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read() or b"{}")
-    except urllib.error.HTTPError as err:
-        return err.code, json.loads(err.read() or b"{}")
+CAMPAIGN = "http"
 
 
-async def decoded(stack: Stack, payloads: dict[str, Any]) -> dict[str, Any]:
-    """An encrypted result as an integrator reads it: through the codec (what the codec
-    server's /decode runs; see tests/test_codec.py for the server itself)."""
-    [payload] = payloads["payloads"]
-    proto = json_format.ParseDict(payload, Payload())
-    codec = data_converter(stack.settings).payload_codec
-    assert codec is not None
-    [plain] = await codec.decode([proto])
-    return json.loads(plain.data)
+async def test_actions_over_kaohe_api(
+    api: ApiStack, client: Client, worker: str, pool: asyncpg.Pool
+) -> None:
+    unit = sample_unit()
+    handle = await start_unit(client, worker, unit, campaign_id=CAMPAIGN)
+    u = unit.unit_id
+    async with pool.acquire() as conn:
+        await grant(conn, Binding(CAMPAIGN, "oa-http", Role.INTEGRATOR, u), "test")
+        await grant(conn, Binding(CAMPAIGN, "dept-http", Role.DEPARTMENT), "test")
+        key = await api_keys.create_key(conn, "oa-http", "test")
+    base = f"{api.url}/v1/campaigns/{CAMPAIGN}/units/{u}/actions"
+    system = {"X-Api-Key": key}
+    async with httpx.AsyncClient(timeout=30) as http:
+        r = await http.post(
+            f"{base}/acknowledge_notice", json={"idempotency_key": "http-ack"}, headers=system
+        )
+        assert r.status_code == 200, r.text
+        assert r.headers["content-type"] == "application/json"
+        assert r.json() == {
+            "accepted": True,
+            "duplicate": False,
+            "stage": "report_back",
+            "message": "notice acknowledged",
+        }
 
+        # A rejection by the unit: 409, a problem naming the field.
+        bad = {
+            "idempotency_key": "http-bad",
+            "kind": "cadre",
+            "cadre_id": "nobody",
+            "title": "述职报告",
+            "text": "...",
+        }
+        r = await http.post(f"{base}/submit_report", json=bad, headers=system)
+        assert r.status_code == 409, r.text
+        assert r.headers["content-type"].startswith("application/problem+json")
+        assert r.json()["field"] == "cadre_id" and "cadre_id" in r.json()["detail"]
 
-def update_body(name: str, payload: dict[str, Any], update_id: str) -> dict[str, Any]:
-    """The body of README's `curl .../update/{name}` example."""
-    return {
-        "request": {
-            "input": {"name": name, "args": {"payloads": [payload]}},
-            "meta": {"updateId": update_id},
-        },
-        "waitPolicy": {"lifecycleStage": "UPDATE_WORKFLOW_EXECUTION_LIFECYCLE_STAGE_COMPLETED"},
-    }
+        # A malformed body: 422 naming the field, before the unit is asked.
+        r = await http.post(f"{base}/submit_report", content=b"[1, 2]", headers=system)
+        assert r.status_code == 422 and "expected a JSON object" in r.json()["detail"], r.text
+        r = await http.post(f"{base}/submit_report", json={"kind": "team"}, headers=system)
+        assert r.status_code == 422 and r.json()["field"] == "idempotency_key", r.text
 
-
-async def test_update_and_signal_over_http(stack: Stack, client: Client, worker: str) -> None:
-    handle = await start_unit(client, worker, sample_unit())
-    base = f"{stack.temporal.http_url}/api/v1/namespaces/default/workflows/{handle.id}"
-    ack = {"idempotency_key": "http-ack", "actor": {"id": "oa-system", "role": "integrator"}}
-
-    status, body = await asyncio.to_thread(
-        post, f"{base}/update/acknowledge_notice", update_body("acknowledge_notice", ack, "u1")
-    )
-    assert status == 200, body
-    assert (await decoded(stack, body["outcome"]["success"]))["stage"] == "report_back"
-
-    # A rejection comes back as a failure naming the field.
-    bad = {
-        "idempotency_key": "http-bad",
-        "actor": {"id": "oa", "role": "unit"},
-        "kind": "cadre",
-        "title": "述职报告",
-        "text": "...",
-    }
-    status, body = await asyncio.to_thread(
-        post, f"{base}/update/submit_report", update_body("submit_report", bad, "u2")
-    )
-    assert status == 200, body
-    assert "cadre_id" in body["outcome"]["failure"]["message"]
-
-    # Signals: fire and forget, with the same payload.
-    close = {
-        "idempotency_key": "http-close",
-        "actor": {"id": "d", "role": "department"},
-        "stage": "report_back",
-        "reason": "HTTP 关闭",
-    }
-    status, body = await asyncio.to_thread(post, f"{base}/signal/close_stage", {"input": [close]})
-    assert status == 200, body
+        # The department closes the stage (what integrators used to signal).
+        close = {"idempotency_key": "http-close", "stage": "report_back", "reason": "HTTP 关闭"}
+        r = await http.post(f"{base}/close_stage", json=close, headers=api.token("dept-http"))
+        assert r.status_code == 200 and r.json()["stage"] == "evaluation", r.text
     closed = await wait_for_status(handle, lambda s: s.stage == Stage.EVALUATION)
     assert closed.stage == Stage.EVALUATION

@@ -1,28 +1,28 @@
-"""docs/integrator-guide.md, run: every `sh` example with `curl` against the session's dev
-server, on a unit brought to the stage it needs; every update and signal has a section and
-a tested example; the shipped JSON Schemas are `kaohe schema export`'s and the examples'
-bodies validate against them; the Python calls build valid messages.
+"""docs/integrator-guide.md, run: every `sh` example with `curl` against kaohe's API (the
+`api` fixture, in this process on the session's stack), on a unit brought to the stage it
+needs, with the guide's credentials bound on it; every update and query has a section and a
+tested example, every signal a section; the shipped JSON Schemas are `kaohe schema export`'s
+and the examples' bodies (with the actor their credentials give) and answers validate
+against them; the Python example runs.
 
 Conventions of the guide (see its top):
 
 * `<!-- prelude -->` before a ```sh block: shell helpers prepended to every example run;
 * `<!-- run: given=STATE expect=WHAT [http=N] [after="PATH OP VALUE; ..."] [changed=PATH]
-  [schema=invalid] -->` before a ```sh block: run it on a unit in STATE (see GIVENS),
-  expecting WHAT (see EXPECTS) of its last call to Temporal; `after` checks the unit's
-  `status` once it has run (OP `=`, `!=`, or `~` for "its JSON contains"), `changed` that a
-  status field moved; the bodies of updates and signals must fit their JSON Schema (but for
-  rejections), or must not with `schema=invalid`; a line `# -> PATTERN` in the block is
-  output it must print (`…` matches anything);
-* `<!-- python: setup -->` and `<!-- python -->` before a ```python block: the imports, and
-  a section's Python call (run with stand-in handles);
+  [schema=invalid] [grant="PRINCIPAL=ROLE ..."] -->` before a ```sh block: run it on a unit
+  in STATE (see GIVENS), the principals of CREDENTIALS bound on it (and `grant`'s extra
+  roles on the unit), expecting WHAT (see EXPECTS) of its last action or read; `after`
+  checks the unit's `status` once it has run (OP `=`, `!=`, or `~` for "its JSON
+  contains"), `changed` that a status field moved; the bodies of actions must fit their JSON
+  Schema with the caller's actor (but for rejections), or must not with `schema=invalid`;
+  a line `# -> PATTERN` in the block is output it must print (`…` matches anything);
+* `<!-- python -->` before a ```python block: the Python example, run on a unit in `notice`;
 * `<!-- internal -->` under a section's heading: a signal between the workflows.
 """
 
 from __future__ import annotations
 
-import ast
 import asyncio
-import base64
 import json
 import os
 import random
@@ -31,28 +31,27 @@ import shlex
 import shutil
 import sys
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import asyncpg
 import jsonschema
+import jwt
 import pytest
-from google.protobuf import json_format
 from temporalio import workflow
-from temporalio.api.common.v1 import Payload
 from temporalio.client import Client, WorkflowHandle
 
 import kaohe
 from domain.actions import ACTIONS
+from kaohe.access import api_keys
+from kaohe.access.bindings import Binding, grant_many
 from kaohe.cli.main import schema_export
-from kaohe.client import data_converter
-from kaohe.codec.server import CodecServer, codec_token
 from kaohe.ingest.ballot_csv import write_ballot_csv
 from kaohe.ingest.ballot_io import import_ballots
 from kaohe.ingest.roster_io import load_policy, load_roster
-from kaohe.listening import free_port
 from kaohe.sim.simulate import (
     APPROVER,
     DEPARTMENT,
@@ -67,19 +66,13 @@ from kaohe.sim.simulate import (
     wait_started,
 )
 from kaohe.starter import start_campaign
-from schemas.calibration import DecideCalibration
-from schemas.common import CadreGrade, Stage
-from schemas.messages import (
-    ActionResult,
-    ApproveGrades,
-    PauseUnit,
-    RaiseObjection,
-)
+from schemas.common import CadreGrade, Role, Stage
+from schemas.messages import ApproveGrades, PauseUnit, RaiseObjection
 from schemas.policy import DemoClock, Policy
 from schemas.roster import Roster, UnitSpec
-from tests.conftest import Stack
+from tests.conftest import ApiStack, Stack
 from tests.helpers import SMALL_GROUPS, start_unit
-from workflows.campaign import AssessmentCampaign, campaign_workflow_id, unit_workflow_id
+from workflows.campaign import AssessmentCampaign, unit_workflow_id
 from workflows.unit import UnitAssessment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -185,9 +178,26 @@ def handler_names() -> dict[str, set[str]]:
     }
 
 
+# kaohe's API paths -> the handler each one reaches: an action is the unit's update of that
+# name, the calibration decisions the campaign's update, the reads their queries.
+API_PATH = re.compile(
+    r"/v1/campaigns/[^/\s\"?]+/(?:units/[^/\s\"?]+/)?"
+    r"(actions/(\w+)|calibration/decisions|status|progress|calibration)\b"
+)
+
+
+def handler_of(found: re.Match[str]) -> tuple[str, str]:
+    what, action = found.group(1), found.group(2)
+    if action:
+        return ("update", action)
+    if what == "calibration/decisions":
+        return ("update", "decide_calibration")
+    return ("query", what)
+
+
 def calls_in(text: str) -> set[tuple[str, str]]:
-    """(kind, name) of each HTTP API call written in a block."""
-    return set(re.findall(r"/workflows/[^/\s]+/(update|signal|query)/(\w+)", text))
+    """(kind, name) of each handler an API call written in a block reaches."""
+    return {handler_of(m) for m in API_PATH.finditer(text)}
 
 
 def internal_sections() -> set[str]:
@@ -208,16 +218,18 @@ def test_every_handler_has_a_section_and_a_tested_example() -> None:
         for name in sorted(names):
             if name not in GUIDE_DOC.sections:
                 missing.append(f"{kind} {name}: no section `### \\`{name}\\``")
-            elif name not in internal and (name, (kind, name)) not in tested:
-                missing.append(f"{kind} {name}: no tested curl example of .../{kind}/{name}")
+            elif kind != "signal" and (name, (kind, name)) not in tested:
+                missing.append(f"{kind} {name}: no tested curl example in its section")
     assert not missing, (
         "docs/integrator-guide.md does not cover every handler of UnitAssessment and "
         "AssessmentCampaign:\n" + "\n".join(missing)
     )
-    # Internal is for the signals the workflows send each other, never the public contract.
+    # Internal is for the signals the workflows send each other, never the public contract;
+    # the other signals are the unit's actions, in the action's own section.
     public = set(ACTIONS) | set(CAMPAIGN.updates) | handler_names()["query"]
     assert not internal & public, f"public handlers marked internal: {internal & public}"
     assert internal <= handler_names()["signal"], internal - handler_names()["signal"]
+    assert handler_names()["signal"] - internal <= set(ACTIONS)
     stray = set(GUIDE_DOC.sections) - set().union(*handler_names().values())
     assert not stray, f"sections for handlers that do not exist: {stray}"
 
@@ -234,6 +246,22 @@ def test_sections_give_the_stages_and_roles_of_the_transition_table() -> None:
         assert f"(schemas/{name}.json)" in text, f"{name}: no link to its schema"
 
 
+def test_the_roles_table_is_the_transition_table() -> None:
+    """The guide's table of who may send what is domain/actions.py's."""
+    rows = re.findall(
+        r"^\| (`\w+`(?:, `\w+`)*)(?: \(campaign\))? \| (.*) \|$",
+        GUIDE.read_text(encoding="utf-8"),
+        re.M,
+    )
+    table: dict[str, set[str]] = {}
+    for actions, roles in rows:
+        for action in re.findall(r"`(\w+)`", actions):
+            table[action] = set(re.findall(r"`(\w+)`", roles))
+    for name, rule in ACTIONS.items():
+        assert table.get(name) == {r.value for r in rule.roles}, f"{name}: {table.get(name)}"
+    assert table.get("decide_calibration") == {"department"}
+
+
 def test_run_markers_are_well_formed() -> None:
     assert len(GUIDE_DOC.marked("prelude")) == 1
     for block in GUIDE_DOC.runnable:
@@ -241,10 +269,24 @@ def test_run_markers_are_well_formed() -> None:
         assert block.lang == "sh", where
         assert block.options.get("given") in GIVENS, f"{where}: given= one of {sorted(GIVENS)}"
         assert block.options.get("expect") in EXPECTS, f"{where}: expect= one of {EXPECTS}"
-        assert set(block.options) <= {"given", "expect", "http", "after", "changed", "schema"}
+        allowed = {"given", "expect", "http", "after", "changed", "schema", "grant"}
+        assert set(block.options) <= allowed, where
         assert block.options.get("schema", "invalid") == "invalid", where
         for check in split_checks(block.options.get("after", "")):
             assert CHECK.match(check), f"{where}: after check {check!r}"
+        for extra in extra_grants(block):
+            assert extra.principal in {p for p, _, _ in CREDENTIALS.values()}, where
+        for name in re.findall(r"\$\{?((?:TOKEN|API_KEY|OA_API_KEY)\w*)", block.text):
+            assert name in CREDENTIALS, f"{where}: ${name} is not one of the guide's credentials"
+
+
+def test_every_example_names_a_real_call() -> None:
+    """Each runnable block calls the API on a handler that exists."""
+    names = handler_names()
+    for block in GUIDE_DOC.runnable:
+        assert calls_in(block.text), f"line {block.line}: no call to kaohe's API"
+        for kind, name in calls_in(block.text):
+            assert name in names[kind], f"line {block.line}: {kind} {name} does not exist"
 
 
 # ---- the schemas shipped in docs/schemas -----------------------------------------------------
@@ -275,68 +317,100 @@ def test_schemas_reject_what_the_models_reject() -> None:
     assert not validator.is_valid({"idempotency_key": "k", "actor": {**actor, "role": "boss"}})
 
 
-# ---- the Python calls ------------------------------------------------------------------------
+# ---- the credentials the examples use --------------------------------------------------------
+
+# The guide's variable -> (principal, role on the example's unit, cadre it is). Variables
+# TOKEN_* are bearer tokens of the session's issuer; the others API keys of systems.
+CREDENTIALS: dict[str, tuple[str, Role, str]] = {
+    "TOKEN_UNIT": ("jyj-office", Role.UNIT, ""),
+    "TOKEN_GROUP": ("group-leader", Role.ASSESSMENT_GROUP, ""),
+    "TOKEN_APPROVER": ("org-approver", Role.APPROVER, ""),
+    "TOKEN_DEPARTMENT": ("org-department", Role.DEPARTMENT, ""),
+    "TOKEN_JYJ_01": ("jyj-01", Role.CADRE, "jyj-01"),
+    "TOKEN_JYJ_02": ("jyj-02", Role.CADRE, "jyj-02"),
+    "API_KEY": ("ballot-system", Role.INTEGRATOR, ""),
+    "OA_API_KEY": ("oa-system", Role.INTEGRATOR, ""),
+}
+
+
+def extra_grants(block: Block) -> list[Binding]:
+    """A marker's `grant="PRINCIPAL=ROLE ..."`: more roles on the unit (campaign filled in)."""
+    out = []
+    for item in block.options.get("grant", "").split():
+        principal, _, role = item.partition("=")
+        out.append(Binding("", principal, Role(role), "jyj"))
+    return out
 
 
 @dataclass
-class Recorded:
-    kind: str
-    target: Any
-    arg: Any
-    id: str | None = None
+class Credentials:
+    env: dict[str, str]
+    principal_of_key: dict[str, str]
+    bindings: list[Binding]
+
+    def principal(self, headers: list[str]) -> str | None:
+        for header in headers:
+            name, _, value = header.partition(":")
+            name, value = name.strip().lower(), value.strip()
+            if name == "authorization" and value.lower().startswith("bearer "):
+                claims = jwt.decode(value[7:], options={"verify_signature": False})
+                return str(claims["sub"])
+            if name == "x-api-key":
+                return self.principal_of_key.get(value)
+        return None
+
+    def actor(self, principal: str, roles: set[Role], as_role: str | None) -> dict[str, str]:
+        """The actor the API gives this principal for an action of these roles."""
+        mine = sorted(
+            (b for b in self.bindings if b.principal == principal), key=lambda b: b.role.value
+        )
+        fitting = [b for b in mine if b.role in roles and as_role in (None, b.role.value)]
+        [chosen, *_] = fitting or mine
+        return chosen.actor().model_dump(mode="json")
 
 
-class StandIn:
-    """A workflow handle that records what it is asked."""
-
-    def __init__(self) -> None:
-        self.calls: list[Recorded] = []
-
-    async def execute_update(self, update: Any, arg: Any, *, id: str | None = None) -> Any:
-        self.calls.append(Recorded("update", update, arg, id))
-        return ActionResult(accepted=True, stage=Stage.NOTICE, message="")
-
-    async def signal(self, signal: Any, arg: Any) -> None:
-        self.calls.append(Recorded("signal", signal, arg))
-
-    async def query(self, query: Any) -> None:
-        self.calls.append(Recorded("query", query, None))
-
-
-async def run_python(source: str, namespace: dict[str, Any]) -> None:
-    code = compile(source, str(GUIDE), "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
-    result = eval(code, namespace)  # the guide's own examples
-    if asyncio.iscoroutine(result):
-        await result
-
-
-async def test_python_calls_send_valid_messages() -> None:
-    [setup] = GUIDE_DOC.marked("python: setup")
-    namespace: dict[str, Any] = {}
-    await run_python(setup.text, namespace)
-    internal = internal_sections()
-    for name in GUIDE_DOC.sections.keys() - internal:
-        [block] = [b for b in GUIDE_DOC.marked("python") if b.section == name] or [None]
-        assert block is not None, f"{name}: no Python call (<!-- python --> block)"
-        handle, campaign = StandIn(), StandIn()
-        await run_python(block.text, {**namespace, "handle": handle, "campaign": campaign})
-        calls = handle.calls + campaign.calls
-        where = f"{name} (line {block.line})"
-        if name in handler_names()["query"]:
-            workflow_class = UnitAssessment if name in UNIT.queries else AssessmentCampaign
-            assert [c.target for c in calls] == [getattr(workflow_class, name)], where
-            continue
-        model = DecideCalibration if name in CAMPAIGN.updates else ACTIONS[name].model
-        kinds = ["update", "signal"] if name in UNIT.signals else ["update"]
-        assert [c.kind for c in calls] == kinds, where
-        for call in calls:
-            assert isinstance(call.arg, model), where
-            if call.kind == "update":
-                owner = UnitAssessment if name in UNIT.updates else AssessmentCampaign
-                assert call.target is getattr(owner, name), where
-                assert call.id == call.arg.idempotency_key, f"{where}: id= the idempotency key"
+async def bind_credentials(ctx: Context, block: Block) -> Credentials:
+    """The guide's principals bound on the example's unit, each with its token or key."""
+    env: dict[str, str] = {}
+    keys: dict[str, str] = {}
+    bindings: list[Binding] = []
+    async with ctx.pool.acquire() as conn:
+        for name, (principal, role, cadre) in CREDENTIALS.items():
+            unit = "" if role == Role.DEPARTMENT else ctx.unit.unit_id
+            bindings.append(Binding(ctx.campaign_id, principal, role, unit, cadre))
+            if name.startswith("TOKEN_"):
+                env[name] = ctx.api.issuer.mint(principal)
             else:
-                assert call.target == name, where
+                env[name] = await api_keys.create_key(conn, principal, "test")
+                keys[env[name]] = principal
+        for extra in extra_grants(block):
+            bindings.append(Binding(ctx.campaign_id, extra.principal, extra.role, extra.unit_id))
+        await grant_many(conn, bindings, "test")
+    return Credentials(env, keys, bindings)
+
+
+# ---- the Python example ----------------------------------------------------------------------
+
+
+async def test_python_example_runs(context: Context, bin_dir: Path, tmp_path: Path) -> None:
+    [block] = GUIDE_DOC.marked("python")
+    handle = await started(context)
+    credentials = await bind_credentials(context, block)
+    script = tmp_path / "example.py"
+    script.write_text(block.text, encoding="utf-8")
+    env = {**environment(bin_dir, context, tmp_path / "curl.jsonl"), **credentials.env}
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        str(script),
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE,
+    )
+    out, err = await asyncio.wait_for(proc.communicate(), 60)
+    assert proc.returncode == 0, err.decode()
+    assert out.decode().split() == ["report_back"], (out.decode(), err.decode())
+    status = await status_json(handle)
+    assert status["stage"] == "report_back" and status["acknowledgements"] == 1
 
 
 # ---- running the curl examples ---------------------------------------------------------------
@@ -346,11 +420,13 @@ CURL_WRAPPER = r'''#!{python}
 import json, os, subprocess, sys, tempfile
 
 DATA = {{"-d", "--data", "--data-binary", "--data-ascii"}}
-args, body, feed, method = sys.argv[1:], None, None, None
+args, body, feed, method, headers = sys.argv[1:], None, None, None, []
 for i, arg in enumerate(args[:-1]):
     value = args[i + 1]
     if arg in ("-X", "--request"):
         method = value
+    elif arg in ("-H", "--header"):
+        headers.append(value)
     elif arg in DATA or arg == "--data-raw":
         if arg != "--data-raw" and value.startswith("@"):
             raw = sys.stdin.buffer.read() if value == "@-" else open(value[1:], "rb").read()
@@ -362,24 +438,32 @@ for i, arg in enumerate(args[:-1]):
             raw = value.encode()
         body = raw.decode()
 url = next(a for a in args if a.startswith(("http://", "https://")))
-with tempfile.NamedTemporaryFile(suffix=".headers") as headers:
+with tempfile.NamedTemporaryFile(suffix=".headers") as dump:
     done = subprocess.run(
-        [{curl!r}, *args, "-D", headers.name],
+        [{curl!r}, *args, "-D", dump.name],
         input=feed,
         stdin=None if feed is not None else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
     )
-    lines = open(headers.name, "rb").read().decode("latin-1").splitlines()
+    lines = open(dump.name, "rb").read().decode("latin-1").splitlines()
 statuses = [int(line.split()[1]) for line in lines if line.startswith("HTTP/")]
+answer_headers = {{
+    name.strip().lower(): value.strip()
+    for name, sep, value in (line.partition(":") for line in lines)
+    if sep
+}}
 sys.stdout.buffer.write(done.stdout)
 sys.stdout.flush()
 with open(os.environ["CURL_LOG"], "a", encoding="utf-8") as log:
     record = {{
         "url": url,
-        "method": method,
+        "method": method or ("POST" if body is not None else "GET"),
+        "headers": headers,
         "body": body,
         "status": statuses[-1] if statuses else None,
         "answer": done.stdout.decode("utf-8", "replace"),
+        "content_type": answer_headers.get("content-type"),
+        "location": answer_headers.get("location"),
     }}
     log.write(json.dumps(record, ensure_ascii=False) + "\n")
 sys.exit(done.returncode)
@@ -398,15 +482,6 @@ def bin_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     wrapper.chmod(0o755)
     (path / "python3").symlink_to(sys.executable)
     return path
-
-
-@pytest.fixture(scope="module")
-async def codec(stack: Stack) -> AsyncIterator[CodecServer]:
-    """A codec server with the worker's keys, as `make run` has on :8234."""
-    server = CodecServer(stack.settings.model_copy(update={"codec_port": free_port()}))
-    await server.start()
-    yield server
-    await server.stop()
 
 
 # ---- the units the examples run on -----------------------------------------------------------
@@ -438,6 +513,7 @@ class Context:
     pool: asyncpg.Pool
     tokens: TokenSource
     tmp_path: Path
+    api: ApiStack
     campaign_id: str = field(default_factory=lambda: f"guide{uuid.uuid4().hex[:10]}")
     unit: UnitSpec = field(default_factory=demo_unit)
 
@@ -464,11 +540,7 @@ async def driven(ctx: Context, stop_at: Stage, policy: Policy | None = None) -> 
 
 
 def unit_env(handle: WorkflowHandle, **extra: str) -> Given:
-    return Given({"WF": handle.id, **extra}, handle)
-
-
-async def given_none(ctx: Context) -> Given:
-    return Given({"WF": unit_workflow_id(ctx.campaign_id, ctx.unit.unit_id)})
+    return Given(dict(extra), handle)
 
 
 async def given_notice(ctx: Context) -> Given:
@@ -482,7 +554,7 @@ async def given_report_back(ctx: Context) -> Given:
 async def given_evaluation(ctx: Context) -> Given:
     handle = await driven(ctx, Stage.EVALUATION)
     issued = await ctx.tokens(handle.id)
-    return unit_env(handle, TOKEN=issued["A"][0], TOKEN2=issued["A"][1])
+    return unit_env(handle, BALLOT_TOKEN=issued["A"][0], BALLOT_TOKEN2=issued["A"][1])
 
 
 async def given_imported(ctx: Context) -> Given:
@@ -584,11 +656,10 @@ async def given_held(ctx: Context) -> Given:
         lambda s: s.grading.calibration is not None and s.grading.calibration.state == "held",
     )
     assert status.grading.calibration and status.grading.calibration.state == "held", status
-    return unit_env(handle, CAMPAIGN_WF=campaign_workflow_id(ctx.campaign_id))
+    return unit_env(handle)
 
 
 GIVENS: dict[str, Callable[[Context], Any]] = {
-    "none": given_none,
     "notice": given_notice,
     "report_back": given_report_back,
     "evaluation": given_evaluation,
@@ -602,8 +673,9 @@ GIVENS: dict[str, Callable[[Context], Any]] = {
     "paused": given_paused,
     "held": given_held,
 }
-# What the block's last call to Temporal answers.
-EXPECTS = ("accepted", "duplicate", "rejected", "signalled", "answered", "error", "output")
+# What the block's last action or read answers: an ActionResult (accepted; duplicate true),
+# a problem (status `http`, 409 unless given), 202 with a Location, or a read's JSON.
+EXPECTS = ("accepted", "duplicate", "rejected", "queued", "answered")
 
 # ---- checks ----------------------------------------------------------------------------------
 
@@ -653,25 +725,30 @@ async def status_json(handle: WorkflowHandle) -> dict[str, Any]:
     return status.model_dump(mode="json")
 
 
-async def decoded(stack: Stack, payloads: dict[str, Any]) -> list[Any]:
-    codec = data_converter(stack.settings).payload_codec
-    assert codec is not None
-    protos = [json_format.ParseDict(p, Payload()) for p in payloads["payloads"]]
-    return [json.loads(p.data) for p in await codec.decode(protos)]
+# The schema of each read's answer.
+READ_SCHEMAS = {"status": "status", "progress": "campaign_progress", "calibration": "calibration"}
 
 
 @dataclass
 class Call:
     url: str
-    method: str | None
+    method: str
+    headers: list[str]
     body: str | None
     status: int | None
     answer: str
+    content_type: str | None
+    location: str | None
 
     @property
-    def kind_name(self) -> tuple[str, str] | None:
-        m = re.search(r"/workflows/[^/]+/(update|signal|query)/(\w+)$", self.url)
-        return (m.group(1), m.group(2)) if m else None
+    def handler(self) -> tuple[str, str] | None:
+        """The handler an action or a read reaches; None for a queued request's GET."""
+        found = API_PATH.search(urlsplit(self.url).path + " ")
+        return handler_of(found) if found else None
+
+    @property
+    def as_role(self) -> str | None:
+        return parse_qs(urlsplit(self.url).query).get("as", [None])[0]
 
     def json_body(self) -> Any:
         return json.loads(self.body or "null")
@@ -680,32 +757,10 @@ class Call:
         return json.loads(self.answer)
 
 
-def plaintexts(calls: list[Call]) -> dict[str, Any]:
-    """Encrypted payload data (base64) -> the JSON body it was encoded from, by /encode."""
-    out: dict[str, Any] = {}
-    for call in calls:
-        if call.url.endswith("/encode") and call.status == 200:
-            sent = call.json_body()["payloads"]
-            got = call.json_answer()["payloads"]
-            for plain, secret in zip(sent, got, strict=True):
-                out[secret["data"]] = json.loads(base64.b64decode(plain["data"]))
-    return out
-
-
-def action_bodies(call: Call, encoded: dict[str, Any]) -> list[Any]:
-    """The action bodies an update or signal call carried, encrypted ones as encoded."""
-    body = call.json_body()
-    payloads = body["request"]["input"]["args"] if "request" in body else body["input"]
-    if isinstance(payloads, dict):
-        payloads = payloads["payloads"]
-    out = []
-    for p in payloads:
-        if isinstance(p, dict) and set(p) == {"metadata", "data"}:
-            assert p["data"] in encoded, "an encrypted payload not made by the codec's /encode"
-            out.append(encoded[p["data"]])
-        else:
-            out.append(p)
-    return out
+def validator_of(name: str) -> jsonschema.Draft202012Validator:
+    return jsonschema.Draft202012Validator(
+        schema_of(name), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
+    )
 
 
 @pytest.fixture
@@ -716,19 +771,19 @@ async def context(
     pool: asyncpg.Pool,
     tokens: TokenSource,
     tmp_path: Path,
+    api: ApiStack,
 ) -> Context:
-    return Context(stack, client, worker, pool, tokens, tmp_path)
+    return Context(stack, client, worker, pool, tokens, tmp_path, api)
 
 
-def environment(bin_dir: Path, stack: Stack, codec: CodecServer, log: Path) -> dict[str, str]:
+def environment(bin_dir: Path, ctx: Context, log: Path) -> dict[str, str]:
     return {
         **os.environ,
         "PATH": f"{bin_dir}{os.pathsep}{os.environ.get('PATH', '')}",
         "CURL_LOG": str(log),
-        "TEMPORAL_HTTP": stack.temporal.http_url,
-        "CODEC": codec.url,
-        "CODEC_TOKEN": codec_token(stack.settings),
-        "CAMPAIGN_WF": campaign_workflow_id("guide-none"),
+        "KAOHE_API": ctx.api.url,
+        "CAMPAIGN": ctx.campaign_id,
+        "UNIT": ctx.unit.unit_id,
         "PYTHONIOENCODING": "utf-8",
     }
 
@@ -741,17 +796,18 @@ def read_calls(log: Path) -> list[Call]:
 
 @pytest.mark.parametrize("block", GUIDE_DOC.runnable, ids=block_id)
 async def test_example_runs_as_the_guide_says(
-    block: Block, context: Context, bin_dir: Path, codec: CodecServer
+    block: Block, context: Context, bin_dir: Path
 ) -> None:
-    opts, stack = block.options, context.stack
+    opts = block.options
     where = f"docs/integrator-guide.md line {block.line} ({block_id(block)})"
     given = await GIVENS[opts["given"]](context)
+    credentials = await bind_credentials(context, block)
     handle = given.handle
     changed = opts.get("changed")
     before = lookup(await status_json(handle), changed) if handle and changed else None
 
     log = context.tmp_path / "curl.jsonl"
-    env = {**environment(bin_dir, stack, codec, log), **given.env}
+    env = {**environment(bin_dir, context, log), **credentials.env, **given.env}
     [prelude] = GUIDE_DOC.marked("prelude")
     proc = await asyncio.create_subprocess_exec(
         "bash",
@@ -767,60 +823,64 @@ async def test_example_runs_as_the_guide_says(
     shown = f"{where}\n--- stdout\n{out}\n--- stderr\n{err}\n--- calls\n" + "\n".join(
         f"{c.method} {c.url} -> {c.status} {c.answer[:600]}" for c in calls
     )
-
-    # Every call answered as expected: Temporal with 200 (or the marked status), the codec 200.
-    temporal = [c for c in calls if c.url.startswith(stack.temporal.http_url)]
-    assert temporal or opts["expect"] == "output", f"no call to Temporal\n{shown}"
-    for call in calls:
-        want = int(opts.get("http", 200)) if call in temporal else 200
-        assert call.status == want, f"HTTP {call.status} for {call.url}\n{shown}"
-    if opts["expect"] not in ("rejected", "error"):
-        assert proc.returncode == 0, f"exit status {proc.returncode}\n{shown}"
+    assert proc.returncode == 0, f"exit status {proc.returncode}\n{shown}"
 
     # The output the guide shows.
     output = out.splitlines() + err.splitlines()
     missing = missing_lines(block.expected_lines, output)
     assert not missing, f"expected output not printed: {missing}\n{shown}"
 
-    # The last call to Temporal answered as the guide says.
+    # The last action or read answered as the guide says; every other call succeeded.
     expect = opts["expect"]
-    if expect != "output":
-        last = temporal[-1]
-        answer = last.json_answer()
-        kind = last.kind_name[0] if last.kind_name else None
-        if expect in ("accepted", "duplicate"):
-            assert kind == "update" and "success" in answer.get("outcome", {}), shown
-            [result] = await decoded(stack, answer["outcome"]["success"])
-            assert result["accepted"] is True, shown
-            assert result["duplicate"] is (expect == "duplicate"), f"{result}\n{shown}"
-        elif expect == "rejected":
-            assert kind == "update" and "failure" in answer.get("outcome", {}), shown
-        elif expect == "signalled":
-            assert kind == "signal" and "code" not in answer, shown
-        elif expect == "answered":
-            assert kind == "query" and "queryResult" in answer, shown
-        elif expect == "error":
-            assert "code" in answer and "message" in answer, shown
+    targets = [c for c in calls if c.handler is not None]
+    assert targets, f"no call to kaohe's API\n{shown}"
+    last = targets[-1]
+    for call in calls:
+        if call is not last:
+            assert call.status is not None and call.status < 300, f"{call.url}\n{shown}"
+    kind, name = last.handler or ("", "")
+    if expect in ("accepted", "duplicate"):
+        assert last.status == 200 and kind == "update", shown
+        result = last.json_answer()
+        assert not list(validator_of("action_result").iter_errors(result)), shown
+        assert result["accepted"] is True, shown
+        assert result["duplicate"] is (expect == "duplicate"), f"{result}\n{shown}"
+    elif expect == "rejected":
+        status = int(opts.get("http", 409))
+        assert last.status == status, f"HTTP {last.status}, not {status}\n{shown}"
+        assert (last.content_type or "").startswith("application/problem+json"), shown
+        problem = last.json_answer()
+        assert {"type", "title", "status", "detail"} <= problem.keys(), shown
+        assert problem["status"] == status, shown
+    elif expect == "queued":
+        assert last.status == 202 and kind == "update", f"HTTP {last.status}\n{shown}"
+        assert re.fullmatch(r"/v1/requests/\w+", last.location or ""), shown
+    elif expect == "answered":
+        assert last.status == 200 and kind == "query", shown
+        problems = [
+            e.message for e in validator_of(READ_SCHEMAS[name]).iter_errors(last.json_answer())
+        ]
+        assert not problems, f"{name} answer not valid: {problems}\n{shown}"
 
-    # Every update and signal body is the action's schema; an update's id is its key.
-    encoded = plaintexts(calls)
-    for call in temporal:
-        if call.kind_name is None or call.kind_name[0] == "query":
+    # Every action's body is its schema's, with the actor the caller's binding gives (and
+    # without `actor` of its own).
+    for call in calls:
+        if call.handler is None or call.handler[0] != "update":
             continue
-        kind, name = call.kind_name
-        bodies = action_bodies(call, encoded)
-        if kind == "update":
-            update_id = call.json_body()["request"]["meta"]["updateId"]
-            keys = [b.get("idempotency_key") for b in bodies]
-            same = keys == [update_id] or expect == "duplicate"
-            assert same, f"updateId {update_id!r} is not the idempotency key {keys}\n{shown}"
-        validator = jsonschema.Draft202012Validator(
-            schema_of(name), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER
-        )
-        problems = [e.message for body in bodies for e in validator.iter_errors(body)]
+        name = call.handler[1]
+        body = call.json_body()
+        if expect == "rejected":
+            continue
+        assert isinstance(body, dict) and "actor" not in body, f"{name}: actor in the body"
+        principal = credentials.principal(call.headers)
+        assert principal is not None, f"{name}: sent without the guide's credentials\n{shown}"
+        rule = ACTIONS.get(name)
+        roles = set(rule.roles) if rule else {Role.DEPARTMENT}
+        actor = credentials.actor(principal, roles, call.as_role)
+        problems = [e.message for e in validator_of(name).iter_errors({**body, "actor": actor})]
         if opts.get("schema") == "invalid":
             assert problems, f"{name} body valid, but marked schema=invalid\n{shown}"
-        elif expect not in ("rejected", "error"):
+        else:
             assert not problems, f"{name} body not valid: {problems}\n{shown}"
 
     # The unit's status moved as the guide says.
@@ -841,11 +901,3 @@ async def test_example_runs_as_the_guide_says(
         assert not failed, f"status after the example: {failed} do not hold\n{status}\n{shown}"
         if changed:
             assert lookup(status, changed) != before, f"{changed} did not change\n{shown}"
-
-
-def test_every_example_names_a_real_call() -> None:
-    """Each runnable block calls Temporal on a handler that exists (or only the codec)."""
-    names = handler_names()
-    for block in GUIDE_DOC.runnable:
-        for kind, name in calls_in(block.text):
-            assert name in names[kind], f"line {block.line}: {kind} {name} does not exist"
