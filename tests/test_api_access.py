@@ -305,3 +305,29 @@ async def test_fire_and_forget_gets_202_and_a_durable_answer(
         other = await http.get(f"{api.url}{location}", headers=api.token("dept-1"))
         assert other.status_code == 404
     assert (await handle.query(UnitAssessment.status)).acknowledgements == 1
+
+
+async def test_a_key_reused_for_another_action_is_refused_by_the_unit(
+    api: ApiStack, client: Client, worker: str, pool: asyncpg.Pool
+) -> None:
+    _, u = await _unit(client, worker, pool)
+    async with httpx.AsyncClient() as http:
+        first = await http.post(
+            _url(api, u, "acknowledge_notice"),
+            json={"idempotency_key": "same-key"},
+            headers=api.token(f"office-{u}"),
+        )
+        assert first.status_code == 200, first.text
+        again = await http.post(
+            _url(api, u, "acknowledge_notice"),
+            json={"idempotency_key": "same-key"},
+            headers=api.token(f"office-{u}"),
+        )
+        assert again.json() == first.json()  # a retry: the first answer, nothing twice
+        other = await http.post(
+            _url(api, u, "close_stage"),
+            json={"idempotency_key": "same-key", "stage": "report_back", "reason": "提前结束"},
+            headers=api.token("dept-1"),
+        )
+    assert other.status_code == 409, other.text
+    assert "was already used for acknowledge_notice" in other.json()["detail"]

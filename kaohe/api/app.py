@@ -113,8 +113,12 @@ class Api:
     async def send(self, workflow_id: str, update: str, payload: dict[str, Any]) -> ActionResult:
         handle = self.client.get_workflow_handle(workflow_id)
         try:
+            # The update id makes a retry of the same action harmless (Temporal answers it
+            # with the first outcome); the action's name in it lets the unit itself refuse a
+            # key reused for another action.
+            update_id = f"{update}:{payload['idempotency_key']}"
             return await handle.execute_update(
-                update, payload, id=str(payload["idempotency_key"]), result_type=ActionResult
+                update, payload, id=update_id, result_type=ActionResult
             )
         except WorkflowUpdateFailedError as err:
             cause = err.cause
