@@ -178,8 +178,13 @@ async def test_cancelling_a_campaign_cancels_its_running_units(
         WorkflowExecutionStatus.CANCELED,
         WorkflowExecutionStatus.CANCELED,
     ]
-    campaign = await client.get_workflow_handle(wf_id).describe()
-    assert campaign.status == WorkflowExecutionStatus.CANCELED
+
+    # The campaign ends once its cancelled units have told it (a moment after they closed).
+    async def campaign_closed() -> WorkflowExecutionStatus | None:
+        status = (await client.get_workflow_handle(wf_id).describe()).status
+        return status if status != WorkflowExecutionStatus.RUNNING else None
+
+    assert await wait_for(campaign_closed) == WorkflowExecutionStatus.CANCELED
     async with pool.acquire() as conn:
         stages = dict(
             await conn.fetch(
