@@ -106,6 +106,7 @@ def refusal_recorder(pool: asyncpg.Pool) -> Callable[[dict[str, Any]], None]:
     """Called from a workflow's thread when it refuses a message: the audit row is written on
     the worker's own event loop, outside the sandbox, without holding the workflow up."""
     loop = asyncio.get_running_loop()
+    writing: set[asyncio.Task[None]] = set()  # held until done (the loop keeps weak refs)
 
     def record(refusal: dict[str, Any]) -> None:
         refusal = {**refusal, "id": uuid.uuid4().hex}
@@ -116,7 +117,12 @@ def refusal_recorder(pool: asyncpg.Pool) -> Callable[[dict[str, Any]], None]:
             except Exception:
                 log.exception("could not record a refused message", **refusal)
 
-        loop.call_soon_threadsafe(lambda: loop.create_task(write()))
+        def start() -> None:
+            task = loop.create_task(write())
+            writing.add(task)
+            task.add_done_callback(writing.discard)
+
+        loop.call_soon_threadsafe(start)
 
     return record
 
