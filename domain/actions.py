@@ -16,26 +16,8 @@ from domain import checks as c
 from domain.checks import ActionRejected, Check, Moment
 from domain.stages import CLOSABLE_EARLY, WORKING
 from domain.state import UnitState
+from schemas import messages as m
 from schemas.common import Action, Role, Stage
-from schemas.messages import (
-    AcknowledgeNotice,
-    ApproveGrades,
-    CloseEvaluation,
-    CloseFollowUp,
-    CloseStage,
-    ExtendDeadline,
-    PauseUnit,
-    ProposeGrades,
-    RaiseObjection,
-    RecordBallots,
-    RecordFollowUp,
-    RecordTalk,
-    RegisterBallotBatch,
-    RequestReview,
-    ResolveObjection,
-    ResumeUnit,
-    SubmitReport,
-)
 from schemas.workflow_io import UnitInput
 
 __all__ = ["ACTIONS", "ActionRejected", "ActionRule", "Moment"]
@@ -100,11 +82,11 @@ def _row(
 
 ACTIONS: dict[str, ActionRule] = dict(
     [
-        _row("acknowledge_notice", AcknowledgeNotice, {Stage.NOTICE}, _OUTSIDE | _DEPARTMENT),
-        _row("submit_report", SubmitReport, {Stage.REPORT_BACK}, _OUTSIDE, c.check_submit_report),
+        _row("acknowledge_notice", m.AcknowledgeNotice, {Stage.NOTICE}, _OUTSIDE | _DEPARTMENT),
+        _row("submit_report", m.SubmitReport, {Stage.REPORT_BACK}, _OUTSIDE, c.check_submit_report),
         _row(
             "record_ballots",
-            RecordBallots,
+            m.RecordBallots,
             {Stage.EVALUATION},
             _BALLOTS,
             c.check_record_ballots,
@@ -112,28 +94,28 @@ ACTIONS: dict[str, ActionRule] = dict(
         ),
         _row(
             "register_ballot_batch",
-            RegisterBallotBatch,
+            m.RegisterBallotBatch,
             {Stage.EVALUATION},
             _BALLOTS,
             c.check_new_batch,
         ),
         _row(
             "close_evaluation",
-            CloseEvaluation,
+            m.CloseEvaluation,
             {Stage.EVALUATION},
             _GROUP,
             c.check_close_evaluation,
         ),
         _row(
             "record_talk",
-            RecordTalk,
+            m.RecordTalk,
             {Stage.TALKS},
             {Role.ASSESSMENT_GROUP, Role.INTEGRATOR},
             c.check_record_talk,
         ),
         _row(
             "propose_grades",
-            ProposeGrades,
+            m.ProposeGrades,
             {Stage.GRADING},
             {Role.ASSESSMENT_GROUP},
             c.check_propose_grades,
@@ -141,28 +123,28 @@ ACTIONS: dict[str, ActionRule] = dict(
         ),
         _row(
             "approve_grades",
-            ApproveGrades,
+            m.ApproveGrades,
             {Stage.GRADING},
             {Role.APPROVER, Role.DEPARTMENT},
             c.check_approve_grades,
         ),
         _row(
             "raise_objection",
-            RaiseObjection,
+            m.RaiseObjection,
             {Stage.GRADING},
             _OUTSIDE | _DEPARTMENT,
             c.check_raise_objection,
         ),
         _row(
             "resolve_objection",
-            ResolveObjection,
+            m.ResolveObjection,
             {Stage.GRADING},
             {Role.DEPARTMENT, Role.APPROVER},
             c.check_resolve_objection,
         ),
         _row(
             "record_follow_up",
-            RecordFollowUp,
+            m.RecordFollowUp,
             {Stage.RESULT_USE},
             _GROUP | _OUTSIDE,
             c.check_record_follow_up,
@@ -170,22 +152,22 @@ ACTIONS: dict[str, ActionRule] = dict(
         # A cadre in person asks 复核 for itself and signs its own feedback.
         _row(
             "request_review",
-            RequestReview,
+            m.RequestReview,
             {Stage.RESULT_USE},
             _OUTSIDE | {Role.CADRE},
             c.check_request_review,
         ),
         _row(
             "close_follow_up",
-            CloseFollowUp,
+            m.CloseFollowUp,
             {Stage.RESULT_USE},
             _GROUP | _OUTSIDE | {Role.CADRE},
             c.check_close_follow_up,
         ),
-        _row("close_stage", CloseStage, CLOSABLE_EARLY, _GROUP, c.check_close_stage),
+        _row("close_stage", m.CloseStage, CLOSABLE_EARLY, _GROUP, c.check_close_stage),
         # The deadline clock, in any working stage: the department's (DOMAIN.md "Timing").
-        _row("extend_deadline", ExtendDeadline, WORKING, _DEPARTMENT, c.check_extend_deadline),
-        _row("pause", PauseUnit, WORKING, _DEPARTMENT, c.check_pause),
-        _row("resume", ResumeUnit, WORKING, _DEPARTMENT, c.check_resume),
+        _row("extend_deadline", m.ExtendDeadline, WORKING, _DEPARTMENT, c.check_extend_deadline),
+        _row("pause", m.PauseUnit, WORKING, _DEPARTMENT, c.check_pause),
+        _row("resume", m.ResumeUnit, WORKING, _DEPARTMENT, c.check_resume),
     ]
 )
