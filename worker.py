@@ -6,7 +6,6 @@ Run it with `kaohe worker` (or `python worker.py`); `kaohe dev` runs one for you
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -109,8 +108,6 @@ def refusal_recorder(pool: asyncpg.Pool) -> Callable[[dict[str, Any]], None]:
     writing: set[asyncio.Task[None]] = set()  # held until done (the loop keeps weak refs)
 
     def record(refusal: dict[str, Any]) -> None:
-        refusal = {**refusal, "id": uuid.uuid4().hex}
-
         async def write() -> None:
             try:
                 await write_refusal(pool, refusal)

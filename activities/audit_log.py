@@ -7,6 +7,7 @@ Every state change writes its audit row in the transaction that makes the change
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
@@ -75,6 +76,33 @@ async def recorded(
     log_event(ref, event, **fields)
 
 
+async def write_unattributed(
+    pool: asyncpg.Pool,
+    *,
+    workflow_id: str,
+    campaign_id: str,
+    unit_id: str,
+    stage: str,
+    kind: str,
+    detail: dict[str, Any],
+) -> None:
+    """An audit row no authenticated actor stands behind (a refused attempt), outside any
+    workflow: its key is random, so each attempt has its own row."""
+    async with pool.acquire() as conn:
+        await conn.execute(
+            """INSERT INTO audit_log (workflow_id, campaign_id, unit_id, event_key, kind, stage,
+                                      detail)
+               VALUES ($1, $2, $3, $4, $5, $6, $7::jsonb)""",
+            workflow_id,
+            campaign_id,
+            unit_id,
+            f"{kind}:{uuid.uuid4().hex}",
+            kind,
+            stage,
+            json.dumps(detail, ensure_ascii=False, default=str),
+        )
+
+
 async def write_refusal(pool: asyncpg.Pool, refusal: dict[str, Any]) -> None:
     """The audit row of a message a workflow refused for want of a valid assertion: who it
     claimed to be (unauthenticated, so in the detail, never as the row's actor) and why."""
@@ -84,15 +112,12 @@ async def write_refusal(pool: asyncpg.Pool, refusal: dict[str, Any]) -> None:
         "reason": refusal["reason"],
         "claimed_actor": refusal.get("claimed_actor"),
     }
-    async with pool.acquire() as conn:
-        await conn.execute(
-            """INSERT INTO audit_log (workflow_id, campaign_id, unit_id, event_key, kind, stage,
-                                      detail)
-               VALUES ($1, $2, $3, $4, 'message_refused', $5, $6::jsonb)""",
-            refusal["workflow_id"],
-            str(attributes.get("KaoheCampaign", "")),
-            str(attributes.get("KaoheUnit", "")),
-            f"refused:{refusal['id']}",
-            str(attributes.get("KaoheStage", "")),
-            json.dumps(detail, ensure_ascii=False, default=str),
-        )
+    await write_unattributed(
+        pool,
+        workflow_id=refusal["workflow_id"],
+        campaign_id=str(attributes.get("KaoheCampaign", "")),
+        unit_id=str(attributes.get("KaoheUnit", "")),
+        stage=str(attributes.get("KaoheStage", "")),
+        kind="message_refused",
+        detail=detail,
+    )

@@ -4,7 +4,6 @@ encryption, kaohe/codec/payloads.py, unless turned off), configured target."""
 from __future__ import annotations
 
 import dataclasses
-import os
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +14,7 @@ from temporalio.runtime import Runtime
 from temporalio.service import TLSConfig
 
 from kaohe.assertions import Keyring
-from kaohe.codec.payloads import codec_from_settings
+from kaohe.codec.payloads import codec_from_settings, create_secret_file
 from kaohe.interceptors import Assertions
 from kaohe.settings import Settings
 from kaohe.tracing import tracing_interceptors
@@ -94,12 +93,9 @@ def assertion_keyring(settings: Settings, create: bool = False) -> Keyring | Non
         return Keyring.parse(path.read_text())
     if not create:
         return None
-    keyring = Keyring.generate()
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(keyring.text())
-    return keyring
+    # Atomic, and another process's file wins: everyone ends up with the same keys.
+    create_secret_file(path, Keyring.generate().text())
+    return Keyring.parse(path.read_text())
 
 
 async def connect(settings: Settings, runtime: Runtime | None = None) -> Client:

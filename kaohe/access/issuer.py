@@ -6,7 +6,6 @@ identity provider; production points kaohe at that provider instead (settings oi
 from __future__ import annotations
 
 import json
-import os
 import secrets
 import time
 from pathlib import Path
@@ -16,6 +15,8 @@ import jwt
 from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+
+from kaohe.codec.payloads import create_secret_file
 
 DEV_ISSUER = "kaohe-dev"
 AUDIENCE = "kaohe"
@@ -40,12 +41,9 @@ class DevIssuer:
                 raise FileNotFoundError(
                     f"{path}: no dev issuer; `kaohe dev` creates one (or set KAOHE_OIDC_*)"
                 )
-            issuer = cls.generate()
-            data_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                json.dump({"kid": issuer.kid, "key": issuer.private_pem()}, f)
-            return issuer
+            made = cls.generate()
+            # Another process may make one at the same moment: the file holds the winner.
+            create_secret_file(path, json.dumps({"kid": made.kid, "key": made.private_pem()}))
         stored = json.loads(path.read_text())
         key = serialization.load_pem_private_key(stored["key"].encode(), password=None)
         assert isinstance(key, ec.EllipticCurvePrivateKey)

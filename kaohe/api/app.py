@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -25,6 +24,7 @@ from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.audit_log import write_unattributed
 from domain.actions import ACTIONS
 from kaohe.access import api_keys
 from kaohe.access.bindings import Binding, bindings_on
@@ -93,17 +93,15 @@ class Api:
             "reason": problem.detail,
         }
         try:
-            async with self.pool.acquire() as conn:
-                await conn.execute(
-                    """INSERT INTO audit_log (workflow_id, campaign_id, unit_id, event_key, kind,
-                                              stage, detail)
-                       VALUES ($1, $2, $3, $4, 'api_refused', '', $5::jsonb)""",
-                    workflow_id,
-                    campaign,
-                    unit,
-                    f"api-refused:{uuid.uuid4().hex}",
-                    json.dumps(detail, ensure_ascii=False),
-                )
+            await write_unattributed(
+                self.pool,
+                workflow_id=workflow_id,
+                campaign_id=campaign,
+                unit_id=unit,
+                stage="",
+                kind="api_refused",
+                detail=detail,
+            )
         except (OSError, asyncpg.PostgresError):
             log.exception("could not record a refused request", **detail)
         log.warning("request refused", campaign=campaign, unit=unit, **detail)
