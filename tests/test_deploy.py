@@ -32,6 +32,7 @@ import kubernetes_validate
 import pytest
 import typer
 import yaml
+from typer.testing import CliRunner
 
 from kaohe.cli.main import app as cli_app
 from kaohe.settings import Settings
@@ -244,7 +245,10 @@ def test_compose_holds_no_secret() -> None:
     # Secret-looking settings come from a variable, with nothing written around it but a URL.
     for name, service in raw_compose()["services"].items():
         for key, value in environment(service).items():
-            if SECRET_NAME.search(key) or key == "TEMPORAL_CODEC_ENDPOINT":
+            if SECRET_NAME.search(key) and value.startswith("/run/secrets/"):
+                # A file of the compose file's own secrets, mounted for this service alone.
+                assert value.removeprefix("/run/secrets/") in service["secrets"], (name, key)
+            elif SECRET_NAME.search(key) or key == "TEMPORAL_CODEC_ENDPOINT":
                 refs = [m["name"] for m in VARIABLE.finditer(value)]
                 assert any(ref in secrets for ref in refs), f"{name}: {key} is not from a secret"
                 literal = VARIABLE.sub("", value)
@@ -257,6 +261,99 @@ def test_compose_holds_no_secret() -> None:
         for secret, readers in SECRET_READERS.items():
             if example_env()[secret] in seen:
                 assert name in readers, f"{secret} reaches {name}"
+
+
+# Who holds a Temporal credential (a client certificate of deploy/certs' CA): the services
+# that talk to Temporal, each with a certificate of its own (kaohe/certs.py CLIENTS).
+TEMPORAL_CLIENTS = {
+    "temporal-namespace": "temporal-admin",
+    "temporal-search-attributes": "temporal-admin",
+    "temporal-ui": "temporal-ui",
+    "kaohe-worker": "kaohe-worker",
+    "kaohe-api": "kaohe-api",
+    "kaohe": "kaohe-cli",
+}
+# How each image names the files: CA, certificate, key, server name.
+TLS_SETTINGS = {
+    "kaohe": (
+        "KAOHE_TEMPORAL_TLS_CA_FILE",
+        "KAOHE_TEMPORAL_TLS_CERT_FILE",
+        "KAOHE_TEMPORAL_TLS_KEY_FILE",
+        "KAOHE_TEMPORAL_TLS_SERVER_NAME",
+    ),
+    "temporal-cli": (
+        "TEMPORAL_TLS_SERVER_CA_CERT_PATH",
+        "TEMPORAL_TLS_CLIENT_CERT_PATH",
+        "TEMPORAL_TLS_CLIENT_KEY_PATH",
+        "TEMPORAL_TLS_SERVER_NAME",
+    ),
+    "temporal-ui": (
+        "TEMPORAL_TLS_CA",
+        "TEMPORAL_TLS_CERT",
+        "TEMPORAL_TLS_KEY",
+        "TEMPORAL_TLS_SERVER_NAME",
+    ),
+}
+
+
+def test_compose_temporal_takes_only_its_clients_certificates(tmp_path: Path) -> None:
+    """Temporal requires a client certificate of the private CA; exactly the services that
+    talk to it hold one, each its own, and the files `kaohe tls certs` writes are the ones
+    the compose file mounts."""
+    from kaohe.certs import CLIENTS, SERVER, SERVER_NAMES
+
+    document = compose()
+    services, secrets = document["services"], document["secrets"]
+    server = environment(services["temporal"])
+    assert server["TEMPORAL_TLS_REQUIRE_CLIENT_AUTH"] == "true"
+    mounted = {f"/run/secrets/{s}" for s in services["temporal"]["secrets"]}
+    for key in (
+        "TEMPORAL_TLS_SERVER_CA_CERT",
+        "TEMPORAL_TLS_CLIENT1_CA_CERT",
+        "TEMPORAL_TLS_SERVER_CERT",
+        "TEMPORAL_TLS_SERVER_KEY",
+        "TEMPORAL_TLS_FRONTEND_CERT",
+        "TEMPORAL_TLS_FRONTEND_KEY",
+    ):
+        assert server[key] in mounted, key
+    assert secrets["temporal-server-key"]["file"] == f"./certs/{SERVER}.key"
+    assert server["TEMPORAL_TLS_FRONTEND_SERVER_NAME"] in SERVER_NAMES
+
+    holders = {}
+    for name, service in services.items():
+        held = {s for s in service.get("secrets", []) if s.endswith("-key")}
+        if name == "temporal":
+            assert held == {"temporal-server-key"}
+            continue
+        if not held:
+            assert name not in TEMPORAL_CLIENTS, f"{name} talks to Temporal without a certificate"
+            assert not {"TEMPORAL_ADDRESS", "KAOHE_TEMPORAL_ADDRESS"} & set(environment(service))
+            continue
+        assert len(held) == 1, name
+        (key,) = held
+        holders[name] = key.removesuffix("-key")
+        env = environment(service)
+        image = (
+            "kaohe"
+            if "KAOHE_TEMPORAL_ADDRESS" in env
+            else ("temporal-ui" if name == "temporal-ui" else "temporal-cli")
+        )
+        ca, cert, key_file, server_name = TLS_SETTINGS[image]
+        assert env[ca] == "/run/secrets/temporal-ca", name
+        assert env[cert] == f"/run/secrets/{holders[name]}-cert", name
+        assert env[key_file] == f"/run/secrets/{holders[name]}-key", name
+        assert env[server_name] == server["TEMPORAL_TLS_FRONTEND_SERVER_NAME"], name
+    assert holders == TEMPORAL_CLIENTS
+    assert set(holders.values()) == set(CLIENTS), "a certificate nobody uses, or one missing"
+    # No service ever mounts the CA's key; every secret is a file `kaohe tls certs` writes.
+    assert all(not s["file"].endswith("ca.key") for s in secrets.values())
+    written = tmp_path / "certs"
+    result = CliRunner().invoke(cli_app, ["tls", "certs", str(written)])
+    assert result.exit_code == 0, result.output
+    for secret in secrets.values():
+        assert (written / Path(secret["file"]).name).is_file(), secret["file"]
+    assert oct(written.stat().st_mode & 0o777) == "0o700"
+    assert oct((written / "ca.key").stat().st_mode & 0o777) == "0o600"
 
 
 def test_compose_ui_decodes_through_the_codec_server() -> None:

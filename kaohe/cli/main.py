@@ -35,6 +35,7 @@ from kaohe.cli.common import (
 )
 from kaohe.cli.report import report
 from kaohe.cli.status import show_status, watch_status
+from kaohe.cli.tls import tls_app
 from kaohe.client import connect
 from kaohe.ingest.roster_io import (
     RosterError,
@@ -69,6 +70,7 @@ app.add_typer(ballots_app, name="ballots")
 app.add_typer(calibration_app, name="calibration")
 app.add_typer(access_app, name="access")
 app.add_typer(token_app, name="token")
+app.add_typer(tls_app, name="tls")
 audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 roster_app = typer.Typer(
