@@ -48,7 +48,7 @@ COMPOSE_SCHEMA = Path(__file__).parent / "data" / "compose-spec.json"
 KAOHE = str(Path(sys.executable).parent / "kaohe")
 
 # Secrets the operator creates, named in deploy/README.md; everything else must be defined here.
-EXTERNAL_SECRETS = {"kaohe-secrets", "kaohe-temporal-tls"}
+EXTERNAL_SECRETS = {"kaohe-secrets", "kaohe-worker-temporal-tls", "kaohe-api-temporal-tls"}
 SECRET_NAME = re.compile(r"(PASSWORD|PWD|SECRET|TOKEN|_KEY|_KEYS|DATABASE_URL)$")
 
 # ---- compose -----------------------------------------------------------------------------
@@ -605,7 +605,8 @@ def test_k8s_references_hold(monkeypatch: pytest.MonkeyPatch) -> None:
             for volume in mounts_needed.values():
                 if "secret" in volume:
                     assert volume["secret"]["secretName"] in EXTERNAL_SECRETS
-                    assert volume["secret"].get("optional") is True
+                    # A missing certificate stops the pod at once, not at its first call.
+                    assert not volume["secret"].get("optional"), volume["name"]
             for container in pod["containers"]:
                 images.add(container["image"])
                 where = f"{doc['metadata']['name']}/{container['name']}"
@@ -654,6 +655,65 @@ def test_k8s_references_hold(monkeypatch: pytest.MonkeyPatch) -> None:
     assert set(data) | set(example["stringData"]) <= fields
     settings = settings_from(monkeypatch, {**data, **example["stringData"]})
     assert settings.codec_cors_origins, "KAOHE_CODEC_CORS_ORIGINS is a JSON list"
+
+
+def test_k8s_pods_that_talk_to_temporal_hold_their_own_certificate() -> None:
+    config = of_kind("ConfigMap")[0]["data"]
+    folder = Path(config["KAOHE_TEMPORAL_TLS_CERT_FILE"]).parent
+    assert {Path(config[f"KAOHE_TEMPORAL_TLS_{k}_FILE"]).name for k in ("CA", "CERT", "KEY")} == {
+        "ca.crt",
+        "tls.crt",
+        "tls.key",
+    }
+    assert all(Path(config[f"KAOHE_TEMPORAL_TLS_{k}_FILE"]).parent == folder for k in ("CA", "KEY"))
+    assert (
+        config["KAOHE_TEMPORAL_TLS_SERVER_NAME"]
+        == config["KAOHE_TEMPORAL_ADDRESS"].rsplit(":", 1)[0]
+    )
+    held = {}
+    for doc in of_kind("Deployment") + of_kind("Job"):
+        (pod,) = pod_specs(doc)
+        secrets = {
+            v["name"]: v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v
+        }
+        mounts = {m["mountPath"]: m["name"] for c in pod["containers"] for m in c["volumeMounts"]}
+        if str(folder) in mounts:
+            held[doc["metadata"]["name"]] = secrets[mounts[str(folder)]]
+    # The worker and the API, each with its own; the codec server and the migrations need none.
+    assert held == {
+        "kaohe-worker": "kaohe-worker-temporal-tls",
+        "kaohe-api": "kaohe-api-temporal-tls",
+    }
+
+
+def test_temporal_helm_values_require_client_certificates() -> None:
+    """deploy/temporal-helm-values.yaml: mTLS on both of the server's listeners, with files
+    from the volume it mounts, and the UI and admin-tools holding certificates of their own."""
+    values = yaml.safe_load((DEPLOY / "temporal-helm-values.yaml").read_text())
+    server = values["server"]
+    (mount,) = server["additionalVolumeMounts"]
+    (volume,) = server["additionalVolumes"]
+    assert mount["name"] == volume["name"] and mount["readOnly"] is True
+    folder = mount["mountPath"]
+    for group in ("internode", "frontend"):
+        tls = server["config"]["tls"][group]
+        assert tls["server"]["requireClientAuth"] is True, group
+        files = [tls["server"]["certFile"], tls["server"]["keyFile"]]
+        files += tls["server"]["clientCaFiles"] + tls["client"]["rootCaFiles"]
+        assert all(f.startswith(folder + "/") for f in files), group
+    assert server["internalFrontend"]["enabled"] is False  # it would skip authorization
+    secrets = {volume["secret"]["secretName"]}
+    for part in ("web", "admintools"):
+        env = {e["name"]: e["value"] for e in values[part]["additionalEnv"]}
+        (part_volume,) = values[part]["additionalVolumes"]
+        secrets.add(part_volume["secret"]["secretName"])
+        names = TLS_SETTINGS["temporal-ui" if part == "web" else "temporal-cli"]
+        assert all(env[name].startswith(folder + "/") for name in names[:3]), part
+    assert len(secrets) == 3, "the server, the UI and admin-tools each have their own"
+    web = {e["name"]: e["value"] for e in values["web"]["additionalEnv"]}
+    assert (
+        web["TEMPORAL_DISABLE_WRITE_ACTIONS"] == "true" and web["TEMPORAL_AUTH_ENABLED"] == "true"
+    )
 
 
 def test_k8s_services_select_their_pods() -> None:
