@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
+import tempfile
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -85,9 +87,16 @@ async def running_stack(root: Path) -> AsyncIterator[Stack]:
 
 
 @pytest.fixture(scope="session")
-async def stack(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stack]:
-    async with running_stack(tmp_path_factory.mktemp("stack")) as s:
-        yield s
+async def stack() -> AsyncIterator[Stack]:
+    # Not under pytest's basetemp: another pytest session on the machine resets
+    # pytest-of-<user> to 0700, and PostgreSQL (run as its own user under root) must
+    # traverse the path.
+    root = Path(tempfile.mkdtemp(prefix="kaohe-test-stack-"))
+    try:
+        async with running_stack(root) as s:
+            yield s
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
