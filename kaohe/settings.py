@@ -86,6 +86,11 @@ class Settings(BaseSettings):
     oidc_jwks_url: str | None = None
     oidc_principal_claim: str = "sub"
 
+    # The raters' voting page (kaohe/api/vote.py) as their phones reach it: what the QR slips
+    # of `kaohe tokens issue --pdf` hold, the token after it in the fragment (#t=...); unset
+    # means http://api_host:api_port/vote, the dev stack's.
+    vote_url: str | None = None
+
     # Notification channels (activities/notify.py). Webhooks are signed with HMAC-SHA256 of
     # "timestamp.body" under this secret; a webhook contact without it is dead-lettered.
     webhook_secret: SecretStr | None = None
@@ -134,6 +139,14 @@ class Settings(BaseSettings):
         hosts = dict.fromkeys([self.temporal_host, "127.0.0.1", "localhost"])
         hosts.pop("0.0.0.0", None)
         return [f"http://{host}:{self.temporal_ui_port}" for host in hosts]
+
+    @property
+    def effective_vote_url(self) -> str:
+        """The voting page's public address: vote_url, or the API's own on api_host."""
+        if self.vote_url:
+            return self.vote_url.rstrip("/")
+        host = self.api_host
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.api_port}/vote"
 
 
 @lru_cache(maxsize=1)

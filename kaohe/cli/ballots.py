@@ -28,11 +28,13 @@ from kaohe.client import connect
 from kaohe.ingest.ballot_io import (
     BallotImportError,
     ImportResult,
+    IssuedTokens,
     TokensError,
     import_ballots,
     issue_tokens,
     write_tokens_csv,
 )
+from kaohe.ingest.ballot_slips import write_tokens_pdf
 from kaohe.settings import get_settings
 from workflows.campaign import unit_workflow_id
 
@@ -63,32 +65,68 @@ def tokens_issue(
     unit: UnitOption,
     out: Annotated[
         Path | None,
-        typer.Option("--out", help="CSV to write (rater_group,token); default tokens-C-U.csv."),
+        typer.Option(
+            "--out",
+            help="CSV to write (rater_group,token); default tokens-C-U.csv unless --pdf is given.",
+        ),
+    ] = None,
+    pdf: Annotated[
+        Path | None,
+        typer.Option(
+            "--pdf",
+            help="PDF of QR slips to cut out, ten to an A4 page, each rater group on pages of "
+            "its own; each code opens the voting page (vote_url) with its token.",
+        ),
     ] = None,
     reissue: Annotated[
         bool, typer.Option("--reissue", help="Delete the unused tokens and issue them anew.")
     ] = False,
 ) -> None:
-    """Issue a unit's one-time ballot tokens into a new CSV (rater_group,token).
+    """Issue a unit's one-time ballot tokens into a new CSV (rater_group,token) and/or a PDF
+    of QR slips (--pdf).
 
-    `planned` tokens per rater group; only their sha256 is stored, so the file is the one
+    `planned` tokens per rater group; only their sha256 is stored, so the files are the one
     place they exist. --reissue deletes the unused tokens and issues as many as each group
     has not used yet."""
-    path = out or Path(f"tokens-{campaign}-{unit}.csv")
-    if path.exists():
-        raise fail(f"{path} exists; tokens are written to a new file (choose another --out)")
+    settings = get_settings()
+    csv_path = out or (None if pdf else Path(f"tokens-{campaign}-{unit}.csv"))
+    written = [p for p in (csv_path, pdf) if p is not None]
+    for path in written:
+        if path.exists():
+            raise fail(f"{path} exists; tokens are written to a new file (choose another)")
     workflow_id = unit_workflow_id(campaign, unit)
-    issue = on_database(
-        get_settings(),
-        lambda conn: issue_tokens(
-            conn,
+
+    async def issue(conn: asyncpg.Connection) -> IssuedTokens:
+        row = await conn.fetchrow(
+            "SELECT u.name, c.title FROM units u JOIN campaigns c USING (campaign_id) "
+            "WHERE u.workflow_id = $1",
             workflow_id,
-            reissue=reissue,
-            before_commit=lambda issued: write_tokens_csv(path, issued),
-        ),
-    )
+        )
+        unit_name, title = (row["name"], row["title"]) if row else (unit, campaign)
+
+        def write(issued: IssuedTokens) -> None:
+            # Inside the transaction: a file that cannot be written issues nothing, and
+            # leaves no other file behind.
+            try:
+                if pdf is not None:
+                    write_tokens_pdf(
+                        pdf,
+                        issued,
+                        vote_url=settings.effective_vote_url,
+                        unit_name=unit_name,
+                        title=title,
+                    )
+                if csv_path is not None:
+                    write_tokens_csv(csv_path, issued)
+            except BaseException:
+                for path in written:
+                    path.unlink(missing_ok=True)
+                raise
+
+        return await issue_tokens(conn, workflow_id, reissue=reissue, before_commit=write)
+
     try:
-        issued = run(issue)
+        issued = run(on_database(settings, issue))
     except TokensError as err:
         raise fail(str(err)) from err
     table = Table(title=f"ballot tokens of {workflow_id}", title_justify="left")
@@ -100,10 +138,12 @@ def tokens_issue(
     if issued.deleted_unused:
         console.print(f"{issued.deleted_unused} unused tokens issued before were deleted")
     console.print(
-        f"[green]{sum(g.issued for g in issued.groups)} tokens written to {path}[/] "
-        "(readable by you only): hand one to each participant of its group; "
-        "they are not stored anywhere else."
+        f"[green]{sum(g.issued for g in issued.groups)} tokens written to "
+        f"{' and '.join(map(str, written))}[/] (readable by you only): hand one to each "
+        "participant of its group; they are not stored anywhere else."
     )
+    if pdf is not None:
+        console.print(f"the slips' codes open {settings.effective_vote_url} (vote_url)")
 
 
 @ballots_app.command("import")
