@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from domain.ballots import batch_problems
+from domain.calendar import CalendarUnavailableError, WorkCalendar, end_of_day, shanghai_date
 from domain.rules import proposal_violations
 from domain.stages import CLOSABLE_EARLY
 from domain.state import UnitState
@@ -179,11 +180,41 @@ def check_approve_grades(u: UnitInput, s: UnitState, a: ApproveGrades, at: Momen
         raise ActionRejected(
             f"actor.id: {a.actor.id!r} proposed these grades and cannot approve them"
         )
+    if a.decision == "approve":
+        publicity_window(u, a, at.now)  # a missing calendar year refuses it here
+
+
+def publicity_window(
+    u: UnitInput, a: ApproveGrades, now: dt.datetime
+) -> tuple[dt.datetime, dt.datetime]:
+    """When 公示 of grades approved `now` opens and ends: from the publication day (today,
+    or the later working day `publicity_from` names), for the policy's working days."""
+    cal = WorkCalendar.of_policy(u.policy.calendar)
+    today = shanghai_date(now)
+    day = a.publicity_from or today
+    try:
+        if day < today:
+            raise ActionRejected(
+                f"publicity_from: {day} is past; give today or a later working day"
+            )
+        if day > today and not cal.is_working_day(day):
+            raise ActionRejected(f"publicity_from: {day} is not a working day")
+        seconds = u.policy.demo.publicity_seconds
+        opens = now if day == today else end_of_day(day - dt.timedelta(days=1))
+        if seconds is not None:
+            return opens, opens + dt.timedelta(seconds=seconds)
+        return opens, cal.publicity_end(day, u.policy.grading.publicity_working_days)
+    except CalendarUnavailableError as err:
+        raise ActionRejected(str(err)) from None
 
 
 def check_raise_objection(u: UnitInput, s: UnitState, a: RaiseObjection, at: Moment) -> None:
     if s.publicity_ends is None or at.now >= s.publicity_ends:
         raise ActionRejected("objections are taken during publicity (公示) only")
+    if s.publicity_starts is not None and at.now < s.publicity_starts:
+        raise ActionRejected(
+            f"publicity (公示) opens on {shanghai_date(s.publicity_starts)}; objections from then"
+        )
     if a.objection_id in s.objections:
         raise ActionRejected(f"objection_id: {a.objection_id!r} already exists")
     require_cadre(u, "cadre_id", a.cadre_id)

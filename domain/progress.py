@@ -146,4 +146,5 @@ def unit_status(workflow_id: str, u: UnitInput, s: UnitState, now: dt.datetime) 
         paused_since=s.clock.paused_since,
         dead_letters=s.dead_letters,
         deadline_steps=s.clock.steps,
+        deadline_problem=s.clock.problem,
     )

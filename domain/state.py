@@ -30,6 +30,8 @@ class Clock(Model):
     escalation: int = 0
     steps: list[str] = Field(default_factory=list)  # the stage's reminders and escalations
     paused_since: dt.datetime | None = None
+    # Why the stage has no deadline: a year its working days reach has no calendar.
+    problem: str | None = None
 
 
 class UnitState(Model):
@@ -60,6 +62,7 @@ class UnitState(Model):
     final: ProposeGrades | None = None  # approved: published, sealed no more
     calibration: CalibrationView | None = None  # of the latest proposal
     publicity_ends: dt.datetime | None = None  # set while publicity runs
+    publicity_starts: dt.datetime | None = None  # a later publication day than approval's
     grades_final: bool = False
     objections: dict[str, ObjectionView] = Field(default_factory=dict)
     # Result use.

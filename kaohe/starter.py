@@ -4,6 +4,7 @@ carried over every continue-as-new)."""
 
 from __future__ import annotations
 
+import datetime as dt
 from typing import Any
 
 import asyncpg
@@ -12,6 +13,7 @@ from temporalio.common import WorkflowIDConflictPolicy, WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 
 from activities.rosters import store_roster
+from domain.calendar import campaign_years, with_package_years
 from kaohe.access.bindings import grant_many, roster_bindings
 from kaohe.ingest.roster_io import load_policy
 from schemas.policy import Policy
@@ -46,6 +48,8 @@ async def start_campaign(
     database, the roster's people get their role bindings (granting again changes nothing)."""
     workflow_id = campaign_workflow_id(roster.campaign_id)
     policy = policy or load_policy(None, roster.year)
+    # The years the campaign reaches travel with it (calendar_warnings says which are missing).
+    policy, _ = with_package_years(policy, campaign_years(roster.year, dt.date.today()))
     # Built (and so validated) once, with either the roster or where it is stored.
     options: dict[str, Any] = {"policy": policy, "history_limit": history_limit}
     if max_concurrent_starts is not None:

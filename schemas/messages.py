@@ -246,6 +246,11 @@ def _grade_named(value: object, info: ValidationInfo, grade_set: str) -> object:
 class ApproveGrades(Action):
     decision: Literal["approve", "return"]
     comment: ShortText | None = None
+    publicity_from: dt.date | None = Field(
+        default=None,
+        description="The day 公示 is published (Asia/Shanghai): today, the default, or a later"
+        " working day; its working days count from the first working day after it.",
+    )
 
     @model_validator(mode="after")
     def _return_needs_comment(self) -> ApproveGrades:

@@ -285,6 +285,43 @@ _OLD_DEMO_KNOBS = (
 )
 
 
+class YearSchedule(Model):
+    """One year's working-day schedule, as the State Council's notice sets it (国务院办公厅关于
+    YYYY年部分节假日安排的通知): the days off, and the weekend days worked instead (调休上班).
+    Entered in the policy, it takes precedence over the chinese-calendar package; a unit
+    starts with a copy of every year it may reach, so that upgrading the package never moves
+    a running unit's dates."""
+
+    rest_days: list[dt.date] = Field(
+        default_factory=list,
+        max_length=60,
+        description="Days off (放假); a weekend day listed here is off anyway.",
+    )
+    working_days: list[dt.date] = Field(
+        default_factory=list,
+        max_length=20,
+        description="Saturdays and Sundays that are working days (调休上班).",
+    )
+    source: ShortText = Field(
+        default="policy",
+        description="Where it comes from: policy (entered by the department), or the package "
+        "it was copied from (chinese-calendar, provisional).",
+    )
+
+    @model_validator(mode="after")
+    def _working_days_are_weekends(self) -> YearSchedule:
+        for d in self.working_days:
+            if d.weekday() < 5:
+                raise ValueError(
+                    f"working_days: {d} is a weekday; list only the Saturdays and Sundays "
+                    "that are worked (调休上班)"
+                )
+        both = sorted(set(self.rest_days) & set(self.working_days))
+        if both:
+            raise ValueError(f"rest_days and working_days both list {both[0]}")
+        return self
+
+
 class Policy(Model):
     version: ShortText = "default"
     year: int | None = Field(default=None, ge=2000, le=2100)
@@ -300,6 +337,12 @@ class Policy(Model):
     deadlines: DeadlinePolicy = Field(default_factory=DeadlinePolicy)
     demo_clock: DemoClock | None = Field(
         default=None, description="Tests and demonstrations only: seconds instead of days."
+    )
+    calendar: dict[Annotated[int, Field(ge=2000, le=2100)], YearSchedule] = Field(
+        default_factory=dict,
+        max_length=10,
+        description="Year -> its working-day schedule (README: entering the State Council's "
+        "schedule); years left out come from the chinese-calendar package when a unit starts.",
     )
     rater_groups: list[RaterGroup] = Field(
         default_factory=lambda: [
@@ -339,4 +382,13 @@ class Policy(Model):
     @model_validator(mode="after")
     def _weights(self) -> Policy:
         check_weights(self.rater_groups, "rater_groups")
+        return self
+
+    @model_validator(mode="after")
+    def _calendar_years(self) -> Policy:
+        for year, schedule in self.calendar.items():
+            for field in ("rest_days", "working_days"):
+                for d in getattr(schedule, field):
+                    if d.year != year:
+                        raise ValueError(f"calendar.{year}.{field}: {d} is not in {year}")
         return self

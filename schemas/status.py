@@ -159,6 +159,8 @@ class UnitStatus(Model):
     dead_letters: list[str] = Field(default_factory=list)
     # The current stage's deadline steps so far: "reminder 2026-12-01 09:00 → 办公室".
     deadline_steps: list[str] = Field(default_factory=list)
+    # Why there is no deadline, or no reminder: a year without a working-day calendar.
+    deadline_problem: str | None = None
     acknowledgements: int = 0
     reports: ReportProgress
     evaluation: EvaluationProgress

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import datetime as dt
 import uuid
 from typing import Any
 
 from temporalio.client import Client, WorkflowHandle
 
 from activities.talk_cipher import TalkCipher
+from domain.calendar import campaign_years, with_package_years
 from kaohe.sim.simulate import simulated_unit
 from schemas.policy import DemoClock, Policy
 from schemas.roster import UnitSpec
@@ -48,7 +50,9 @@ async def start_unit(
             year=2026,
             campaign_title="测试考核",
             unit=unit,
-            policy=policy or TEST_POLICY,
+            policy=with_package_years(policy or TEST_POLICY, campaign_years(2026, dt.date.today()))[
+                0
+            ],
         ),
         id=f"kaohe-{campaign_id}-{unit.unit_id}",
         task_queue=task_queue,

@@ -280,3 +280,88 @@ def test_resume_gives_back_the_working_days_paused() -> None:
     assert resumed(CALENDAR, deadline, start, later, day_seconds=1) == deadline + timedelta(
         seconds=7
     )
+
+
+# ---- the department's calendar (issue 21): policy years first, copied into the unit ----------
+
+
+def test_the_policys_schedule_takes_precedence_over_the_package() -> None:
+    from domain.calendar import PACKAGE, WorkCalendar
+    from schemas.policy import YearSchedule
+
+    # A made-up notice: 2026-12-31 off, Sunday 2026-12-27 worked.
+    ours = WorkCalendar.of_policy(
+        {2026: YearSchedule(rest_days=[date(2026, 12, 31)], working_days=[date(2026, 12, 27)])}
+    )
+    assert PACKAGE.is_working_day(date(2026, 12, 31))
+    assert not ours.is_working_day(date(2026, 12, 31))
+    assert ours.is_working_day(date(2026, 12, 27)) and not PACKAGE.is_working_day(
+        date(2026, 12, 27)
+    )
+    assert ours.add_working_days(date(2026, 12, 25), 3) == date(2026, 12, 29)
+
+
+def test_a_year_without_a_schedule_is_a_clear_error_naming_the_setting() -> None:
+    from domain.calendar import WorkCalendar
+
+    with pytest.raises(
+        CalendarUnavailableError, match=r"schedule for 2026 as policy calendar\.2026"
+    ):
+        WorkCalendar.of_policy({}).add_working_days(date(2026, 12, 30), 5)
+
+
+def test_units_carry_a_copy_so_a_package_upgrade_moves_nothing(monkeypatch) -> None:
+    import datetime as dt
+
+    import domain.calendar as calendar
+    from domain.calendar import WorkCalendar, campaign_years, with_package_years
+    from schemas.policy import Policy
+
+    policy, warnings = with_package_years(Policy(), campaign_years(2026, dt.date(2026, 12, 2)))
+    assert set(policy.calendar) == {2026, 2027}
+    assert policy.calendar[2027].source == "provisional"
+    assert any("2027: provisional" in w for w in warnings)
+    unit = WorkCalendar.of_policy(policy.calendar)
+    before = unit.publicity_end(date(2027, 2, 3), 5)
+    # "Upgrade" the package: 2027's table changes; the copy the unit holds does not.
+    monkeypatch.setattr(calendar, "_PROVISIONAL_REST_DAYS", {2027: frozenset()})
+    assert calendar.PACKAGE.publicity_end(date(2027, 2, 3), 5) != before
+    assert WorkCalendar.of_policy(policy.calendar).publicity_end(date(2027, 2, 3), 5) == before
+    # Entered years are kept; a year nobody has is a warning, not a guess.
+    again, warnings = with_package_years(policy, {2026, 2029})
+    assert again.calendar == policy.calendar
+    assert warnings == [
+        "2029: no working-day calendar; actions whose dates fall in 2029 will be refused "
+        "until the State Council's schedule is entered as calendar.2029"
+    ]
+
+
+def test_a_policy_calendar_is_checked() -> None:
+    from pydantic import ValidationError
+
+    from schemas.policy import Policy
+
+    with pytest.raises(ValidationError, match="is a weekday"):
+        Policy.model_validate({"calendar": {2027: {"working_days": ["2027-02-10"]}}})
+    with pytest.raises(ValidationError, match="is not in 2027"):
+        Policy.model_validate({"calendar": {2027: {"rest_days": ["2026-12-31"]}}})
+    ok = Policy.model_validate(
+        {"calendar": {2027: {"rest_days": ["2027-02-08"], "working_days": ["2027-02-06"]}}}
+    )
+    assert ok.calendar[2027].source == "policy"
+
+
+def test_the_cli_previews_publicity_and_working_days() -> None:
+    from typer.testing import CliRunner
+
+    from kaohe.cli.main import app
+
+    runner = CliRunner()
+    done = runner.invoke(app, ["calendar", "publicity-end", "2026-09-29"])
+    assert done.exit_code == 0, done.output
+    assert "2026-09-29 → 2026-10-12" in done.output
+    done = runner.invoke(app, ["calendar", "working-days", "2026-09-30", "--days", "3"])
+    assert done.exit_code == 0, done.output
+    assert "2026-10-09" in done.output and "2026-10-10" in done.output  # 国庆, then 调休
+    done = runner.invoke(app, ["calendar", "publicity-end", "2031-01-03"])
+    assert done.exit_code == 1 and "calendar.2031" in done.output

@@ -156,3 +156,64 @@ async def test_an_upheld_objection_withdraws_the_grades(
     await handle.execute_update(UnitAssessment.propose_grades, unit_proposal)
     await handle.execute_update(UnitAssessment.approve_grades, approve("ok-2"))
     assert (await status(handle)).grading.publicity_ends is not None
+
+
+# ---- 公示 from a chosen day, and a year without a calendar (issue 21) ---------------------------
+
+REAL_DAYS = Policy()  # publicity in working days, from the unit's own calendar
+
+
+async def test_publicity_may_start_on_a_later_working_day(
+    client: Client, worker: str, tokens: TokenSource
+) -> None:
+    import datetime as dt
+
+    from domain.calendar import PACKAGE, shanghai_date
+
+    unit = sample_unit(cadres=2)
+    handle = await start_unit(client, worker, unit, policy=REAL_DAYS)
+    await drive_unit(client, handle.id, unit, stop_at=Stage.GRADING, tokens=tokens)
+    await handle.execute_update(UnitAssessment.propose_grades, proposal_for(unit))
+    today = shanghai_date(dt.datetime.now(dt.UTC))
+    later = PACKAGE.add_working_days(today, 2)
+    past = approve("past").model_copy(update={"publicity_from": today - dt.timedelta(days=1)})
+    assert "publicity_from" in await rejection(
+        handle.execute_update(UnitAssessment.approve_grades, past)
+    )
+    chosen = approve("later").model_copy(update={"publicity_from": later})
+    result = await handle.execute_update(UnitAssessment.approve_grades, chosen)
+    assert result.accepted
+    s = await status(handle)
+    assert s.grading.publicity_ends == PACKAGE.publicity_end(later, 5)
+    # Objections open with publicity, not at approval.
+    assert f"opens on {later}" in await rejection(
+        handle.execute_update(UnitAssessment.raise_objection, objection(1))
+    )
+
+
+async def test_a_year_without_a_calendar_refuses_what_needs_it(
+    client: Client, worker: str, tokens: TokenSource
+) -> None:
+    """A unit whose input carries no schedule for this year: its stages get no deadline (and
+    status says why), approval is refused naming the setting, and no workflow task fails."""
+    from schemas.workflow_io import UnitInput
+
+    unit = sample_unit(cadres=2)
+    handle = await client.start_workflow(
+        UnitAssessment.run,
+        UnitInput(
+            campaign_id="test", year=2026, campaign_title="无日历", unit=unit, policy=REAL_DAYS
+        ),
+        id=f"kaohe-test-{unit.unit_id}",
+        task_queue=worker,
+    )
+    first = await wait_for_status(handle, lambda s: s.deadline_problem is not None)
+    assert first.deadline is None and "calendar." in (first.deadline_problem or "")
+    await drive_unit(client, handle.id, unit, stop_at=Stage.GRADING, tokens=tokens)
+    await handle.execute_update(UnitAssessment.propose_grades, proposal_for(unit))
+    reason = await rejection(handle.execute_update(UnitAssessment.approve_grades, approve("a")))
+    assert "no working-day calendar" in reason and "policy calendar." in reason
+    s = await status(handle)
+    assert s.stage == Stage.GRADING and s.grading.pending_proposal and not s.grading.published
+    history = await handle.fetch_history()
+    assert not [e for e in history.events if e.HasField("workflow_task_failed_event_attributes")]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import uuid
 from collections.abc import Awaitable, Callable
@@ -18,10 +19,11 @@ from temporalio.client import WorkflowHandle
 from temporalio.service import RPCError
 
 from domain.actions import ACTIONS
-from domain.calendar import SHANGHAI
+from domain.calendar import SHANGHAI, campaign_years, with_package_years
 from kaohe.audit import verify_audit
 from kaohe.cli.access import access_app, token_app
 from kaohe.cli.ballots import ballots_app, tokens_app
+from kaohe.cli.calendar import calendar_app
 from kaohe.cli.calibration import calibration_app
 from kaohe.cli.common import (
     console,
@@ -71,6 +73,7 @@ app.add_typer(calibration_app, name="calibration")
 app.add_typer(access_app, name="access")
 app.add_typer(token_app, name="token")
 app.add_typer(tls_app, name="tls")
+app.add_typer(calendar_app, name="calendar")
 audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 roster_app = typer.Typer(
@@ -269,6 +272,8 @@ def start(
             database_url=settings.effective_database_url,
         )
 
+    for warning in with_package_years(policy, campaign_years(roster.year, dt.date.today()))[1]:
+        err_console.print(f"[yellow]warning:[/] calendar {warning}")
     workflow_id, new = run(go())
     verb = "started" if new else "already exists, nothing started again:"
     console.print(f"campaign {roster.campaign_id} {verb} {workflow_id} ({len(roster.units)} units)")

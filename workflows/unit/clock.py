@@ -4,12 +4,15 @@ resumes it."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from domain.calendar import SHANGHAI
+    from domain.actions import ActionRejected
+    from domain.calendar import SHANGHAI, CalendarUnavailableError
     from domain.deadlines import Step, extended, next_step, resumed, stage_deadline
     from domain.progress import responsible
     from domain.stages import TERMINAL
@@ -25,7 +28,10 @@ async def extend_deadline(u: Unit, a: ExtendDeadline) -> str:
     clock = u.state.clock
     assert clock.deadline is not None
     old = clock.deadline
-    clock.deadline = extended(u.input.policy.deadlines, old, a.days, _day_seconds(u))
+    with _calendar_refuses():
+        clock.deadline = extended(
+            u.input.policy.deadlines, old, a.days, _day_seconds(u), u.calendar
+        )
     if clock.deadline > workflow.now():
         clock.reminded = False  # a reminder is due again before the new deadline
         u.set_escalation(0)
@@ -57,11 +63,13 @@ async def resume(u: Unit, a: ResumeUnit) -> str:
     assert clock.paused_since is not None
     since, now = clock.paused_since, workflow.now()
     paused = now - since
-    clock.paused_since = None
     if clock.deadline is not None:
         policy = u.input.policy.deadlines
-        clock.deadline = resumed(policy, clock.deadline, since, now, _day_seconds(u))
+        with _calendar_refuses():  # before anything changes: the unit stays paused
+            deadline = resumed(policy, clock.deadline, since, now, _day_seconds(u), u.calendar)
+        clock.deadline = deadline
         workflow.upsert_search_attributes([sa.DEADLINE.value_set(clock.deadline)])
+    clock.paused_since = None
     await _audit(
         u,
         a.idempotency_key,
@@ -71,6 +79,15 @@ async def resume(u: Unit, a: ResumeUnit) -> str:
     )
     where = f"; deadline {clock.deadline.isoformat()}" if clock.deadline else ""
     return f"resumed after {paused}{where}"
+
+
+@contextmanager
+def _calendar_refuses() -> Iterator[None]:
+    """A year without a calendar refuses the action that needs it (never fails the task)."""
+    try:
+        yield
+    except CalendarUnavailableError as err:
+        raise ActionRejected(str(err)) from None
 
 
 def _day_seconds(u: Unit) -> float | None:
@@ -92,7 +109,14 @@ async def watch_deadlines(u: Unit) -> None:
         moved = lambda planned=planned: s.stage in TERMINAL or _plan(s) != planned  # noqa: E731
         step = None
         if c.deadline is not None and c.paused_since is None:
-            step = next_step(policy, c.deadline, c.reminded, c.escalation, _day_seconds(u))
+            try:
+                step = next_step(
+                    policy, c.deadline, c.reminded, c.escalation, _day_seconds(u), u.calendar
+                )
+            except CalendarUnavailableError as err:
+                # No reminder or escalation can be timed; status says why. Planned again
+                # when the deadline moves (extend, pause).
+                c.problem = str(err)
         if not await sleep_until(step[1] if step else None, interrupted=moved):
             continue
         assert step is not None
@@ -113,7 +137,14 @@ def _start(u: Unit) -> None:
     c = s.clock
     c.visit = len(s.history)
     policy = u.input.policy.deadlines
-    c.deadline = stage_deadline(policy, s.stage, s.history[-1].entered_at, _day_seconds(u))
+    try:
+        c.deadline = stage_deadline(
+            policy, s.stage, s.history[-1].entered_at, _day_seconds(u), u.calendar
+        )
+        c.problem = None
+    except CalendarUnavailableError as err:
+        c.deadline, c.problem = None, f"no deadline: {err}"
+        workflow.logger.warning("stage %s has no deadline: %s", s.stage.value, err)
     c.reminded = False
     c.steps = []
     u.set_escalation(0)

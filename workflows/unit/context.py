@@ -11,6 +11,7 @@ from typing import Any
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
+    from domain.calendar import WorkCalendar
     from domain.progress import unit_status
     from domain.stages import NEXT
     from domain.state import UnitState
@@ -43,6 +44,9 @@ class Unit:
         self.background: list[asyncio.Task[None]] = []
         self.on_enter: dict[Stage, EnterHook] = {}  # stage effects on arrival
         self.validated: tuple[str, bytes, Any] | None = None  # see handlers.validate
+        # The years the unit started with (schemas.policy.YearSchedule), never the installed
+        # package: its dates do not move when chinese-calendar is upgraded.
+        self.calendar = WorkCalendar.of_policy(input.policy.calendar)
 
     def ref(self) -> UnitRef:
         return UnitRef(

@@ -3,13 +3,11 @@ publicity (公示) and objections."""
 
 from __future__ import annotations
 
-import datetime as dt
-from datetime import timedelta
-
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from domain.calendar import SHANGHAI, publicity_end
+    from domain.calendar import SHANGHAI
+    from domain.checks import publicity_window
     from domain.stages import TERMINAL
     from schemas import search_attributes as sa
     from schemas.calibration import CalibrationRequest, CalibrationResult, CalibrationView
@@ -117,6 +115,8 @@ async def take_calibration_result(u: Unit, result: CalibrationResult) -> None:
 async def approve_grades(u: Unit, a: ApproveGrades) -> str:
     s = u.state
     publicity = a.decision == "approve"
+    # Before anything is stored: a calendar year missing refuses the approval whole.
+    window = publicity_window(u.input, a, workflow.now()) if publicity else None
     await io.store(
         io.storage.save_grade_decision,
         GradeDecisionRecord(ref=u.ref(), proposal_no=s.proposal_no, action=a, publicity=publicity),
@@ -128,25 +128,21 @@ async def approve_grades(u: Unit, a: ApproveGrades) -> str:
     assert proposal is not None
     s.final = proposal
     workflow.upsert_search_attributes([sa.TEAM_GRADE.value_set(proposal.team_grade.value)])
-    s.publicity_ends = _publicity_end(u)
+    assert window is not None
+    opens, s.publicity_ends = window
+    s.publicity_starts = opens if opens > workflow.now() else None
+    from_day = f" 自 {opens.astimezone(SHANGHAI):%Y-%m-%d} 起" if s.publicity_starts else ""
     u.notify(
         f"publicity-{s.proposal_no}",
         [u.input.unit.contact or u.input.unit.unit_id],
         f"{u.input.campaign_title}: 考核结果公示",
-        f"{u.input.unit.name} 的考核等次已公示, 至 "
+        f"{u.input.unit.name} 的考核等次{from_day}公示, 至 "
         f"{s.publicity_ends.astimezone(SHANGHAI):%Y-%m-%d %H:%M} 止。",
     )
     return (
         f"proposal {s.proposal_no} approved; grades published for publicity "
         f"until {s.publicity_ends.isoformat()}"
     )
-
-
-def _publicity_end(u: Unit) -> dt.datetime:
-    seconds = u.input.policy.demo.publicity_seconds
-    if seconds is not None:
-        return workflow.now() + timedelta(seconds=seconds)
-    return publicity_end(workflow.now(), u.input.policy.grading.publicity_working_days)
 
 
 async def raise_objection(u: Unit, a: RaiseObjection) -> str:
@@ -168,7 +164,7 @@ async def resolve_objection(u: Unit, a: ResolveObjection) -> str:
     # The published grades are withdrawn: the group proposes again, the approver approves
     # again, and a new publicity follows.
     s.final = None
-    s.publicity_ends = None
+    s.publicity_ends = s.publicity_starts = None
     workflow.upsert_search_attributes([sa.TEAM_GRADE.value_unset()])
     return f"objection {a.objection_id} upheld; grades withdrawn for a new proposal"
 
@@ -189,6 +185,6 @@ async def follow_publicity(u: Unit) -> None:
             if s.publicity_ends != ends or not s.grades_may_become_final(workflow.now()):
                 continue  # an objection was upheld, or raised, while we waited
             await io.store(io.storage.finalize_grades, u.ref())
-            s.publicity_ends = None
+            s.publicity_ends = s.publicity_starts = None
             s.grades_final = True
             await u.advance("publicity ended with no open objection", None)
