@@ -1,28 +1,25 @@
-"""Every door of a unit tried as an attacker would (issue 19): kaohe's API without credentials,
-with an expired or a stranger's token, as a person of the wrong role or of another unit, the
-proposer approving; and straight to Temporal's HTTP API and gRPC without kaohe's assertion,
-including the workflows' internal signals. Each attempt is refused with a reason and an
-audit row, and the unit is unchanged; the right person gets through."""
+"""kaohe's API tried as an attacker would (issue 19): every action without credentials, with an
+expired or a stranger's token, as a person of the wrong role or of another unit, the proposer
+approving. Each attempt is refused with a reason and an audit row, and the unit is unchanged;
+the right person gets through. tests/test_temporal_doors.py goes past the API, straight to
+Temporal."""
 
 from __future__ import annotations
 
 import json
 import time
-import uuid
 from typing import Any
 
 import asyncpg
 import httpx
 import pytest
-from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import Client, WorkflowHandle
 
 from domain.actions import ACTIONS
 from kaohe.access.bindings import Binding, grant
 from kaohe.access.issuer import DevIssuer
-from kaohe.sim.simulate import wait_for_status
 from schemas.common import Role, Stage
-from schemas.status import UnitStatus
-from tests.conftest import ApiStack, Stack
+from tests.conftest import ApiStack
 from tests.helpers import sample_unit, start_unit
 from workflows.unit import UnitAssessment
 
@@ -175,100 +172,6 @@ async def test_the_proposer_cannot_approve_by_holding_both_roles(
     assert "proposed these grades and cannot approve them" in r.json()["detail"]
     status = await handle.query(UnitAssessment.status)
     assert status.grading.pending_proposal and not status.grading.approved
-
-
-async def test_straight_to_temporal_without_the_assertion_is_refused(
-    stack: Stack, client: Client, worker: str, pool: asyncpg.Pool
-) -> None:
-    handle, _ = await _unit(client, worker, pool)
-    http_api = f"{stack.temporal.http_url}/api/v1/namespaces/default/workflows/{handle.id}"
-    forged = {"id": "dept-1", "role": "department"}
-
-    def args(body: dict[str, Any]) -> dict[str, Any]:
-        return {"payloads": [body]}
-
-    async with httpx.AsyncClient(timeout=30) as http:
-        # Temporal's HTTP API, as curl would: an update and a signal with a forged actor.
-        r = await http.post(
-            f"{http_api}/update/close_stage",
-            json={
-                "request": {
-                    "meta": {"updateId": "forged-close"},
-                    "input": {
-                        "args": args(
-                            {
-                                "idempotency_key": "forged",
-                                "actor": forged,
-                                "stage": "notice",
-                                "reason": "越权关闭",
-                            }
-                        )
-                    },
-                },
-                "waitPolicy": {
-                    "lifecycleStage": "UPDATE_WORKFLOW_EXECUTION_LIFECYCLE_STAGE_COMPLETED"
-                },
-            },
-        )
-        assert "no assertion" in r.text, r.text
-        for signal, body in (
-            ("acknowledge_notice", {"idempotency_key": "forged-ack", "actor": forged}),
-            ("calibration_result", {"proposal_no": 1, "outcome": "returned", "reason": "伪造"}),
-        ):
-            r = await http.post(f"{http_api}/signal/{signal}", json={"input": args(body)})
-            assert r.status_code == 200, r.text  # Temporal takes it; the unit drops it
-    # gRPC, from a client without kaohe's keys.
-    bare = await Client.connect(stack.temporal.address)
-    with pytest.raises(WorkflowUpdateFailedError) as info:
-        await bare.get_workflow_handle(handle.id).execute_update(
-            "acknowledge_notice", {"idempotency_key": "grpc", "actor": forged}
-        )
-    assert "no assertion" in str(info.value.cause)
-    refused = await wait_for_refusals(pool, handle.id, 4)
-    assert {r["message"] for r in refused} == {
-        "close_stage",
-        "acknowledge_notice",
-        "calibration_result",
-    }
-    assert forged in [r["claimed_actor"] for r in refused]
-    status: UnitStatus = await wait_for_status(handle, lambda s: True, 5)
-    assert status.stage == Stage.NOTICE and status.acknowledgements == 0
-
-
-async def wait_for_refusals(pool: asyncpg.Pool, workflow_id: str, n: int) -> list[dict]:
-    import asyncio
-
-    for _ in range(100):
-        rows = await _audit(pool, workflow_id, "message_refused")
-        if len(rows) >= n:
-            return rows
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"{len(rows)} refusals recorded, wanted {n}")
-
-
-async def test_the_campaigns_signals_cannot_be_forged(
-    stack: Stack, client: Client, worker: str, pool: asyncpg.Pool
-) -> None:
-    """unit_progress and calibrate sent to a campaign by curl are dropped."""
-    from kaohe.starter import start_campaign
-    from schemas.roster import Roster
-    from tests.helpers import TEST_POLICY
-    from workflows.campaign import AssessmentCampaign
-
-    campaign = f"forge-{uuid.uuid4().hex[:6]}"
-    roster = Roster(campaign_id=campaign, year=2026, title="伪造", units=[sample_unit("f1")])
-    wf_id, _ = await start_campaign(client, roster, worker, TEST_POLICY)
-    http_api = f"{stack.temporal.http_url}/api/v1/namespaces/default/workflows/{wf_id}"
-    async with httpx.AsyncClient(timeout=30) as http:
-        for _ in range(3):
-            body = {"unit_id": "f1", "stage": "completed", "seq": 999999}
-            r = await http.post(
-                f"{http_api}/signal/unit_progress", json={"input": {"payloads": [body]}}
-            )
-            assert r.status_code == 200
-    await wait_for_refusals(pool, wf_id, 3)
-    progress = await client.get_workflow_handle(wf_id).query(AssessmentCampaign.progress)
-    assert progress.by_stage.get("completed", 0) == 0
 
 
 async def test_fire_and_forget_gets_202_and_a_durable_answer(
