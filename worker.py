@@ -22,9 +22,9 @@ from activities.db import create_pool
 from activities.notify import NotifyActivities
 from activities.rosters import RosterActivities
 from activities.storage import StorageActivities
-from activities.talk_cipher import TalkCipher
 from kaohe.client import connect
 from kaohe.interceptors import Assertions
+from kaohe.keys import talk_cipher
 from kaohe.metrics import metrics_runtime, serving_metrics
 from kaohe.settings import Settings
 from kaohe.tracing import flush_traces
@@ -34,12 +34,6 @@ from workflows.unit import UnitAssessment
 log = structlog.get_logger("kaohe.worker")
 
 WORKFLOWS = [UnitAssessment, AssessmentCampaign]
-
-
-def talk_cipher(settings: Settings) -> TalkCipher:
-    if settings.talk_key is not None:
-        return TalkCipher.from_base64(settings.talk_key.get_secret_value(), settings.talk_key_id)
-    return TalkCipher.from_key_file(settings.data_dir / "talk.key", settings.talk_key_id)
 
 
 def channels(s: Settings) -> Channels:
@@ -184,6 +178,7 @@ async def patiently(what: str, attempt: Callable[[], Awaitable[T]], give_up: flo
 async def run_worker(settings: Settings, database_url: str, give_up: float = 300.0) -> None:
     """Runs until cancelled, with the metrics endpoint when `metrics_port` is set; closes
     the database pool and flushes traces on the way out."""
+    cipher = talk_cipher(settings)  # no keys: refused before anything connects
     runtime, sdk_metrics = metrics_runtime() if settings.metrics_port else (None, None)
     client = await patiently("temporal", lambda: connect(settings, runtime), give_up)
     pool = await patiently(
@@ -194,7 +189,7 @@ async def run_worker(settings: Settings, database_url: str, give_up: float = 300
     try:
         worker = build_worker(
             client,
-            StorageActivities(pool, talk_cipher(settings)),
+            StorageActivities(pool, cipher),
             NotifyActivities(pool, channels(settings)),
             settings.task_queue,
             settings,

@@ -1,39 +1,58 @@
-"""AES-256-GCM sealing of talk content (个别谈话 are confidential)."""
+"""AES-256-GCM sealing of talk content (个别谈话 are confidential), under a keyring: the
+current key seals, every key in the ring opens what it sealed, each row naming its key id
+(talks.key_id), so `kaohe keys rotate talk` never strands a recorded talk."""
 
 from __future__ import annotations
 
 import base64
 import os
-from pathlib import Path
+from collections.abc import Iterable
 
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from activities.keyring import Keyring, KeyringError
+
+
+class TalkKeyError(KeyringError):
+    """A talk cannot be opened: its key is not in the ring, or it doesn't authenticate."""
+
+
+class TalkKeyring(Keyring):
+    what = "talk"
+    setting = "KAOHE_TALK_KEYS"
+    prefix = "t"
+    error = TalkKeyError
 
 
 class TalkCipher:
-    def __init__(self, key: bytes, key_id: str) -> None:
-        if len(key) != 32:
-            raise ValueError("the talk key must be 32 bytes (AES-256)")
-        self._aead = AESGCM(key)
-        self.key_id = key_id
+    def __init__(self, key: bytes, key_id: str, older: Iterable[tuple[str, bytes]] = ()) -> None:
+        self.keyring = TalkKeyring([(key_id, key), *older])
+        self.key_id = key_id  # the current key's: what seal() uses
 
     @classmethod
-    def from_base64(cls, key_b64: str, key_id: str) -> TalkCipher:
-        return cls(base64.b64decode(key_b64), key_id)
+    def of(cls, keyring: TalkKeyring) -> TalkCipher:
+        cipher = cls.__new__(cls)
+        cipher.keyring, cipher.key_id = keyring, keyring.current_id
+        return cipher
 
     @classmethod
-    def from_key_file(cls, path: Path, key_id: str) -> TalkCipher:
-        """Reads the key file, creating it (mode 0600) with a random key the first time."""
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            with os.fdopen(fd, "w") as f:
-                f.write(base64.b64encode(AESGCM.generate_key(bit_length=256)).decode())
-        return cls.from_base64(path.read_text().strip(), key_id)
+    def parse(cls, spec: str) -> TalkCipher:
+        """KAOHE_TALK_KEYS or the talk key file: ``id:BASE64`` entries, first = current. A
+        file of the bare base64 key written before keyrings is the key ``k1``, the id its
+        rows carry."""
+        text = spec.strip()
+        if text and ":" not in text and "," not in text and "\n" not in text:
+            return cls(base64.b64decode(text), "k1")
+        return cls.of(TalkKeyring.parse(spec))
 
     def seal(self, plaintext: str, associated: str) -> tuple[bytes, bytes]:
-        """(nonce, ciphertext); `associated` binds the ciphertext to its row."""
+        """(nonce, ciphertext) under the current key (self.key_id); `associated` binds the
+        ciphertext to its row."""
         nonce = os.urandom(12)
-        return nonce, self._aead.encrypt(nonce, plaintext.encode(), associated.encode())
+        aead = self.keyring.aead(self.key_id)
+        return nonce, aead.encrypt(nonce, plaintext.encode(), associated.encode())
 
-    def open(self, nonce: bytes, ciphertext: bytes, associated: str) -> str:
-        return self._aead.decrypt(nonce, ciphertext, associated.encode()).decode()
+    def open(
+        self, nonce: bytes, ciphertext: bytes, associated: str, key_id: str | None = None
+    ) -> str:
+        """The content sealed under `key_id` (the row's; default: the current key)."""
+        aead = self.keyring.aead(key_id or self.key_id)
+        return aead.decrypt(nonce, ciphertext, associated.encode()).decode()

@@ -35,6 +35,7 @@ from kaohe.devstack.postgres import EmbeddedPostgres
 from kaohe.devstack.processes import stop_in_order
 from kaohe.devstack.stack import start_private_servers
 from kaohe.devstack.temporal import TemporalDevServer
+from kaohe.keys import make_dev_keys
 from kaohe.settings import Settings
 from schemas.policy import DemoClock, Policy
 from schemas.roster import UnitSpec
@@ -83,7 +84,7 @@ class BenchStack:
             "KAOHE_DATABASE_URL": self.database_url,
             "KAOHE_DATA_DIR": str(self.root),
             "KAOHE_TASK_QUEUE": task_queue,
-            "KAOHE_TALK_KEY": base64.b64encode(b"w" * 32).decode(),
+            "KAOHE_TALK_KEYS": "w-bench:" + base64.b64encode(b"w" * 32).decode(),
             "KAOHE_LOG_FORMAT": "json",
             "KAOHE_ASSERTION_KEYS": self.assertion_keys,
         }
@@ -176,6 +177,7 @@ async def private_stack(keep: bool = False) -> AsyncIterator[BenchStack]:
             task_queue="bench",
             assertion_keys=Keyring.generate().text(),
         )
+        make_dev_keys(settings)  # the payload key file, as `kaohe dev` makes it
         client = await connect(settings)
         pool = await create_pool(url, settings.db_pool_min, settings.db_pool_max)
         stack = BenchStack(root, postgres, temporal, url, settings, client, pool, log_path)

@@ -45,7 +45,8 @@ class Keyring:
     @classmethod
     def parse(cls, text: str) -> Keyring:
         keys = []
-        for item in filter(None, (part.strip() for part in text.split(","))):
+        parts = (part.strip() for part in text.replace("\n", ",").split(","))
+        for item in (p for p in parts if p and not p.startswith("#")):
             key_id, sep, b64 = item.partition(":")
             key = base64.b64decode(b64) if sep else b""
             if not key_id or len(key) < 32:
@@ -57,7 +58,17 @@ class Keyring:
 
     @classmethod
     def generate(cls) -> Keyring:
-        return cls(((secrets.token_hex(4), secrets.token_bytes(32)),))
+        return cls.parse(cls.new_entry())
+
+    @classmethod
+    def new_entry(cls) -> str:
+        """A fresh key under a fresh random id, as one keyring entry."""
+        key = base64.b64encode(secrets.token_bytes(32)).decode()
+        return f"a-{secrets.token_hex(4)}:{key}"
+
+    @property
+    def key_ids(self) -> list[str]:
+        return [k for k, _ in self.keys]
 
     def text(self) -> str:
         return ",".join(f"{k}:{base64.b64encode(v).decode()}" for k, v in self.keys)

@@ -13,8 +13,9 @@ from temporalio.converter import DataConverter
 from temporalio.runtime import Runtime
 from temporalio.service import TLSConfig
 
+from activities.keyring import KeyringError
 from kaohe.assertions import Keyring
-from kaohe.codec.payloads import codec_from_settings, create_secret_file
+from kaohe.codec.payloads import codec_from_settings
 from kaohe.interceptors import Assertions
 from kaohe.settings import Settings
 from kaohe.tracing import tracing_interceptors
@@ -26,7 +27,10 @@ def data_converter(settings: Settings) -> DataConverter:
     Use it for anything that reads or writes payloads outside `connect()`, e.g. a Replayer.
     Decoding passes unencrypted payloads through, so it reads plaintext histories too.
     """
-    codec = codec_from_settings(settings)
+    try:
+        codec = codec_from_settings(settings)
+    except KeyringError as err:  # missing or malformed keys: the message names the setting
+        raise ConnectionSettingsError(str(err)) from None
     if codec is None:
         return pydantic_data_converter
     return dataclasses.replace(pydantic_data_converter, payload_codec=codec)
@@ -80,22 +84,16 @@ def api_key(settings: Settings) -> str | None:
     return None
 
 
-def assertion_keyring(settings: Settings, create: bool = False) -> Keyring | None:
-    """The workers' assertion keys: the setting, else the dev stack's key file (made only by
-    `kaohe dev`, with `create`); None when there are none."""
+def assertion_keyring(settings: Settings) -> Keyring | None:
+    """The workers' assertion keys: the setting, else the key file (made only by
+    `kaohe dev`, kaohe/keys.py); None when there are none."""
     if settings.assertion_keys is not None:
         try:
             return Keyring.parse(settings.assertion_keys.get_secret_value())
         except ValueError as err:
             raise ConnectionSettingsError(f"KAOHE_{err}") from None
     path = settings.data_dir / "assertion.keys"
-    if path.exists():
-        return Keyring.parse(path.read_text())
-    if not create:
-        return None
-    # Atomic, and another process's file wins: everyone ends up with the same keys.
-    create_secret_file(path, Keyring.generate().text())
-    return Keyring.parse(path.read_text())
+    return Keyring.parse(path.read_text()) if path.exists() else None
 
 
 async def connect(settings: Settings, runtime: Runtime | None = None) -> Client:

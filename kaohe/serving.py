@@ -11,6 +11,7 @@ import sys
 from collections.abc import Callable, Coroutine
 from typing import Any, NoReturn, TypeVar
 
+from activities.keyring import KeyringError
 from kaohe.client import ConnectionSettingsError
 from kaohe.logs import configure_logging
 from kaohe.settings import Settings, get_settings
@@ -65,7 +66,7 @@ def serve_main(service: Callable[[Settings], Coroutine[Any, Any, None]]) -> NoRe
         run_logged(until_sigterm(service(settings)))
     except KeyboardInterrupt:
         pass
-    except ConnectionSettingsError as err:
+    except (ConnectionSettingsError, KeyringError) as err:  # each names its setting
         print(f"error: {err}", file=sys.stderr)
         code = 1
     exit_flushed(code)

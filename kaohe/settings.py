@@ -49,15 +49,16 @@ class Settings(BaseSettings):
     worker_max_concurrent_activities: int | None = Field(default=None, ge=1)
     worker_max_concurrent_local_activities: int | None = Field(default=None, ge=1)
 
-    # Talk content is encrypted at rest with this AES-256-GCM key (base64, 32 bytes);
-    # unset means a key file in data_dir, created on first use.
-    talk_key: SecretStr | None = None
-    talk_key_id: str = "k1"
+    # Talk content is encrypted at rest with AES-256-GCM under this keyring, "id:base64,..."
+    # with the first one current (older ones only open what they sealed); unset means the
+    # key file talk.key in data_dir, which only `kaohe dev` creates (kaohe/keys.py).
+    talk_keys: SecretStr | None = None
 
     # Payload encryption (kaohe/codec/payloads.py): every payload in workflow history is AES-256-GCM
     # encrypted. Keys as "id:base64key,..." with the first one current (older ones only
-    # decrypt); unset means a key file in data_dir, created on first use. Turning encryption
-    # off stops encrypting new payloads; existing keys still decrypt the old ones.
+    # decrypt); unset means the key file payload.key in data_dir, which only `kaohe dev`
+    # creates. Turning encryption off stops encrypting new payloads; existing keys still
+    # decrypt the old ones.
     payload_encryption: bool = True
     payload_keys: SecretStr | None = None
 

@@ -31,10 +31,11 @@ from kaohe.devstack.postgres import EmbeddedPostgres
 from kaohe.devstack.stack import start_private_servers
 from kaohe.devstack.temporal import TemporalDevServer
 from kaohe.ingest.ballot_io import token_source
+from kaohe.keys import make_dev_keys
 from kaohe.listening import free_port
 from kaohe.settings import Settings
 from kaohe.sim.simulate import TokenSource
-from tests.helpers import TEST_ASSERTION_KEYS, TEST_KEY, TEST_KEY_B64
+from tests.helpers import TEST_ASSERTION_KEYS, TEST_KEY, TEST_TALK_KEYS
 from worker import build_worker
 
 # run_dev() in tests starts a codec server: never on the port of a `make run` on this machine.
@@ -62,7 +63,7 @@ class Stack:
             "KAOHE_TASK_QUEUE": self.settings.task_queue,
             "KAOHE_DATA_DIR": str(self.data_dir),
             "KAOHE_LOG_FORMAT": "json",
-            "KAOHE_TALK_KEY": TEST_KEY_B64,
+            "KAOHE_TALK_KEYS": TEST_TALK_KEYS,
             "KAOHE_ASSERTION_KEYS": TEST_ASSERTION_KEYS,
         }
 
@@ -79,6 +80,7 @@ async def running_stack(root: Path) -> AsyncIterator[Stack]:
         data_dir=root,
         assertion_keys=TEST_ASSERTION_KEYS,
     )
+    make_dev_keys(settings)  # the payload key file, as `kaohe dev` makes it
     try:
         yield Stack(postgres, temporal, url, settings, root)
     finally:

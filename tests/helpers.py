@@ -18,7 +18,8 @@ from schemas.workflow_io import UnitInput
 from workflows.unit import UnitAssessment
 
 TEST_KEY_B64 = base64.b64encode(b"k" * 32).decode()
-TEST_KEY = TalkCipher.from_base64(TEST_KEY_B64, "test-key")
+TEST_KEY = TalkCipher(base64.b64decode(TEST_KEY_B64), "test-key")
+TEST_TALK_KEYS = f"test-key:{TEST_KEY_B64}"
 # The workers' assertion keys in the tests (kaohe/assertions.py): tools and workers share it.
 TEST_ASSERTION_KEYS = "test-a1:" + base64.b64encode(b"a" * 32).decode()
 

@@ -38,7 +38,6 @@ from kaohe.codec.payloads import (
     PayloadKeyError,
     codec_from_settings,
     format_key,
-    rotate_key_file,
 )
 from kaohe.codec.server import CodecServer, codec_token
 from kaohe.devstack.stack import run_dev
@@ -82,7 +81,7 @@ async def test_round_trip() -> None:
 
 
 async def test_data_converter_round_trip(tmp_path: Path) -> None:
-    converter = data_converter(Settings(data_dir=tmp_path))
+    converter = data_converter(Settings(data_dir=tmp_path, payload_keys=format_key("k1", K1)))
     [payload] = await converter.encode([ActionResult(accepted=True, stage="talks", message="m")])
     assert payload.metadata["encoding"] == ENCODING
     [value] = await converter.decode([payload], [ActionResult])
@@ -137,22 +136,32 @@ def test_keyring_parsing_and_no_secret_in_repr() -> None:
             Keyring.parse(spec)
 
 
-async def test_key_file_is_created_once_and_rotates(tmp_path: Path) -> None:
+async def test_only_kaohe_dev_makes_the_key_file_and_it_rotates(tmp_path: Path) -> None:
+    from activities.keyring import MissingKeysError
+    from kaohe.keys import make_dev_keys, rotate
+
     settings = Settings(data_dir=tmp_path / "data")
+    path = tmp_path / "data" / KEY_FILE_NAME
+    # Anything but `kaohe dev` refuses, naming the setting, and makes no key of its own.
+    with pytest.raises(MissingKeysError, match="set KAOHE_PAYLOAD_KEYS"):
+        codec_from_settings(settings)
+    assert not path.exists()
+
+    assert "payload" in make_dev_keys(settings)
+    assert make_dev_keys(settings) == []  # once
     first = codec_from_settings(settings)
     assert first is not None and first.encrypt
-    path = tmp_path / "data" / KEY_FILE_NAME
     assert path.stat().st_mode & 0o777 == 0o600
-    again = codec_from_settings(settings)
-    assert again is not None and again.keyring.key_ids == first.keyring.key_ids == ["p1"]
+    (made,) = first.keyring.key_ids
+    assert re.fullmatch(r"p-[0-9a-f]{8}", made)  # random: never a second "p1"
     before = await first.encode([plain(b'"x"')])
 
-    assert rotate_key_file(path) == "p2"
+    new = rotate(settings, "payload")
     rotated = codec_from_settings(settings)
-    assert rotated is not None and rotated.keyring.key_ids == ["p2", "p1"]
+    assert rotated is not None and rotated.keyring.key_ids == [new, made] and new != made
     assert path.stat().st_mode & 0o777 == 0o600
     assert await rotated.decode(before) == [plain(b'"x"')]
-    assert (await rotated.encode([plain(b'"y"')]))[0].metadata["encryption-key-id"] == b"p2"
+    assert (await rotated.encode([plain(b'"y"')]))[0].metadata["encryption-key-id"] == new.encode()
 
 
 async def test_settings_choose_the_converter(tmp_path: Path) -> None:
@@ -167,6 +176,9 @@ async def test_settings_choose_the_converter(tmp_path: Path) -> None:
     assert not (tmp_path / KEY_FILE_NAME).exists()
 
     # Off after it was on: nothing new is encrypted, old payloads still decode.
+    from kaohe.keys import make_dev_keys
+
+    make_dev_keys(Settings(data_dir=tmp_path))
     encrypted = await data_converter(Settings(data_dir=tmp_path)).encode(["old"])
     converter = data_converter(off)
     assert converter.payload_codec is not None
@@ -180,7 +192,9 @@ async def test_plaintext_histories_replay_with_the_codec(path: Path, tmp_path: P
     """Histories recorded without a codec replay through the converter every process uses."""
     replayer = Replayer(
         workflows=WORKFLOWS,
-        data_converter=data_converter(Settings(data_dir=tmp_path)),
+        data_converter=data_converter(
+            Settings(data_dir=tmp_path, payload_keys=format_key("k", K1))
+        ),
         workflow_runner=sandbox_runner(),
     )
     history = load(path)

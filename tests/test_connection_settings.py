@@ -17,7 +17,7 @@ from kaohe.settings import Settings
 from kaohe.sim.simulate import TokenSource, drive_unit
 from schemas.common import Stage
 from tests.conftest import Stack
-from tests.helpers import TEST_KEY_B64, sample_unit, start_unit
+from tests.helpers import TEST_TALK_KEYS, sample_unit, start_unit
 from tests.test_cli import kaohe
 from tests.test_worker_restart import spawn_worker
 
@@ -55,7 +55,10 @@ def test_settings_that_make_no_connection_are_named(tmp_path: Path) -> None:
     with pytest.raises(ConnectionSettingsError, match="KAOHE_TEMPORAL_TLS_CA_FILE: cannot read"):
         tls_config(Settings(temporal_tls_ca_file=tmp_path / "missing.pem"))
     # From the CLI: one line naming the setting, no traceback.
-    env = {"KAOHE_TEMPORAL_TLS_CERT_FILE": str(tmp_path / "client.pem")}
+    env = {
+        "KAOHE_TEMPORAL_TLS_CERT_FILE": str(tmp_path / "client.pem"),
+        "KAOHE_PAYLOAD_KEYS": "p-test:" + "A" * 43 + "=",
+    }
     result = kaohe(None, "status", "kaohe-x-y", env=env)
     assert result.returncode == 1
     assert "KAOHE_TEMPORAL_TLS_KEY_FILE go together" in result.stderr
@@ -69,7 +72,7 @@ async def test_no_secret_in_the_logs(
     db_password = "Db-Pa55-in-the-url"
     secrets = {
         "KAOHE_PAYLOAD_KEYS": payload_keys,
-        "KAOHE_TALK_KEY": TEST_KEY_B64,
+        "KAOHE_TALK_KEYS": TEST_TALK_KEYS,
         "KAOHE_WEBHOOK_SECRET": "webhook-secret-value-42",
         "KAOHE_SMTP_PASSWORD": "smtp-password-value-42",
         "KAOHE_CODEC_TOKEN": "codec-token-value-42",

@@ -84,7 +84,7 @@ SECRET_READERS = {
         "kaohe",
     },
     "KAOHE_PAYLOAD_KEYS": {"kaohe-worker", "kaohe-codec-server", "kaohe-api", "kaohe"},
-    "KAOHE_TALK_KEY": {"kaohe-worker", "kaohe"},
+    "KAOHE_TALK_KEYS": {"kaohe-worker", "kaohe"},
     "KAOHE_CODEC_TOKEN": {"kaohe-codec-server", "temporal-ui"},
     # Only the workers, the API and the operators' CLI can make a message a workflow takes.
     "KAOHE_ASSERTION_KEYS": {"kaohe-worker", "kaohe-api", "kaohe"},

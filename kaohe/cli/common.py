@@ -13,6 +13,7 @@ from rich.console import Console
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
+from activities.keyring import KeyringError
 from kaohe.client import ConnectionSettingsError
 from kaohe.serving import run_logged, until_sigterm
 from kaohe.settings import Settings
@@ -31,7 +32,7 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     make no connection end the command with their message, not a traceback."""
     try:
         return run_logged(coro)
-    except ConnectionSettingsError as err:
+    except (ConnectionSettingsError, KeyringError) as err:  # each names its setting
         raise fail(str(err)) from None
 
 

@@ -35,6 +35,7 @@ from kaohe.cli.common import (
     run_update,
     serve,
 )
+from kaohe.cli.keys import keys_app
 from kaohe.cli.report import report
 from kaohe.cli.status import show_status, watch_status
 from kaohe.cli.tls import tls_app
@@ -74,6 +75,7 @@ app.add_typer(access_app, name="access")
 app.add_typer(token_app, name="token")
 app.add_typer(tls_app, name="tls")
 app.add_typer(calendar_app, name="calendar")
+app.add_typer(keys_app, name="keys")
 audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 roster_app = typer.Typer(

@@ -16,12 +16,12 @@ from rich.console import Console
 
 from activities.db import apply_migrations
 from kaohe.access.issuer import DevIssuer
-from kaohe.client import assertion_keyring
 from kaohe.codec.payloads import codec_from_settings
 from kaohe.codec.server import CodecServer
 from kaohe.devstack.postgres import EmbeddedPostgres
 from kaohe.devstack.processes import ChildServer, stop_in_order
 from kaohe.devstack.temporal import TemporalDevServer
+from kaohe.keys import make_dev_keys
 from kaohe.listening import free_port
 from kaohe.settings import Settings
 
@@ -109,8 +109,8 @@ async def run_dev(
             database_url = settings.database_url.get_secret_value()
         applied = await apply_migrations(database_url)
 
-        # The workers' assertion keys: made here once, and only here (kaohe/assertions.py).
-        assertion_keyring(settings, create=True)
+        # The payload, talk and assertion keys: made here once, and only here (kaohe/keys.py).
+        make_dev_keys(settings)
 
         # The dev stack's own token issuer, unless the settings name a real one (the API
         # serves its JWKS).
