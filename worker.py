@@ -22,8 +22,9 @@ from activities.db import create_pool
 from activities.notify import NotifyActivities
 from activities.rosters import RosterActivities
 from activities.storage import StorageActivities
+from kaohe.anchors import start_anchoring
 from kaohe.client import connect
-from kaohe.interceptors import Assertions
+from kaohe.interceptors import Assertions, PermanentFailures
 from kaohe.keys import talk_cipher
 from kaohe.metrics import metrics_runtime, serving_metrics
 from kaohe.settings import Settings
@@ -79,7 +80,7 @@ def activities_of(
         ballots.save_ballot_sheets,
         ballots.verify_ballot_batch,
         ballots.count_ballots,
-        storage.save_talk,
+        storage.accept_talk,
         storage.save_grade_proposal,
         storage.save_grade_decision,
         storage.create_follow_ups,
@@ -151,6 +152,7 @@ def build_worker(
         workflows=WORKFLOWS,
         activities=activities_of(storage, notify),
         workflow_runner=sandbox_runner(),
+        interceptors=[PermanentFailures()],
         **tuning,  # type: ignore[arg-type]
     )
 
@@ -202,8 +204,14 @@ async def run_worker(settings: Settings, database_url: str, give_up: float = 300
             max_cached_workflows=settings.worker_max_cached_workflows,
             db_pool_max=settings.db_pool_max,
         )
-        async with serving_metrics(settings, client, sdk_metrics):
-            await worker.run()
+        # Signed heads of the audit chains, outside the database (kaohe/anchors.py).
+        anchoring = start_anchoring(settings, pool)
+        try:
+            async with serving_metrics(settings, client, sdk_metrics):
+                await worker.run()
+        finally:
+            if anchoring is not None:
+                anchoring.cancel()
     finally:
         await pool.close()
         flush_traces()

@@ -12,6 +12,7 @@ import asyncpg
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities import talk_store
 from activities.audit_log import Entry, log_event, recorded, write_audit
 from activities.ballot_store import store_rater_groups
 from activities.failpoints import failpoint
@@ -197,30 +198,10 @@ class StorageActivities:
             )
 
     @activity.defn
-    async def save_talk(self, rec: TalkRecord) -> None:
-        a = rec.action
-        associated = f"{rec.ref.workflow_id}/{a.talk_id}"
-        nonce, ciphertext = self._cipher.seal(a.content, associated)
-        entry = Entry(
-            f"talk:{a.talk_id}",
-            "talk_recorded",
-            a.actor,
-            {"talk_id": a.talk_id, "interviewee_role": a.interviewee_role},
-        )
-        async with recorded(self._pool, rec.ref, entry, "talk stored", talk_id=a.talk_id) as conn:
-            await conn.execute(
-                """INSERT INTO talks (workflow_id, talk_id, interviewer, interviewee_role,
-                                      talk_date, key_id, nonce, ciphertext)
-                   VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT DO NOTHING""",
-                rec.ref.workflow_id,
-                a.talk_id,
-                a.interviewer,
-                a.interviewee_role,
-                a.talk_date,
-                self._cipher.key_id,
-                nonce,
-                ciphertext,
-            )
+    async def accept_talk(self, rec: TalkRecord) -> str | None:
+        """A talk stored by kaohe's API, counted by the unit: why its reference is refused, or
+        None once it is recorded (activities/talk_store.py). No content comes in."""
+        return await talk_store.accept_talk(self._pool, rec)
 
     @activity.defn
     async def save_grade_proposal(self, rec: GradeProposalRecord) -> None:

@@ -3,10 +3,11 @@ to Temporal.
 
 On a private stack with the worker and the API in this process: one unit is driven to its
 talks, its assessment group is bound to a principal, and then, alternately and sequentially,
-one `record_talk` through the API (a bearer token verified against the issuer's keys, the
-binding looked up in PostgreSQL, the update signed with kaohe's assertion and sent) and one
-sent straight to Temporal with the Python client (signed too, by the client's interceptor, as
-the operators' tools do). Last line: the API's p99 over the direct p99; the goal is <= 1.3.
+one talk through the API (`POST .../talks`: a bearer token verified against the issuer's keys,
+the binding looked up in PostgreSQL, the content stored encrypted, the `record_talk` update
+signed with kaohe's assertion and sent) and one stored the same way and sent straight to
+Temporal with the Python client (signed too, by the client's interceptor, as the operators'
+tools do). Last line: the API's p99 over the direct p99; the goal is <= 1.3.
 """
 
 from __future__ import annotations
@@ -19,17 +20,18 @@ import httpx
 import jwt
 import uvicorn
 
+from activities.talk_store import store_talk
 from bench import measure, report
 from bench.latency import _unit_at_talks
-from bench.stack import private_stack
+from bench.stack import BENCH_KEY, private_stack
 from kaohe.access.bindings import Binding, grant
 from kaohe.access.identity import TokenVerifier
 from kaohe.access.issuer import DevIssuer
 from kaohe.api.app import Api, create_app
 from kaohe.listening import free_port
-from kaohe.sim.simulate import GROUP
+from kaohe.sim.simulate import GROUP, talk_by_reference
 from schemas.common import Role
-from schemas.messages import RecordTalk
+from schemas.talks import Talk
 from workflows.unit import UnitAssessment
 
 PRINCIPAL = "bench-group"
@@ -57,7 +59,7 @@ async def main(*, updates: int, warmup: int, keep: bool) -> int:
         verifier = TokenVerifier(
             jwks=jwt.PyJWKSet.from_dict(issuer.jwks()), issuer=issuer.issuer, audience="kaohe"
         )
-        app = create_app(Api(stack.client, stack.pool, verifier))
+        app = create_app(Api(stack.client, stack.pool, verifier, BENCH_KEY))
         port = free_port()
         server = uvicorn.Server(
             uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, access_log=False)
@@ -75,10 +77,7 @@ async def main(*, updates: int, warmup: int, keep: bool) -> int:
                         "bench",
                     )
                 headers = {"Authorization": f"Bearer {issuer.mint(PRINCIPAL)}"}
-                url = (
-                    f"http://127.0.0.1:{port}/v1/campaigns/{campaign}/units/{unit_id}"
-                    "/actions/record_talk"
-                )
+                url = f"http://127.0.0.1:{port}/v1/campaigns/{campaign}/units/{unit_id}/talks"
                 through_api: list[float] = []
                 direct: list[float] = []
                 await measure.settle(stack)
@@ -89,9 +88,12 @@ async def main(*, updates: int, warmup: int, keep: bool) -> int:
                         a = time.perf_counter() - t0
                         if r.status_code != 200:
                             raise RuntimeError(f"the API answered {r.status_code}: {r.text}")
-                        talk = RecordTalk(actor=GROUP, **_talk(2 * i + 1))
+                        talk = Talk(**_talk(2 * i + 1))
                         t0 = time.perf_counter()
-                        await unit.execute_update(UnitAssessment.record_talk, talk)
+                        stored = await store_talk(stack.pool, BENCH_KEY, unit.id, talk, GROUP.id)
+                        await unit.execute_update(
+                            UnitAssessment.record_talk, talk_by_reference(talk, stored)
+                        )
                         d = time.perf_counter() - t0
                         if i >= warmup:
                             through_api.append(a)

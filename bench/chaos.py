@@ -32,7 +32,7 @@ from temporalio.client import Client
 from temporalio.converter import DataConverter
 from temporalio.worker import Replayer
 
-from bench.stack import KAOHE
+from bench.stack import BENCH_KEY, KAOHE
 from kaohe.client import data_converter
 from kaohe.ingest.ballot_io import TokensError, token_source
 from kaohe.sim.simulate import (
@@ -41,6 +41,7 @@ from kaohe.sim.simulate import (
     persist,
     proposal_for,
     simulated_unit,
+    talk_store,
     wait_campaign_started,
 )
 from schemas.common import Stage
@@ -124,12 +125,13 @@ async def drive_campaign(
     ids = [unit_workflow_id(roster.campaign_id, u.unit_id) for u in roster.units]
     await wait_campaign_started(client, roster.campaign_id)
     tokens = token_source(pool)
+    talks = talk_store(pool, BENCH_KEY)
     await issue_all(tokens, ids)
     gate = asyncio.Semaphore(concurrency)
 
     async def one(wf: str, unit: UnitSpec) -> None:
         async with gate:
-            status = await drive_unit(client, wf, unit, tokens=tokens)
+            status = await drive_unit(client, wf, unit, tokens=tokens, talks=talks)
         if status.stage != Stage.COMPLETED:  # else the campaign below would wait forever
             raise AssertionError(f"{wf} was driven to the end but is in {status.stage}")
 

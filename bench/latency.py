@@ -20,13 +20,15 @@ from typing import Any
 
 from temporalio.client import WorkflowHandle
 
+from activities.talk_store import store_talk
 from bench import measure, report
 from bench.floor import EchoWorkflow, floor_worker
-from bench.stack import BenchStack, private_stack
+from bench.stack import BENCH_KEY, BenchStack, private_stack
 from kaohe.ingest.ballot_io import token_source
-from kaohe.sim.simulate import GROUP, drive_unit, simulated_unit
+from kaohe.sim.simulate import GROUP, drive_unit, simulated_unit, talk_by_reference
 from schemas.common import Stage
 from schemas.messages import RecordTalk
+from schemas.talks import Talk
 from workflows.unit import UnitAssessment
 
 
@@ -41,16 +43,21 @@ async def _unit_at_talks(stack: BenchStack, task_queue: str, planned: int) -> Wo
     return handle
 
 
-def _talk(n: int) -> RecordTalk:
-    return RecordTalk(
+def _talk(n: int) -> Talk:
+    return Talk(
         idempotency_key=f"latency-talk-{n}",
-        actor=GROUP,
         talk_id=f"t{n}",
         interviewer="考核组成员",
         interviewee_role="班子成员",
         talk_date=dt.date(2026, 12, 15),
         content=f"谈话内容(保密) #{n}",
     )
+
+
+async def _stored(stack: BenchStack, unit: WorkflowHandle, n: int) -> RecordTalk:
+    """The talk's content stored as kaohe's API stores it; the update the unit then gets."""
+    talk = _talk(n)
+    return talk_by_reference(talk, await store_talk(stack.pool, BENCH_KEY, unit.id, talk, GROUP.id))
 
 
 async def _timed(call: Callable[[], Awaitable[Any]]) -> float:
@@ -73,7 +80,10 @@ async def measure_round_trips(
         await measure.settle(stack)
         for i in range(warmup + updates):
             f = await _timed(lambda i=i: echo.execute_update(EchoWorkflow.ping, i))
-            t = await _timed(lambda i=i: unit.execute_update(UnitAssessment.record_talk, _talk(i)))
+            talk = await _stored(stack, unit, i)  # not timed: the update's round trip is
+            t = await _timed(
+                lambda talk=talk: unit.execute_update(UnitAssessment.record_talk, talk)
+            )
             if i >= warmup:
                 floor.append(f)
                 talks.append(t)

@@ -17,9 +17,9 @@ from temporalio.client import Client, WorkflowHandle
 
 from bench import measure, report
 from bench.floor import FloorResult, measure_floor
-from bench.stack import BenchStack, private_stack
+from bench.stack import BENCH_KEY, BenchStack, private_stack
 from kaohe.ingest.ballot_io import token_source
-from kaohe.sim.simulate import drive_unit, simulated_unit
+from kaohe.sim.simulate import drive_unit, simulated_unit, talk_store
 from schemas.common import Stage
 from schemas.roster import UnitSpec
 
@@ -142,6 +142,7 @@ async def _run_units(
 ) -> list[WorkflowHandle[Any, Any]]:
     timed = _TimedClient(stack.client, samples)
     tokens = token_source(stack.pool)
+    talks = talk_store(stack.pool, BENCH_KEY)
     handles: list[WorkflowHandle[Any, Any]] = []
 
     async def one(i: int) -> None:
@@ -153,6 +154,7 @@ async def _run_units(
             handle.id,
             unit,
             tokens=tokens,
+            talks=talks,
             batch_size=batch_size,
             seed=i,
         )

@@ -24,6 +24,11 @@ from schemas.common import (
 MAX_BALLOTS_PER_BATCH = 500
 MAX_SHEETS_PER_BATCH = 500
 MAX_TALK_CHARS = 20_000
+MAX_CADRES = 200  # a unit's cadres (schemas.roster.UnitSpec)
+MAX_ITEMS = 50  # the items of one rating
+
+# One option of a ballot (好, 称职, 认同 ...): the model's validators name the set.
+Option = Annotated[str, StringConstraints(max_length=50)]
 
 
 class AcknowledgeNotice(Action):
@@ -74,7 +79,7 @@ class Ballot(Model):
     target_kind: Literal["team", "cadre"]
     target_id: Identifier | None = Field(default=None, description="The cadre; empty for team.")
     rater_group: Identifier = Field(description="票类, e.g. A (leaders), B, C.")
-    overall: str
+    overall: Option
 
     @model_validator(mode="after")
     def _option_in_set(self) -> Ballot:
@@ -92,13 +97,16 @@ class Ballot(Model):
 
 
 Token = Annotated[str, StringConstraints(min_length=16, max_length=128)]
-Items = dict[Annotated[str, StringConstraints(min_length=1, max_length=50)], str]
+Items = Annotated[
+    dict[Annotated[str, StringConstraints(min_length=1, max_length=50)], Option],
+    Field(max_length=MAX_ITEMS),
+]
 
 
 class TeamRating(Model):
     """民主测评 of the leadership team: overall 好/较好/一般/较差, team dimensions, focus items."""
 
-    overall: str
+    overall: Option
     items: Items = Field(default_factory=dict)
 
 
@@ -106,7 +114,7 @@ class CadreRating(Model):
     """民主测评 of one cadre: overall grade or 不了解, 政治素质/德/能/勤/绩/廉, principal items."""
 
     cadre_id: Identifier
-    overall: str
+    overall: Option
     items: Items = Field(default_factory=dict)
 
 
@@ -114,7 +122,7 @@ class NewCadreRating(Model):
     """民主评议 of a newly promoted cadre: 认同/基本认同/不认同/不了解."""
 
     cadre_id: Identifier
-    opinion: str
+    opinion: Option
 
 
 class BallotSheet(Model):
@@ -176,14 +184,24 @@ class CloseEvaluation(Action):
     reason: Reason | None = None
 
 
+# A talk's content never reaches a workflow: kaohe's API stores it encrypted (POST
+# /v1/campaigns/{c}/units/{u}/talks, schemas/talks.py) and the unit gets its reference.
+TalkRef = Annotated[str, StringConstraints(pattern=r"^talk-[0-9a-f]{32}$")]
+Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
+
+
 class RecordTalk(Action):
-    """One individual talk (个别谈话). The content is encrypted before it is stored."""
+    """One individual talk (个别谈话), by reference: kaohe's API stored its content, encrypted,
+    and sends this with the reference, the content's digest and the talk's metadata. The unit
+    counts the talk once it has checked that the reference is a talk stored for this unit
+    with this digest and metadata. There is no content field: a payload with one is refused."""
 
     talk_id: Identifier
     interviewer: ShortText
     interviewee_role: ShortText
     talk_date: dt.date
-    content: Annotated[str, Field(min_length=1, max_length=MAX_TALK_CHARS)]
+    talk_ref: TalkRef = Field(description="The stored talk (POST .../talks answers it).")
+    digest: Sha256 = Field(description="sha256 (hex) of the content's UTF-8 bytes, as stored.")
 
 
 class Appraisal(Model):
@@ -198,7 +216,7 @@ class GroupEvaluation(Appraisal):
     names. The grades it suggests are the proposal's team_grade and cadre_grades; the rules
     engine's own suggestion from the tallies is in the status beside them."""
 
-    cadres: dict[Identifier, Appraisal] = Field(default_factory=dict)
+    cadres: dict[Identifier, Appraisal] = Field(default_factory=dict, max_length=MAX_CADRES)
 
 
 def evaluation_text(evaluation: GroupEvaluation | str) -> str:
@@ -218,9 +236,10 @@ class ProposeGrades(Action):
         description="Strengths, shortcomings (team and cadres); plain text is still taken."
     )
     team_grade: TeamGrade
-    cadre_grades: dict[Identifier, CadreGrade]
+    cadre_grades: dict[Identifier, CadreGrade] = Field(max_length=MAX_CADRES)
     determinations: dict[Identifier, Reason] = Field(
         default_factory=dict,
+        max_length=MAX_CADRES,
         description="Written determinations for cadres flagged by 不称职票率 and proposed "
         "称职 or better.",
     )

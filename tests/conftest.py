@@ -20,7 +20,7 @@ import pytest
 import uvicorn
 from temporalio.client import Client
 
-from activities.db import apply_migrations, create_pool
+from activities.db import create_pool, migrate
 from activities.notify import NotifyActivities
 from activities.storage import StorageActivities
 from kaohe.access.identity import TokenVerifier
@@ -34,7 +34,7 @@ from kaohe.ingest.ballot_io import token_source
 from kaohe.keys import make_dev_keys
 from kaohe.listening import free_port
 from kaohe.settings import Settings
-from kaohe.sim.simulate import TokenSource
+from kaohe.sim.simulate import TalkStore, TokenSource, talk_store
 from tests.helpers import TEST_ASSERTION_KEYS, TEST_KEY, TEST_TALK_KEYS
 from worker import build_worker
 
@@ -50,9 +50,10 @@ os.environ.setdefault("KAOHE_API_PORT", str(free_port()))
 class Stack:
     postgres: EmbeddedPostgres
     temporal: TemporalDevServer
-    database_url: str
+    database_url: str  # as the app's role (a member of kaohe_app), as the worker connects
     settings: Settings
     data_dir: Path
+    owner_url: str  # as the superuser who ran the migrations: the database owner of the tests
 
     def env(self) -> dict[str, str]:
         """Environment for a subprocess (a worker or the CLI) pointed at this stack."""
@@ -71,8 +72,10 @@ class Stack:
 @asynccontextmanager
 async def running_stack(root: Path) -> AsyncIterator[Stack]:
     """A real PostgreSQL and Temporal dev server under `root`, migrated, on free ports."""
-    postgres, url, temporal = await start_private_servers(root)
-    await apply_migrations(url)
+    postgres, owner_url, temporal = await start_private_servers(root)
+    url = postgres.app_url
+    _, warnings = await migrate(owner_url, url)
+    assert warnings == [], warnings
     settings = Settings(
         temporal_address=temporal.address,
         database_url=url,
@@ -82,7 +85,7 @@ async def running_stack(root: Path) -> AsyncIterator[Stack]:
     )
     make_dev_keys(settings)  # the payload key file, as `kaohe dev` makes it
     try:
-        yield Stack(postgres, temporal, url, settings, root)
+        yield Stack(postgres, temporal, url, settings, root, owner_url)
     finally:
         await temporal.stop()
         await postgres.stop()
@@ -129,6 +132,13 @@ def tokens(pool: asyncpg.Pool) -> TokenSource:
     return token_source(pool)
 
 
+@pytest.fixture(scope="session")
+def talks(pool: asyncpg.Pool) -> TalkStore:
+    """Stores a talk's content as kaohe's API does (encrypted, in talk_store); the unit then
+    gets only its reference (kaohe.sim.simulate.talk_by_reference)."""
+    return talk_store(pool, TEST_KEY)
+
+
 @dataclass
 class ApiStack:
     """kaohe's API in this process on the session's stack, with an issuer of its own."""
@@ -146,7 +156,7 @@ async def api(client: Client, pool: asyncpg.Pool) -> AsyncIterator[ApiStack]:
     verifier = TokenVerifier(
         jwks=jwt.PyJWKSet.from_dict(issuer.jwks()), issuer=issuer.issuer, audience="kaohe"
     )
-    app = create_app(Api(client, pool, verifier), jwks=issuer.jwks())
+    app = create_app(Api(client, pool, verifier, TEST_KEY), jwks=issuer.jwks())
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")

@@ -28,11 +28,13 @@ from kaohe.sim.simulate import (
     DEPARTMENT,
     GROUP,
     UNIT_CONTACT,
+    TalkStore,
     TokenSource,
     close_follow_ups,
     drive_unit,
     proposal_for,
     sheet_for,
+    talk_store,
     wait_for_status,
     wait_started,
 )
@@ -90,7 +92,7 @@ def continued_while_waiting(history: WorkflowHistory) -> bool:
 
 
 async def record_paths(
-    client: Client, task_queue: str, tokens: TokenSource, database_url: str
+    client: Client, task_queue: str, tokens: TokenSource, talks: TalkStore, database_url: str
 ) -> dict[str, WorkflowHistory]:
     from kaohe.starter import start_campaign
     from tests.helpers import TEST_POLICY, sample_unit, start_unit
@@ -102,7 +104,7 @@ async def record_paths(
     unit = sample_unit(f"full-{tag}", cadres=2)
     handle = await start_unit(client, task_queue, unit, campaign_id="replay")
     await handle.signal("acknowledge_notice", {"idempotency_key": "bad"})
-    await drive_unit(client, handle.id, unit, batch_size=9, tokens=tokens)
+    await drive_unit(client, handle.id, unit, batch_size=9, tokens=tokens, talks=talks)
     await handle.result()
     out["full_path"] = await handle.fetch_history()
 
@@ -213,7 +215,9 @@ async def record_paths(
     for n, u in enumerate(roster.units):
         handle = client.get_workflow_handle(unit_workflow_id(roster.campaign_id, u.unit_id))
         await wait_started(client, handle.id)
-        await drive_unit(client, handle.id, u, policy=policy, stop_at=Stage.GRADING, tokens=tokens)
+        await drive_unit(
+            client, handle.id, u, policy=policy, stop_at=Stage.GRADING, tokens=tokens, talks=talks
+        )
         proposal = proposal_for(u).model_dump(mode="json")
         proposal["team_grade"] = "良好"
         proposal["cadre_grades"][u.cadres[0].cadre_id] = "优秀"
@@ -405,7 +409,9 @@ async def main() -> None:
                 client, StorageActivities(pool, key), NotifyActivities(pool), "record"
             )
             async with worker:
-                histories = await record_paths(client, "record", token_source(pool), url)
+                histories = await record_paths(
+                    client, "record", token_source(pool), talk_store(pool, key), url
+                )
             await pool.close()
         finally:
             await temporal.stop()

@@ -146,7 +146,7 @@ async def test_an_actor_in_the_body_is_refused(
 
 
 async def test_the_proposer_cannot_approve_by_holding_both_roles(
-    api: ApiStack, client: Client, worker: str, pool: asyncpg.Pool, tokens: Any
+    api: ApiStack, client: Client, worker: str, pool: asyncpg.Pool, tokens: Any, talks: Any
 ) -> None:
     from kaohe.sim.simulate import drive_unit, proposal_for
 
@@ -156,7 +156,7 @@ async def test_the_proposer_cannot_approve_by_holding_both_roles(
     async with pool.acquire() as conn:
         for role in (Role.ASSESSMENT_GROUP, Role.APPROVER):
             await grant(conn, Binding(CAMPAIGN, "both-hats", role, u), "test")
-    await drive_unit(client, handle.id, unit, stop_at=Stage.GRADING, tokens=tokens)
+    await drive_unit(client, handle.id, unit, stop_at=Stage.GRADING, tokens=tokens, talks=talks)
     proposal = proposal_for(unit).model_dump(mode="json", exclude={"actor"})
     async with httpx.AsyncClient() as http:
         r = await http.post(

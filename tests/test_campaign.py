@@ -16,6 +16,7 @@ from temporalio.client import (
 
 from kaohe.sim.simulate import (
     APPROVER,
+    TalkStore,
     TokenSource,
     drive_unit,
     proposal_for,
@@ -122,7 +123,7 @@ async def _three(client: Client, campaign_id: str) -> dict[str, int] | None:
 
 
 async def test_campaign_completes_when_every_unit_completes(
-    client: Client, worker: str, tokens: TokenSource
+    client: Client, worker: str, tokens: TokenSource, talks: TalkStore
 ) -> None:
     r = roster(2)
     wf_id, _ = await start_campaign(client, r, worker, TEST_POLICY)
@@ -133,7 +134,9 @@ async def test_campaign_completes_when_every_unit_completes(
     await wait_for(started)
     await asyncio.gather(
         *(
-            drive_unit(client, unit_workflow_id(r.campaign_id, u.unit_id), u, tokens=tokens)
+            drive_unit(
+                client, unit_workflow_id(r.campaign_id, u.unit_id), u, tokens=tokens, talks=talks
+            )
             for u in r.units
         )
     )
@@ -144,7 +147,12 @@ async def test_campaign_completes_when_every_unit_completes(
 
 
 async def test_cancelling_a_campaign_cancels_its_running_units(
-    stack: Stack, client: Client, worker: str, pool: asyncpg.Pool, tokens: TokenSource
+    stack: Stack,
+    client: Client,
+    worker: str,
+    pool: asyncpg.Pool,
+    tokens: TokenSource,
+    talks: TalkStore,
 ) -> None:
     """`kaohe cancel --campaign`: every unit still running records `cancelled` (stage
     projection, audit row, the campaign's count) and ends cancelled; a completed one stays."""
@@ -156,7 +164,7 @@ async def test_cancelling_a_campaign_cancels_its_running_units(
 
     await wait_for(started)
     ids = [unit_workflow_id(r.campaign_id, u.unit_id) for u in r.units]
-    done = await drive_unit(client, ids[0], r.units[0], tokens=tokens)
+    done = await drive_unit(client, ids[0], r.units[0], tokens=tokens, talks=talks)
     assert done.stage == Stage.COMPLETED
     await drive_unit(client, ids[1], r.units[1], tokens=tokens, stop_at=Stage.EVALUATION)
 
@@ -263,7 +271,12 @@ async def calibration_of(handle: WorkflowHandle, state: str) -> UnitStatus:
 
 
 async def test_cross_unit_calibration_holds_what_breaks_the_pooled_quota(
-    stack: Stack, client: Client, worker: str, pool: asyncpg.Pool, tokens: TokenSource
+    stack: Stack,
+    client: Client,
+    worker: str,
+    pool: asyncpg.Pool,
+    tokens: TokenSource,
+    talks: TalkStore,
 ) -> None:
     """Three units of two cadres: each unit's own quota would be 0 优秀 (2 × 20%), the
     category's pooled quota is 1 (6 × 20%). The campaign clears the first 优秀, holds the
@@ -281,7 +294,9 @@ async def test_cross_unit_calibration_holds_what_breaks_the_pooled_quota(
     await asyncio.gather(*(wait_started(client, h.id) for h in handles))
     await asyncio.gather(
         *(
-            drive_unit(client, h.id, u, policy=policy, stop_at=Stage.GRADING, tokens=tokens)
+            drive_unit(
+                client, h.id, u, policy=policy, stop_at=Stage.GRADING, tokens=tokens, talks=talks
+            )
             for h, u in zip(handles, r.units, strict=True)
         )
     )

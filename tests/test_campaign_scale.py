@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from temporalio.client import Client, WorkflowFailureError
 
 from activities.rosters import store_roster
-from kaohe.sim.simulate import TokenSource, drive_unit
+from kaohe.sim.simulate import TalkStore, TokenSource, drive_unit
 from kaohe.starter import RosterTooLarge, start_campaign
 from schemas.common import Stage
 from schemas.roster import Contact, Roster
@@ -54,7 +54,7 @@ async def first_input(
 
 
 async def test_a_stored_roster_campaign_continues_as_new_and_starts_each_unit_once(
-    client: Client, worker: str, stack: Stack, tokens: TokenSource
+    client: Client, worker: str, stack: Stack, tokens: TokenSource, talks: TalkStore
 ) -> None:
     r = roster_with_contacts(8)
     options = {
@@ -90,7 +90,9 @@ async def test_a_stored_roster_campaign_continues_as_new_and_starts_each_unit_on
 
     await asyncio.gather(
         *(
-            drive_unit(client, unit_workflow_id(r.campaign_id, u.unit_id), u, tokens=tokens)
+            drive_unit(
+                client, unit_workflow_id(r.campaign_id, u.unit_id), u, tokens=tokens, talks=talks
+            )
             for u in r.units
         )
     )

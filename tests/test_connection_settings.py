@@ -14,7 +14,7 @@ from temporalio.service import TLSConfig
 from kaohe.client import ConnectionSettingsError, api_key, tls_config
 from kaohe.codec.payloads import KEY_FILE_NAME
 from kaohe.settings import Settings
-from kaohe.sim.simulate import TokenSource, drive_unit
+from kaohe.sim.simulate import TalkStore, TokenSource, drive_unit
 from schemas.common import Stage
 from tests.conftest import Stack
 from tests.helpers import TEST_TALK_KEYS, sample_unit, start_unit
@@ -66,7 +66,7 @@ def test_settings_that_make_no_connection_are_named(tmp_path: Path) -> None:
 
 
 async def test_no_secret_in_the_logs(
-    stack: Stack, client: Client, tmp_path: Path, tokens: TokenSource
+    stack: Stack, client: Client, tmp_path: Path, tokens: TokenSource, talks: TalkStore
 ) -> None:
     payload_keys = ",".join((stack.data_dir / KEY_FILE_NAME).read_text().split())
     db_password = "Db-Pa55-in-the-url"
@@ -76,7 +76,7 @@ async def test_no_secret_in_the_logs(
         "KAOHE_WEBHOOK_SECRET": "webhook-secret-value-42",
         "KAOHE_SMTP_PASSWORD": "smtp-password-value-42",
         "KAOHE_CODEC_TOKEN": "codec-token-value-42",
-        "KAOHE_DATABASE_URL": stack.database_url.replace("postgres@", f"postgres:{db_password}@"),
+        "KAOHE_DATABASE_URL": stack.database_url.replace("@", f":{db_password}@", 1),
         "KAOHE_LOG_LEVEL": "DEBUG",
     }
     task_queue = f"secrets-{uuid.uuid4().hex[:8]}"
@@ -86,7 +86,10 @@ async def test_no_secret_in_the_logs(
         unit = sample_unit(cadres=2)
         handle = await start_unit(client, task_queue, unit)
         status = await asyncio.wait_for(
-            drive_unit(client, handle.id, unit, stop_at=Stage.RESULT_USE, tokens=tokens), 120
+            drive_unit(
+                client, handle.id, unit, stop_at=Stage.RESULT_USE, tokens=tokens, talks=talks
+            ),
+            120,
         )
         assert status.stage == Stage.RESULT_USE
     finally:

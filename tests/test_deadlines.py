@@ -18,6 +18,7 @@ from activities.failpoints import KILLED
 from kaohe.sim.simulate import (
     DEPARTMENT,
     UNIT_CONTACT,
+    TalkStore,
     TokenSource,
     drive_unit,
     proposal_for,
@@ -139,7 +140,7 @@ async def _none(ids):  # type: ignore[no-untyped-def]
 
 
 async def test_reminders_go_to_whoever_the_stage_waits_for(
-    client: Client, worker: str, pool: asyncpg.Pool, tokens: TokenSource
+    client: Client, worker: str, pool: asyncpg.Pool, tokens: TokenSource, talks: TalkStore
 ) -> None:
     """Talks wait for the assessment group; grading for the group until it proposes, then
     for the approver."""
@@ -155,10 +156,12 @@ async def test_reminders_go_to_whoever_the_stage_waits_for(
     await drive_unit(client, handle.id, unit, policy=policy, stop_at=Stage.TALKS, tokens=tokens)
     status = await wait_for_status(handle, lambda s: bool(s.deadline_steps), 30)
     assert status.stage == Stage.TALKS
-    [talks] = status.deadline_steps
-    assert talks.startswith("reminder") and talks.endswith("→ assessment-group")
+    [reminder] = status.deadline_steps
+    assert reminder.startswith("reminder") and reminder.endswith("→ assessment-group")
 
-    await drive_unit(client, handle.id, unit, policy=policy, stop_at=Stage.GRADING, tokens=tokens)
+    await drive_unit(
+        client, handle.id, unit, policy=policy, stop_at=Stage.GRADING, tokens=tokens, talks=talks
+    )
     await handle.execute_update(UnitAssessment.propose_grades, proposal_for(unit))
     status = await wait_for_status(
         handle, lambda s: s.stage == Stage.GRADING and bool(s.deadline_steps), 30

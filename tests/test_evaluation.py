@@ -13,15 +13,18 @@ from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from kaohe.sim.simulate import (
     BALLOT_SYSTEM,
     GROUP,
+    TalkStore,
     TokenSource,
     drive_unit,
     sheet_for,
+    talk_by_reference,
     wait_for_status,
 )
 from schemas.common import Stage
 from schemas.messages import ActionResult, CloseEvaluation, RecordBallots, RecordTalk
 from schemas.policy import BallotPolicy, Policy
 from schemas.roster import UnitSpec
+from schemas.talks import Talk
 from tests.helpers import TEST_POLICY, sample_unit, start_unit
 from workflows.unit import UnitAssessment
 
@@ -146,29 +149,31 @@ async def test_selection_review_ballots(client: Client, worker: str, tokens: Tok
     assert new_cadre.approval_rate is not None and new_cadre.ballots == 7
 
 
-async def test_talk_plan_by_role(client: Client, worker: str, tokens: TokenSource) -> None:
+async def test_talk_plan_by_role(
+    client: Client, worker: str, tokens: TokenSource, talks: TalkStore
+) -> None:
     unit = sample_unit(cadres=2, talk_plan={"班子成员": 1, "中层干部": 1})
     handle = await start_unit(client, worker, unit)
     await drive_unit(client, handle.id, unit, stop_at=Stage.TALKS, tokens=tokens)
 
-    def talk(n: int, role: str) -> RecordTalk:
-        return RecordTalk(
+    async def talk(n: int, role: str) -> RecordTalk:
+        stored = Talk(
             idempotency_key=f"t{n}",
-            actor=GROUP,
             talk_id=f"t{n}",
             interviewer="考核组",
             interviewee_role=role,
             talk_date=dt.date(2026, 12, 15),
             content="保密内容",
         )
+        return talk_by_reference(stored, await talks(handle.id, stored))
 
-    msg = await rejected(handle, "record_talk", talk(0, "门卫"))
+    msg = await rejected(handle, "record_talk", await talk(0, "门卫"))
     assert "interviewee_role: '门卫' is not in the talk plan" in msg
-    first = await handle.execute_update(UnitAssessment.record_talk, talk(1, "班子成员"))
+    first = await handle.execute_update(UnitAssessment.record_talk, await talk(1, "班子成员"))
     assert first.stage == Stage.TALKS
     status = await handle.query(UnitAssessment.status)
     assert status.talks.by_role == {"班子成员": (1, 1), "中层干部": (0, 1)}
-    second = await handle.execute_update(UnitAssessment.record_talk, talk(2, "中层干部"))
+    second = await handle.execute_update(UnitAssessment.record_talk, await talk(2, "中层干部"))
     assert second.stage == Stage.GRADING
 
 

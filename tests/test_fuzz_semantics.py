@@ -17,11 +17,12 @@ from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 
 from domain.actions import ACTIONS
-from kaohe.sim.simulate import TokenSource, drive_unit, sheet_for
+from kaohe.sim.simulate import TalkStore, TokenSource, drive_unit, sheet_for, talk_by_reference
 from schemas.common import Role, Stage
 from schemas.messages import ActionResult
 from schemas.policy import BallotPolicy
 from schemas.roster import Roster, UnitSpec
+from schemas.talks import Talk
 from schemas.workflow_io import CampaignInput
 from tests.helpers import sample_unit, start_unit
 from tests.test_fuzz_updates import examples as fuzz_examples
@@ -91,7 +92,9 @@ def well_formed(stage: Stage, unit: UnitSpec) -> dict[str, st.SearchStrategy[dic
                 "interviewer": st.just("考核组"),
                 "interviewee_role": st.just("班子成员"),
                 "talk_date": st.dates(dt.date(2026, 1, 1), dt.date(2026, 12, 31)).map(str),
-                "content": REASON,
+                # Refused as a duplicate before the reference is looked at.
+                "talk_ref": st.just(f"talk-{'0' * 32}"),
+                "digest": st.text("0123456789abcdef", min_size=64, max_size=64),
             }
         )
     if stage == Stage.GRADING:
@@ -145,7 +148,7 @@ async def refused(handle: WorkflowHandle, name: str, payload: dict[str, Any]) ->
 
 
 async def test_well_formed_but_wrong_payloads_in_every_stage(
-    client: Client, worker: str, tokens: TokenSource
+    client: Client, worker: str, tokens: TokenSource, talks: TalkStore
 ) -> None:
     cases = 0
     for stage in (
@@ -157,17 +160,17 @@ async def test_well_formed_but_wrong_payloads_in_every_stage(
     ):
         unit = sample_unit()
         handle = await start_unit(client, worker, unit)
-        await drive_unit(client, handle.id, unit, stop_at=stage, tokens=tokens)
+        await drive_unit(client, handle.id, unit, stop_at=stage, tokens=tokens, talks=talks)
         if stage == Stage.TALKS:
-            first = {
-                "idempotency_key": "t-dup",
-                "actor": actor(Role.ASSESSMENT_GROUP),
-                "talk_id": "t-dup",
-                "interviewer": "考核组",
-                "interviewee_role": "班子成员",
-                "talk_date": "2026-12-01",
-                "content": "谈话内容",
-            }
+            talk = Talk(
+                idempotency_key="t-dup",
+                talk_id="t-dup",
+                interviewer="考核组",
+                interviewee_role="班子成员",
+                talk_date=dt.date(2026, 12, 1),
+                content="谈话内容",
+            )
+            first = talk_by_reference(talk, await talks(handle.id, talk))
             result = await handle.execute_update("record_talk", first, result_type=ActionResult)
             assert result.accepted
         for name, strategy in well_formed(stage, unit).items():

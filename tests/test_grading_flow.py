@@ -13,6 +13,7 @@ from kaohe.reports.report import build_report
 from kaohe.sim.simulate import (
     APPROVER,
     BALLOT_SYSTEM,
+    TalkStore,
     TokenSource,
     drive_unit,
     proposal_for,
@@ -32,11 +33,15 @@ async def rejected(handle, payload) -> str:  # type: ignore[no-untyped-def]
     return str(info.value.cause)
 
 
-async def test_quota_and_eligibility(client: Client, worker: str, tokens: TokenSource) -> None:
+async def test_quota_and_eligibility(
+    client: Client, worker: str, tokens: TokenSource, talks: TalkStore
+) -> None:
     unit = sample_unit(cadres=10)
     unit.cadres[4].negative_list = True
     handle = await start_unit(client, worker, unit)
-    status = await drive_unit(client, handle.id, unit, stop_at=Stage.GRADING, tokens=tokens)
+    status = await drive_unit(
+        client, handle.id, unit, stop_at=Stage.GRADING, tokens=tokens, talks=talks
+    )
     assert set(status.grading.suggested) == {c.cadre_id for c in unit.cadres}
 
     base = proposal_for(unit)  # 10 cadres x 20%: the first two are 优秀
@@ -61,13 +66,13 @@ async def test_quota_and_eligibility(client: Client, worker: str, tokens: TokenS
 
 
 async def test_the_group_evaluation_names_strengths_and_shortcomings(
-    client: Client, worker: str, pool: asyncpg.Pool, tokens: TokenSource
+    client: Client, worker: str, pool: asyncpg.Pool, tokens: TokenSource, talks: TalkStore
 ) -> None:
     """综合分析研判: the team's and each cadre's strengths and shortcomings, stored with the
     proposal; an appraisal of a cadre not in the unit is refused naming the field."""
     unit = sample_unit(cadres=2)
     handle = await start_unit(client, worker, unit)
-    await drive_unit(client, handle.id, unit, stop_at=Stage.GRADING, tokens=tokens)
+    await drive_unit(client, handle.id, unit, stop_at=Stage.GRADING, tokens=tokens, talks=talks)
     proposal = proposal_for(unit).model_dump(mode="json")
     proposal["evaluation"]["cadres"]["ghost"] = {"strengths": "x", "shortcomings": "y"}
     assert "evaluation.cadres.ghost: unknown cadre 'ghost'" in await rejected(handle, proposal)
@@ -86,7 +91,7 @@ async def test_the_group_evaluation_names_strengths_and_shortcomings(
 
 
 async def test_flagged_cadre_needs_a_determination(
-    client: Client, worker: str, pool: asyncpg.Pool, tokens: TokenSource
+    client: Client, worker: str, pool: asyncpg.Pool, tokens: TokenSource, talks: TalkStore
 ) -> None:
     unit = sample_unit(cadres=5)
     target = unit.cadres[2].cadre_id
@@ -105,7 +110,9 @@ async def test_flagged_cadre_needs_a_determination(
         RecordBallots(idempotency_key="b", actor=BALLOT_SYSTEM, batch_id="b", sheets=sheets),
     )
     assert result.stage == Stage.TALKS
-    status = await drive_unit(client, handle.id, unit, stop_at=Stage.GRADING, tokens=tokens)
+    status = await drive_unit(
+        client, handle.id, unit, stop_at=Stage.GRADING, tokens=tokens, talks=talks
+    )
     assert ("incompetent_votes", target) in {(f.code, f.target_id) for f in status.evaluation.flags}
     assert status.grading.suggested[target] == "不称职"
 
@@ -124,7 +131,7 @@ async def test_flagged_cadre_needs_a_determination(
 
 
 async def test_grade_labels_from_the_policy(
-    client: Client, worker: str, pool: asyncpg.Pool, tokens: TokenSource
+    client: Client, worker: str, pool: asyncpg.Pool, tokens: TokenSource, talks: TalkStore
 ) -> None:
     """A campaign that says 优秀/良好 for the team and 合格 for 称职: proposals may use the
     labels, status and the report show them, the stored grade stays the grade."""
@@ -138,7 +145,9 @@ async def test_grade_labels_from_the_policy(
     unit = sample_unit(cadres=5)  # a quota of one 优秀
     campaign = f"labels-{unit.unit_id}"
     handle = await start_unit(client, worker, unit, campaign_id=campaign, policy=policy)
-    await drive_unit(client, handle.id, unit, policy=policy, stop_at=Stage.GRADING, tokens=tokens)
+    await drive_unit(
+        client, handle.id, unit, policy=policy, stop_at=Stage.GRADING, tokens=tokens, talks=talks
+    )
     first, second, *others = (c.cadre_id for c in unit.cadres)
     proposal = proposal_for(unit).model_dump(mode="json")
     proposal["team_grade"] = "良好"

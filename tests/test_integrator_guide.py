@@ -23,6 +23,7 @@ Conventions of the guide (see its top):
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
 import os
 import random
@@ -56,12 +57,14 @@ from kaohe.sim.simulate import (
     APPROVER,
     DEPARTMENT,
     UNIT_CONTACT,
+    TalkStore,
     TokenSource,
     drive_unit,
     execute,
     proposal_for,
     sheet_for,
     status_of,
+    talk_by_reference,
     wait_for_status,
     wait_started,
 )
@@ -70,6 +73,7 @@ from schemas.common import CadreGrade, Role, Stage
 from schemas.messages import ApproveGrades, PauseUnit, RaiseObjection
 from schemas.policy import DemoClock, Policy
 from schemas.roster import Roster, UnitSpec
+from schemas.talks import Talk
 from tests.conftest import ApiStack, Stack
 from tests.helpers import SMALL_GROUPS, start_unit
 from workflows.campaign import AssessmentCampaign, unit_workflow_id
@@ -169,21 +173,31 @@ CAMPAIGN = workflow._Definition.from_class(AssessmentCampaign)
 assert UNIT is not None and CAMPAIGN is not None
 
 
+# What kaohe's API reads itself, not through a workflow's query: a talk's content (talk_store).
+API_READS = {"talk"}
+
+
 def handler_names() -> dict[str, set[str]]:
-    """kind ('update', 'signal', 'query') -> names, over both workflows."""
+    """kind ('update', 'signal', 'query', 'read') -> names, over both workflows and the
+    API's own reads."""
     return {
         "update": set(UNIT.updates) | set(CAMPAIGN.updates),
         "signal": set(UNIT.signals) | set(CAMPAIGN.signals),
         "query": set(UNIT.queries) | set(CAMPAIGN.queries),
+        "read": set(API_READS),
     }
 
 
 # kaohe's API paths -> the handler each one reaches: an action is the unit's update of that
-# name, the calibration decisions the campaign's update, the reads their queries.
+# name, a talk the unit's record_talk (the API stores its content and sends the reference),
+# the calibration decisions the campaign's update, the reads their queries, a talk's content
+# the API's own read.
 API_PATH = re.compile(
     r"/v1/campaigns/[^/\s\"?]+/(?:units/[^/\s\"?]+/)?"
-    r"(actions/(\w+)|calibration/decisions|status|progress|calibration)\b"
+    r"(actions/(\w+)|calibration/decisions|status|progress|calibration"
+    r"|talks/[^/\s\"?]+|talks)(?=[/\s\"?]|$)"
 )
+TALKS_PATH = re.compile(r"/units/[^/]+/talks$")
 
 
 def handler_of(found: re.Match[str]) -> tuple[str, str]:
@@ -192,6 +206,10 @@ def handler_of(found: re.Match[str]) -> tuple[str, str]:
         return ("update", action)
     if what == "calibration/decisions":
         return ("update", "decide_calibration")
+    if what == "talks":
+        return ("update", "record_talk")
+    if what.startswith("talks/"):
+        return ("read", "talk")
     return ("query", what)
 
 
@@ -512,6 +530,7 @@ class Context:
     task_queue: str
     pool: asyncpg.Pool
     tokens: TokenSource
+    talks: TalkStore
     tmp_path: Path
     api: ApiStack
     campaign_id: str = field(default_factory=lambda: f"guide{uuid.uuid4().hex[:10]}")
@@ -534,7 +553,13 @@ async def driven(ctx: Context, stop_at: Stage, policy: Policy | None = None) -> 
     policy = policy or demo_policy()
     handle = await started(ctx, policy)
     await drive_unit(
-        ctx.client, handle.id, ctx.unit, tokens=ctx.tokens, policy=policy, stop_at=stop_at
+        ctx.client,
+        handle.id,
+        ctx.unit,
+        tokens=ctx.tokens,
+        talks=ctx.talks,
+        policy=policy,
+        stop_at=stop_at,
     )
     return handle
 
@@ -580,6 +605,22 @@ async def given_imported(ctx: Context) -> Given:
 
 async def given_talks(ctx: Context) -> Given:
     return unit_env(await driven(ctx, Stage.TALKS))
+
+
+async def given_talk_recorded(ctx: Context) -> Given:
+    """Talks, with one talk recorded (t0, stored by the group as the API stores it)."""
+    handle = await driven(ctx, Stage.TALKS)
+    talk = Talk(
+        idempotency_key="talk-t0",
+        talk_id="t0",
+        interviewer="考核组 王组长",
+        interviewee_role="中层干部",
+        talk_date=dt.date(2026, 12, 15),
+        content="谈话内容(保密) #0",
+    )
+    stored = await ctx.talks(handle.id, talk)
+    await execute(handle, UnitAssessment.record_talk, talk_by_reference(talk, stored))
+    return unit_env(handle, TALK_REF=stored.talk_ref)
 
 
 async def given_grading(ctx: Context) -> Given:
@@ -645,7 +686,13 @@ async def given_held(ctx: Context) -> Given:
     workflow_id = unit_workflow_id(ctx.campaign_id, ctx.unit.unit_id)
     await wait_started(ctx.client, workflow_id)
     await drive_unit(
-        ctx.client, workflow_id, ctx.unit, tokens=ctx.tokens, policy=policy, stop_at=Stage.GRADING
+        ctx.client,
+        workflow_id,
+        ctx.unit,
+        tokens=ctx.tokens,
+        talks=ctx.talks,
+        policy=policy,
+        stop_at=Stage.GRADING,
     )
     handle = ctx.client.get_workflow_handle(workflow_id)
     proposal = proposal_for(ctx.unit, policy)
@@ -665,6 +712,7 @@ GIVENS: dict[str, Callable[[Context], Any]] = {
     "evaluation": given_evaluation,
     "imported": given_imported,
     "talks": given_talks,
+    "talk_recorded": given_talk_recorded,
     "grading": given_grading,
     "proposed": given_proposed,
     "publicity": given_publicity,
@@ -726,7 +774,12 @@ async def status_json(handle: WorkflowHandle) -> dict[str, Any]:
 
 
 # The schema of each read's answer.
-READ_SCHEMAS = {"status": "status", "progress": "campaign_progress", "calibration": "calibration"}
+READ_SCHEMAS = {
+    "status": "status",
+    "progress": "campaign_progress",
+    "calibration": "calibration",
+    "talk": "talk_view",
+}
 
 
 @dataclass
@@ -745,6 +798,11 @@ class Call:
         """The handler an action or a read reaches; None for a queued request's GET."""
         found = API_PATH.search(urlsplit(self.url).path + " ")
         return handler_of(found) if found else None
+
+    @property
+    def is_talk(self) -> bool:
+        """A talk sent to POST .../talks: its body is a talk, its answer a TalkRecorded."""
+        return TALKS_PATH.search(urlsplit(self.url).path) is not None
 
     @property
     def as_role(self) -> str | None:
@@ -770,10 +828,11 @@ async def context(
     worker: str,
     pool: asyncpg.Pool,
     tokens: TokenSource,
+    talks: TalkStore,
     tmp_path: Path,
     api: ApiStack,
 ) -> Context:
-    return Context(stack, client, worker, pool, tokens, tmp_path, api)
+    return Context(stack, client, worker, pool, tokens, talks, tmp_path, api)
 
 
 def environment(bin_dir: Path, ctx: Context, log: Path) -> dict[str, str]:
@@ -842,7 +901,8 @@ async def test_example_runs_as_the_guide_says(
     if expect in ("accepted", "duplicate"):
         assert last.status == 200 and kind == "update", shown
         result = last.json_answer()
-        assert not list(validator_of("action_result").iter_errors(result)), shown
+        answer_schema = "talk_recorded" if last.is_talk else "action_result"
+        assert not list(validator_of(answer_schema).iter_errors(result)), shown
         assert result["accepted"] is True, shown
         assert result["duplicate"] is (expect == "duplicate"), f"{result}\n{shown}"
     elif expect == "rejected":
@@ -856,7 +916,7 @@ async def test_example_runs_as_the_guide_says(
         assert last.status == 202 and kind == "update", f"HTTP {last.status}\n{shown}"
         assert re.fullmatch(r"/v1/requests/\w+", last.location or ""), shown
     elif expect == "answered":
-        assert last.status == 200 and kind == "query", shown
+        assert last.status == 200 and kind in ("query", "read"), shown
         problems = [
             e.message for e in validator_of(READ_SCHEMAS[name]).iter_errors(last.json_answer())
         ]
@@ -877,7 +937,10 @@ async def test_example_runs_as_the_guide_says(
         rule = ACTIONS.get(name)
         roles = set(rule.roles) if rule else {Role.DEPARTMENT}
         actor = credentials.actor(principal, roles, call.as_role)
-        problems = [e.message for e in validator_of(name).iter_errors({**body, "actor": actor})]
+        if call.is_talk:  # the talk as sent; the unit gets a record_talk without its content
+            problems = [e.message for e in validator_of("talk").iter_errors(body)]
+        else:
+            problems = [e.message for e in validator_of(name).iter_errors({**body, "actor": actor})]
         if opts.get("schema") == "invalid":
             assert problems, f"{name} body valid, but marked schema=invalid\n{shown}"
         else:

@@ -13,6 +13,7 @@ from kaohe.sim.simulate import (
     APPROVER,
     DEPARTMENT,
     UNIT_CONTACT,
+    TalkStore,
     TokenSource,
     drive_unit,
     proposal_for,
@@ -30,11 +31,11 @@ PUBLICITY = Policy(demo_clock=DemoClock(publicity_seconds=3))
 
 
 async def approved_unit(
-    client: Client, worker: str, tokens: TokenSource
+    client: Client, worker: str, tokens: TokenSource, talks: TalkStore
 ) -> tuple[WorkflowHandle, list[str]]:
     unit = sample_unit(cadres=2)
     handle = await start_unit(client, worker, unit, policy=PUBLICITY)
-    await drive_unit(client, handle.id, unit, stop_at=Stage.GRADING, tokens=tokens)
+    await drive_unit(client, handle.id, unit, stop_at=Stage.GRADING, tokens=tokens, talks=talks)
     await handle.execute_update(UnitAssessment.propose_grades, proposal_for(unit))
     result = await handle.execute_update(UnitAssessment.approve_grades, approve("ok"))
     assert "publicity until" in result.message and result.stage == Stage.GRADING
@@ -83,9 +84,9 @@ async def final_flags(pool: asyncpg.Pool, workflow_id: str) -> set[bool]:
 
 
 async def test_grades_become_final_when_publicity_ends(
-    client: Client, worker: str, pool: asyncpg.Pool, tokens: TokenSource
+    client: Client, worker: str, pool: asyncpg.Pool, tokens: TokenSource, talks: TalkStore
 ) -> None:
-    handle, _ = await approved_unit(client, worker, tokens)
+    handle, _ = await approved_unit(client, worker, tokens, talks)
     published = await status(handle)
     assert published.grading.published and not published.grading.final
     assert published.grading.publicity_ends is not None and published.grading.team_grade == "好"
@@ -102,9 +103,9 @@ async def test_grades_become_final_when_publicity_ends(
 
 
 async def test_an_open_objection_blocks_finalization(
-    client: Client, worker: str, pool: asyncpg.Pool, tokens: TokenSource
+    client: Client, worker: str, pool: asyncpg.Pool, tokens: TokenSource, talks: TalkStore
 ) -> None:
-    handle, cadres = await approved_unit(client, worker, tokens)
+    handle, cadres = await approved_unit(client, worker, tokens, talks)
     await handle.execute_update(UnitAssessment.raise_objection, objection(1, cadres[1]))
     assert "cadre_id: unknown cadre" in await rejection(
         handle.execute_update(UnitAssessment.raise_objection, objection(2, "nobody"))
@@ -123,9 +124,9 @@ async def test_an_open_objection_blocks_finalization(
 
 
 async def test_an_upheld_objection_withdraws_the_grades(
-    client: Client, worker: str, pool: asyncpg.Pool, tokens: TokenSource
+    client: Client, worker: str, pool: asyncpg.Pool, tokens: TokenSource, talks: TalkStore
 ) -> None:
-    handle, cadres = await approved_unit(client, worker, tokens)
+    handle, cadres = await approved_unit(client, worker, tokens, talks)
     await handle.execute_update(UnitAssessment.raise_objection, objection(1))
     assert "approved and published" in await rejection(
         handle.execute_update(
@@ -164,7 +165,7 @@ REAL_DAYS = Policy()  # publicity in working days, from the unit's own calendar
 
 
 async def test_publicity_may_start_on_a_later_working_day(
-    client: Client, worker: str, tokens: TokenSource
+    client: Client, worker: str, tokens: TokenSource, talks: TalkStore
 ) -> None:
     import datetime as dt
 
@@ -172,7 +173,7 @@ async def test_publicity_may_start_on_a_later_working_day(
 
     unit = sample_unit(cadres=2)
     handle = await start_unit(client, worker, unit, policy=REAL_DAYS)
-    await drive_unit(client, handle.id, unit, stop_at=Stage.GRADING, tokens=tokens)
+    await drive_unit(client, handle.id, unit, stop_at=Stage.GRADING, tokens=tokens, talks=talks)
     await handle.execute_update(UnitAssessment.propose_grades, proposal_for(unit))
     today = shanghai_date(dt.datetime.now(dt.UTC))
     later = PACKAGE.add_working_days(today, 2)
@@ -192,7 +193,7 @@ async def test_publicity_may_start_on_a_later_working_day(
 
 
 async def test_a_year_without_a_calendar_refuses_what_needs_it(
-    client: Client, worker: str, tokens: TokenSource
+    client: Client, worker: str, tokens: TokenSource, talks: TalkStore
 ) -> None:
     """A unit whose input carries no schedule for this year: its stages get no deadline (and
     status says why), approval is refused naming the setting, and no workflow task fails."""
@@ -209,7 +210,7 @@ async def test_a_year_without_a_calendar_refuses_what_needs_it(
     )
     first = await wait_for_status(handle, lambda s: s.deadline_problem is not None)
     assert first.deadline is None and "calendar." in (first.deadline_problem or "")
-    await drive_unit(client, handle.id, unit, stop_at=Stage.GRADING, tokens=tokens)
+    await drive_unit(client, handle.id, unit, stop_at=Stage.GRADING, tokens=tokens, talks=talks)
     await handle.execute_update(UnitAssessment.propose_grades, proposal_for(unit))
     reason = await rejection(handle.execute_update(UnitAssessment.approve_grades, approve("a")))
     assert "no working-day calendar" in reason and "policy calendar." in reason

@@ -37,6 +37,7 @@ from kaohe.reports.report import (
 from kaohe.sim.simulate import (
     DEPARTMENT,
     UNIT_CONTACT,
+    TalkStore,
     TokenSource,
     drive_unit,
     proposal_for,
@@ -87,7 +88,7 @@ class Campaign:
 
 @pytest.fixture(scope="module")
 async def campaign(
-    client: Client, worker: str, tokens: TokenSource, pool: asyncpg.Pool
+    client: Client, worker: str, tokens: TokenSource, talks: TalkStore, pool: asyncpg.Pool
 ) -> Campaign:
     c = Campaign(
         f"rep-{uuid.uuid4().hex[:8]}",
@@ -98,7 +99,7 @@ async def campaign(
     stops = {"done": None, "using": Stage.RESULT_USE, "pending": Stage.GRADING}
     statuses = await asyncio.gather(
         *(
-            drive_unit(client, c.wf(name), unit, tokens=tokens, stop_at=stops[name])
+            drive_unit(client, c.wf(name), unit, tokens=tokens, talks=talks, stop_at=stops[name])
             for name, unit in c.units.items()
         )
     )

@@ -15,6 +15,7 @@ from kaohe.sim.simulate import (
     BALLOT_SYSTEM,
     DEPARTMENT,
     UNIT_CONTACT,
+    TalkStore,
     TokenSource,
     close_follow_ups,
     drive_unit,
@@ -72,13 +73,13 @@ async def last_years_grade(pool: asyncpg.Pool, cadre_id: str, grade: str) -> Non
 
 
 async def test_same_low_grade_two_years_running_calls_for_adjustment(
-    client: Client, worker: str, pool: asyncpg.Pool, tokens: TokenSource
+    client: Client, worker: str, pool: asyncpg.Pool, tokens: TokenSource, talks: TalkStore
 ) -> None:
     unit = sample_unit(cadres=3)
     repeat, once = unit.cadres[1].cadre_id, unit.cadres[2].cadre_id
     await last_years_grade(pool, repeat, "基本称职")
     handle = await start_unit(client, worker, unit)
-    await drive_unit(client, handle.id, unit, stop_at=Stage.GRADING, tokens=tokens)
+    await drive_unit(client, handle.id, unit, stop_at=Stage.GRADING, tokens=tokens, talks=talks)
     proposal = proposal_for(unit)
     proposal.cadre_grades[repeat] = CadreGrade.BASICALLY_COMPETENT
     proposal.cadre_grades[once] = CadreGrade.BASICALLY_COMPETENT
@@ -149,7 +150,7 @@ async def test_same_low_grade_two_years_running_calls_for_adjustment(
 
 
 async def test_a_late_review_answer_goes_to_the_department_once(
-    client: Client, worker: str, pool: asyncpg.Pool, tokens: TokenSource
+    client: Client, worker: str, pool: asyncpg.Pool, tokens: TokenSource, talks: TalkStore
 ) -> None:
     """复核 answered past the policy's days: the department is notified, once; the unit's
     status and the UI say so; answering it later still ends result use."""
@@ -159,7 +160,7 @@ async def test_a_late_review_answer_goes_to_the_department_once(
     asker = unit.cadres[1].cadre_id
     handle = await start_unit(client, worker, unit, policy=policy)
     await drive_unit(
-        client, handle.id, unit, policy=policy, stop_at=Stage.RESULT_USE, tokens=tokens
+        client, handle.id, unit, policy=policy, stop_at=Stage.RESULT_USE, tokens=tokens, talks=talks
     )
     await handle.execute_update(
         UnitAssessment.request_review,
@@ -189,7 +190,7 @@ async def test_a_late_review_answer_goes_to_the_department_once(
 
 
 async def test_policy_maps_grades_and_flags_to_follow_ups(
-    client: Client, worker: str, tokens: TokenSource
+    client: Client, worker: str, tokens: TokenSource, talks: TalkStore
 ) -> None:
     unit = sample_unit(cadres=5, selection_review=True)
     promoted = unit.cadres[3]
@@ -208,7 +209,9 @@ async def test_policy_maps_grades_and_flags_to_follow_ups(
         UnitAssessment.record_ballots,
         RecordBallots(idempotency_key="b", actor=BALLOT_SYSTEM, batch_id="b", sheets=sheets),
     )
-    status = await drive_unit(client, handle.id, unit, stop_at=Stage.RESULT_USE, tokens=tokens)
+    status = await drive_unit(
+        client, handle.id, unit, stop_at=Stage.RESULT_USE, tokens=tokens, talks=talks
+    )
     assert status.stage == Stage.RESULT_USE
     ids = {f.follow_up_id for f in status.follow_ups.items}
     principal = unit.cadres[0].cadre_id  # 优秀 within the quota of 5 x 20%

@@ -21,7 +21,13 @@ from temporalio.client import Client
 
 from kaohe.cli.status import FATAL, watch
 from kaohe.client import ConnectionSettingsError
-from kaohe.sim.simulate import TokenSource, drive_unit, wait_campaign_started, wait_for_status
+from kaohe.sim.simulate import (
+    TalkStore,
+    TokenSource,
+    drive_unit,
+    wait_campaign_started,
+    wait_for_status,
+)
 from schemas.common import Stage
 from tests.conftest import Stack
 from tests.helpers import sample_unit, start_unit
@@ -86,7 +92,7 @@ async def test_the_watch_ends_when_finished_or_failing_last() -> None:
 
 
 async def test_watch_a_unit_from_the_cli(
-    stack: Stack, client: Client, worker: str, tokens: TokenSource
+    stack: Stack, client: Client, worker: str, tokens: TokenSource, talks: TalkStore
 ) -> None:
     unit = sample_unit()
     handle = await start_unit(client, worker, unit)
@@ -102,7 +108,7 @@ async def test_watch_a_unit_from_the_cli(
     watching = asyncio.create_task(
         akaohe(stack, "status", handle.id, "--watch", "--interval", "0.3")
     )
-    await drive_unit(client, handle.id, unit, tokens=tokens)
+    await drive_unit(client, handle.id, unit, tokens=tokens, talks=talks)
     done = await asyncio.wait_for(watching, 60)
     assert done.returncode == 0, done.stderr
     assert "completed" in done.stdout and "; finished" in done.stdout

@@ -46,9 +46,10 @@ from kaohe.client import connect
 from kaohe.devstack.processes import die_with_parent
 from kaohe.ingest.ballot_io import token_source
 from kaohe.ingest.roster_io import load_policy
+from kaohe.keys import talk_cipher
 from kaohe.listening import free_port
 from kaohe.settings import Settings
-from kaohe.sim.simulate import drive_unit, wait_started
+from kaohe.sim.simulate import drive_unit, talk_store, wait_started
 from kaohe.starter import start_campaign
 from schemas.common import Stage
 from schemas.roster import Roster
@@ -257,13 +258,14 @@ async def drive_extra_campaign(stack: DevStack, client: Client) -> None:
     try:
         await start_campaign(client, EXTRA, settings.task_queue, load_policy(None, EXTRA.year))
         tokens = token_source(pool)
+        talks = talk_store(pool, talk_cipher(settings))
 
         async def drive(unit_index: int) -> None:
             unit = EXTRA.units[unit_index]
             wf_id = unit_workflow_id(EXTRA.campaign_id, unit.unit_id)
             await wait_started(client, wf_id)
             status = await drive_unit(
-                client, wf_id, unit, tokens=tokens, stop_at=EXTRA_STOPS[unit.unit_id]
+                client, wf_id, unit, tokens=tokens, talks=talks, stop_at=EXTRA_STOPS[unit.unit_id]
             )
             assert status.stage == EXTRA_STOPS[unit.unit_id]
 

@@ -14,6 +14,7 @@ from kaohe.sim.simulate import (
     APPROVER,
     GROUP,
     UNIT_CONTACT,
+    TalkStore,
     TokenSource,
     drive_unit,
     proposal_for,
@@ -158,10 +159,12 @@ async def test_repeated_idempotency_key_returns_the_first_result(
     assert n == 1
 
 
-async def test_roles_and_four_eyes(client: Client, worker: str, tokens: TokenSource) -> None:
+async def test_roles_and_four_eyes(
+    client: Client, worker: str, tokens: TokenSource, talks: TalkStore
+) -> None:
     unit = sample_unit()
     handle = await start_unit(client, worker, unit)
-    await drive_unit(client, handle.id, unit, stop_at=Stage.GRADING, tokens=tokens)
+    await drive_unit(client, handle.id, unit, stop_at=Stage.GRADING, tokens=tokens, talks=talks)
 
     by_unit = proposal_for(unit).model_copy(update={"actor": UNIT_CONTACT})
     msg = await rejection(handle, "propose_grades", by_unit)
@@ -233,7 +236,8 @@ async def test_signals_are_validated_and_recorded(
         interviewer="a",
         interviewee_role="b",
         talk_date=dt.date(2026, 12, 1),
-        content="c",
+        talk_ref=f"talk-{'0' * 32}",
+        digest="0" * 64,
     )
     assert "'report_back'" in await rejection(handle, "record_talk", talk_too_early)
     report = SubmitReport.model_validate(team_report("r"))

@@ -16,7 +16,7 @@ from temporalio.client import Client
 from activities.notify import NotifyActivities
 from activities.storage import StorageActivities
 from kaohe.settings import Settings
-from kaohe.sim.simulate import TokenSource, drive_unit
+from kaohe.sim.simulate import TalkStore, TokenSource, drive_unit
 from schemas.common import Stage
 from tests.conftest import Stack
 from tests.helpers import TEST_KEY, sample_unit, start_unit
@@ -46,7 +46,7 @@ async def until(predicate, seconds: float = 60.0):  # type: ignore[no-untyped-de
 
 
 async def test_processes_share_the_queue_and_a_dead_one_is_restarted(
-    stack: Stack, client: Client, tmp_path: Path, tokens: TokenSource
+    stack: Stack, client: Client, tmp_path: Path, tokens: TokenSource, talks: TalkStore
 ) -> None:
     task_queue = f"procs-{uuid.uuid4().hex[:8]}"
     parent = spawn_processes(stack, task_queue, 2, tmp_path / "workers.log")
@@ -62,7 +62,9 @@ async def test_processes_share_the_queue_and_a_dead_one_is_restarted(
             lambda: (ws := workers_of(parent)) and len(ws) == 2 and first[0] not in ws and ws
         )
         assert first[1] in again  # the other one kept running
-        status = await asyncio.wait_for(drive_unit(client, handle.id, unit, tokens=tokens), 120)
+        status = await asyncio.wait_for(
+            drive_unit(client, handle.id, unit, tokens=tokens, talks=talks), 120
+        )
         assert status.stage == Stage.COMPLETED
 
         parent.send_signal(signal.SIGTERM)

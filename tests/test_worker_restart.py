@@ -15,7 +15,7 @@ from temporalio.client import Client
 
 from activities.failpoints import ENV as FAILPOINT_ENV
 from activities.failpoints import KILLED
-from kaohe.sim.simulate import TokenSource, drive_unit
+from kaohe.sim.simulate import TalkStore, TokenSource, drive_unit
 from schemas.common import Stage
 from tests.conftest import Stack
 from tests.helpers import sample_unit, start_unit
@@ -38,7 +38,12 @@ def spawn_worker(
 
 
 async def test_killed_worker_is_replaced_and_the_unit_finishes(
-    stack: Stack, client: Client, pool: asyncpg.Pool, tmp_path: Path, tokens: TokenSource
+    stack: Stack,
+    client: Client,
+    pool: asyncpg.Pool,
+    tmp_path: Path,
+    tokens: TokenSource,
+    talks: TalkStore,
 ) -> None:
     task_queue = f"kill-{uuid.uuid4().hex[:8]}"
     log = tmp_path / "worker.log"
@@ -53,7 +58,7 @@ async def test_killed_worker_is_replaced_and_the_unit_finishes(
         first.wait()
 
     # With no worker, the rest of the flow waits; a new worker takes it from history.
-    rest = asyncio.create_task(drive_unit(client, handle.id, unit, tokens=tokens))
+    rest = asyncio.create_task(drive_unit(client, handle.id, unit, tokens=tokens, talks=talks))
     await asyncio.sleep(1)
     assert not rest.done()
     second = spawn_worker(stack, task_queue, log)
@@ -73,8 +78,8 @@ async def test_killed_worker_is_replaced_and_the_unit_finishes(
         acks = await conn.fetchval(
             "SELECT count(*) FROM acknowledgements WHERE workflow_id=$1", handle.id
         )
-        talks = await conn.fetchval("SELECT count(*) FROM talks WHERE workflow_id=$1", handle.id)
-    assert (transitions, acks, talks) == (7, 1, 3)
+        recorded = await conn.fetchval("SELECT count(*) FROM talks WHERE workflow_id=$1", handle.id)
+    assert (transitions, acks, recorded) == (7, 1, 3)
     # JSON logs carry the workflow id, unit and stage; never talk content.
     text = log.read_text()
     assert f'"workflow_id": "{handle.id}"' in text and '"unit":' in text and '"stage":' in text
@@ -82,7 +87,12 @@ async def test_killed_worker_is_replaced_and_the_unit_finishes(
 
 
 async def test_follow_ups_and_feedback_once_though_the_worker_dies_after_each_commit(
-    stack: Stack, client: Client, pool: asyncpg.Pool, tmp_path: Path, tokens: TokenSource
+    stack: Stack,
+    client: Client,
+    pool: asyncpg.Pool,
+    tmp_path: Path,
+    tokens: TokenSource,
+    talks: TalkStore,
 ) -> None:
     """The worker dies right after the follow-ups are committed and before the workflow has
     recorded it; its successor dies right after the feedback notification is committed. The
@@ -92,7 +102,7 @@ async def test_follow_ups_and_feedback_once_though_the_worker_dies_after_each_co
     unit = sample_unit(cadres=5)  # one 优秀 (incentive follow-ups) and four 称职
     handle = await start_unit(client, task_queue, unit)
     drive = asyncio.create_task(
-        drive_unit(client, handle.id, unit, stop_at=Stage.RESULT_USE, tokens=tokens)
+        drive_unit(client, handle.id, unit, stop_at=Stage.RESULT_USE, tokens=tokens, talks=talks)
     )
     for point in ("create_follow_ups:committed", "notify:feedback:committed"):
         doomed = spawn_worker(stack, task_queue, log, failpoint=point)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
@@ -25,15 +26,18 @@ from temporalio.exceptions import ApplicationError
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.audit_log import write_unattributed
+from activities.talk_cipher import TalkCipher
 from domain.actions import ACTIONS
 from kaohe.access import api_keys
-from kaohe.access.bindings import Binding, bindings_on
+from kaohe.access.bindings import Binding, bindings_on, list_bindings
 from kaohe.access.identity import Identity, TokenVerifier, Unauthenticated
 from kaohe.api import problems
 from kaohe.api.problems import Problem
 from kaohe.api.queue import RequestQueue
+from kaohe.api.talks import install_talks
 from schemas.calibration import CategoryCalibration
-from schemas.common import Role
+from schemas.common import Identifier, Role
+from schemas.limits import MAX_PAYLOAD_BYTES, first_bad_text, json_shape_problem, shown
 from schemas.messages import ActionResult
 from schemas.status import CampaignProgress, UnitStatus
 from workflows.campaign import AssessmentCampaign, campaign_workflow_id, unit_workflow_id
@@ -41,16 +45,25 @@ from workflows.unit import UnitAssessment
 
 log = structlog.get_logger("kaohe.api")
 
-MAX_BODY_BYTES = 2_000_000  # Temporal's own limit for one payload
+MAX_BODY_BYTES = MAX_PAYLOAD_BYTES  # Temporal's own limit for one payload: 413 above it
+_IDENTIFIER = re.compile(Identifier.__metadata__[0].pattern)
+_REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 class Api:
     """What the routes share: the Temporal client (which signs), the database, the verifier."""
 
-    def __init__(self, client: Client, pool: asyncpg.Pool, verifier: TokenVerifier) -> None:
+    def __init__(
+        self,
+        client: Client,
+        pool: asyncpg.Pool,
+        verifier: TokenVerifier,
+        talk_cipher: TalkCipher | None = None,
+    ) -> None:
         self.client = client
         self.pool = pool
         self.verifier = verifier
+        self.talk_cipher = talk_cipher  # seals and opens talks (kaohe/api/talks.py)
         self.queue = RequestQueue(pool, self.send)
 
     # ---- who -------------------------------------------------------------------------------
@@ -84,6 +97,8 @@ class Api:
         self, who: Identity | None, campaign: str, unit: str, what: str, problem: Problem
     ) -> None:
         """The audit row of an attempt the API refused: who (if known) tried what, and why."""
+        # The path's ids as the caller sent them, shown safe (they may be anything).
+        campaign, unit, what = shown(campaign), shown(unit), shown(what)
         workflow_id = unit_workflow_id(campaign, unit) if unit else campaign_workflow_id(campaign)
         detail = {
             "principal": who.principal if who else None,
@@ -120,27 +135,53 @@ class Api:
             )
         except WorkflowUpdateFailedError as err:
             cause = err.cause
-            if isinstance(cause, ApplicationError) and cause.type == "Unauthorized":
+            if not isinstance(cause, ApplicationError):
+                raise problems.rejected(str(cause)) from None
+            if cause.type == "Unauthorized":
                 raise problems.forbidden(cause.message) from None
-            raise problems.rejected(
-                cause.message if isinstance(cause, ApplicationError) else str(cause)
-            ) from None
+            if cause.type == "StorageUnavailable" and not cause.non_retryable:
+                raise problems.unavailable(cause.message) from None
+            raise problems.rejected(cause.message, retryable=not cause.non_retryable) from None
         except RPCError as err:
             if err.status == RPCStatusCode.NOT_FOUND:
                 raise problems.not_found(f"no workflow {workflow_id}") from None
             raise
 
 
+async def _raw_body(request: Request) -> bytes:
+    """The body, read no further than MAX_BODY_BYTES (413 beyond, by Content-Length or as
+    it arrives)."""
+    too_large = problems.too_large(
+        f"(body): over the limit of {MAX_BODY_BYTES} bytes", MAX_BODY_BYTES
+    )
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def _body(request: Request) -> dict[str, Any]:
-    raw = await request.body()
-    if len(raw) > MAX_BODY_BYTES:
-        raise problems.invalid(f"(body): over {MAX_BODY_BYTES} bytes", None)
+    """The action's fields: a JSON object within the limits (schemas/limits.py: size, depth,
+    text), checked before it is parsed or sent on."""
+    raw = await _raw_body(request)
+    problem = json_shape_problem(raw)
+    if problem is not None:
+        raise problems.invalid(problem.replace("(payload)", "(body)"), "(body)")
     try:
         body = json.loads(raw or b"{}")
     except (ValueError, RecursionError):
         raise problems.invalid("(body): not JSON", None) from None
     if not isinstance(body, dict):
         raise problems.invalid("(body): expected a JSON object", None)
+    bad = first_bad_text(body)
+    if bad is not None:
+        raise problems.invalid(f"{bad[0]}: {bad[1]}", bad[0])
     if "actor" in body:
         raise problems.invalid(
             "actor: comes from your credentials and your role on the unit; leave it out",
@@ -165,6 +206,16 @@ async def caller(
 
 
 Caller = Annotated[Identity | None, Depends(caller)]
+
+
+def _unit_of(b: Binding, workflow_id: str) -> tuple[str, str] | None:
+    """(campaign, unit) if `workflow_id` is the workflow of a unit this binding reaches."""
+    if b.unit_id:
+        hit = unit_workflow_id(b.campaign_id, b.unit_id) == workflow_id
+        return (b.campaign_id, b.unit_id) if hit else None
+    prefix = unit_workflow_id(b.campaign_id, "")
+    unit = workflow_id[len(prefix) :] if workflow_id.startswith(prefix) else ""
+    return (b.campaign_id, unit) if unit else None
 
 
 def create_app(api: Api, *, jwks: dict[str, Any] | None = None) -> FastAPI:
@@ -192,6 +243,11 @@ def create_app(api: Api, *, jwks: dict[str, Any] | None = None) -> FastAPI:
         as_role: Role | None,
     ) -> Binding:
         try:
+            for name, value in (("campaign", campaign), ("unit", unit)):
+                if value and not _IDENTIFIER.fullmatch(value):
+                    raise problems.invalid(
+                        f"{name}: {shown(value)!r} is not an id (letters, digits, _ . -)", name
+                    )
             if who is None:
                 raise problems.unauthenticated(request.state.unauthenticated)
             return await api.binding_for(who, campaign, unit, roles, as_role)
@@ -220,6 +276,12 @@ def create_app(api: Api, *, jwks: dict[str, Any] | None = None) -> FastAPI:
             raise problems.not_found(f"action: no action {action!r}; actions: {', '.join(ACTIONS)}")
         binding = await authorized(request, who, campaign, unit, action, rule.roles, as_role)
         body = await _body(request)
+        if action == "record_talk" and "content" in body:
+            raise problems.invalid(
+                "content: a talk's content never goes to the unit; send the talk to "
+                f"POST /v1/campaigns/{campaign}/units/{unit}/talks",
+                "content",
+            )
         payload = {**body, "actor": binding.actor().model_dump(mode="json")}
         workflow_id = unit_workflow_id(campaign, unit)
         if prefer and "respond-async" in prefer.lower():
@@ -237,10 +299,31 @@ def create_app(api: Api, *, jwks: dict[str, Any] | None = None) -> FastAPI:
         """A queued request: queued, accepted (with the unit's answer) or rejected (why)."""
         if who is None:
             raise problems.unauthenticated(request.state.unauthenticated)
-        found = await api.queue.get(request_id, who.principal)
+        found = (
+            await api.queue.get(request_id, who.principal)
+            if _REQUEST_ID.fullmatch(request_id)
+            else None
+        )
         if found is None:
             raise problems.not_found(f"no request {request_id} of yours")
         return found
+
+    @app.get("/v1/units/{workflow_id}")
+    async def which_unit(request: Request, workflow_id: str, who: Caller) -> dict[str, str]:
+        """The campaign and unit of a unit's workflow id (`kaohe-CAMPAIGN-UNIT` does not
+        split by itself when the ids have hyphens), among the units you have a role on."""
+        if who is None:
+            raise problems.unauthenticated(request.state.unauthenticated)
+        async with api.pool.acquire() as conn:
+            mine = await list_bindings(conn, principal=who.principal)
+        found = sorted({pair for b in mine if (pair := _unit_of(b, workflow_id))})
+        if not found:
+            raise problems.not_found(f"no unit {workflow_id} that you have a role on")
+        if len(found) > 1:
+            named = " or ".join(f"{c}/{u}" for c, u in found)
+            raise problems.invalid(f"workflow_id: {workflow_id} is {named}; name one", None)
+        (campaign, unit), *_ = found
+        return {"workflow_id": workflow_id, "campaign": campaign, "unit": unit}
 
     @app.get("/v1/campaigns/{campaign}/units/{unit}/status", response_model=UnitStatus)
     async def unit_status(request: Request, campaign: str, unit: str, who: Caller) -> Any:
@@ -283,6 +366,8 @@ def create_app(api: Api, *, jwks: dict[str, Any] | None = None) -> FastAPI:
         body = await _body(request)
         payload = {**body, "actor": binding.actor().model_dump(mode="json")}
         return await api.send(campaign_workflow_id(campaign), "decide_calibration", payload)
+
+    install_talks(app, api, authorized, Caller, _body)
 
     if jwks is not None:
 

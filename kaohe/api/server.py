@@ -10,6 +10,7 @@ from kaohe.access.identity import TokenVerifier
 from kaohe.access.issuer import DevIssuer
 from kaohe.api.app import Api, create_app
 from kaohe.client import connect
+from kaohe.keys import talk_cipher
 from kaohe.settings import Settings
 
 
@@ -29,10 +30,12 @@ def verifier_from_settings(settings: Settings) -> tuple[TokenVerifier, DevIssuer
 
 async def serve_api(settings: Settings, database_url: str) -> None:
     verifier, issuer = verifier_from_settings(settings)
+    cipher = talk_cipher(settings)  # MissingKeysError before anything connects
     client = await connect(settings)
     pool = await create_pool(database_url, settings.db_pool_min, settings.db_pool_max)
     try:
-        app = create_app(Api(client, pool, verifier), jwks=issuer.jwks() if issuer else None)
+        api = Api(client, pool, verifier, cipher)
+        app = create_app(api, jwks=issuer.jwks() if issuer else None)
         config = uvicorn.Config(
             app,
             host=settings.api_host,

@@ -20,8 +20,16 @@ from temporalio.service import RPCError
 
 from domain.actions import ACTIONS
 from domain.calendar import SHANGHAI, campaign_years, with_package_years
-from kaohe.audit import verify_audit
 from kaohe.cli.access import access_app, token_app
+from kaohe.cli.api_client import (
+    FROM_TOKEN,
+    DirectOption,
+    api_errors,
+    print_queued,
+    route,
+    via_api,
+)
+from kaohe.cli.audit import audit_app
 from kaohe.cli.ballots import ballots_app, tokens_app
 from kaohe.cli.calendar import calendar_app
 from kaohe.cli.calibration import calibration_app
@@ -31,7 +39,6 @@ from kaohe.cli.common import (
     fail,
     parse_actor,
     run,
-    run_on_database,
     run_update,
     serve,
 )
@@ -52,12 +59,12 @@ from kaohe.serving import exit_flushed
 from kaohe.settings import Settings, get_settings
 from kaohe.starter import start_campaign
 from schemas import search_attributes as sa
-from schemas.common import Stage
+from schemas.common import Role, Stage
 from schemas.errors import format_validation_error
 from schemas.messages import ActionResult
 from schemas.policy import Policy
 from schemas.roster import Roster
-from workflows.campaign import campaign_workflow_id
+from workflows.campaign import campaign_workflow_id, unit_workflow_id
 
 T = TypeVar("T")
 
@@ -76,7 +83,6 @@ app.add_typer(token_app, name="token")
 app.add_typer(tls_app, name="tls")
 app.add_typer(calendar_app, name="calendar")
 app.add_typer(keys_app, name="keys")
-audit_app = typer.Typer(help="The tamper-evident audit log.", no_args_is_help=True)
 app.add_typer(audit_app, name="audit")
 roster_app = typer.Typer(
     help="Rosters as YAML, XLSX or a folder of CSV sheets.", no_args_is_help=True
@@ -85,6 +91,7 @@ app.add_typer(roster_app, name="roster")
 app.command()(report)
 
 SAMPLE_ROSTER = "samples/demo-roster.yaml"
+UNIT_HELP = "A unit: its workflow id (kaohe-CAMPAIGN-UNIT) or CAMPAIGN/UNIT."
 
 
 # ---- the stack -------------------------------------------------------------------------
@@ -200,10 +207,17 @@ def codec_server(
 
 @app.command()
 def migrate() -> None:
-    """Apply the database migrations not yet applied (idempotent)."""
-    from activities.db import apply_migrations
+    """Apply the database migrations not yet applied (idempotent), as the tables' owner
+    (KAOHE_MIGRATION_DATABASE_URL), and make KAOHE_DATABASE_URL's user a member of kaohe_app."""
+    from activities.db import migrate as migrate_database
 
-    applied = run(apply_migrations(get_settings().effective_database_url))
+    settings = get_settings()
+    # As the tables' owner; then database_url's user is made a member of kaohe_app.
+    applied, warnings = run(
+        migrate_database(settings.effective_migration_database_url, settings.effective_database_url)
+    )
+    for warning in warnings:
+        err_console.print(f"[yellow]warning:[/] {warning}")
     console.print(f"applied: {', '.join(applied)}" if applied else "migrations up to date")
 
 
@@ -324,7 +338,7 @@ def demo(
 
 @app.command()
 def status(
-    workflow_id: Annotated[str | None, typer.Argument()] = None,
+    workflow_id: Annotated[str | None, typer.Argument(help=UNIT_HELP)] = None,
     campaign: Annotated[str | None, typer.Option(help="A campaign id.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
     watch: Annotated[
@@ -336,32 +350,62 @@ def status(
     count: Annotated[
         int | None, typer.Option(min=1, help="Stop --watch after this many refreshes.")
     ] = None,
+    direct: DirectOption = False,
 ) -> None:
     """Show a unit's progress, or a campaign's units per stage; --watch keeps it live (a
-    refresh that fails is shown and the next one tries again)."""
+    refresh that fails is shown and the next one tries again). With KAOHE_API_TOKEN through
+    kaohe's API (a campaign: its progress, without the units' list)."""
     if (workflow_id is None) == (campaign is None):
         raise fail("give either a WORKFLOW_ID or --campaign ID")
     if watch and as_json:
         raise fail("--watch draws a live table; --json prints once")
     settings = get_settings()
+    api = via_api(direct, None, settings)
+    target = workflow_id if api else workflow_id and _workflow_id(workflow_id)
     if watch:
         try:
-            ok = run(watch_status(settings, workflow_id, campaign, interval=interval, count=count))
+            with api_errors():
+                ok = run(
+                    watch_status(
+                        settings, target, campaign, interval=interval, count=count, api=api
+                    )
+                )
         except KeyboardInterrupt:
             return  # Ctrl-C is how a watch ends
         if not ok:
             raise typer.Exit(1)  # the last refresh failed: its error is on the screen
         return
     try:
-        run(show_status(settings, workflow_id, campaign, as_json))
+        with api_errors():
+            run(show_status(settings, target, campaign, as_json, api=api))
     except RPCError as err:
         raise fail(str(err)) from err
+
+
+@app.command("request")
+def request_state(request_id: str) -> None:
+    """A request queued through kaohe's API (`kaohe signal` with KAOHE_API_TOKEN): queued,
+    accepted with the unit's answer, or rejected with why (exit 1)."""
+    api = via_api(False, None)
+    if api is None:
+        raise fail("needs KAOHE_API_TOKEN: queued requests are kaohe's API's")
+    with api_errors():
+        found = api.call("GET", route("/v1/requests/{}", request_id))
+    console.print_json(data=found)
+    if found["state"] == "rejected":
+        raise typer.Exit(1)
 
 
 # ---- acting on a unit ------------------------------------------------------------------
 
 
-def _action_payload(name: str, body: str, actor: str | None) -> dict[str, Any]:
+def _workflow_id(target: str) -> str:
+    """A unit's workflow id, from itself or from CAMPAIGN/UNIT."""
+    campaign, slash, unit = target.partition("/")
+    return unit_workflow_id(campaign, unit) if slash else target
+
+
+def _action_payload(name: str, body: str, actor: str | None, api: bool) -> dict[str, Any]:
     if name not in ACTIONS:
         raise fail(f"unknown action {name!r}; actions: {', '.join(ACTIONS)}")
     try:
@@ -373,11 +417,58 @@ def _action_payload(name: str, body: str, actor: str | None) -> dict[str, Any]:
     payload.setdefault("idempotency_key", str(uuid.uuid4()))
     if actor is not None:
         payload.setdefault("actor", parse_actor(actor).model_dump(mode="json"))
-    try:  # check here too, so the error names the field before anything is sent
-        ACTIONS[name].model.model_validate(payload)
+    # Checked here too, so the error names the field before anything is sent; the API puts
+    # in the actor itself (and refuses one in the JSON).
+    checked = {"actor": FROM_TOKEN.model_dump(mode="json"), **payload} if api else payload
+    try:
+        ACTIONS[name].model.model_validate(checked)
     except ValidationError as err:
         raise fail(format_validation_error(err)) from err
     return payload
+
+
+def act(
+    target: str,
+    name: str,
+    body: str,
+    actor: str | None,
+    direct: bool,
+    *,
+    default_actor: str | None = None,
+    as_role: Role | None = None,
+    fire_and_forget: bool = False,
+) -> None:
+    """Sends action NAME to a unit and prints the answer: through kaohe's API, as the API
+    token's principal (fire and forget: queued, 202), or straight to Temporal as --actor
+    (default_actor if none; fire and forget: a signal). Every acting command comes here."""
+    settings = get_settings()
+    api = via_api(direct, actor, settings)
+    direct_actor = None if api else (actor or default_actor)
+    payload = _action_payload(name, body, direct_actor, api is not None)
+    if api is not None:
+        params = {"as": as_role.value} if as_role else None
+        with api_errors():
+            answer = api.act(target, name, payload, params=params, queue=fire_and_forget)
+        if fire_and_forget:
+            print_queued(api, answer)
+        else:
+            console.print_json(data=answer)
+        return
+    if as_role is not None:
+        raise fail("--as: only through kaohe's API; straight to Temporal --actor ID:ROLE says it")
+    handle = _workflow_id(target)
+    if fire_and_forget:
+        run(_to_unit(settings, handle, lambda h: h.signal(name, payload)))
+        console.print(f"signal {name} sent (idempotency_key {payload['idempotency_key']})")
+        return
+    send = _to_unit(
+        settings,
+        handle,
+        lambda h: h.execute_update(
+            name, payload, result_type=ActionResult, id=payload["idempotency_key"]
+        ),
+    )
+    console.print_json(run_update(send, name).model_dump_json())
 
 
 async def _to_unit(
@@ -388,83 +479,103 @@ async def _to_unit(
 
 
 ActorOption = Annotated[
-    str | None, typer.Option("--actor", help="ID:ROLE, used when the JSON has no actor.")
+    str | None,
+    typer.Option(
+        "--actor",
+        help="ID:ROLE, used when the JSON has no actor (straight to Temporal only: through "
+        "kaohe's API the actor is your token's).",
+    ),
 ]
+AsOption = Annotated[
+    Role | None,
+    typer.Option("--as", help="Through kaohe's API: which of your roles on the unit acts."),
+]
+Target = Annotated[str, typer.Argument(help=UNIT_HELP)]
+DEPARTMENT = "department:department"  # the shortcuts' --actor straight to Temporal
 
 
 @app.command()
 def update(
-    workflow_id: str,
+    workflow_id: Target,
     name: str,
     body: Annotated[str, typer.Argument()] = "{}",
     actor: ActorOption = None,
+    as_role: AsOption = None,
+    direct: DirectOption = False,
 ) -> None:
-    """Send an action as a Workflow Update and print its result (or the rejection)."""
-    payload = _action_payload(name, body, actor)
-    send = _to_unit(
-        get_settings(),
-        workflow_id,
-        lambda handle: handle.execute_update(
-            name, payload, result_type=ActionResult, id=payload["idempotency_key"]
-        ),
-    )
-    console.print_json(run_update(send, name).model_dump_json())
+    """Send an action and print its result (or the rejection): through kaohe's API with
+    KAOHE_API_TOKEN, else straight to Temporal as a Workflow Update."""
+    act(workflow_id, name, body, actor, direct, as_role=as_role)
 
 
 @app.command()
 def signal(
-    workflow_id: str,
+    workflow_id: Target,
     name: str,
     body: Annotated[str, typer.Argument()] = "{}",
     actor: ActorOption = None,
+    as_role: AsOption = None,
+    direct: DirectOption = False,
 ) -> None:
-    """Send an action as a Signal (fire and forget; rejections show in `status`)."""
-    payload = _action_payload(name, body, actor)
-    run(_to_unit(get_settings(), workflow_id, lambda handle: handle.signal(name, payload)))
-    console.print(f"signal {name} sent (idempotency_key {payload['idempotency_key']})")
+    """Send an action fire-and-forget: queued by kaohe's API (202; `kaohe request ID` reads
+    the answer) with KAOHE_API_TOKEN, else a Signal (rejections show in `status`)."""
+    act(workflow_id, name, body, actor, direct, as_role=as_role, fire_and_forget=True)
 
 
 @app.command("close-stage")
 def close_stage(
-    workflow_id: str,
+    workflow_id: Target,
     stage: Stage,
     reason: Annotated[str, typer.Option(help="Why the stage closes early.")],
-    actor: ActorOption = "department:department",
+    actor: ActorOption = None,
+    direct: DirectOption = False,
 ) -> None:
     """Close the unit's current stage early, with a reason."""
-    update(workflow_id, "close_stage", json.dumps({"stage": stage.value, "reason": reason}), actor)
+    body = json.dumps({"stage": stage.value, "reason": reason})
+    act(workflow_id, "close_stage", body, actor, direct, default_actor=DEPARTMENT)
 
 
 @app.command()
 def extend(
-    workflow_id: str,
+    workflow_id: Target,
     days: Annotated[int, typer.Option("--days", help="Working days to add.")],
     reason: Annotated[str, typer.Option(help="Why (recorded in the audit table).")],
-    actor: ActorOption = "department:department",
+    actor: ActorOption = None,
+    direct: DirectOption = False,
 ) -> None:
     """Move the current stage's deadline by working days (clears a stalled unit)."""
-    update(workflow_id, "extend_deadline", json.dumps({"days": days, "reason": reason}), actor)
+    body = json.dumps({"days": days, "reason": reason})
+    act(workflow_id, "extend_deadline", body, actor, direct, default_actor=DEPARTMENT)
 
 
 @app.command()
 def pause(
-    workflow_id: str,
+    workflow_id: Target,
     reason: Annotated[str, typer.Option(help="Why the unit's clock stops.")],
-    actor: ActorOption = "department:department",
+    actor: ActorOption = None,
+    direct: DirectOption = False,
 ) -> None:
     """Stop the unit's deadline clock until `kaohe resume`."""
-    update(workflow_id, "pause", json.dumps({"reason": reason}), actor)
+    act(
+        workflow_id,
+        "pause",
+        json.dumps({"reason": reason}),
+        actor,
+        direct,
+        default_actor=DEPARTMENT,
+    )
 
 
 @app.command()
 def resume(
-    workflow_id: str,
+    workflow_id: Target,
     reason: Annotated[str | None, typer.Option(help="Why the clock restarts.")] = None,
-    actor: ActorOption = "department:department",
+    actor: ActorOption = None,
+    direct: DirectOption = False,
 ) -> None:
     """Restart a paused unit's clock; its deadline moves by the time it was paused."""
-    body = {"reason": reason} if reason else {}
-    update(workflow_id, "resume", json.dumps(body), actor)
+    body = json.dumps({"reason": reason} if reason else {})
+    act(workflow_id, "resume", body, actor, direct, default_actor=DEPARTMENT)
 
 
 @app.command()
@@ -525,23 +636,12 @@ def stalled(
     console.print(table)
 
 
-@audit_app.command("verify")
-def audit_verify(
-    campaign: Annotated[str | None, typer.Option("--campaign", help="Only this campaign.")] = None,
-) -> None:
-    """Recompute every unit's audit hash chain; exit 1 naming each edited or deleted row."""
-    checked, problems = run_on_database(get_settings(), lambda conn: verify_audit(conn, campaign))
-    for problem in problems:
-        err_console.print(f"[red]tampered:[/] {problem}")
-    if problems:
-        raise typer.Exit(code=1)
-    console.print(f"audit log intact: {checked} chained rows verified")
-
-
 @app.command()
-def acknowledge(workflow_id: str, actor: ActorOption = "unit-office:unit") -> None:
+def acknowledge(
+    workflow_id: Target, actor: ActorOption = None, direct: DirectOption = False
+) -> None:
     """Acknowledge the notice on behalf of the unit."""
-    update(workflow_id, "acknowledge_notice", "{}", actor)
+    act(workflow_id, "acknowledge_notice", "{}", actor, direct, default_actor="unit-office:unit")
 
 
 # ---- schemas ---------------------------------------------------------------------------
@@ -550,6 +650,7 @@ def acknowledge(workflow_id: str, actor: ActorOption = "unit-office:unit") -> No
 def public_schemas() -> dict[str, dict[str, Any]]:
     from schemas.calibration import CategoryCalibration, DecideCalibration
     from schemas.status import CampaignProgress, UnitStatus
+    from schemas.talks import Talk, TalkRecorded, TalkView
 
     out = {name: rule.model.model_json_schema() for name, rule in ACTIONS.items()}
     out["action_result"] = ActionResult.model_json_schema()
@@ -560,6 +661,11 @@ def public_schemas() -> dict[str, dict[str, Any]]:
     out["roster"] = Roster.model_json_schema()
     out["stage"] = TypeAdapter(Stage).json_schema()
     out["policy"] = Policy.model_json_schema()
+    # A talk at kaohe's API (POST .../talks, GET .../talks/{ref}): its content never reaches
+    # the unit, whose record_talk carries the reference.
+    out["talk"] = Talk.model_json_schema()
+    out["talk_recorded"] = TalkRecorded.model_json_schema()
+    out["talk_view"] = TalkView.model_json_schema()
     return out
 
 

@@ -17,8 +17,9 @@ from activities.db import create_pool
 from kaohe.client import connect
 from kaohe.ingest.ballot_io import token_source
 from kaohe.ingest.roster_io import load_policy
+from kaohe.keys import talk_cipher
 from kaohe.settings import Settings
-from kaohe.sim.simulate import drive_unit, wait_started
+from kaohe.sim.simulate import drive_unit, talk_store, wait_started
 from schemas.common import Stage
 from schemas.messages import ActionResult
 from schemas.policy import DemoClock
@@ -37,6 +38,7 @@ async def run_demo(settings: Settings, roster: Roster, *, pace: float = 2.0) -> 
     pool = await create_pool(settings.effective_database_url, 1, 2)
     # reissue: a rerun of the demo replaces the unused tokens of the run before.
     tokens = token_source(pool, reissue=True)
+    talks = talk_store(pool, talk_cipher(settings))
     # A short publicity (公示) so the demo's units finish while you watch.
     demo_policy = policy.model_copy(update={"demo_clock": DemoClock(publicity_seconds=pace * 5)})
     workflow_id, new = await start_campaign(client, roster, settings.task_queue, demo_policy)
@@ -76,6 +78,7 @@ async def run_demo(settings: Settings, roster: Roster, *, pace: float = 2.0) -> 
             wf_id,
             unit,
             tokens=tokens,
+            talks=talks,
             policy=policy,
             pace=pace,
             stop_at=hold,

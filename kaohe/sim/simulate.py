@@ -12,6 +12,7 @@ from fractions import Fraction
 from functools import partial
 from typing import Any, TypeVar
 
+import asyncpg
 from temporalio.client import (
     Client,
     WorkflowExecutionDescription,
@@ -21,6 +22,8 @@ from temporalio.client import (
 )
 from temporalio.service import RPCError
 
+from activities.talk_cipher import TalkCipher
+from activities.talk_store import store_talk
 from domain.rules import excellent_quota
 from domain.stages import ORDER
 from schemas.common import Actor, CadreGrade, Role, Stage, TeamGrade
@@ -45,17 +48,37 @@ from schemas.messages import (
 from schemas.policy import BallotPolicy, Policy, RaterGroup
 from schemas.roster import CadreSpec, UnitSpec
 from schemas.status import FollowUpView, UnitStatus
+from schemas.talks import StoredTalk, Talk
 from workflows.campaign import AssessmentCampaign, campaign_workflow_id
 from workflows.unit import UnitAssessment
 
 # workflow id -> rater group -> one-time ballot tokens
 TokenSource = Callable[[str], Awaitable[dict[str, list[str]]]]
+# (workflow id, talk) -> the stored talk: its content stored encrypted, as kaohe's API does
+TalkStore = Callable[[str, Talk], Awaitable[StoredTalk]]
 
 UNIT_CONTACT = Actor(id="unit-office", role=Role.UNIT)
 BALLOT_SYSTEM = Actor(id="ballot-system", role=Role.INTEGRATOR)
 GROUP = Actor(id="group-leader", role=Role.ASSESSMENT_GROUP)
 APPROVER = Actor(id="department-approver", role=Role.APPROVER)
 DEPARTMENT = Actor(id="department", role=Role.DEPARTMENT)
+
+
+TALK_CONTENT = "谈话内容(保密)"  # every simulated talk's content starts with it
+
+
+def talk_store(pool: asyncpg.Pool, cipher: TalkCipher, stored_by: str = GROUP.id) -> TalkStore:
+    """Stores talks as kaohe's API does (activities/talk_store.py), for units driven here."""
+
+    async def store(workflow_id: str, talk: Talk) -> StoredTalk:
+        return await store_talk(pool, cipher, workflow_id, talk, stored_by)
+
+    return store
+
+
+def talk_by_reference(talk: Talk, stored: StoredTalk, actor: Actor = GROUP) -> RecordTalk:
+    """The record_talk kaohe's API sends the unit for a stored talk: no content."""
+    return RecordTalk(**talk.model_dump(exclude={"content"}), **stored.model_dump(), actor=actor)
 
 
 def simulated_unit(
@@ -180,6 +203,7 @@ async def drive_unit(
     unit: UnitSpec,
     *,
     tokens: TokenSource,
+    talks: TalkStore | None = None,
     policy: Policy | None = None,
     pace: float = 0.0,
     returned: float = 1.0,
@@ -193,7 +217,8 @@ async def drive_unit(
 
     `tokens` issues the unit's ballot tokens (workflow id -> rater group -> tokens); a
     `returned` share of them is used, and the evaluation is closed by hand when that leaves
-    a group short of its plan."""
+    a group short of its plan. `talks` stores each talk's content (as kaohe's API does: the
+    unit gets only its reference); it is needed when the unit is driven past its talks."""
     handle: WorkflowHandle = client.get_workflow_handle_for(UnitAssessment.run, workflow_id)
     rng = random.Random(f"{seed}-{unit.unit_id}")
     key = unit.unit_id
@@ -244,18 +269,19 @@ async def drive_unit(
         await _cast_ballots(handle, unit, step, tokens, policy, returned, batch_size, rng, key)
     if reached(Stage.TALKS):
         return await status_of(handle)
+    if talks is None:
+        raise ValueError(f"drive_unit: {unit.unit_id} goes past its talks; give talks=")
     for t in range(unit.talks_planned):
+        talk = Talk(
+            idempotency_key=f"{key}-talk-{t}",
+            talk_id=f"t{t}",
+            interviewer="考核组成员",
+            interviewee_role="班子成员" if t % 2 else "中层干部",
+            talk_date=dt.date(2026, 12, 15),
+            content=f"{TALK_CONTENT} #{t}",
+        )
         await step(
-            UnitAssessment.record_talk,
-            RecordTalk(
-                idempotency_key=f"{key}-talk-{t}",
-                actor=GROUP,
-                talk_id=f"t{t}",
-                interviewer="考核组成员",
-                interviewee_role="班子成员" if t % 2 else "中层干部",
-                talk_date=dt.date(2026, 12, 15),
-                content=f"谈话内容(保密) #{t}",
-            ),
+            UnitAssessment.record_talk, talk_by_reference(talk, await talks(workflow_id, talk))
         )
     if reached(Stage.GRADING):
         return await status_of(handle)

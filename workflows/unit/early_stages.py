@@ -5,6 +5,7 @@ from __future__ import annotations
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
+    from domain.actions import ActionRejected
     from domain.progress import missing_reports, talk_plan_met
     from schemas.messages import AcknowledgeNotice, RecordTalk, SubmitReport
     from schemas.workflow_io import AcknowledgementRecord, ReportRecord, TalkRecord
@@ -44,8 +45,12 @@ async def submit_report(u: Unit, a: SubmitReport) -> str:
 
 
 async def record_talk(u: Unit, a: RecordTalk) -> str:
+    """A talk kaohe's API stored: counted once the reference checks out (a talk of this unit,
+    with this digest and metadata). Its content never comes here."""
     s = u.state
-    await io.store(io.storage.save_talk, TalkRecord(ref=u.ref(), action=a))
+    problem = await io.store(io.storage.accept_talk, TalkRecord(ref=u.ref(), action=a))
+    if problem is not None:
+        raise ActionRejected(problem)
     s.talks.append(a.talk_id)
     s.talk_roles[a.interviewee_role] = s.talk_roles.get(a.interviewee_role, 0) + 1
     if talk_plan_met(u.input, s):
