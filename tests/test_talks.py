@@ -27,6 +27,7 @@ from schemas.messages import ActionResult
 from schemas.talks import Talk, talk_digest
 from tests.conftest import ApiStack, Stack
 from tests.helpers import sample_unit, start_unit
+from tests.test_cli import akaohe
 from tests.test_codec import payloads_in
 from workflows.unit import UnitAssessment
 
@@ -288,3 +289,42 @@ async def test_the_assessment_group_reads_a_talk_and_nobody_else(
         f"group-{v}",
     }
     assert other.id != handle.id
+
+
+async def test_kaohe_talks_show_reads_through_the_api_as_the_group(
+    stack: Stack,
+    api: ApiStack,
+    client: Client,
+    worker: str,
+    pool: asyncpg.Pool,
+    tokens: TokenSource,
+    talks: TalkStore,
+) -> None:
+    handle, u = await _unit_at_talks(client, worker, pool, tokens)
+    talk = _talk("t1", "t1", f"谈话内容(保密) cli-{uuid.uuid4().hex}")
+    stored = await talks(handle.id, talk)
+    await handle.execute_update(UnitAssessment.record_talk, talk_by_reference(talk, stored))
+
+    def as_(principal: str) -> dict[str, str]:
+        return {"KAOHE_API_URL": api.url, "KAOHE_API_TOKEN": api.issuer.mint(principal)}
+
+    shown = await akaohe(stack, "talks", "show", handle.id, stored.talk_ref, env=as_(f"group-{u}"))
+    assert shown.returncode == 0, shown.stderr
+    assert talk.content in shown.stdout and stored.talk_ref in shown.stdout
+    as_json = await akaohe(
+        stack, "talks", "show", f"{CAMPAIGN}/{u}", stored.talk_ref, "--json", env=as_(f"group-{u}")
+    )
+    assert json.loads(as_json.stdout)["content"] == talk.content
+    office = await akaohe(
+        stack, "talks", "show", handle.id, stored.talk_ref, env=as_(f"office-{u}")
+    )
+    assert office.returncode == 1 and "403" in office.stderr and "assessment_group" in office.stderr
+    assert talk.content not in office.stdout + office.stderr
+    no_token = await akaohe(stack, "talks", "show", handle.id, stored.talk_ref)
+    assert no_token.returncode == 2 and "KAOHE_API_TOKEN" in no_token.stderr
+    async with pool.acquire() as conn:
+        readers = await conn.fetch(
+            "SELECT actor_id FROM audit_log WHERE workflow_id = $1 AND kind = 'talk_read'",
+            handle.id,
+        )
+    assert [r["actor_id"] for r in readers] == [f"group-{u}", f"group-{u}"]

@@ -45,6 +45,7 @@ from kaohe.cli.common import (
 from kaohe.cli.keys import keys_app
 from kaohe.cli.report import report
 from kaohe.cli.status import show_status, watch_status
+from kaohe.cli.talks import talks_app
 from kaohe.cli.tls import tls_app
 from kaohe.client import connect
 from kaohe.ingest.roster_io import (
@@ -84,6 +85,7 @@ app.add_typer(tls_app, name="tls")
 app.add_typer(calendar_app, name="calendar")
 app.add_typer(keys_app, name="keys")
 app.add_typer(audit_app, name="audit")
+app.add_typer(talks_app, name="talks")
 roster_app = typer.Typer(
     help="Rosters as YAML, XLSX or a folder of CSV sheets.", no_args_is_help=True
 )
