@@ -78,6 +78,14 @@ class Settings(BaseSettings):
     # kaohe's API (kaohe/api): what people and integrating systems talk to.
     api_host: str = "127.0.0.1"
     api_port: int = Field(default=8236, ge=0, le=65535)
+    # The `kaohe` CLI as a person or system (kaohe/cli/api_client.py): with api_token set its
+    # actions and reads go through kaohe's API at api_url (unset: http://api_host:api_port,
+    # the dev stack's), as the token's principal; without it (or with --direct) straight to
+    # Temporal with the workers' assertion keys, as the operators' path. The token is a
+    # bearer JWT (`kaohe token mint NAME`, or the site's identity provider) or a system's
+    # API key (kh_..., sent as X-Api-Key).
+    api_url: str | None = None
+    api_token: SecretStr | None = None
 
     # Who acts: people's bearer tokens come from this OIDC issuer (its JWKS at oidc_jwks_url)
     # for this audience; unset oidc_jwks_url means the dev stack's own issuer (made by
@@ -140,6 +148,17 @@ class Settings(BaseSettings):
         hosts = dict.fromkeys([self.temporal_host, "127.0.0.1", "localhost"])
         hosts.pop("0.0.0.0", None)
         return [f"http://{host}:{self.temporal_ui_port}" for host in hosts]
+
+    @property
+    def effective_api_url(self) -> str:
+        """Where the CLI reaches kaohe's API: api_url, or the API's own address on api_host
+        (a wildcard listening address reached on the loopback)."""
+        if self.api_url:
+            return self.api_url.rstrip("/")
+        host = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(
+            self.api_host, self.api_host
+        )
+        return f"http://{f'[{host}]' if ':' in host else host}:{self.api_port}"
 
     @property
     def effective_vote_url(self) -> str:

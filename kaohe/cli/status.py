@@ -1,7 +1,8 @@
 """`kaohe status`: a unit's or a campaign's progress as rich tables, printed once or kept
 live (`--watch`) until Ctrl-C or until the unit or campaign is finished.
 
-kaohe/cli/main.py's `status` command parses the options and calls show_status / watch_status.
+kaohe/cli/main.py's `status` command parses the options and calls show_status / watch_status,
+with the client of kaohe's API when the CLI goes through it (kaohe/cli/api_client.py).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from temporalio.client import Client, WorkflowExecution
 
 from domain.calendar import SHANGHAI
 from domain.stages import TERMINAL
+from kaohe.cli.api_client import ApiClient, ApiRefused, route
 from kaohe.cli.common import console
 from kaohe.client import ConnectionSettingsError, connect
 from kaohe.settings import Settings
@@ -30,14 +32,16 @@ from workflows.unit import UnitAssessment
 T = TypeVar("T")
 
 MIN_REFRESH_SECONDS = 10.0  # what a refresh may take at least, however short the interval
-# What no later refresh can mend: settings that make no connection.
-FATAL: tuple[type[Exception], ...] = (ConnectionSettingsError,)
+# What no later refresh can mend: settings that make no connection, the API saying no.
+FATAL: tuple[type[Exception], ...] = (ConnectionSettingsError, ApiRefused)
 
 
 @dataclass
 class CampaignSnapshot:
     progress: CampaignProgress
-    units: list[WorkflowExecution]  # from visibility: the units' search attributes
+    # From visibility: the units' search attributes; None through kaohe's API, which
+    # answers a campaign's progress only.
+    units: list[WorkflowExecution] | None
 
 
 # ---- reading ---------------------------------------------------------------------------
@@ -53,6 +57,33 @@ async def fetch_campaign(client: Client, campaign: str) -> CampaignSnapshot:
     progress = await handle.query(AssessmentCampaign.progress, result_type=CampaignProgress)
     query = f'KaoheCampaign="{campaign}" AND WorkflowType="UnitAssessment"'
     return CampaignSnapshot(progress, [wf async for wf in client.list_workflows(query)])
+
+
+class Reader:
+    """Reads a unit's status and a campaign's progress through kaohe's API (`api`), or from
+    Temporal on one connection, made at the first read (a watch retries it like a read)."""
+
+    def __init__(self, settings: Settings, api: ApiClient | None = None) -> None:
+        self.settings, self.api = settings, api
+        self._client: Client | None = None
+
+    async def _connected(self) -> Client:
+        if self._client is None:
+            self._client = await connect(self.settings)
+        return self._client
+
+    async def unit(self, target: str) -> UnitStatus:
+        if self.api is not None:
+            found = await asyncio.to_thread(self.api.status, target)
+            return UnitStatus.model_validate(found)
+        return await fetch_unit(await self._connected(), target)
+
+    async def campaign(self, campaign: str) -> CampaignSnapshot:
+        if self.api is not None:
+            path = route("/v1/campaigns/{}/progress", campaign)
+            found = await asyncio.to_thread(self.api.call, "GET", path)
+            return CampaignSnapshot(CampaignProgress.model_validate(found), None)
+        return await fetch_campaign(await self._connected(), campaign)
 
 
 def unit_finished(s: UnitStatus) -> bool:
@@ -109,6 +140,9 @@ def campaign_view(s: CampaignSnapshot) -> Group:
         f"[bold]{p.title}[/] — {p.units_started}/{p.units_total} units started"
         + (" — [green]completed[/]" if p.completed else "")
     )
+    counts = Text(", ".join(f"{stage.value}: {n}" for stage, n in p.by_stage.items()))
+    if s.units is None:
+        return Group(head, counts)
     table = Table("unit", "workflow id", "stage", "status")
     for wf in sorted(s.units, key=lambda w: w.id):
         attrs = wf.search_attributes
@@ -118,26 +152,29 @@ def campaign_view(s: CampaignSnapshot) -> Group:
             str(attrs.get("KaoheStage", [""])[0]),
             wf.status.name if wf.status else "",
         )
-    counts = ", ".join(f"{stage.value}: {n}" for stage, n in p.by_stage.items())
-    return Group(head, table, Text(counts))
+    return Group(head, table, counts)
 
 
 # ---- once, or live ---------------------------------------------------------------------
 
 
 async def show_status(
-    settings: Settings, workflow_id: str | None, campaign: str | None, as_json: bool
+    settings: Settings,
+    workflow_id: str | None,
+    campaign: str | None,
+    as_json: bool,
+    api: ApiClient | None = None,
 ) -> None:
-    client = await connect(settings)
+    read = Reader(settings, api)
     if workflow_id is not None:
-        unit = await fetch_unit(client, workflow_id)
+        unit = await read.unit(workflow_id)
         if as_json:
             console.print_json(unit.model_dump_json())
         else:
             console.print(unit_table(unit))
         return
     assert campaign is not None
-    snapshot = await fetch_campaign(client, campaign)
+    snapshot = await read.campaign(campaign)
     if as_json:
         console.print_json(snapshot.progress.model_dump_json())
     else:
@@ -151,22 +188,15 @@ async def watch_status(
     *,
     interval: float,
     count: int | None = None,
+    api: ApiClient | None = None,
 ) -> bool:
     """The live table of a unit or a campaign; True if the last refresh succeeded."""
-    client: Client | None = None
-
-    async def connected() -> Client:
-        # Inside the refresh: a server down at the start is shown and retried like later.
-        nonlocal client
-        if client is None:
-            client = await connect(settings)
-        return client
-
+    read = Reader(settings, api)
     if workflow_id is not None:
         target = workflow_id
 
         async def unit() -> UnitStatus:
-            return await fetch_unit(await connected(), target)
+            return await read.unit(target)
 
         return await watch(
             unit, unit_table, unit_finished, interval=interval, count=count, fatal=FATAL
@@ -175,7 +205,7 @@ async def watch_status(
     name = campaign
 
     async def whole() -> CampaignSnapshot:
-        return await fetch_campaign(await connected(), name)
+        return await read.campaign(name)
 
     return await watch(
         whole, campaign_view, campaign_finished, interval=interval, count=count, fatal=FATAL
