@@ -85,6 +85,8 @@ async def test_an_action_through_the_api_acts_as_the_tokens_principal(
     for target in (wf, f"{campaign}/{u}"):
         status = await akaohe(stack, "status", target, "--json", env=office)
         assert json.loads(_ok(status))["acknowledgements"] == 1
+    watched = await akaohe(stack, "status", wf, "--watch", "--count", "1", env=office)
+    assert "report_back" in _ok(watched)
     progress = await akaohe(stack, "status", "--campaign", campaign, "--json", env=dept)
     assert json.loads(_ok(progress))["units_total"] == 1
     shown = await akaohe(stack, "calibration", "show", campaign, env=dept)
@@ -119,6 +121,9 @@ async def test_the_wrong_role_and_an_actor_are_refused(
     assert f"approver-{u} has approver on unit {u} of {campaign}; this needs" in wrong.stderr
     stranger = await akaohe(stack, "status", wf, env=_as(api, "mallory"))
     assert stranger.returncode == 1 and "Not found (404)" in stranger.stderr
+    # A watch ends at the API's no (it would answer the same again), not after retries.
+    watched = await akaohe(stack, "status", wf, "--watch", env=_as(api, "mallory"))
+    assert watched.returncode == 1 and "Not found (404)" in watched.stderr
     # --actor with a token: refused before anything is sent.
     claimed = await akaohe(stack, "acknowledge", wf, "--actor", "dept-1:department", env=office)
     assert claimed.returncode == 2
