@@ -9,6 +9,10 @@ from typing import Literal
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+# The embedded server's LOGIN role for the worker, the API and the CLI, a member of kaohe_app
+# (`kaohe dev` and the tests' stack make it after the migrations).
+DEV_APP_USER = "kaohe_app_user"
+
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="KAOHE_", env_file=".env", extra="ignore")
@@ -33,8 +37,15 @@ class Settings(BaseSettings):
     temporal_api_key: SecretStr | None = None
     temporal_api_key_file: Path | None = None
 
-    # PostgreSQL: unset means "run the embedded server on postgres_port".
+    # PostgreSQL. database_url is what the worker, the API and the CLI connect as: a LOGIN
+    # role that is a member of kaohe_app (schemas/sql/015), which may only append to the audit
+    # table. migration_database_url is the tables' owner, for `kaohe migrate` alone, which also
+    # makes database_url's user such a member (with the URL's password); unset, the
+    # migrations run as database_url (and the audit trail does not hold against the app).
+    # database_url unset means the embedded server `kaohe dev` runs on postgres_port: the
+    # migrations as its superuser postgres, everything else as DEV_APP_USER.
     database_url: SecretStr | None = None
+    migration_database_url: SecretStr | None = None
     postgres_port: int = 55432
     # Under root the embedded server runs as this system user, created on first start.
     pg_system_user: str = "embedded_postgres"
@@ -74,6 +85,18 @@ class Settings(BaseSettings):
     # check them; unset means the key file assertion.keys in data_dir, which only `kaohe dev`
     # creates. A worker refuses to start without keys.
     assertion_keys: SecretStr | None = None
+
+    # Audit anchors (kaohe/anchors.py): every unit's audit chain head, signed with an Ed25519
+    # key PostgreSQL never sees and appended to audit_anchor_file (unset: audit-anchors.jsonl
+    # in data_dir) by the worker every audit_anchor_interval seconds (0: never) and by
+    # `kaohe audit anchor`; `kaohe audit verify --anchors FILE` holds the chain to them. Keys
+    # "id:base64 of a 32-byte seed,..." (the first signs, all verify); unset means the key
+    # file audit-anchor.keys in data_dir, which only `kaohe dev` creates (no key: no
+    # anchoring). An auditor verifies with the public keys alone (`kaohe audit anchor-key`).
+    audit_anchor_keys: SecretStr | None = None
+    audit_anchor_public_keys: str | None = None
+    audit_anchor_file: Path | None = None
+    audit_anchor_interval: float = Field(default=60.0, ge=0)
 
     # kaohe's API (kaohe/api): what people and integrating systems talk to.
     api_host: str = "127.0.0.1"
@@ -129,9 +152,19 @@ class Settings(BaseSettings):
 
     @property
     def effective_database_url(self) -> str:
-        """The configured database, or the embedded one `kaohe dev` runs."""
+        """The app's database: the configured one, or the embedded one `kaohe dev` runs, as
+        its member of kaohe_app."""
         if self.database_url is not None:
             return self.database_url.get_secret_value()
+        return f"postgresql://{DEV_APP_USER}@127.0.0.1:{self.postgres_port}/kaohe"
+
+    @property
+    def effective_migration_database_url(self) -> str:
+        """Where `kaohe migrate` runs, as the tables' owner: migration_database_url, else
+        database_url, else the embedded server's superuser."""
+        for url in (self.migration_database_url, self.database_url):
+            if url is not None:
+                return url.get_secret_value()
         return f"postgresql://postgres@127.0.0.1:{self.postgres_port}/kaohe"
 
     @property

@@ -162,7 +162,7 @@ async def test_api_keys_are_checked_by_hash_and_can_be_revoked(pool: asyncpg.Poo
 # ---- bindings ----------------------------------------------------------------------------
 
 
-async def test_a_binding_reaches_its_own_unit_only(pool: asyncpg.Pool) -> None:
+async def test_a_binding_reaches_its_own_unit_only(stack: Stack, pool: asyncpg.Pool) -> None:
     campaign = f"acc-{uuid.uuid4().hex[:6]}"
     group_a = Binding(campaign, "group-a", Role.ASSESSMENT_GROUP, "unit-a")
     department = Binding(campaign, "dept", Role.DEPARTMENT)
@@ -188,10 +188,17 @@ async def test_a_binding_reaches_its_own_unit_only(pool: asyncpg.Pool) -> None:
             ("test", "granted", "dept", "department", ""),
             ("test", "revoked", "group-a", "assessment_group", "unit-a"),
         ]
-        with pytest.raises(asyncpg.RaiseError, match="append-only"):
-            await conn.execute("UPDATE access_log SET changed_by = 'nobody'")
-        with pytest.raises(asyncpg.RaiseError, match="append-only"):
-            await conn.execute("DELETE FROM access_log")
+        # Not the app's role to change (schemas/sql/015), and the trigger refuses the owner.
+        for sql in ("UPDATE access_log SET changed_by = 'nobody'", "DELETE FROM access_log"):
+            with pytest.raises(asyncpg.InsufficientPrivilegeError):
+                await conn.execute(sql)
+    owner = await asyncpg.connect(stack.owner_url)
+    try:
+        for sql in ("UPDATE access_log SET changed_by = 'nobody'", "DELETE FROM access_log"):
+            with pytest.raises(asyncpg.RaiseError, match="append-only"):
+                await owner.execute(sql)
+    finally:
+        await owner.close()
 
 
 def test_a_cadre_binding_acts_as_its_cadre() -> None:

@@ -76,18 +76,17 @@ ONE_SHOT = {"temporal-schema", "temporal-namespace", "temporal-search-attributes
 # Which services may see each secret (least privilege).
 SECRET_READERS = {
     "TEMPORAL_DB_PASSWORD": {"temporal-postgresql", "temporal-schema", "temporal"},
-    "KAOHE_DB_PASSWORD": {
-        "kaohe-postgresql",
-        "kaohe-migrate",
-        "kaohe-worker",
-        "kaohe-api",
-        "kaohe",
-    },
+    # The tables' owner: the database itself and the migrations, nobody else.
+    "KAOHE_DB_PASSWORD": {"kaohe-postgresql", "kaohe-migrate"},
+    # The app's role (kaohe_app): it may only append to the audit table; migrate makes it.
+    "KAOHE_APP_DB_PASSWORD": {"kaohe-migrate", "kaohe-worker", "kaohe-api", "kaohe"},
     "KAOHE_PAYLOAD_KEYS": {"kaohe-worker", "kaohe-codec-server", "kaohe-api", "kaohe"},
     "KAOHE_TALK_KEYS": {"kaohe-worker", "kaohe"},
     "KAOHE_CODEC_TOKEN": {"kaohe-codec-server", "temporal-ui"},
     # Only the workers, the API and the operators' CLI can make a message a workflow takes.
     "KAOHE_ASSERTION_KEYS": {"kaohe-worker", "kaohe-api", "kaohe"},
+    # The audit chain's heads are signed by the worker (and an operator's CLI) alone.
+    "KAOHE_AUDIT_ANCHOR_KEYS": {"kaohe-worker", "kaohe"},
     # Not secret, but the site's own: required, never defaulted.
     "KAOHE_OIDC_ISSUER": {"kaohe-api", "temporal-ui"},
     "KAOHE_OIDC_JWKS_URL": {"kaohe-api"},
@@ -391,15 +390,54 @@ def test_compose_addresses_name_real_services() -> None:
             if key in env:
                 host, port = env[key].rsplit(":", 1)
                 assert host in services and int(port) in server_ports, f"{name}: {key}"
-        if "KAOHE_DATABASE_URL" in env:
-            url = urlsplit(env["KAOHE_DATABASE_URL"])
+        for key in ("KAOHE_DATABASE_URL", "KAOHE_MIGRATION_DATABASE_URL"):
+            if key not in env:
+                continue
+            url = urlsplit(env[key])
             db_env = environment(services[url.hostname or ""])
-            assert url.username == db_env["POSTGRES_USER"], name
-            assert url.password == db_env["POSTGRES_PASSWORD"], name
             assert url.path == f"/{db_env['POSTGRES_DB']}", name
+            if key == "KAOHE_MIGRATION_DATABASE_URL":
+                # The owner (the image's superuser), for the migrations alone.
+                assert name == "kaohe-migrate", name
+                assert url.username == db_env["POSTGRES_USER"], name
+                assert url.password == db_env["POSTGRES_PASSWORD"], name
+            else:
+                # Everyone else, the migrate job's provisioning included: the app's role.
+                assert url.username == "kaohe_app_user", name
+                assert url.password != db_env["POSTGRES_PASSWORD"], name
     for name in ("temporal", "temporal-schema"):
         env = environment(services[name])
         assert env.get("POSTGRES_SEEDS", env.get("SQL_HOST")) == "temporal-postgresql"
+
+
+def test_only_the_migrations_connect_as_the_tables_owner() -> None:
+    """The worker, the API and the CLI connect as the app's role (a member of kaohe_app, which
+    may only append to the audit table: schemas/sql/015); the owner's URL reaches the migrate
+    job alone, in compose and on Kubernetes. The worker's signed audit anchors live on a
+    volume, which the CLI mounts to verify against."""
+    services = compose()["services"]
+    owners = {n for n, s in services.items() if "KAOHE_MIGRATION_DATABASE_URL" in environment(s)}
+    assert owners == {"kaohe-migrate"}
+    for name in ("kaohe-worker", "kaohe-api", "kaohe", "kaohe-migrate"):
+        url = urlsplit(environment(services[name])["KAOHE_DATABASE_URL"])
+        assert url.username == "kaohe_app_user", name
+    for name in ("kaohe-worker", "kaohe"):
+        anchors = environment(services[name])["KAOHE_AUDIT_ANCHOR_FILE"]
+        mounts = [str(v).split(":")[1] for v in services[name]["volumes"]]
+        assert any(anchors.startswith(m + "/") for m in mounts), name
+    with_owner = set()
+    for doc in k8s_documents():
+        for pod in pod_specs(doc):
+            for container in pod["containers"]:
+                names = {var["name"] for var in container.get("env", [])}
+                if "KAOHE_MIGRATION_DATABASE_URL" in names:
+                    with_owner.add(doc["metadata"]["name"])
+                if doc["metadata"]["name"] in ("kaohe-worker", "kaohe-api"):
+                    assert "KAOHE_DATABASE_URL" in names, doc["metadata"]["name"]
+    assert with_owner == {"kaohe-migrate"}
+    data = secret_example()["stringData"]
+    assert urlsplit(data["KAOHE_DATABASE_URL"]).username == "kaohe_app_user"
+    assert urlsplit(data["KAOHE_MIGRATION_DATABASE_URL"]).username != "kaohe_app_user"
 
 
 def test_compose_kaohe_settings_parse(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -760,7 +798,12 @@ def test_k8s_services_select_their_pods() -> None:
 # The discovery documents kubectl reads for the kinds the manifests use (plain v1 discovery,
 # which every kubectl understands; newer ones fall back to it from aggregated discovery).
 API_RESOURCES: dict[str, list[tuple[str, str]]] = {
-    "v1": [("configmaps", "ConfigMap"), ("secrets", "Secret"), ("services", "Service")],
+    "v1": [
+        ("configmaps", "ConfigMap"),
+        ("secrets", "Secret"),
+        ("services", "Service"),
+        ("persistentvolumeclaims", "PersistentVolumeClaim"),
+    ],
     "apps/v1": [("deployments", "Deployment")],
     "batch/v1": [("jobs", "Job")],
     "policy/v1": [("poddisruptionbudgets", "PodDisruptionBudget")],

@@ -185,13 +185,19 @@ async def test_run_dev_stops_everything_on_cancel(tmp_path: Path) -> None:
     )
     worker_ready = asyncio.Event()
     worker_stopped = asyncio.Event()
-    seen: dict[str, str] = {}
+    seen: dict[str, object] = {}
 
     async def worker(database_url: str) -> None:
         seen["url"] = database_url
         await Client.connect(settings.temporal_address)
         conn = await asyncpg.connect(database_url)
-        await conn.close()
+        try:
+            # The worker's role may only append to the audit table (schemas/sql/015).
+            seen["member"] = await conn.fetchval(
+                "SELECT pg_has_role(current_user, 'kaohe_app', 'member')"
+            )
+        finally:
+            await conn.close()
         worker_ready.set()
         try:
             await asyncio.Event().wait()
@@ -205,7 +211,9 @@ async def test_run_dev_stops_everything_on_cancel(tmp_path: Path) -> None:
         if task.done():
             task.result()  # run_dev failed: show why
         assert worker_ready.is_set()
-        assert seen["url"] == f"postgresql://postgres@127.0.0.1:{pg_port}/kaohe"
+        assert seen["url"] == f"postgresql://kaohe_app_user@127.0.0.1:{pg_port}/kaohe"
+        assert seen["member"] is True
+        assert (tmp_path / "audit-anchor.keys").exists()  # the worker's anchor key
     finally:
         ready.cancel()
         task.cancel()

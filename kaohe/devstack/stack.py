@@ -14,8 +14,9 @@ from typing import Any, TypeVar
 
 from rich.console import Console
 
-from activities.db import apply_migrations
+from activities.db import migrate
 from kaohe.access.issuer import DevIssuer
+from kaohe.anchors import anchor_keys
 from kaohe.codec.payloads import codec_from_settings
 from kaohe.codec.server import CodecServer
 from kaohe.devstack.postgres import EmbeddedPostgres
@@ -104,13 +105,20 @@ async def run_dev(
                 settings.postgres_port,
                 system_user=settings.pg_system_user,
             )
-            database_url = await postgres.start()
+            owner_url = await postgres.start()
+            database_url = postgres.app_url
         else:
+            owner_url = settings.effective_migration_database_url
             database_url = settings.database_url.get_secret_value()
-        applied = await apply_migrations(database_url)
+        # As the tables' owner; the worker and the API get the app's role (kaohe_app).
+        applied, warnings = await migrate(owner_url, database_url)
+        for warning in warnings:
+            console.print(f"[yellow]warning:[/] {warning}")
 
         # The payload, talk and assertion keys: made here once, and only here (kaohe/keys.py).
         make_dev_keys(settings)
+        # The key the worker signs audit chain heads with (kaohe/anchors.py): also only here.
+        anchor_keys(settings, create=True)
 
         # The dev stack's own token issuer, unless the settings name a real one (the API
         # serves its JWKS).
