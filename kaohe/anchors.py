@@ -329,17 +329,55 @@ async def anchor_periodically(pool: asyncpg.Pool, anchorer: Anchorer, interval: 
             log.info("audit chain heads anchored", count=written, file=str(anchorer.path))
 
 
-def start_anchoring(settings: Settings, pool: asyncpg.Pool) -> asyncio.Task[None] | None:
-    """The worker's anchoring task, or None (logged) without a key or with interval 0."""
+def start_anchoring(settings: Settings, pool: asyncpg.Pool) -> asyncio.Task[None]:
+    """The worker's audit guard: it warns once if the worker's database role could rewrite
+    the audit table, then anchors every audit_anchor_interval seconds (with a key, and an
+    interval above 0; otherwise it says anchoring is off)."""
     keys = anchor_keys(settings)
-    if not keys.can_sign or not settings.audit_anchor_interval:
-        log.warning(
-            "audit anchoring is off",
-            reason="no KAOHE_AUDIT_ANCHOR_KEYS" if not keys.can_sign else "interval 0",
-        )
-        return None
-    anchorer = Anchorer(keys, anchor_file(settings))
+    anchorer = None
+    if keys.can_sign and settings.audit_anchor_interval:
+        anchorer = Anchorer(keys, anchor_file(settings))
+    elif not keys.can_sign:
+        log.warning("audit anchoring is off", reason="no KAOHE_AUDIT_ANCHOR_KEYS")
+    else:
+        log.info("audit anchoring is off", reason="KAOHE_AUDIT_ANCHOR_INTERVAL is 0")
     return asyncio.create_task(
-        anchor_periodically(pool, anchorer, settings.audit_anchor_interval),
-        name="audit-anchoring",
+        _guard(pool, anchorer, settings.audit_anchor_interval), name="audit-anchoring"
     )
+
+
+async def _guard(pool: asyncpg.Pool, anchorer: Anchorer | None, interval: float) -> None:
+    try:
+        async with pool.acquire() as conn:
+            problem = await role_problem(conn)
+    except (OSError, asyncpg.PostgresError) as err:
+        problem = None
+        log.warning("cannot check the database role", error=str(err))
+    if problem:
+        log.warning("the audit trail does not hold against this worker's role", problem=problem)
+    if anchorer is not None:
+        await anchor_periodically(pool, anchorer, interval)
+
+
+async def role_problem(conn: asyncpg.Connection) -> str | None:
+    """Why this connection's role could rewrite the audit table unseen by the chain (a
+    superuser, the owner of audit_log, not a member of kaohe_app), or None."""
+    me = await conn.fetchrow(
+        """SELECT current_user AS name, r.rolsuper AS superuser,
+                  EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'kaohe_app'
+                          AND pg_has_role(current_user, oid, 'MEMBER')) AS app,
+                  EXISTS (SELECT 1 FROM pg_class c WHERE c.oid = 'audit_log'::regclass
+                          AND pg_has_role(current_user, c.relowner, 'MEMBER')) AS owner
+           FROM pg_roles r WHERE r.rolname = current_user"""
+    )
+    hint = (
+        "connect as a member of kaohe_app (KAOHE_DATABASE_URL) and migrate as the owner "
+        "(KAOHE_MIGRATION_DATABASE_URL)"
+    )
+    if me["superuser"]:
+        return f"{me['name']} is a superuser: {hint}"
+    if me["owner"]:
+        return f"{me['name']} owns audit_log: {hint}"
+    if not me["app"]:
+        return f"{me['name']} is not a member of kaohe_app: {hint}"
+    return None

@@ -61,10 +61,13 @@ class Child:
 
 
 def child_env(index: int, metrics_port: int) -> dict[str, str]:
-    """Each child serves its metrics on a port of its own: metrics_port + index."""
+    """Each child serves its metrics on a port of its own: metrics_port + index. The first
+    alone anchors the audit chains (kaohe/anchors.py): the others would sign the same heads."""
     env = dict(os.environ)
     if metrics_port:
         env["KAOHE_METRICS_PORT"] = str(metrics_port + index)
+    if index:
+        env["KAOHE_AUDIT_ANCHOR_INTERVAL"] = "0"
     return env
 
 

@@ -19,10 +19,11 @@ import pytest
 from temporalio.client import Client
 
 from activities.audit_log import write_unattributed
-from kaohe.anchors import Anchorer, AnchorKeys, anchor_periodically, read_anchors
+from kaohe.anchors import Anchorer, AnchorKeys, anchor_periodically, read_anchors, role_problem
 from kaohe.audit import ROW_COLUMNS, row_digest
 from kaohe.settings import Settings
 from kaohe.sim.simulate import TokenSource, drive_unit
+from kaohe.worker_processes import child_env
 from schemas.common import Stage
 from tests.conftest import Stack
 from tests.helpers import sample_unit, start_unit
@@ -151,8 +152,10 @@ async def test_the_app_role_can_only_append_to_the_audit_table(
         for sql in refused:
             with pytest.raises(asyncpg.InsufficientPrivilegeError):
                 await conn.execute(sql)
+        assert await role_problem(conn) is None  # what the worker checks at start
     # The owner is still held by the triggers (by mistake, not by intent: see the anchors).
     async with as_owner(stack) as conn:
+        assert "postgres is a superuser" in (await role_problem(conn) or "")
         with pytest.raises(asyncpg.RaiseError, match="append-only"):
             await conn.execute("UPDATE audit_log SET actor_id = 'x'")
 
@@ -344,3 +347,10 @@ async def test_migrate_makes_the_apps_login_a_member_of_kaohe_app(stack: Stack) 
     # One URL for both: it works, and says the audit trail does not hold against the app.
     single = await akaohe(stack, "migrate", env={"KAOHE_DATABASE_URL": stack.owner_url})
     assert single.returncode == 0 and "KAOHE_MIGRATION_DATABASE_URL" in single.stderr
+
+
+def test_one_worker_process_anchors() -> None:
+    """`kaohe worker --processes N`: the first process anchors, the others would sign the
+    same heads again."""
+    assert "KAOHE_AUDIT_ANCHOR_INTERVAL" not in child_env(0, 0)
+    assert child_env(1, 0)["KAOHE_AUDIT_ANCHOR_INTERVAL"] == "0"
