@@ -42,7 +42,33 @@ MAX_PROBLEMS_SHOWN = 20
 
 class ActionRejected(ValueError):
     """A well-formed action that the unit's current state does not allow, or a payload that
-    is not a well-formed action (the message names the field)."""
+    is not a well-formed action (the message names the field).
+
+    `retryable` says whether sending the same action again may succeed: never for these (bad
+    input, the wrong stage, a rule, a duplicate); a subclass for transient failures (storage
+    unavailable) says True. workflows/payloads.rejection_error turns it into the failure the
+    caller sees, in one place."""
+
+    retryable = False
+    error_type = "ActionRejected"
+
+
+class StorageFailed(ActionRejected):
+    """An action not taken because its storage write did not happen: given up after its
+    attempts (transient: the same action may succeed later, retryable) or refused by the
+    database (permanent). workflows/unit/io.py raises it."""
+
+    def __init__(self, activity: str, reason: str, *, attempts: int, retryable: bool) -> None:
+        self.activity, self.retryable = activity, retryable
+        self.error_type = "StorageUnavailable" if retryable else "StorageRefused"
+        if retryable:
+            message = (
+                f"(storage): {activity} failed {attempts} times ({reason}); nothing was "
+                "changed, send the action again later"
+            )
+        else:
+            message = f"(storage): {activity} refused by the database ({reason}); nothing stored"
+        super().__init__(message)
 
 
 @dataclass(frozen=True)

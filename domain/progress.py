@@ -140,6 +140,8 @@ def unit_status(workflow_id: str, u: UnitInput, s: UnitState, now: dt.datetime) 
             items=list(s.follow_ups.values()),
         ),
         rejected_signals=s.rejections,
+        storage_failures=s.storage_failures,
+        storage_failure_count=s.storage_failure_count,
         deadline=s.clock.deadline,
         stalled=s.clock.escalation > 0,
         escalation_level=s.clock.escalation,

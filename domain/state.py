@@ -11,7 +11,15 @@ from pydantic import Field
 from schemas.calibration import CalibrationView
 from schemas.common import Model, Stage
 from schemas.messages import ActionResult, ProposeGrades
-from schemas.status import Flag, FollowUpView, ObjectionView, Rejection, StageVisit, TargetTally
+from schemas.status import (
+    Flag,
+    FollowUpView,
+    ObjectionView,
+    Rejection,
+    StageVisit,
+    StorageFailure,
+    TargetTally,
+)
 
 
 class Processed(Model):
@@ -71,6 +79,9 @@ class UnitState(Model):
     # Signals refused (the latest few) and how many in all.
     rejections: list[Rejection] = Field(default_factory=list)
     rejection_count: int = 0
+    # Storage writes given up on (the latest few) and how many in all.
+    storage_failures: list[StorageFailure] = Field(default_factory=list)
+    storage_failure_count: int = 0
 
     @classmethod
     def starting(cls, now: dt.datetime) -> UnitState:

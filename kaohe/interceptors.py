@@ -33,6 +33,8 @@ from temporalio.common import RawValue
 from temporalio.converter import PayloadConverter
 from temporalio.exceptions import ApplicationError
 from temporalio.worker import (
+    ActivityInboundInterceptor,
+    ExecuteActivityInput,
     HandleSignalInput,
     HandleUpdateInput,
     Interceptor,
@@ -42,6 +44,7 @@ from temporalio.worker import (
     WorkflowOutboundInterceptor,
 )
 
+from activities.db import permanent
 from kaohe.assertions import (
     HEADER,
     AssertionRefused,
@@ -51,6 +54,7 @@ from kaohe.assertions import (
     sign,
     verify,
 )
+from schemas.limits import json_shape_problem, shown
 
 # (workflow id, message, reason, the actor the payload claimed, search attributes)
 Refusal = dict[str, Any]
@@ -58,13 +62,19 @@ OnRefused = Callable[[Refusal], None]
 
 
 def claimed_actor(payloads: list[Payload]) -> dict[str, Any] | None:
-    """The actor a payload names (unauthenticated until the assertion says so)."""
+    """The actor a payload names (unauthenticated until the assertion says so): its id and
+    role, shown safe and short (they go to the audit table), from a payload within the
+    limits. Never raises."""
     try:
-        body = json.loads(payloads[0].data) if payloads else None
-    except (ValueError, RecursionError):
+        if not payloads or json_shape_problem(payloads[0].data) is not None:
+            return None
+        body = json.loads(payloads[0].data)
+    except (ValueError, RecursionError, TypeError):
         return None
     actor = body.get("actor") if isinstance(body, dict) else None
-    return actor if isinstance(actor, dict) else None
+    if not isinstance(actor, dict):
+        return None
+    return {k: shown(str(actor.get(k)), 200) for k in ("id", "role") if k in actor}
 
 
 class Assertions(ClientInterceptor, Interceptor):
@@ -138,6 +148,10 @@ class _CheckingInbound(WorkflowInboundInterceptor):
         except AssertionRefused as err:
             self._refused(message, str(err), claimed_actor(payloads))
             raise
+        except Exception:  # a header nothing parses sanely (nested, huge): malformed
+            reason = f"{message}: refused, the assertion is malformed"
+            self._refused(message, reason, claimed_actor(payloads))
+            raise AssertionRefused(reason) from None
 
     def _refused(self, message: str, reason: str, claimed: dict[str, Any] | None) -> None:
         if workflow.unsafe.is_replaying():
@@ -193,3 +207,24 @@ class _SigningWorkflowOutbound(WorkflowOutboundInterceptor):
         await super().signal_external_workflow(
             dataclasses.replace(input, args=[RawValue(p) for p in payloads], headers=headers)
         )
+
+
+class PermanentFailures(Interceptor):
+    """A worker interceptor: an activity (local or scheduled) that fails for a reason the
+    same request would meet again (the database refuses the data, a model refuses it) fails
+    with a non-retryable StorageRefused, so it is not retried forever under a unit's lock;
+    anything else is left to the retry policy."""
+
+    def intercept_activity(self, next: ActivityInboundInterceptor) -> ActivityInboundInterceptor:
+        return _PermanentFailuresInbound(next)
+
+
+class _PermanentFailuresInbound(ActivityInboundInterceptor):
+    async def execute_activity(self, input: ExecuteActivityInput) -> Any:
+        try:
+            return await super().execute_activity(input)
+        except Exception as err:
+            refused = permanent(err)
+            if refused is None:
+                raise
+            raise refused from err

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field, GetCoreSchemaHandler, StringConstraints
+from pydantic_core import CoreSchema, PydanticCustomError, core_schema
+
+from schemas.limits import text_problem
 
 # Identifiers appear in workflow ids and search attributes: keep them to a safe alphabet.
 Identifier = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")]
@@ -15,10 +18,41 @@ Reason = Annotated[str, StringConstraints(strip_whitespace=True, min_length=2, m
 LongText = Annotated[str, StringConstraints(min_length=1, max_length=100_000)]
 
 
+def _checked_text(text: str) -> str:
+    problem = text_problem(text)
+    if problem is not None:
+        raise PydanticCustomError("text_refused", problem)
+    return text
+
+
+def _text_checked(schema: Any) -> Any:
+    """The core schema with every str (fields, list items, dict keys and values, unions)
+    passed through _checked_text; a nested model's own schema is checked already."""
+    if isinstance(schema, list):
+        return [_text_checked(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    if schema.get("type") == "function-after" and schema["function"]["function"] is _checked_text:
+        return schema
+    out = {k: _text_checked(v) for k, v in schema.items()}
+    if out.get("type") == "str":
+        return core_schema.no_info_after_validator_function(_checked_text, out)
+    return out
+
+
 class Model(BaseModel):
-    """Strict about unknown fields, so a typo in an integrator's payload is an error."""
+    """Strict about unknown fields, so a typo in an integrator's payload is an error. Every
+    str in every model, dict keys included, refuses NUL, unpaired surrogates and text over
+    schemas.limits.MAX_TEXT_CHARS, naming the field (PostgreSQL would refuse the first two
+    only later, in a storage activity)."""
 
     model_config = ConfigDict(extra="forbid", frozen=False, str_strip_whitespace=False)
+
+    @classmethod
+    def __get_pydantic_core_schema__(
+        cls, source: type[BaseModel], handler: GetCoreSchemaHandler
+    ) -> CoreSchema:
+        return _text_checked(handler(source))
 
 
 class Stage(StrEnum):

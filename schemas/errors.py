@@ -4,15 +4,19 @@ from __future__ import annotations
 
 from pydantic import ValidationError
 
+from schemas.limits import shown
+
 
 def error_path(loc: tuple[int | str, ...]) -> str:
-    """('units', 3, 'cadres', 0, 'name') -> 'units[3].cadres[0].name'."""
+    """('units', 3, 'cadres', 0, 'name') -> 'units[3].cadres[0].name'. A dict key in the
+    path is the caller's text: shown escaped and short."""
     out = ""
     for part in loc:
         if isinstance(part, int):
             out += f"[{part}]"
         else:
-            out += f".{part}" if out else str(part)
+            name = shown(str(part))
+            out += f".{name}" if out else name
     return out or "(payload)"
 
 

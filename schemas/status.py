@@ -138,6 +138,19 @@ class Rejection(Model):
     name: str
     idempotency_key: str | None
     reason: str
+    # Whether the same signal may succeed later: only when storage was unavailable.
+    retryable: bool = False
+    at: dt.datetime
+
+
+class StorageFailure(Model):
+    """A storage write the unit gave up on (after its retries, or refused by the database):
+    the action it belonged to was refused, or a record of the unit's own is missing."""
+
+    during: str  # the action, or what the unit was doing
+    activity: str
+    retryable: bool
+    reason: str
     at: dt.datetime
 
 
@@ -168,6 +181,9 @@ class UnitStatus(Model):
     grading: GradingProgress
     follow_ups: FollowUpProgress
     rejected_signals: list[Rejection] = Field(default_factory=list)
+    # The latest storage failures (the department is notified of each), and how many in all.
+    storage_failures: list[StorageFailure] = Field(default_factory=list)
+    storage_failure_count: int = 0
 
 
 class CampaignProgress(Model):

@@ -19,7 +19,7 @@ from temporalio.common import (
     TypedSearchAttributes,
     WorkflowIDReusePolicy,
 )
-from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.exceptions import WorkflowAlreadyStartedError
 
 with workflow.unsafe.imports_passed_through():
     from activities.rosters import RosterActivities
@@ -48,7 +48,7 @@ with workflow.unsafe.imports_passed_through():
         UnitProgress,
     )
     from workflows.details import campaign_details
-    from workflows.payloads import parse_action
+    from workflows.payloads import parse_action, rejection_error
     from workflows.unit import UnitAssessment
     from workflows.unit.io import ACTIVITY_RETRY
 
@@ -222,14 +222,14 @@ class AssessmentCampaign:
     async def decide_calibration(self, payload: RawValue) -> ActionResult:
         """Takes a DecideCalibration: the department allows a held proposal beyond the pooled
         quota, or returns it to the unit's assessment group."""
-        a = parse_action(DecideCalibration, payload)
-        assert isinstance(a, DecideCalibration)
-        if a.idempotency_key in self._decisions:
-            return self._result(a.unit_id, self._decisions[a.idempotency_key], duplicate=True)
         try:
+            a = parse_action(DecideCalibration, payload)
+            assert isinstance(a, DecideCalibration)
+            if a.idempotency_key in self._decisions:
+                return self._result(a.unit_id, self._decisions[a.idempotency_key], duplicate=True)
             self._check_decision(a)
         except ActionRejected as err:  # the state moved since validation
-            raise ApplicationError(str(err), type="ActionRejected", non_retryable=True) from err
+            raise rejection_error(err) from err
         entry = self._calibration[a.unit_id]
         state = "allowed" if a.decision == "allow" else "returned"
         self._calibration[a.unit_id] = CalibrationEntry(
@@ -245,10 +245,13 @@ class AssessmentCampaign:
 
     @decide_calibration.validator
     def _validate_decide_calibration(self, payload: RawValue) -> None:
-        a = parse_action(DecideCalibration, payload)
-        assert isinstance(a, DecideCalibration)
-        if a.idempotency_key not in self._decisions:
-            self._check_decision(a)
+        try:
+            a = parse_action(DecideCalibration, payload)
+            assert isinstance(a, DecideCalibration)
+            if a.idempotency_key not in self._decisions:
+                self._check_decision(a)
+        except ActionRejected as err:
+            raise rejection_error(err) from None
 
     def _check_decision(self, a: DecideCalibration) -> None:
         if a.actor.role != Role.DEPARTMENT:

@@ -60,10 +60,41 @@ def invalid(detail: str, field: str | None) -> Problem:
     return Problem(422, "invalid-request", "Invalid request", detail, field)
 
 
-def rejected(detail: str) -> Problem:
-    """The unit refused the action (wrong stage, a rule, a duplicate...)."""
-    field = detail.split(":", 1)[0] if ":" in detail.split(" ", 1)[0] else None
-    return Problem(409, "action-rejected", "Rejected by the unit", detail, field)
+def _field_of(detail: str) -> str | None:
+    return detail.split(":", 1)[0] if ":" in detail.split(" ", 1)[0] else None
+
+
+def rejected(detail: str, *, retryable: bool = False) -> Problem:
+    """The unit refused the action (wrong stage, a rule, a duplicate...). `retryable` is the
+    unit's word (workflows/payloads.rejection_error): false, the same request fails again."""
+    return Problem(
+        409,
+        "action-rejected",
+        "Rejected by the unit",
+        detail,
+        _field_of(detail),
+        retryable=retryable,
+    )
+
+
+def unavailable(detail: str, retry_after: int = 30) -> Problem:
+    """The unit could not store the action (its database unavailable): nothing changed, and
+    the same request may succeed later."""
+    return Problem(
+        503,
+        "storage-unavailable",
+        "Storage unavailable",
+        detail,
+        _field_of(detail),
+        headers={"Retry-After": str(retry_after)},
+        retryable=True,
+    )
+
+
+def too_large(detail: str, limit: int) -> Problem:
+    return Problem(
+        413, "payload-too-large", "Request body too large", detail, "(body)", limit=limit
+    )
 
 
 def not_found(detail: str) -> Problem:

@@ -96,9 +96,15 @@ class RequestQueue:
                 )
                 state, answer = "accepted", result.model_dump(mode="json")
             except Problem as problem:
-                if problem.status >= 500:
-                    raise
-                state, answer = "rejected", {"status": problem.status, "detail": problem.detail}
+                if problem.status >= 500:  # the unit's storage unavailable: try again later
+                    log.warning("request queue: unit unavailable", detail=problem.detail)
+                else:
+                    state = "rejected"
+                    answer = {
+                        "status": problem.status,
+                        "detail": problem.detail,
+                        "retryable": problem.extra.get("retryable", False),
+                    }
             except Exception as err:  # Temporal unreachable, a timeout: try again later
                 log.warning("request queue: send failed", error=type(err).__name__)
             backoff = min(MAX_BACKOFF_SECONDS, 0.5 * 2 ** min(attempts, 10))

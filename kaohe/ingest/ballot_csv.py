@@ -51,11 +51,23 @@ from domain.ballots import (
     sheet_marks,
 )
 from schemas.errors import error_lines
+from schemas.limits import text_problem
 from schemas.messages import BallotSheet, CadreRating, NewCadreRating, TeamRating, Token
 from schemas.policy import BallotPolicy
 from schemas.roster import UnitSpec
 
 COLUMNS = ("sheet", "token", "kind", "target_id", "item", "option")
+
+
+def cell_problem(row: list[str]) -> str | None:
+    """The first cell no field may hold (a NUL, text over the limit), named by its column."""
+    for name, cell in zip(COLUMNS, row, strict=False):
+        problem = text_problem(cell)
+        if problem is not None:
+            return f"{name}: {problem}"
+    return None
+
+
 KINDS = (TEAM, CADRE, SELECTION, NEW_CADRE)
 LINE = 6  # rows are read as [sheet, token, kind, target_id, item, option, line]
 _SHEET_REF = re.compile(r"sheets\[(\d+)\]")
@@ -375,6 +387,8 @@ class BallotCsvReader:
                     token = toks[0]
                     if (
                         not label
+                        or text_problem(label) is not None
+                        or text_problem(token) is not None
                         or label in labels
                         or token in tokens
                         or toks.count(token) != size
@@ -478,6 +492,10 @@ class BallotCsvReader:
                         token_line[row[1]] = line
                     if on_progress is not None and len(first_line) % 256 == 0:
                         on_progress(f.buffer.tell())
+                refused = cell_problem(row)
+                if refused is not None:
+                    bad = True
+                    self.problems.append(Problem(reader.line_num, refused))
                 row.append(reader.line_num)
                 rows.append(row)
             if rows:

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from temporalio import workflow
+from temporalio.exceptions import CancelledError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from domain.calendar import WorkCalendar
@@ -17,7 +18,7 @@ with workflow.unsafe.imports_passed_through():
     from domain.state import UnitState
     from schemas import search_attributes as sa
     from schemas.common import Actor, Stage
-    from schemas.status import StageVisit, UnitStatus
+    from schemas.status import StageVisit, StorageFailure, UnitStatus
     from schemas.workflow_io import (
         AuditRecord,
         Delivery,
@@ -31,6 +32,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.unit import io
 
 EnterHook = Callable[["Unit"], Awaitable[None]]
+MAX_STORAGE_FAILURES_KEPT = 20
 
 
 class Unit:
@@ -83,18 +85,23 @@ class Unit:
     async def record_transition(
         self, previous: Stage | None, stage: Stage, reason: str | None, actor: Actor | None
     ) -> None:
+        """The transition's row and the stage projection. The unit has moved already: if
+        storage fails, the failure is recorded and the unit goes on (status shows it)."""
         self.state.seq += 1
-        await io.store(
-            io.storage.record_transition,
-            TransitionRecord(
-                ref=self.ref(),
-                seq=self.state.seq,
-                from_stage=previous,
-                to_stage=stage,
-                reason=reason,
-                actor=actor,
-            ),
-        )
+        try:
+            await io.store(
+                io.storage.record_transition,
+                TransitionRecord(
+                    ref=self.ref(),
+                    seq=self.state.seq,
+                    from_stage=previous,
+                    to_stage=stage,
+                    reason=reason,
+                    actor=actor,
+                ),
+            )
+        except io.StorageFailed as err:
+            self.storage_failed(err, f"transition to {stage.value}")
         self._tell_campaign()
 
     def _tell_campaign(self) -> None:
@@ -122,11 +129,61 @@ class Unit:
         self, event_key: str, kind: str, actor: Actor | None, detail: dict[str, Any]
     ) -> None:
         """An audit row of its own (once per event_key), beside those the storage
-        activities write with their changes."""
-        await io.store(
-            io.storage.append_audit,
-            AuditRecord(ref=self.ref(), event_key=event_key, kind=kind, actor=actor, detail=detail),
+        activities write with their changes. If storage fails, the failure is recorded."""
+        try:
+            await io.store(
+                io.storage.append_audit,
+                AuditRecord(
+                    ref=self.ref(), event_key=event_key, kind=kind, actor=actor, detail=detail
+                ),
+            )
+        except io.StorageFailed as err:
+            self.storage_failed(err, f"audit row {kind}")
+
+    def storage_failed(self, err: io.StorageFailed, during: str) -> None:
+        """A storage write given up on: kept in status (the latest few), an audit row and a
+        notification to the department, both in the background (outside the lock, which the
+        caller holds: the unit goes on taking other actions)."""
+        s = self.state
+        s.storage_failure_count += 1
+        n = s.storage_failure_count
+        failure = StorageFailure(
+            during=during,
+            activity=err.activity,
+            retryable=err.retryable,
+            reason=str(err),
+            at=workflow.now(),
         )
+        s.storage_failures.append(failure)
+        del s.storage_failures[:-MAX_STORAGE_FAILURES_KEPT]
+        workflow.logger.error("storage failed during %s: %s", during, err)
+        unit = self.input.unit
+        kind = "暂时不可用, 已停止重试" if err.retryable else "拒绝写入"
+        self.notify(
+            f"storage-failed-{n}",
+            [self.input.department],
+            f"{self.input.campaign_title}: {unit.name} 数据库{kind}",
+            f"{unit.name}: {during} — {err}",
+        )
+
+        async def record() -> None:
+            try:
+                await io.store(
+                    io.storage.append_audit,
+                    AuditRecord(
+                        ref=self.ref(),
+                        event_key=f"storage_failed:{n}",
+                        kind="storage_failed",
+                        detail=failure.model_dump(mode="json"),
+                    ),
+                )
+            except io.StorageFailed:
+                workflow.logger.error("storage failure %d has no audit row", n)
+            finally:
+                self.refresh_details()
+
+        self.spawn(record())
+        self.refresh_details()
 
     def notify(self, step: str, recipients: list[str], subject: str, body: str) -> None:
         """In the background: a slow or failing receiver holds up neither the action that
@@ -141,7 +198,14 @@ class Unit:
         )
 
         async def send() -> None:
-            outcome = await io.send_notification(n)
+            try:
+                outcome = await io.send_notification(n)
+            except CancelledError:
+                raise
+            except FailureError as err:  # a notification refused for good: a dead letter
+                self.state.dead_letters.append(f"{step}: {err}")
+                self.refresh_details()
+                return
             if outcome.dead:
                 self.state.dead_letters += [f"{step}: {d}" for d in outcome.dead]
                 self.refresh_details()

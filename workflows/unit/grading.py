@@ -181,10 +181,17 @@ async def follow_publicity(u: Unit) -> None:
         await workflow.wait_condition(
             lambda ends=ends: s.publicity_ends != ends or not s.open_objections()
         )
+        failed = False
         async with u.lock:
             if s.publicity_ends != ends or not s.grades_may_become_final(workflow.now()):
                 continue  # an objection was upheld, or raised, while we waited
-            await io.store(io.storage.finalize_grades, u.ref())
-            s.publicity_ends = s.publicity_starts = None
-            s.grades_final = True
-            await u.advance("publicity ended with no open objection", None)
+            try:
+                await io.store(io.storage.finalize_grades, u.ref())
+                s.publicity_ends = s.publicity_starts = None
+                s.grades_final = True
+                await u.advance("publicity ended with no open objection", None)
+            except io.StorageFailed as err:
+                u.storage_failed(err, "final grades after publicity")
+                failed = True
+        if failed:  # tried again later, outside the lock meanwhile
+            await workflow.sleep(io.STORAGE_PAUSE)

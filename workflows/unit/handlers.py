@@ -8,6 +8,12 @@ SDK's decoder would only say "Failed decoding arguments", and a 500-sheet batch 
 decoded twice. Handlers run one at a time under the unit's lock, as in samples-python
 `safe_message_handlers`, and check again under it, since the state may have moved since
 validation. A signal is validated in its handler; a bad one is recorded as rejected.
+
+Nothing a caller sends raises outside this error handling: a payload over the size or depth
+limits is refused before any parser recurses into it (workflows/payloads.py), whatever
+parsing a signal's payload raises becomes its recorded rejection, and a storage write that
+fails (io.StorageFailed) refuses the action, as retryable when it was transient. Every
+rejection's `retryable` comes from the one rule in payloads.rejection_error.
 """
 
 from __future__ import annotations
@@ -17,21 +23,22 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RawValue
-from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
     from domain.actions import ActionRejected, ActionRule, Moment
     from domain.state import Processed
     from schemas.common import Action
+    from schemas.limits import shown
     from schemas.messages import ActionResult
     from schemas.status import Rejection
     from schemas.workflow_io import AuditRecord
-    from workflows.payloads import idempotency_key_of, parse_action
+    from workflows.payloads import idempotency_key_of, parse_action, rejection_error
     from workflows.unit import io
     from workflows.unit.context import Unit
 
 Effect = Callable[[Unit, Any], Awaitable[str]]
 MAX_REJECTIONS_KEPT = 50
+MAX_REASON_CHARS = 2000
 
 
 def _moment() -> Moment:
@@ -55,9 +62,12 @@ def _duplicate(u: Unit, rule: ActionRule, action: Action) -> ActionResult | None
 
 
 def validate(u: Unit, rule: ActionRule, payload: RawValue) -> None:
-    action = _parse(u, rule, payload)
-    if _duplicate(u, rule, action) is None:
-        rule.admit(u.input, u.state, action, _moment())
+    try:
+        action = _parse(u, rule, payload)
+        if _duplicate(u, rule, action) is None:
+            rule.admit(u.input, u.state, action, _moment())
+    except ActionRejected as err:
+        raise rejection_error(err) from None
     # The handler takes this parse instead of its own. Only a cache: on replay validators
     # do not run and the handler parses the same bytes.
     u.validated = (rule.name, payload.payload.data, action)
@@ -79,34 +89,59 @@ async def perform(
         if duplicate is not None:
             return duplicate
         rule.admit(u.input, u.state, action, _moment(), payload_checked=payload_checked)
-        message = await effect(u, action)
+        try:
+            message = await effect(u, action)
+        except io.StorageFailed as err:
+            u.storage_failed(err, rule.name)
+            raise
         result = ActionResult(accepted=True, stage=u.state.stage, message=message)
         u.state.processed[action.idempotency_key] = Processed(name=rule.name, result=result)
         u.refresh_details()
         return result
 
 
-async def reject(u: Unit, name: str, key: str | None, reason: str) -> None:
-    """A signal refused: kept in status (the latest few) and in the audit table."""
+async def reject(
+    u: Unit, name: str, key: str | None, reason: str, *, retryable: bool = False
+) -> None:
+    """A signal refused: kept in status (the latest few) and in the audit table. `key` comes
+    from payloads.idempotency_key_of (safe to store); the reason is shown safe too."""
+    reason = shown(reason, MAX_REASON_CHARS)
     await workflow.wait_condition(lambda: u.registered)
     async with u.lock:
         s = u.state
         s.rejection_count += 1
         s.rejections.append(
-            Rejection(name=name, idempotency_key=key, reason=reason, at=workflow.now())
+            Rejection(
+                name=name,
+                idempotency_key=key,
+                reason=reason,
+                retryable=retryable,
+                at=workflow.now(),
+            )
         )
         del s.rejections[:-MAX_REJECTIONS_KEPT]
-        await io.store(
-            io.storage.append_audit,
-            AuditRecord(
-                ref=u.ref(),
-                event_key=f"rejected:{s.rejection_count}",
-                kind="signal_rejected",
-                detail={"signal": name, "idempotency_key": key, "reason": reason},
-            ),
-        )
+        detail = {"signal": name, "idempotency_key": key, "reason": reason}
+        try:
+            await io.store(
+                io.storage.append_audit,
+                AuditRecord(
+                    ref=u.ref(),
+                    event_key=f"rejected:{s.rejection_count}",
+                    kind="signal_rejected",
+                    detail={**detail, "retryable": retryable},
+                ),
+            )
+        except io.StorageFailed as err:
+            u.storage_failed(err, f"{name} (its rejection's audit row)")
         u.refresh_details()
         workflow.logger.warning("signal %s rejected: %s", name, reason)
+
+
+def _refusal(err: Exception) -> str:
+    """What a signal's rejection says of an exception its payload's parse raised."""
+    if isinstance(err, ActionRejected):
+        return str(err)
+    return f"(payload): refused, reading it raised {type(err).__name__}"
 
 
 def action_handlers(rule: ActionRule, effect: Effect) -> tuple[Any, Any]:
@@ -119,19 +154,24 @@ def action_handlers(rule: ActionRule, effect: Effect) -> tuple[Any, Any]:
             action = _validated(self.unit, rule, payload)
             return await perform(self.unit, rule, effect, action, payload_checked=True)
         except ActionRejected as err:
-            # The state moved between validation and handling: fail the update, not the task.
-            raise ApplicationError(str(err), type="ActionRejected", non_retryable=True) from err
+            # The state moved between validation and handling, or storage failed: fail the
+            # update, not the task.
+            raise rejection_error(err) from err
 
     def validator(self, payload: RawValue) -> None:
         validate(self.unit, rule, payload)
 
     async def signal(self, payload: RawValue) -> None:
-        key = idempotency_key_of(payload)
+        key = idempotency_key_of(payload)  # never raises
         try:
             action = _parse(self.unit, rule, payload)
+        except Exception as err:  # the payload's doing, whatever it is: its rejection
+            await reject(self.unit, rule.name, key, _refusal(err))
+            return
+        try:
             await perform(self.unit, rule, effect, action, payload_checked=False)
         except ActionRejected as err:
-            await reject(self.unit, rule.name, key, str(err))
+            await reject(self.unit, rule.name, key, str(err), retryable=err.retryable)
 
     update.__name__, signal.__name__ = rule.name, f"{rule.name}_signal"
     update.__doc__ = f"Takes a {rule.model.__name__}."

@@ -54,17 +54,7 @@ class UnitAssessment:
                     sa.ESCALATION.value_set(0),
                 ]
             )
-            await io.store(
-                io.storage.register_unit,
-                RegisterUnit(
-                    ref=u.ref(),
-                    year=input.year,
-                    campaign_title=input.campaign_title,
-                    unit=input.unit,
-                    rater_groups=input.rater_groups,
-                    grade_labels=input.policy.grading.grade_labels(),
-                ),
-            )
+            await self._register(input)
             await u.record_transition(None, Stage.NOTICE, None, None)
             early_stages.send_notice(u)
             u.refresh_details()
@@ -81,6 +71,26 @@ class UnitAssessment:
         if u.background:
             await asyncio.gather(*u.background)
         return u.status()
+
+    async def _register(self, input: UnitInput) -> None:
+        """The unit's rows; until they are stored no action is taken (handlers wait for
+        `registered`), so a storage failure is recorded and the write tried again later."""
+        u = self.unit
+        record = RegisterUnit(
+            ref=u.ref(),
+            year=input.year,
+            campaign_title=input.campaign_title,
+            unit=input.unit,
+            rater_groups=input.rater_groups,
+            grade_labels=input.policy.grading.grade_labels(),
+        )
+        while True:
+            try:
+                await io.store(io.storage.register_unit, record)
+                return
+            except io.StorageFailed as err:
+                u.storage_failed(err, "registering the unit")
+            await workflow.sleep(io.STORAGE_PAUSE)
 
     async def _cancelled(self) -> None:
         """Cancelled (by the department, or with its campaign): the stage projection, the
