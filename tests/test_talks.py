@@ -269,6 +269,10 @@ async def test_the_assessment_group_reads_a_talk_and_nobody_else(
         assert mine.status_code == 404 and talk.content not in mine.text
         anonymous = await http.get(url)
         assert anonymous.status_code == 401
+        malformed = await http.get(
+            f"{_base(api, u)}/talks/not-a-ref", headers=api.token(f"group-{u}")
+        )
+        assert malformed.status_code == 422 and malformed.json()["field"] == "talk_ref"
 
     async with pool.acquire() as conn:
         reads = await conn.fetch(

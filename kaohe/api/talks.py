@@ -12,6 +12,7 @@ one call, answered with the unit's ActionResult, the reference and the digest. `
 # No `from __future__ import annotations`: the routes' annotations name the Caller dependency
 # create_app passes in, so they are evaluated where the routes are defined.
 
+import re
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
@@ -26,10 +27,12 @@ from kaohe.access.identity import Identity
 from kaohe.api import problems
 from schemas.common import Role
 from schemas.errors import error_path, format_validation_error
+from schemas.messages import TalkRef
 from schemas.talks import Talk, TalkRecorded, TalkView
 from workflows.campaign import unit_workflow_id
 
 READERS = frozenset({Role.ASSESSMENT_GROUP})
+TALK_REF = re.compile(TalkRef.__metadata__[0].pattern)
 
 Authorized = Callable[
     [Request, Identity | None, str, str, str, frozenset[Role], Role | None], Awaitable[Binding]
@@ -113,10 +116,14 @@ def install_talks(
         """A talk's content, for the unit's assessment group; the read is audited."""
         binding = await authorized(request, who, campaign, unit, "read_talk", READERS, None)
         assert who is not None
+        if not TALK_REF.fullmatch(talk_ref):
+            raise problems.invalid(
+                "talk_ref: not a talk reference (talk- and 32 hex digits)", "talk_ref"
+            )
         reader = Reader(who.principal, binding.role, who.kind)
         found = await read_talk(
             api.pool, cipher(), unit_workflow_id(campaign, unit), talk_ref, reader
         )
         if found is None:
-            raise problems.not_found(f"no talk {talk_ref[:64]} on unit {unit} of {campaign}")
+            raise problems.not_found(f"no talk {talk_ref} on unit {unit} of {campaign}")
         return found
