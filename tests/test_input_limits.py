@@ -10,7 +10,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import random
 import uuid
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -23,17 +25,21 @@ from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.common import RawValue
 from temporalio.exceptions import ApplicationError
 
+import kaohe
 from activities.db import create_pool, permanent
 from activities.notify import NotifyActivities
 from activities.storage import StorageActivities
 from kaohe.access import api_keys
 from kaohe.access.bindings import Binding, grant
 from kaohe.api.app import MAX_BODY_BYTES
+from kaohe.ingest.ballot_csv import parse_ballot_csv, write_ballot_csv
+from kaohe.ingest.roster_io import RosterError, load_roster
 from kaohe.interceptors import Assertions
-from kaohe.sim.simulate import DEPARTMENT, UNIT_CONTACT, wait_for_status
+from kaohe.sim.simulate import DEPARTMENT, UNIT_CONTACT, sheet_for, wait_for_status
 from schemas.common import Role, Stage
 from schemas.limits import MAX_JSON_DEPTH, MAX_PAYLOAD_BYTES, MAX_TEXT_CHARS, json_shape_problem
 from schemas.messages import AcknowledgeNotice, ActionResult
+from schemas.policy import BallotPolicy
 from schemas.status import UnitStatus
 from schemas.workflow_io import AuditRecord, UnitRef
 from tests.conftest import ApiStack, Stack
@@ -384,3 +390,29 @@ async def test_api_refuses_oversize_deep_and_nul_bodies(
         )
         assert r.status_code == 200 and r.json()["stage"] == "report_back", r.text
     await _no_failed_task(handle)
+
+
+# ---- the imports ---------------------------------------------------------------------------
+
+
+def test_roster_import_refuses_nul_naming_the_field(tmp_path: Path) -> None:
+    text = (Path(kaohe.__file__).parent / "samples" / "demo-roster.yaml").read_text()
+    path = tmp_path / "roster.yaml"
+    path.write_text(text.replace("name: 张明", 'name: "张\\0明"'), encoding="utf-8")
+    with pytest.raises(RosterError) as info:
+        load_roster(path)
+    assert info.value.problems == [
+        "units[0].cadres[0].name: contains a NUL character (U+0000), which no text may hold"
+    ]
+
+
+def test_ballot_csv_import_refuses_nul_naming_line_and_column(tmp_path: Path) -> None:
+    unit, policy = sample_unit(cadres=1), BallotPolicy()
+    path = tmp_path / "b.csv"
+    write_ballot_csv(path, [("1", sheet_for("t" * 20, unit, policy, random.Random(0)))])
+    assert parse_ballot_csv(path, unit, policy).problems == []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    lines[2] = lines[2].replace("t" * 20, "t" * 19 + "\x00")
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    problems = [str(p) for p in parse_ballot_csv(path, unit, policy).problems]
+    assert "line 3: token: contains a NUL character (U+0000), which no text may hold" in problems
