@@ -68,6 +68,8 @@ def validate(u: Unit, rule: ActionRule, payload: RawValue) -> None:
             rule.admit(u.input, u.state, action, _moment())
     except ActionRejected as err:
         raise rejection_error(err) from None
+    except Exception as err:  # whatever else the payload makes parsing raise
+        raise rejection_error(ActionRejected(_refusal(err))) from None
     # The handler takes this parse instead of its own. Only a cache: on replay validators
     # do not run and the handler parses the same bytes.
     u.validated = (rule.name, payload.payload.data, action)
