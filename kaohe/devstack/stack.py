@@ -16,7 +16,7 @@ from rich.console import Console
 
 from activities.db import migrate
 from kaohe.access.issuer import DevIssuer
-from kaohe.anchors import anchor_keys
+from kaohe.anchors import anchor_file, anchor_keys
 from kaohe.codec.payloads import codec_from_settings
 from kaohe.codec.server import CodecServer
 from kaohe.devstack.postgres import EmbeddedPostgres
@@ -164,6 +164,10 @@ async def run_dev(
             console.print(f"  kaohe API      [cyan]{api}/docs[/] (kaohe token mint NAME)")
         console.print(f"  migrations     {', '.join(applied) if applied else 'up to date'}")
         console.print(f"  data / logs    {data_dir}")
+        if with_worker is not None and settings.audit_anchor_interval:
+            # Signed audit chain heads, every audit_anchor_interval seconds (kaohe/anchors.py).
+            anchors = anchor_file(settings)
+            console.print(f"  audit anchors  {anchors} (kaohe audit verify --anchors {anchors})")
 
         # Watch the servers too: if one dies, the worker would otherwise retry forever.
         for name, server in (("PostgreSQL", postgres), ("Temporal", temporal)):
