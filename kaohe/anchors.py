@@ -162,7 +162,10 @@ class Anchor:
 
 
 def read_anchors(path: Path, keys: AnchorKeys) -> tuple[list[Anchor], list[str]]:
-    """The file's anchors whose signatures hold, and a problem for every other line."""
+    """The file's anchors whose signatures hold, and a problem for every other line. The
+    file may also be a log of the worker's (JSON lines, as the site's log archive keeps
+    them): an "audit anchor" line holds its anchor under "anchor", other log lines are
+    skipped."""
     anchors: list[Anchor] = []
     problems: list[str] = []
     with path.open(encoding="utf-8") as f:
@@ -172,6 +175,10 @@ def read_anchors(path: Path, keys: AnchorKeys) -> tuple[list[Anchor], list[str]]
             where = f"{path.name} line {number}"
             try:
                 record = json.loads(line)
+                if isinstance(record, dict) and isinstance(record.get("anchor"), dict):
+                    record = record["anchor"]
+                elif isinstance(record, dict) and "event" in record:
+                    continue
                 if record.get("kind") != KIND or record.get("v") != VERSION:
                     raise ValueError("not an anchor")
                 anchor = Anchor(
@@ -232,9 +239,9 @@ class Anchorer:
 
     async def anchor(
         self, conn: asyncpg.Connection, campaign_id: str | None = None
-    ) -> tuple[int, list[str]]:
-        """(anchors written, problems): a problem names a unit whose chain no longer extends
-        its last anchor, which is not signed again."""
+    ) -> tuple[list[dict[str, Any]], list[str]]:
+        """(the anchors written, problems): a problem names a unit whose chain no longer
+        extends its last anchor, which is not signed again."""
         if not self.keys.can_sign:
             raise AnchorKeyError(
                 "no audit anchor key: set KAOHE_AUDIT_ANCHOR_KEYS (`kaohe dev` makes "
@@ -276,7 +283,7 @@ class Anchorer:
             _append_lines(self.path, records)
             for r in records:
                 known[r["workflow_id"]] = (r["chain_seq"], bytes.fromhex(r["row_hash"]))
-        return len(records), problems
+        return records, problems
 
 
 def _extension_problem(
@@ -314,7 +321,7 @@ def _append_lines(path: Path, records: list[dict[str, Any]]) -> None:
 async def anchor_periodically(pool: asyncpg.Pool, anchorer: Anchorer, interval: float) -> None:
     """The worker's anchoring: every `interval` seconds, until cancelled. A chain that no
     longer extends its anchor is logged as an error (and never signed); a database or file
-    error is logged and tried again next time."""
+    error is logged and tried again next time. Every anchor written is logged too."""
     while True:
         await asyncio.sleep(interval)
         try:
@@ -325,8 +332,12 @@ async def anchor_periodically(pool: asyncpg.Pool, anchorer: Anchorer, interval: 
             continue
         for problem in problems:
             log.error("audit chain does not extend its anchor", problem=problem)
+        # Each anchor in the log as well: a site that ships its logs off the host has a second
+        # copy there, which `kaohe audit verify --anchors` reads as it is.
+        for record in written:
+            log.info("audit anchor", anchor=record)
         if written:
-            log.info("audit chain heads anchored", count=written, file=str(anchorer.path))
+            log.info("audit chain heads anchored", count=len(written), file=str(anchorer.path))
 
 
 def start_anchoring(settings: Settings, pool: asyncpg.Pool) -> asyncio.Task[None]:

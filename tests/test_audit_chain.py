@@ -16,6 +16,7 @@ from pathlib import Path
 
 import asyncpg
 import pytest
+import structlog.testing
 from temporalio.client import Client
 
 from activities.audit_log import write_unattributed
@@ -286,26 +287,35 @@ async def test_the_worker_anchors_heads_as_they_grow(
 ) -> None:
     keys = AnchorKeys.parse(ANCHOR_KEYS)
     anchorer = Anchorer(keys, tmp_path / "anchors.jsonl")
-    task = asyncio.create_task(anchor_periodically(pool, anchorer, 0.05))
-    try:
-        unit = sample_unit()
-        handle = await start_unit(client, worker, unit, campaign_id=f"grow-{uuid.uuid4().hex[:6]}")
-        await drive_unit(client, handle.id, unit, stop_at=Stage.TALKS, tokens=tokens)
-        async with pool.acquire() as conn:
-            head = await conn.fetchval(
-                "SELECT max(chain_seq) FROM audit_log WHERE workflow_id = $1", handle.id
-            )
-        for _ in range(100):
-            held, problems = read_anchors(anchorer.path, keys)
-            mine = [a.chain_seq for a in held if a.workflow_id == handle.id]
-            if mine and max(mine) == head:
-                break
-            await asyncio.sleep(0.05)
-        assert problems == [] and mine and max(mine) == head
-        # Heads were signed as the chain grew (each extending the one before), not once.
-        assert len(mine) > 1 and mine == sorted(mine)
-    finally:
-        task.cancel()
+    with structlog.testing.capture_logs() as logged:
+        task = asyncio.create_task(anchor_periodically(pool, anchorer, 0.05))
+        try:
+            unit = sample_unit()
+            campaign = f"grow-{uuid.uuid4().hex[:6]}"
+            handle = await start_unit(client, worker, unit, campaign_id=campaign)
+            await drive_unit(client, handle.id, unit, stop_at=Stage.TALKS, tokens=tokens)
+            async with pool.acquire() as conn:
+                head = await conn.fetchval(
+                    "SELECT max(chain_seq) FROM audit_log WHERE workflow_id = $1", handle.id
+                )
+            for _ in range(100):
+                held, problems = read_anchors(anchorer.path, keys)
+                mine = [a.chain_seq for a in held if a.workflow_id == handle.id]
+                if mine and max(mine) == head:
+                    break
+                await asyncio.sleep(0.05)
+        finally:
+            task.cancel()
+    assert problems == [] and mine and max(mine) == head
+    # Heads were signed as the chain grew (each extending the one before), not once.
+    assert len(mine) > 1 and mine == sorted(mine)
+    # Each anchor is in the worker's log too, which verify reads as a file of anchors.
+    log = tmp_path / "worker.log"
+    lines = [{"event": "worker started"}, *logged, {"event": "stage transition", "seq": 3}]
+    log.write_text("".join(json.dumps(e) + "\n" for e in lines))
+    from_log, problems = read_anchors(log, keys)
+    assert problems == []
+    assert [a.chain_seq for a in from_log if a.workflow_id == handle.id] == mine
 
 
 def test_the_migrations_and_the_app_connect_as_different_roles() -> None:

@@ -39,8 +39,8 @@ def audit_verify(
         Path | None,
         typer.Option(
             "--anchors",
-            help="A file of signed chain heads (kaohe audit anchor, the worker's): each must "
-            "still be in its chain with the hash it was signed with.",
+            help="A file of signed chain heads (kaohe audit anchor, the worker's anchors file or "
+            "its JSON log): each must still be in its chain with the hash it was signed with.",
             exists=True,
             dir_okay=False,
         ),
@@ -94,7 +94,7 @@ def audit_anchor(
     written, problems = run_on_database(get_settings(), lambda c: anchorer.anchor(c, campaign))
     for problem in problems:
         err_console.print(f"[red]tampered:[/] {problem}")
-    console.print(f"{written} chain heads anchored in {path}")
+    console.print(f"{len(written)} chain heads anchored in {path}")
     if problems:
         raise typer.Exit(code=1)
 
