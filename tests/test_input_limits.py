@@ -271,7 +271,7 @@ class Proxy:
 
 
 async def test_storage_outage_is_retryable_recorded_and_survived(
-    stack: Stack, client: Client, worker: str, pool: asyncpg.Pool
+    stack: Stack, client: Client, worker: str, pool: asyncpg.Pool, api: ApiStack
 ) -> None:
     url = urlsplit(stack.database_url)
     proxy = Proxy(url.hostname or "127.0.0.1", url.port or 5432)
@@ -314,6 +314,19 @@ async def test_storage_outage_is_retryable_recorded_and_survived(
             failure = status.storage_failures[0]
             assert failure.retryable and failure.during == "acknowledge_notice"
             assert failure.activity == "save_acknowledgement"
+            # Through kaohe's API: 503, retryable, Retry-After.
+            u = status.unit_id
+            async with pool.acquire() as conn:
+                await grant(conn, Binding("test", "oa-outage", Role.INTEGRATOR, u), "test")
+                key = await api_keys.create_key(conn, "oa-outage", "test")
+            url = f"{api.url}/v1/campaigns/test/units/{u}/actions/acknowledge_notice"
+            system = {"X-Api-Key": key}
+            async with httpx.AsyncClient(timeout=90) as http:
+                r = await http.post(url, json={"idempotency_key": "api-ack"}, headers=system)
+            assert r.status_code == 503, r.text
+            problem = r.json()
+            assert problem["retryable"] is True and problem["type"].endswith("storage-unavailable")
+            assert "Retry-After" in r.headers
 
             await proxy.start()  # the database is back
             # The failure's audit row (written in the background, retried meanwhile) and the
@@ -331,8 +344,22 @@ async def test_storage_outage_is_retryable_recorded_and_survived(
                     f"{handle.id}:storage-failed-1",
                 )
             assert notified == 1
-            # The same action, sent again, is taken promptly.
-            await _still_takes_updates(handle, key="in-outage")
+            # The same request, sent again through the API, is taken promptly (Temporal keeps
+            # the first attempt's failure under its update id: the API asks again under the
+            # next).
+            began = loop.time()
+            async with httpx.AsyncClient(timeout=90) as http:
+                r = await http.post(url, json={"idempotency_key": "api-ack"}, headers=system)
+            assert r.status_code == 200 and r.json()["stage"] == "report_back", r.text
+            assert loop.time() - began < PROMPTLY
+            # And the failed update, sent again straight to Temporal: a duplicate of nothing,
+            # refused only as the wrong stage now (the unit moved on).
+            cause = await _refused(handle, "acknowledge_notice", ack.model_dump(mode="json"))
+            assert "stage 'report_back'" in cause.message and cause.non_retryable
+            await _no_failed_task(handle)
+            status = await handle.query(UnitAssessment.status)
+            assert status.storage_failure_count == 2
+            await handle.terminate("test over")  # before its worker goes
     finally:
         with contextlib.suppress(Exception):
             await proxy.stop()

@@ -48,6 +48,8 @@ log = structlog.get_logger("kaohe.api")
 MAX_BODY_BYTES = MAX_PAYLOAD_BYTES  # Temporal's own limit for one payload: 413 above it
 _IDENTIFIER = re.compile(Identifier.__metadata__[0].pattern)
 _REQUEST_ID = re.compile(r"^[0-9a-f]{32}$")
+MAX_UPDATE_IDS = 100  # update ids a request may use up on transient storage failures (send)
+FRESH_FAILURE_SECONDS = 5.0  # below the unit's storage retry (workflows/unit/io.STORAGE_RETRY)
 
 
 class Api:
@@ -125,27 +127,50 @@ class Api:
 
     async def send(self, workflow_id: str, update: str, payload: dict[str, Any]) -> ActionResult:
         handle = self.client.get_workflow_handle(workflow_id)
-        try:
-            # The update id makes a retry of the same action harmless (Temporal answers it
-            # with the first outcome); the action's name in it lets the unit itself refuse a
-            # key reused for another action.
-            update_id = f"{update}:{payload['idempotency_key']}"
-            return await handle.execute_update(
-                update, payload, id=update_id, result_type=ActionResult
-            )
-        except WorkflowUpdateFailedError as err:
-            cause = err.cause
-            if not isinstance(cause, ApplicationError):
-                raise problems.rejected(str(cause)) from None
-            if cause.type == "Unauthorized":
-                raise problems.forbidden(cause.message) from None
-            if cause.type == "StorageUnavailable" and not cause.non_retryable:
-                raise problems.unavailable(cause.message) from None
-            raise problems.rejected(cause.message, retryable=not cause.non_retryable) from None
-        except RPCError as err:
-            if err.status == RPCStatusCode.NOT_FOUND:
-                raise problems.not_found(f"no workflow {workflow_id}") from None
-            raise
+        # The update id makes a retry of the same action harmless (Temporal answers it with
+        # the first outcome); the action's name in it lets the unit itself refuse a key
+        # reused for another action. A transient storage failure is such an outcome too, so a
+        # retry that gets it back at once asks the unit again under the next id (the unit's
+        # idempotency key keeps that harmless): a failure of the unit's own now takes its whole
+        # storage retry (over 15 s), an old one comes back in milliseconds.
+        base = f"{update}:{payload['idempotency_key']}"
+        loop = asyncio.get_running_loop()
+        for n in range(MAX_UPDATE_IDS):
+            began = loop.time()
+            try:
+                return await handle.execute_update(
+                    update, payload, id=base if n == 0 else f"{base}:{n}", result_type=ActionResult
+                )
+            except WorkflowUpdateFailedError as err:
+                cause = err.cause
+                stale = loop.time() - began < FRESH_FAILURE_SECONDS
+                if _storage_unavailable(cause) and stale and n < MAX_UPDATE_IDS - 1:
+                    continue
+                raise _problem_of(cause) from None
+            except RPCError as err:
+                if err.status == RPCStatusCode.NOT_FOUND:
+                    raise problems.not_found(f"no workflow {workflow_id}") from None
+                raise
+        raise AssertionError("unreachable")
+
+
+def _storage_unavailable(cause: BaseException | None) -> bool:
+    return (
+        isinstance(cause, ApplicationError)
+        and cause.type == "StorageUnavailable"
+        and not cause.non_retryable
+    )
+
+
+def _problem_of(cause: BaseException | None) -> Problem:
+    """The problem a unit's refusal of an update is (its retryable flag the unit's)."""
+    if not isinstance(cause, ApplicationError):
+        return problems.rejected(str(cause))
+    if cause.type == "Unauthorized":
+        return problems.forbidden(cause.message)
+    if _storage_unavailable(cause):
+        return problems.unavailable(cause.message)
+    return problems.rejected(cause.message, retryable=not cause.non_retryable)
 
 
 async def _raw_body(request: Request) -> bytes:
