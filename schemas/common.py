@@ -87,6 +87,11 @@ class Role(StrEnum):
     DEPARTMENT = "department"
     INTEGRATOR = "integrator"
     CADRE = "cadre"  # a cadre in person: signs its feedback, asks for 复核 (actor.id = cadre_id)
+    # Reading and writing workflow payloads through kaohe's codec (POST /v1/codec/decode and
+    # /encode, kaohe/api/codec.py): no action on any unit. A payload names neither its
+    # campaign nor its unit, so these bindings are namespace-wide (kaohe/access/bindings.py).
+    CODEC_DECODE = "codec_decode"
+    CODEC_ENCODE = "codec_encode"
 
 
 class Actor(Model):

@@ -14,6 +14,11 @@ from schemas.common import Actor, Role
 from schemas.roster import Roster
 
 ALL_UNITS = ""
+# The campaign of a codec binding: every payload of the namespace. A payload carries neither
+# its campaign nor its unit (the UI sends only the namespace), so a codec binding scoped to a
+# campaign would promise what the codec cannot check; no campaign id can be "*".
+EVERY_CAMPAIGN = "*"
+CODEC_ROLES = frozenset({Role.CODEC_DECODE, Role.CODEC_ENCODE})
 
 
 @dataclass(frozen=True)
@@ -30,12 +35,21 @@ class Binding:
         return Actor(id=self.cadre_id or self.principal, role=self.role)
 
     def where(self) -> str:
+        if self.role in CODEC_ROLES:
+            return f"{self.role.value} of every payload (a payload names no campaign)"
         unit = f"unit {self.unit_id}" if self.unit_id else "every unit"
         cadre = f" as cadre {self.cadre_id}" if self.cadre_id else ""
         return f"{self.role.value} of {unit} of {self.campaign_id}{cadre}"
 
 
 def _check(b: Binding) -> None:
+    if (b.role in CODEC_ROLES) != (b.campaign_id == EVERY_CAMPAIGN):
+        raise ValueError(
+            "campaign_id: a codec binding is for every payload (a payload names neither its "
+            "campaign nor its unit), and only a codec binding is"
+        )
+    if b.role in CODEC_ROLES and (b.unit_id or b.cadre_id):
+        raise ValueError("unit_id: a codec binding is for every payload, not one unit's")
     if (b.role == Role.CADRE) != bool(b.cadre_id):
         raise ValueError("cadre_id: a cadre binding names its cadre, and only a cadre's does")
     if b.role == Role.CADRE and not b.unit_id:
@@ -176,6 +190,22 @@ async def bindings_on(
         unit_id,
     )
     return [_binding(r) for r in rows]
+
+
+def codec_binding(principal: str, role: Role) -> Binding:
+    """PRINCIPAL may decode (or encode) workflow payloads through kaohe's codec."""
+    return Binding(EVERY_CAMPAIGN, principal, role)
+
+
+async def codec_roles(conn: asyncpg.Connection, principal: str) -> frozenset[Role]:
+    """The codec roles the principal holds."""
+    rows = await conn.fetch(
+        """SELECT role FROM role_bindings
+           WHERE principal = $1 AND campaign_id = $2 AND unit_id = ''""",
+        principal,
+        EVERY_CAMPAIGN,
+    )
+    return frozenset(Role(r["role"]) for r in rows if r["role"] in CODEC_ROLES)
 
 
 def roster_bindings(roster: Roster) -> list[Binding]:

@@ -49,6 +49,18 @@ class TokenVerifier:
         """The site's identity provider: its JWKS fetched and cached (keys rotate by kid)."""
         return cls(jwks=jwt.PyJWKClient(url, cache_keys=True, lifespan=300), **kwargs)
 
+    def for_audience(self, audience: str, principal_claim: str = "sub") -> TokenVerifier:
+        """The same issuer and keys, for tokens minted for another audience (the codec's
+        login ticket and session cookie, kaohe/api/codec.py): such a token is no bearer
+        token of kaohe's API, and an API token is neither of them."""
+        return TokenVerifier(
+            issuer=self.issuer,
+            audience=audience,
+            jwks=self._jwks,
+            principal_claim=principal_claim,
+            leeway=self._leeway,
+        )
+
     def _key(self, token: str) -> Any:
         if isinstance(self._jwks, jwt.PyJWKClient):
             return self._jwks.get_signing_key_from_jwt(token).key

@@ -9,6 +9,7 @@ from activities.db import create_pool
 from kaohe.access.identity import TokenVerifier
 from kaohe.access.issuer import DevIssuer
 from kaohe.api.app import Api, create_app
+from kaohe.api.codec import CodecAccess, install_codec
 from kaohe.client import connect
 from kaohe.keys import talk_cipher
 from kaohe.settings import Settings
@@ -28,6 +29,14 @@ def verifier_from_settings(settings: Settings) -> tuple[TokenVerifier, DevIssuer
     return TokenVerifier(jwks=jwt.PyJWKSet.from_dict(issuer.jwks()), **common), issuer
 
 
+def codec_access(settings: Settings, issuer: DevIssuer | None) -> CodecAccess:
+    """The codec routes' CORS origins (the dev UI's and KAOHE_CODEC_CORS_ORIGINS) and, on
+    the dev stack (its own issuer), the login that sends the browser to the dev UI."""
+    origins = [*settings.temporal_ui_origins, *settings.codec_cors_origins]
+    ui_url = settings.temporal_ui_origins[0] if issuer is not None else None
+    return CodecAccess(cors_origins=origins, issuer=issuer, ui_url=ui_url)
+
+
 async def serve_api(settings: Settings, database_url: str) -> None:
     verifier, issuer = verifier_from_settings(settings)
     cipher = talk_cipher(settings)  # MissingKeysError before anything connects
@@ -36,6 +45,7 @@ async def serve_api(settings: Settings, database_url: str) -> None:
     try:
         api = Api(client, pool, verifier, cipher)
         app = create_app(api, jwks=issuer.jwks() if issuer else None)
+        install_codec(app, api, codec_access(settings, issuer))
         config = uvicorn.Config(
             app,
             host=settings.api_host,

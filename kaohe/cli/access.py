@@ -14,7 +14,15 @@ import typer
 from rich.table import Table
 
 from kaohe.access import api_keys
-from kaohe.access.bindings import ALL_UNITS, Binding, grant, list_bindings, revoke
+from kaohe.access.bindings import (
+    ALL_UNITS,
+    CODEC_ROLES,
+    EVERY_CAMPAIGN,
+    Binding,
+    grant,
+    list_bindings,
+    revoke,
+)
 from kaohe.access.issuer import DevIssuer
 from kaohe.cli.common import console, fail, run_on_database
 from kaohe.settings import get_settings
@@ -28,7 +36,14 @@ key_app = typer.Typer(help="API keys of integrating systems.", no_args_is_help=T
 access_app.add_typer(key_app, name="key")
 token_app = typer.Typer(help="Bearer tokens of the dev stack's own issuer.", no_args_is_help=True)
 
-Campaign = Annotated[str, typer.Option("--campaign", help="Campaign id.")]
+Campaign = Annotated[
+    str | None,
+    typer.Option(
+        "--campaign",
+        help="Campaign id; required, except for codec_decode and codec_encode, which are for "
+        "every payload (a payload names no campaign) and take none.",
+    ),
+]
 Unit = Annotated[str, typer.Option("--unit", help="Unit id; left out: every unit.")]
 Cadre = Annotated[str, typer.Option("--cadre", help="Role cadre: the cadre id this person is.")]
 
@@ -37,7 +52,16 @@ def _operator() -> str:
     return f"cli:{getpass.getuser()}"
 
 
-def _binding(principal: str, role: Role, campaign: str, unit: str, cadre: str) -> Binding:
+def _binding(principal: str, role: Role, campaign: str | None, unit: str, cadre: str) -> Binding:
+    if role in CODEC_ROLES:
+        if campaign is not None or unit or cadre:
+            raise fail(
+                f"{role.value} is for every payload of the namespace: a payload names neither "
+                "its campaign nor its unit, so leave out --campaign, --unit and --cadre"
+            )
+        return Binding(EVERY_CAMPAIGN, principal, role)
+    if campaign is None:
+        raise fail(f"{role.value}: --campaign is required")
     return Binding(campaign, principal, role, unit, cadre)
 
 
@@ -45,11 +69,12 @@ def _binding(principal: str, role: Role, campaign: str, unit: str, cadre: str) -
 def grant_cmd(
     principal: str,
     role: Role,
-    campaign: Campaign,
+    campaign: Campaign = None,
     unit: Unit = ALL_UNITS,
     cadre: Cadre = "",
 ) -> None:
-    """Give PRINCIPAL (a token subject or a system id) ROLE on a campaign, or on one unit."""
+    """Give PRINCIPAL (a token subject or a system id) ROLE on a campaign, or on one unit
+    (codec_decode, codec_encode: on every payload, through POST /v1/codec/decode, /encode)."""
     b = _binding(principal, role, campaign, unit, cadre)
 
     async def go(conn: asyncpg.Connection) -> bool:
@@ -66,7 +91,7 @@ def grant_cmd(
 def revoke_cmd(
     principal: str,
     role: Role,
-    campaign: Campaign,
+    campaign: Campaign = None,
     unit: Unit = ALL_UNITS,
     cadre: Cadre = "",
 ) -> None:
@@ -94,8 +119,13 @@ def list_cmd(
 
     table = Table("campaign", "unit", "role", "principal", "cadre")
     for b in run_on_database(get_settings(), go):
+        codec = b.role in CODEC_ROLES
         table.add_row(
-            b.campaign_id, b.unit_id or "(every unit)", b.role.value, b.principal, b.cadre_id
+            "(every payload)" if codec else b.campaign_id,
+            "" if codec else b.unit_id or "(every unit)",
+            b.role.value,
+            b.principal,
+            b.cadre_id,
         )
     console.print(table)
 

@@ -1,0 +1,340 @@
+"""The codec in kaohe's API (issue 20 item 7): POST /v1/codec/decode and /encode, each as the
+caller with a binding of its own (codec_decode, codec_encode), audited, on the real stack;
+the dev stack's one-time login link and its HttpOnly cookie; CORS for the UI's origins."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import asyncpg
+import jwt
+import pytest
+import uvicorn
+from google.protobuf import json_format
+from temporalio.api.common.v1 import Payloads
+from temporalio.client import Client
+
+from kaohe.access import api_keys
+from kaohe.access.bindings import EVERY_CAMPAIGN, Binding, codec_binding, grant
+from kaohe.access.identity import TokenVerifier
+from kaohe.access.issuer import DevIssuer
+from kaohe.api.app import Api, create_app
+from kaohe.api.codec import (
+    AUDIT_WORKFLOW,
+    SESSION_COOKIE,
+    CodecAccess,
+    install_codec,
+    login_link,
+)
+from kaohe.listening import free_port
+from schemas.common import Role
+from tests.helpers import TEST_KEY, sample_unit, start_unit
+
+UI_ORIGIN = "http://127.0.0.1:18233"
+
+
+@dataclass
+class CodecApi:
+    url: str
+    issuer: DevIssuer
+
+    def token(self, subject: str, **kwargs: Any) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.issuer.mint(subject, **kwargs)}"}
+
+
+@pytest.fixture(scope="module")
+async def codec_api(client: Client, pool: asyncpg.Pool) -> AsyncIterator[CodecApi]:
+    """kaohe's API as `kaohe dev` serves it: its own issuer, the codec routes, the login."""
+    issuer = DevIssuer.generate()
+    verifier = TokenVerifier(
+        jwks=jwt.PyJWKSet.from_dict(issuer.jwks()), issuer=issuer.issuer, audience="kaohe"
+    )
+    api = Api(client, pool, verifier, TEST_KEY)
+    app = create_app(api, jwks=issuer.jwks())
+    install_codec(app, api, CodecAccess(cors_origins=[UI_ORIGIN], issuer=issuer, ui_url=UI_ORIGIN))
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
+    )
+    task = asyncio.create_task(server.serve())
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.02)
+    try:
+        yield CodecApi(f"http://127.0.0.1:{port}", issuer)
+    finally:
+        server.should_exit = True
+        await task
+
+
+def person() -> str:
+    return f"p-{uuid.uuid4().hex[:8]}"
+
+
+async def bound(pool: asyncpg.Pool, *roles: Role) -> str:
+    who = person()
+    async with pool.acquire() as conn:
+        for role in roles:
+            assert await grant(conn, codec_binding(who, role), "test")
+    return who
+
+
+@pytest.fixture(scope="module")
+async def history_payloads(client: Client, worker: str) -> tuple[list[dict[str, Any]], str]:
+    """The encrypted payloads of a real unit's history, and a text only they hold."""
+    marker = f"单位-{uuid.uuid4().hex[:6]}"
+    unit = sample_unit(name=marker)
+    handle = await start_unit(client, worker, unit, campaign_id="codec-api")
+    history = await handle.fetch_history()
+    started = history.events[0].workflow_execution_started_event_attributes
+    assert started.input.payloads[0].metadata["encoding"] == b"binary/encrypted"
+    assert marker.encode() not in started.input.payloads[0].data
+    found = json.loads(json_format.MessageToJson(Payloads(payloads=started.input.payloads)))
+    return found["payloads"], marker
+
+
+def texts(payloads: list[dict[str, Any]]) -> str:
+    return b"".join(base64.b64decode(p.get("data", "")) for p in payloads).decode()
+
+
+async def audit_rows(pool: asyncpg.Pool, principal: str | None, kind: str) -> list[dict[str, Any]]:
+    rows = await pool.fetch(
+        "SELECT detail FROM audit_log WHERE workflow_id = $1 AND kind = $2",
+        AUDIT_WORKFLOW,
+        kind,
+    )
+    details = [json.loads(r["detail"]) for r in rows]
+    return [d for d in details if d.get("principal") == principal]
+
+
+async def test_decode_needs_credentials_and_the_decode_role(
+    codec_api: CodecApi, pool: asyncpg.Pool, history_payloads: tuple[list[dict[str, Any]], str]
+) -> None:
+    payloads, marker = history_payloads
+    body = {"payloads": payloads}
+    decoder = await bound(pool, Role.CODEC_DECODE)
+    encoder = await bound(pool, Role.CODEC_ENCODE)
+    nobody = person()
+    async with aiohttp.ClientSession() as session:
+        url = f"{codec_api.url}/v1/codec/decode?preserveStorageRefs=true"
+
+        # No credentials: 401, problem+json, an api_refused row.
+        async with session.post(url, json=body) as r:
+            assert r.status == 401
+            assert r.content_type == "application/problem+json"
+            assert r.headers["WWW-Authenticate"].startswith("Bearer")
+            problem = await r.json()
+            assert problem["status"] == 401 and "credentials" in problem["detail"]
+        assert await audit_rows(pool, None, "api_refused")
+        # A wrong token, an API token's scheme missing: 401 too.
+        for headers in ({"Authorization": "Bearer wrong"}, {"Authorization": "x"}):
+            async with session.post(url, json=body, headers=headers) as r:
+                assert r.status == 401, headers
+
+        # A person with no codec role (a department of some campaign, say): 403.
+        async with pool.acquire() as conn:
+            await grant(conn, Binding("codec-api", nobody, Role.DEPARTMENT), "test")
+        async with session.post(url, json=body, headers=codec_api.token(nobody)) as r:
+            assert r.status == 403
+            assert r.content_type == "application/problem+json"
+            detail = (await r.json())["detail"]
+            assert "codec_decode" in detail and marker not in await r.text()
+        [row] = await audit_rows(pool, nobody, "api_refused")
+        assert row["attempted"] == "codec_decode" and row["status"] == 403
+
+        # Encode-only: 403 to decode; it may encode.
+        async with session.post(url, json=body, headers=codec_api.token(encoder)) as r:
+            assert r.status == 403
+            assert "has codec_encode" in (await r.json())["detail"]
+        original = {
+            "metadata": {"encoding": base64.b64encode(b"json/plain").decode()},
+            "data": base64.b64encode(b'"hi"').decode(),
+        }
+        async with session.post(
+            f"{codec_api.url}/v1/codec/encode",
+            json={"payloads": [original]},
+            headers=codec_api.token(encoder),
+        ) as r:
+            assert r.status == 200
+            [encoded] = (await r.json())["payloads"]
+        assert base64.b64decode(encoded["metadata"]["encoding"]) == b"binary/encrypted"
+        # ... and the decoder may not encode.
+        async with session.post(
+            f"{codec_api.url}/v1/codec/encode",
+            json={"payloads": [original]},
+            headers=codec_api.token(decoder),
+        ) as r:
+            assert r.status == 403
+
+        # The decode role: the payloads decoded, the round trip too.
+        headers = {**codec_api.token(decoder), "X-Namespace": "default"}
+        async with session.post(url, json=body, headers=headers) as r:
+            assert r.status == 200, await r.text()
+            decoded = (await r.json())["payloads"]
+        assert len(decoded) == len(payloads) and marker in texts(decoded)
+        async with session.post(url, json={"payloads": [encoded]}, headers=headers) as r:
+            assert (await r.json())["payloads"] == [original]
+
+        # A body that is not Payloads: 422 naming it.
+        async with session.post(url, data=b"not json", headers=headers) as r:
+            assert r.status == 422 and (await r.json())["field"] == "payloads"
+
+    # Audited: who, how, how many; never the content.
+    rows = await audit_rows(pool, decoder, "codec_decode")
+    assert [r["payloads"] for r in rows] == [len(payloads), 1]
+    assert rows[0] == {
+        "principal": decoder,
+        "kind": "person",
+        "via": "bearer",
+        "payloads": len(payloads),
+        "namespace": "default",
+    }
+    assert [r["payloads"] for r in await audit_rows(pool, encoder, "codec_encode")] == [1]
+    everything = await pool.fetchval(
+        "SELECT string_agg(detail::text, ' ') FROM audit_log WHERE workflow_id = $1",
+        AUDIT_WORKFLOW,
+    )
+    assert marker not in everything
+
+
+async def test_a_system_decodes_with_its_api_key(
+    codec_api: CodecApi, pool: asyncpg.Pool, history_payloads: tuple[list[dict[str, Any]], str]
+) -> None:
+    payloads, marker = history_payloads
+    system = await bound(pool, Role.CODEC_DECODE)
+    async with pool.acquire() as conn:
+        key = await api_keys.create_key(conn, system, "test")
+    async with aiohttp.ClientSession() as session:
+        async with session.post(
+            f"{codec_api.url}/v1/codec/decode",
+            json={"payloads": payloads},
+            headers={"X-API-Key": key},
+        ) as r:
+            assert r.status == 200
+            assert marker in texts((await r.json())["payloads"])
+    [row] = await audit_rows(pool, system, "codec_decode")
+    assert row["kind"] == "system" and row["via"] == "api-key"
+
+
+async def test_codec_bindings_are_for_every_payload_and_no_unit() -> None:
+    b = codec_binding("alice", Role.CODEC_DECODE)
+    assert b.campaign_id == EVERY_CAMPAIGN and b.unit_id == ""
+    assert "every payload" in b.where()
+    from kaohe.access.bindings import _check
+
+    for wrong in (
+        Binding("city-2026", "alice", Role.CODEC_DECODE),
+        Binding(EVERY_CAMPAIGN, "alice", Role.CODEC_DECODE, "fgw"),
+        Binding(EVERY_CAMPAIGN, "alice", Role.DEPARTMENT),
+    ):
+        with pytest.raises(ValueError):
+            _check(wrong)
+
+
+async def test_codec_roles_reach_no_unit(
+    codec_api: CodecApi, pool: asyncpg.Pool, client: Client, worker: str
+) -> None:
+    """A codec binding is no role on any unit: status and actions stay refused."""
+    who = await bound(pool, Role.CODEC_DECODE, Role.CODEC_ENCODE)
+    unit = sample_unit()
+    await start_unit(client, worker, unit, campaign_id="codec-api")
+    async with aiohttp.ClientSession() as session:
+        base = f"{codec_api.url}/v1/campaigns/codec-api/units/{unit.unit_id}"
+        async with session.get(f"{base}/status", headers=codec_api.token(who)) as r:
+            assert r.status == 403
+        async with session.post(
+            f"{base}/actions/acknowledge_notice",
+            json={"idempotency_key": "k1"},
+            headers=codec_api.token(who),
+        ) as r:
+            assert r.status == 403
+
+
+async def test_login_link_sets_a_session_cookie_for_the_codec_only(
+    codec_api: CodecApi, pool: asyncpg.Pool, history_payloads: tuple[list[dict[str, Any]], str]
+) -> None:
+    payloads, marker = history_payloads
+    dev = await bound(pool, Role.CODEC_DECODE)
+    link = login_link(codec_api.url, codec_api.issuer, dev, "kaohe")
+    body = {"payloads": payloads}
+    jar = aiohttp.CookieJar(unsafe=True)  # cookies for 127.0.0.1
+    async with aiohttp.ClientSession(cookie_jar=jar) as session:
+        # Without the login the cookie is not there: 401.
+        async with session.post(f"{codec_api.url}/v1/codec/decode", json=body) as r:
+            assert r.status == 401
+        async with session.get(link, allow_redirects=False) as r:
+            assert r.status == 303 and r.headers["Location"] == UI_ORIGIN
+            cookie = r.cookies[SESSION_COOKIE]
+            assert cookie["httponly"] and cookie["samesite"].lower() == "strict"
+            assert cookie["path"] == "/v1/codec"
+            assert r.headers["Cache-Control"] == "no-store"
+        # The browser's request from the UI: the cookie, the UI's origin, no header.
+        headers = {"Origin": UI_ORIGIN, "X-Namespace": "default"}
+        async with session.post(
+            f"{codec_api.url}/v1/codec/decode", json=body, headers=headers
+        ) as r:
+            assert r.status == 200
+            assert r.headers["Access-Control-Allow-Origin"] == UI_ORIGIN
+            assert r.headers["Access-Control-Allow-Credentials"] == "true"
+            assert marker in texts((await r.json())["payloads"])
+        # The ticket is good once.
+        async with session.get(link, allow_redirects=False) as r:
+            assert r.status == 401 and "used already" in (await r.json())["detail"]
+        # The cookie is no bearer token of the API, nor a ticket.
+        session_token = cookie.value
+        async with session.get(
+            f"{codec_api.url}/v1/units/kaohe-x-y",
+            headers={"Authorization": f"Bearer {session_token}"},
+        ) as r:
+            assert r.status == 401
+        async with session.get(
+            f"{codec_api.url}/v1/codec/login?ticket={session_token}", allow_redirects=False
+        ) as r:
+            assert r.status == 401
+        # Logging out forgets it.
+        async with session.post(f"{codec_api.url}/v1/codec/logout") as r:
+            assert r.status == 204
+        async with session.post(f"{codec_api.url}/v1/codec/decode", json=body) as r:
+            assert r.status == 401
+    [row] = await audit_rows(pool, dev, "codec_decode")
+    assert row["via"] == "session"
+    assert len(await audit_rows(pool, dev, "codec_login")) == 1
+
+    # An API bearer token is no login ticket either.
+    async with aiohttp.ClientSession() as session:
+        ticket = codec_api.issuer.mint(dev)
+        async with session.get(
+            f"{codec_api.url}/v1/codec/login?ticket={ticket}", allow_redirects=False
+        ) as r:
+            assert r.status == 401 and SESSION_COOKIE not in r.cookies
+
+
+async def test_cors_for_the_ui_origins_only(codec_api: CodecApi) -> None:
+    preflight = {
+        "Access-Control-Request-Method": "POST",
+        "Access-Control-Request-Headers": "content-type,x-namespace",
+    }
+    async with aiohttp.ClientSession() as session:
+        url = f"{codec_api.url}/v1/codec/decode"
+        async with session.options(url, headers={**preflight, "Origin": UI_ORIGIN}) as r:
+            assert r.status == 204
+            assert r.headers["Access-Control-Allow-Origin"] == UI_ORIGIN
+            assert r.headers["Access-Control-Allow-Credentials"] == "true"
+            allowed = r.headers["Access-Control-Allow-Headers"].lower()
+            assert "content-type" in allowed and "x-namespace" in allowed
+        for origin in ("http://evil.example", "http://127.0.0.1:18234"):
+            async with session.options(url, headers={**preflight, "Origin": origin}) as r:
+                assert r.status == 403 and "Access-Control-Allow-Origin" not in r.headers
+            async with session.post(url, json={"payloads": []}, headers={"Origin": origin}) as r:
+                assert r.status == 401 and "Access-Control-Allow-Origin" not in r.headers
+        # The rest of the API sends no CORS headers at all.
+        async with session.get(f"{codec_api.url}/healthz", headers={"Origin": UI_ORIGIN}) as r:
+            assert "Access-Control-Allow-Origin" not in r.headers
