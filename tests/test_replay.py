@@ -14,7 +14,7 @@ from temporalio.worker import Replayer
 from kaohe.assertions import Keyring
 from kaohe.client import data_converter
 from kaohe.interceptors import Assertions
-from kaohe.sim.simulate import TokenSource
+from kaohe.sim.simulate import TalkStore, TokenSource
 from tests.conftest import Stack
 from tests.helpers import TEST_ASSERTION_KEYS
 from tests.record_histories import (
@@ -68,9 +68,9 @@ async def test_recorded_history_replays(path: Path) -> None:
 
 
 async def test_fresh_histories_replay(
-    stack: Stack, client: Client, worker: str, tokens: TokenSource
+    stack: Stack, client: Client, worker: str, tokens: TokenSource, talks: TalkStore
 ) -> None:
-    histories = await record_paths(client, worker, tokens, stack.database_url)
+    histories = await record_paths(client, worker, tokens, talks, stack.database_url)
     for history in histories.values():
         result = await replayer(data_converter(stack.settings)).replay_workflow(history)
         assert result.replay_failure is None
