@@ -295,7 +295,8 @@ async def store_batch(
     inserted = await conn.fetchval(
         """INSERT INTO ballot_batches
                (workflow_id, batch_id, ballots, sheets, checksum, source, registered_at)
-           VALUES ($1, $2, $3, $4, $5, $6, CASE WHEN $6 = 'update' THEN now() END)
+           VALUES ($1, $2, $3, $4, $5, $6,
+                   CASE WHEN $6 = 'update' THEN date_trunc('day', now()) END)
            ON CONFLICT DO NOTHING RETURNING true""",
         workflow_id,
         batch.batch_id,
@@ -378,7 +379,7 @@ async def verify_batch(
     duplicate = row["registered_at"] is not None
     if not duplicate:
         await conn.execute(
-            "UPDATE ballot_batches SET registered_at = now() "
+            "UPDATE ballot_batches SET registered_at = date_trunc('day', now()) "
             "WHERE workflow_id = $1 AND batch_id = $2",
             workflow_id,
             action.batch_id,

@@ -1,5 +1,6 @@
-"""Ballot activities: sheets by update, batches from the bulk import, counts (the SQL is in
-activities/ballot_store.py).
+"""Ballot activities: pool batches and imported batches registered, the pool closed, counts
+(the SQL is in activities/ballot_store.py and activities/ballot_pool.py). No sheet reaches
+them: the unit names a batch by id, count and checksum.
 
 The workflow calls them as local activities. A batch that cannot be taken raises a
 non-retryable ApplicationError of type "BallotRejected" whose message names the field (e.g.
@@ -15,25 +16,31 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.audit_log import log_event, write_audit
+from activities.ballot_pool import (
+    POOL_BATCH_PREFIX,
+    flush_pool,
+    rewrite_spent_tokens,
+    unregistered_pool_batches,
+)
 from activities.ballot_store import (
     BallotRejected,
     count_overall,
-    prepare_batch,
     receipt_detail,
-    store_batch,
     verify_batch,
 )
 from activities.metrics import BALLOT_SHEETS_INGESTED, BALLOTS_INGESTED
-from schemas.messages import RecordBallots, RegisterBallotBatch
+from schemas.common import Actor, Role
+from schemas.messages import RegisterBallotBatch
 from schemas.workflow_io import (
     BallotBatchCheck,
     BallotBatchReceipt,
     BallotCounts,
-    BallotSheetsRecord,
     UnitRef,
 )
 
 BALLOT_REJECTED = "BallotRejected"
+# Who registers what the pool still held when the evaluation closed: the unit itself.
+POOL_CLOSER = Actor(id="evaluation-close", role=Role.INTEGRATOR)
 
 
 def _rejected(ref: UnitRef, batch_id: str, err: BallotRejected) -> ApplicationError:
@@ -46,34 +53,21 @@ class BallotActivities:
         self._pool = pool
 
     @activity.defn
-    async def save_ballot_sheets(self, rec: BallotSheetsRecord) -> BallotBatchReceipt:
-        """record_ballots: checks and uses the tokens, stores the marks and the batch, all or
-        nothing; the same batch again is a duplicate, another with the same id a rejection."""
-        batch = prepare_batch(rec.action.batch_id, rec.action.sheets)
-
-        # The planned counts come from unit_rater_groups, which register_unit filled.
-        async def store(conn: asyncpg.Connection) -> BallotBatchReceipt:
-            return await store_batch(conn, rec.ref.workflow_id, batch, "update")
-
-        return await self._take(
-            rec.ref, rec.action, batch.sheets, "update", "ballots_recorded", store
-        )
-
-    @activity.defn
     async def verify_ballot_batch(self, rec: BallotBatchCheck) -> BallotBatchReceipt:
         """register_ballot_batch: the import stored the batch; confirm it is as announced."""
 
         async def verify(conn: asyncpg.Connection) -> BallotBatchReceipt:
             return await verify_batch(conn, rec.ref.workflow_id, rec.action)
 
+        source = "pool" if rec.action.batch_id.startswith(POOL_BATCH_PREFIX) else "import"
         return await self._take(
-            rec.ref, rec.action, rec.action.sheets, "import", "ballots_registered", verify
+            rec.ref, rec.action, rec.action.sheets, source, "ballots_registered", verify
         )
 
     async def _take(
         self,
         ref: UnitRef,
-        a: RecordBallots | RegisterBallotBatch,
+        a: RegisterBallotBatch,
         sheets: int,
         source: str,
         kind: str,
@@ -97,13 +91,38 @@ class BallotActivities:
         _count_ingested(receipt, sheets, source)
         log_event(
             ref,
-            "ballot batch stored" if source == "update" else "imported ballot batch registered",
+            f"{source} ballot batch registered",
             batch_id=a.batch_id,
             ballots=receipt.count,
             sheets=sheets,
             duplicate=receipt.duplicate,
         )
         return receipt
+
+    @activity.defn
+    async def close_ballot_pool(self, ref: UnitRef) -> list[BallotBatchReceipt]:
+        """The evaluation closes: no sheet is pooled after this, the pooled ones are counted
+        (one batch per rater group, however few), and every pool batch the unit was not told
+        of yet is registered and returned for it to count (activities/ballot_pool.py)."""
+        async with self._pool.acquire() as conn:
+            async with conn.transaction():
+                await flush_pool(conn, ref.workflow_id, min_sheets=1, closing=True)
+                receipts = await unregistered_pool_batches(conn, ref.workflow_id)
+                for receipt in receipts:
+                    await write_audit(
+                        conn,
+                        ref,
+                        f"ballots:{receipt.batch_id}",
+                        "ballots_registered",
+                        POOL_CLOSER,
+                        receipt_detail(receipt, "pool"),
+                    )
+            async with conn.transaction():
+                await rewrite_spent_tokens(conn, ref.workflow_id)
+        for receipt in receipts:
+            _count_ingested(receipt, sum(receipt.sheets_by_group.values()), "pool")
+        log_event(ref, "ballot pool closed", batches=len(receipts))
+        return receipts
 
     @activity.defn
     async def count_ballots(self, ref: UnitRef) -> BallotCounts:

@@ -47,12 +47,10 @@ def parser() -> argparse.ArgumentParser:
     unit.add_argument("--floor-concurrency", type=_positive, default=20)
     unit.add_argument("--floor-warmup", type=_non_negative, default=10)
 
-    ballots = sub.add_parser(
-        "ballots", help="bulk import vs raw COPY, record_ballots updates vs bare updates"
-    )
+    ballots = sub.add_parser("ballots", help="bulk import vs raw COPY, the median of three runs")
     ballots.add_argument("--n", type=_positive, default=100_000, help="ballots per path")
     ballots.add_argument("--cadres", type=_positive, default=4, help="cadres per unit")
-    ballots.add_argument("--batch-size", type=_positive, default=500, help="ballots per update")
+    ballots.add_argument("--runs", type=_positive, default=3, help="runs, each on a fresh unit")
 
     chaos = sub.add_parser(
         "chaos", help="a campaign through worker kills and server crashes vs undisturbed"
@@ -83,7 +81,15 @@ def parser() -> argparse.ArgumentParser:
     api.add_argument("--updates", type=_positive, default=300, help="actions of each")
     api.add_argument("--warmup", type=_non_negative, default=20, help="untimed of each first")
 
-    for each in (floor, unit, ballots, chaos, campaign, latency, idle, api):
+    vote = sub.add_parser(
+        "vote", help="raters through the voting page's POST /v1/vote vs a bare INSERT endpoint"
+    )
+    vote.add_argument("--meetings", type=_positive, default=20, help="units, one client each")
+    vote.add_argument("--raters", type=_positive, default=100, help="raters per meeting")
+    vote.add_argument("--cadres", type=_positive, default=5, help="cadres per meeting")
+    vote.add_argument("--rounds", type=_positive, default=10, help="vote/bare slices, alternated")
+
+    for each in (floor, unit, ballots, chaos, campaign, latency, idle, api, vote):
         each.add_argument(
             "--keep", action="store_true", help="keep the temp dir (data and logs) afterwards"
         )

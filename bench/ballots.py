@@ -6,20 +6,17 @@ On a private stack, with units in their evaluation whose rater groups plan enoug
     table shaped like `ballot_marks` (same columns, checks and index);
 (b) bulk path: `kaohe.ingest.ballot_io.import_ballots` end to end on a CSV of the same sheets
     (written first, untimed): parse, check, tokens, COPY, the register_ballot_batch update;
-(c) update path: the same number of ballots on another unit through `record_ballots`
-    updates of at most `--batch-size` ballots (each sheet: a team ballot and one per cadre);
-(d) bare updates: as many execute_update calls as (c) made, to BenchEcho's no-op update,
-    empty, and (d') carrying the very batches (c) sent: the floor of an update that size.
+each `--runs` times on a fresh unit. Sheets sent one by one (a rater's page, a ballot
+system) are `python -m bench vote`'s; none goes through a workflow any more.
 
-Ratios, last: bulk rows/s over raw COPY rows/s (goal >= 0.5), and update path time over
-bare updates time for the same number of calls (goal <= 2; the last line uses the
-same-size floor (d')).
+The ratio, last: bulk rows/s over raw COPY rows/s, the median of the runs (goal >= 0.5).
 """
 
 from __future__ import annotations
 
 import math
 import random
+import statistics
 import tempfile
 import time
 from dataclasses import dataclass
@@ -27,17 +24,15 @@ from pathlib import Path
 from typing import Any
 
 from bench import measure, report
-from bench.floor import EchoWorkflow, floor_worker
 from bench.stack import BenchStack, private_stack
 from domain.ballots import sheet_marks
 from kaohe.ingest.ballot_csv import write_ballot_csv
 from kaohe.ingest.ballot_io import import_ballots, issue_tokens, token_source
-from kaohe.sim.simulate import BALLOT_SYSTEM, batches_of, drive_unit, sheet_for, simulated_unit
+from kaohe.sim.simulate import drive_unit, sheet_for, simulated_unit
 from schemas.common import Stage
-from schemas.messages import BallotSheet, RecordBallots
+from schemas.messages import BallotSheet
 from schemas.policy import Policy
 from schemas.roster import UnitSpec
-from workflows.unit import UnitAssessment
 
 SCRATCH = "bench_raw_marks"
 
@@ -100,67 +95,6 @@ async def raw_copy(stack: BenchStack, workflow_id: str, sheets: list[BallotSheet
     return Timed(seconds, len(records))
 
 
-@dataclass
-class UpdatePath:
-    timed: Timed
-    calls: int
-    samples: list[float]
-    payloads: list[RecordBallots]
-
-
-async def update_path(
-    stack: BenchStack, workflow_id: str, sheets: list[BallotSheet], batch_size: int
-) -> UpdatePath:
-    handle = stack.client.get_workflow_handle_for(UnitAssessment.run, workflow_id)
-    batches = batches_of(sheets, batch_size)
-    rows = sum(len(sheet_marks(s)) for s in sheets)
-    samples: list[float] = []
-    await measure.settle(stack)
-    t0 = time.perf_counter()
-    for n, batch in enumerate(batches):
-        t1 = time.perf_counter()
-        result = await handle.execute_update(
-            UnitAssessment.record_ballots,
-            RecordBallots(
-                idempotency_key=f"bench-{n}", actor=BALLOT_SYSTEM, batch_id=f"b{n}", sheets=batch
-            ),
-        )
-        samples.append(time.perf_counter() - t1)
-        if not result.accepted:
-            raise RuntimeError(f"batch {n}: {result.message}")
-    seconds = time.perf_counter() - t0
-    payloads = [
-        RecordBallots(
-            idempotency_key=f"bench-{n}", actor=BALLOT_SYSTEM, batch_id=f"b{n}", sheets=batch
-        )
-        for n, batch in enumerate(batches)
-    ]
-    return UpdatePath(Timed(seconds, rows), len(batches), samples, payloads)
-
-
-async def bare_updates(stack: BenchStack, calls: int, payloads: list[Any] | None = None) -> float:
-    """`calls` updates to a no-op handler: empty ones, or carrying `payloads` (the same
-    batches the update path sent, so transport, encryption and decoding cost the same)."""
-    task_queue = stack.task_queue("echo")
-    async with floor_worker(stack, task_queue):
-        handle = await stack.client.start_workflow(
-            EchoWorkflow.run, id=f"bench-echo-{stack.run_id}", task_queue=task_queue
-        )
-        for i in range(10):  # warm-up
-            await handle.execute_update(EchoWorkflow.ping, i)
-        await measure.settle(stack)
-        t0 = time.perf_counter()
-        for i in range(calls):
-            if payloads is None:
-                await handle.execute_update(EchoWorkflow.ping, i)
-            else:
-                await handle.execute_update(EchoWorkflow.carry, payloads[i])
-        seconds = time.perf_counter() - t0
-        await handle.signal(EchoWorkflow.finish)
-        await handle.result()
-    return seconds
-
-
 async def close_evaluation(stack: BenchStack, workflow_id: str) -> float:
     """close_evaluation: count_ballots (SQL GROUP BY over every mark) and the tallies."""
     handle = stack.client.get_workflow_handle(workflow_id)
@@ -177,97 +111,67 @@ async def close_evaluation(stack: BenchStack, workflow_id: str) -> float:
     return time.perf_counter() - t0
 
 
-async def main(*, n: int, cadres: int, batch_size: int, keep: bool) -> int:
+async def one_run(
+    stack: BenchStack, task_queue: str, campaign: str, run: int, cadres: int, sheets_needed: int
+) -> tuple[Timed, Timed, Any, list[tuple[str, str]], float, int]:
+    """(a) and (b) on a fresh unit: raw COPY of its sheets' marks, then their import."""
+    unit = bench_unit(f"bulk{run}", cadres, sheets_needed)
+    wf, sheets = await unit_in_evaluation(stack, task_queue, campaign, unit, sheets_needed, run)
+    raw = await raw_copy(stack, wf, sheets)
+    with tempfile.TemporaryDirectory(dir=stack.root) as tmp:
+        path = Path(tmp) / "ballots.csv"
+        write_ballot_csv(path, [(str(i), s) for i, s in enumerate(sheets)])
+        size = path.stat().st_size
+        await measure.settle(stack)
+        cpu_before = measure.cpu_snapshot(stack)
+        t0 = time.perf_counter()
+        imported = await import_ballots(stack.client, stack.pool, path, campaign, unit.unit_id)
+        seconds = time.perf_counter() - t0
+        cpu = measure.cpu_rows(cpu_before, measure.cpu_snapshot(stack), seconds)
+    close_seconds = await close_evaluation(stack, wf)
+    return raw, Timed(seconds, imported.rows), imported, cpu, close_seconds, size
+
+
+async def main(*, n: int, cadres: int, runs: int, keep: bool) -> int:
     per_sheet = 1 + cadres
     sheets_needed = math.ceil(n / per_sheet)
+    ratios: list[float] = []
     async with private_stack(keep) as stack:
         task_queue = stack.task_queue("kaohe")
         campaign = f"bench-{stack.run_id}"
         report.console.print(
             f"ballots: {sheets_needed} sheets of {per_sheet} ballots "
-            f"(a team ballot and {cadres} cadres) = {sheets_needed * per_sheet} ballots per path"
+            f"(a team ballot and {cadres} cadres) = {sheets_needed * per_sheet} ballots, "
+            f"{runs} runs"
         )
         async with stack.kaohe_worker(task_queue):
-            bulk_wf, bulk_sheets = await unit_in_evaluation(
-                stack,
-                task_queue,
-                campaign,
-                bench_unit("bulk", cadres, sheets_needed),
-                sheets_needed,
-                1,
-            )
-            raw = await raw_copy(stack, bulk_wf, bulk_sheets)
-            with tempfile.TemporaryDirectory(dir=stack.root) as tmp:
-                path = Path(tmp) / "ballots.csv"
-                write_ballot_csv(path, [(str(i), s) for i, s in enumerate(bulk_sheets)])
-                size = path.stat().st_size
-                await measure.settle(stack)
-                cpu_before = measure.cpu_snapshot(stack)
-                t0 = time.perf_counter()
-                imported = await import_ballots(stack.client, stack.pool, path, campaign, "bulk")
-                bulk_seconds = time.perf_counter() - t0
-                bulk_cpu = measure.cpu_rows(cpu_before, measure.cpu_snapshot(stack), bulk_seconds)
-            bulk = Timed(bulk_seconds, imported.rows)
-            close_seconds = await close_evaluation(stack, bulk_wf)
-
-            upd_wf, upd_sheets = await unit_in_evaluation(
-                stack,
-                task_queue,
-                campaign,
-                bench_unit("upd", cadres, sheets_needed),
-                sheets_needed,
-                2,
-            )
-            updates = await update_path(stack, upd_wf, upd_sheets, batch_size)
-        bare = await bare_updates(stack, updates.calls)
-        carried = await bare_updates(stack, updates.calls, updates.payloads)
-
-        phases = ", ".join(f"{k} {v:.2f} s" for k, v in imported.seconds.items())
-        rows: list[tuple[str, str]] = [
-            (
-                "ballots / sheets / mark rows",
-                f"{imported.ballots} / {imported.sheets} / {imported.rows}",
-            ),
-            ("CSV size", f"{size / 1e6:.1f} MB"),
-            ("(a) raw COPY", f"{raw.seconds:.2f} s, {raw.rows_per_s:,.0f} rows/s"),
-            ("(b) bulk import", f"{bulk.seconds:.2f} s, {bulk.rows_per_s:,.0f} rows/s"),
-            ("    phases", phases),
-            *[(f"    {name}", value) for name, value in bulk_cpu],
-            ("close_evaluation (SQL tallies)", f"{close_seconds * 1000:.0f} ms"),
-            (
-                f"(c) update path ({updates.calls} updates of <= {batch_size} ballots)",
-                f"{updates.timed.seconds:.2f} s, {updates.timed.rows_per_s:,.0f} rows/s",
-            ),
-            (
-                "    per update p50 / p99",
-                f"{report.ms(measure.percentile(updates.samples, 50))} / "
-                f"{report.ms(measure.percentile(updates.samples, 99))}",
-            ),
-            (
-                f"(d) bare updates ({updates.calls}), empty",
-                f"{bare:.2f} s, {measure.ratio(bare, updates.calls) * 1000:.1f} ms each",
-            ),
-            (
-                f"(d') bare updates ({updates.calls}) carrying the same batches",
-                f"{carried:.2f} s, {measure.ratio(carried, updates.calls) * 1000:.1f} ms each",
-            ),
-        ]
-        report.console.print(
-            report.figures_table("ballots: bulk import and updates vs their floors", rows)
-        )
-        _, phases = await measure.history_breakdown([stack.client.get_workflow_handle(upd_wf)])
-        report.console.print(
-            report.phases_table("(c) update path unit, server-side (history timestamps)", phases)
-        )
+            for run in range(1, runs + 1):
+                raw, bulk, imported, cpu, close_seconds, size = await one_run(
+                    stack, task_queue, campaign, run, cadres, sheets_needed
+                )
+                ratios.append(measure.ratio(bulk.rows_per_s, raw.rows_per_s))
+                phases = ", ".join(f"{k} {v:.2f} s" for k, v in imported.seconds.items())
+                rows: list[tuple[str, str]] = [
+                    (
+                        "ballots / sheets / mark rows",
+                        f"{imported.ballots} / {imported.sheets} / {imported.rows}",
+                    ),
+                    ("CSV size", f"{size / 1e6:.1f} MB"),
+                    ("(a) raw COPY", f"{raw.seconds:.2f} s, {raw.rows_per_s:,.0f} rows/s"),
+                    ("(b) bulk import", f"{bulk.seconds:.2f} s, {bulk.rows_per_s:,.0f} rows/s"),
+                    ("    phases", phases),
+                    *[(f"    {name}", value) for name, value in cpu],
+                    (
+                        "close_evaluation (pool closed, SQL tallies)",
+                        f"{close_seconds * 1000:.0f} ms",
+                    ),
+                    ("bulk / raw COPY", f"{ratios[-1]:.2f}"),
+                ]
+                report.console.print(
+                    report.figures_table(f"ballots, run {run}: bulk import vs raw COPY", rows)
+                )
         report.console.print(report.log_summary(stack))
     report.print_ratio_line(
-        "bulk rows/s / raw COPY rows/s", measure.ratio(bulk.rows_per_s, raw.rows_per_s)
-    )
-    report.print_ratio_line(
-        "update path time / empty bare updates time", measure.ratio(updates.timed.seconds, bare)
-    )
-    report.print_ratio_line(
-        "update path time / bare updates of the same batches time",
-        measure.ratio(updates.timed.seconds, carried),
+        f"bulk rows/s / raw COPY rows/s, median of {runs} runs", statistics.median(ratios)
     )
     return 0

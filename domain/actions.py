@@ -85,14 +85,6 @@ ACTIONS: dict[str, ActionRule] = dict(
         _row("acknowledge_notice", m.AcknowledgeNotice, {Stage.NOTICE}, _OUTSIDE | _DEPARTMENT),
         _row("submit_report", m.SubmitReport, {Stage.REPORT_BACK}, _OUTSIDE, c.check_submit_report),
         _row(
-            "record_ballots",
-            m.RecordBallots,
-            {Stage.EVALUATION},
-            _BALLOTS,
-            c.check_record_ballots,
-            c.check_sheets,
-        ),
-        _row(
             "register_ballot_batch",
             m.RegisterBallotBatch,
             {Stage.EVALUATION},

@@ -9,7 +9,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from domain.ballots import batch_problems
 from domain.calendar import CalendarUnavailableError, WorkCalendar, end_of_day, shanghai_date
 from domain.rules import proposal_violations
 from domain.stages import CLOSABLE_EARLY
@@ -26,7 +25,6 @@ from schemas.messages import (
     PauseUnit,
     ProposeGrades,
     RaiseObjection,
-    RecordBallots,
     RecordFollowUp,
     RecordTalk,
     RegisterBallotBatch,
@@ -36,8 +34,6 @@ from schemas.messages import (
     SubmitReport,
 )
 from schemas.workflow_io import UnitInput
-
-MAX_PROBLEMS_SHOWN = 20
 
 
 class ActionRejected(ValueError):
@@ -100,32 +96,7 @@ def check_submit_report(u: UnitInput, s: UnitState, a: SubmitReport, at: Moment)
         )
 
 
-def check_record_ballots(u: UnitInput, s: UnitState, a: RecordBallots, at: Moment) -> None:
-    check_new_batch(u, s, a, at)
-    if a.ballots:
-        raise ActionRejected("ballots: flat ballots without tokens are not accepted; send sheets")
-    size_mb = at.history_bytes / 1_000_000
-    limit_mb = u.policy.ballots.update_history_limit_mb
-    if size_mb > limit_mb:
-        raise ActionRejected(
-            f"sheets: the unit's history holds {size_mb:.1f} MB, past the policy's "
-            f"{limit_mb:g} MB for ballots sent by update; import the remaining ballots "
-            "with `kaohe ballots import` (they go to PostgreSQL, not into the history)"
-        )
-
-
-def check_sheets(u: UnitInput, s: UnitState, a: RecordBallots, at: Moment) -> None:
-    problems = batch_problems(a.sheets, u.unit, u.policy.ballots)
-    if problems:
-        more = len(problems) - MAX_PROBLEMS_SHOWN
-        raise ActionRejected(
-            "; ".join(problems[:MAX_PROBLEMS_SHOWN]) + (f"; and {more} more" if more > 0 else "")
-        )
-
-
-def check_new_batch(
-    u: UnitInput, s: UnitState, a: RecordBallots | RegisterBallotBatch, at: Moment
-) -> None:
+def check_new_batch(u: UnitInput, s: UnitState, a: RegisterBallotBatch, at: Moment) -> None:
     if a.batch_id in s.batches:
         raise ActionRejected(f"batch_id: batch {a.batch_id!r} was already recorded")
 

@@ -16,6 +16,7 @@ from schemas.status import (
     GradingProgress,
     ReportProgress,
     TalkProgress,
+    TargetTally,
     UnitStatus,
 )
 from schemas.workflow_io import UnitInput
@@ -52,6 +53,19 @@ def talk_plan_met(u: UnitInput, s: UnitState) -> bool:
     if plan is None:
         return len(s.talks) >= u.unit.talks_planned
     return all(s.talk_roles.get(role, 0) >= n for role, n in plan.items())
+
+
+def shown_tallies(u: UnitInput, s: UnitState) -> list[TargetTally]:
+    """The tallies as status shows them: none before the evaluation closes, and no count by
+    rater group at all when a group returned fewer sheets than the policy's
+    ballots.anonymity_min_sheets (with one group hidden, the others' counts and the totals
+    would give its away)."""
+    if not s.evaluation_closed:
+        return []
+    k = u.policy.ballots.anonymity_min_sheets
+    if all(s.group_sheets.get(g.group_id, 0) >= k for g in u.rater_groups):
+        return s.tallies
+    return [t.model_copy(update={"by_group": {}}) for t in s.tallies]
 
 
 def suggested_grades(u: UnitInput, s: UnitState) -> dict[str, str]:
@@ -104,7 +118,7 @@ def unit_status(workflow_id: str, u: UnitInput, s: UnitState, now: dt.datetime) 
             closed=s.evaluation_closed,
             close_reason=s.evaluation_close_reason,
             participation=group_participation(u.rater_groups, s.group_sheets),
-            tallies=s.tallies,
+            tallies=shown_tallies(u, s),
             flags=s.flags,
         ),
         talks=TalkProgress(

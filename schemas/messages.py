@@ -11,7 +11,6 @@ from pydantic import Field, StringConstraints, ValidationInfo, field_validator, 
 from schemas.common import (
     Action,
     CadreGrade,
-    CadreOverall,
     Identifier,
     LongText,
     Model,
@@ -21,7 +20,6 @@ from schemas.common import (
     TeamGrade,
 )
 
-MAX_BALLOTS_PER_BATCH = 500
 MAX_SHEETS_PER_BATCH = 500
 MAX_TALK_CHARS = 20_000
 MAX_CADRES = 200  # a unit's cadres (schemas.roster.UnitSpec)
@@ -67,32 +65,6 @@ class SubmitReport(Action):
             raise ValueError("cadre_id must be empty when kind is 'team'")
         if (self.text is None) == (self.file is None):
             raise ValueError("text: give the report as text or as a file reference (file)")
-        return self
-
-
-class Ballot(Model):
-    """Legacy flat ballot (no token), kept so units started before ballot sheets replay.
-
-    New units refuse it: send `sheets` instead.
-    """
-
-    target_kind: Literal["team", "cadre"]
-    target_id: Identifier | None = Field(default=None, description="The cadre; empty for team.")
-    rater_group: Identifier = Field(description="票类, e.g. A (leaders), B, C.")
-    overall: Option
-
-    @model_validator(mode="after")
-    def _option_in_set(self) -> Ballot:
-        if self.target_kind == "team":
-            if self.target_id is not None:
-                raise ValueError("target_id must be empty for a team ballot")
-            allowed = [g.value for g in TeamGrade]
-        else:
-            if self.target_id is None:
-                raise ValueError("target_id is required for a cadre ballot")
-            allowed = [o.value for o in CadreOverall]
-        if self.overall not in allowed:
-            raise ValueError(f"overall {self.overall!r} is not one of {allowed}")
         return self
 
 
@@ -147,32 +119,9 @@ class BallotSheet(Model):
         )
 
 
-class RecordBallots(Action):
-    """A batch of ballot sheets; all-or-nothing, idempotent by batch_id."""
-
-    batch_id: Identifier
-    sheets: list[BallotSheet] = Field(default_factory=list, max_length=MAX_SHEETS_PER_BATCH)
-    ballots: list[Ballot] = Field(
-        default_factory=list,
-        max_length=MAX_BALLOTS_PER_BATCH,
-        description="Legacy flat ballots; refused by units started with ballot sheets.",
-    )
-
-    @model_validator(mode="after")
-    def _one_form(self) -> RecordBallots:
-        if bool(self.sheets) == bool(self.ballots):
-            raise ValueError("sheets: give the batch's ballot sheets (and no legacy ballots)")
-        total = sum(s.ballot_count() for s in self.sheets)
-        if total > MAX_BALLOTS_PER_BATCH:
-            raise ValueError(
-                f"sheets: {total} ballots in one batch; at most {MAX_BALLOTS_PER_BATCH} "
-                "(split the batch, or use `kaohe ballots import`)"
-            )
-        return self
-
-
 class RegisterBallotBatch(Action):
-    """The bulk path: ballots already COPYed into PostgreSQL by `kaohe ballots import`."""
+    """A batch of sheets already in PostgreSQL (a ballot pool batch, or one COPYed by `kaohe
+    ballots import`), by id, count and checksum: the unit never holds a sheet or a token."""
 
     batch_id: Identifier
     ballots: int = Field(ge=1)

@@ -97,13 +97,15 @@ class BallotPolicy(Model):
     )
     # Local systems require every item to be filled before a sheet is accepted.
     items_mandatory: bool = True
-    update_history_limit_mb: float = Field(
-        default=32,
-        gt=0,
+    anonymity_min_sheets: int = Field(
+        default=5,
+        ge=2,
+        le=100,
         description=(
-            "record_ballots batches travel in the unit's workflow history (about 100 KB per "
-            "500 ballots) and Temporal ends a workflow whose history passes 50 MB: past this "
-            "size, batches are refused and go through `kaohe ballots import` instead."
+            "无记名 holds only among enough raters: a rater group's sheets are counted in "
+            "batches of at least this many (or all that are left, once its tokens are spent "
+            "or the evaluation closes), and a group's results are shown or exported only "
+            "once the evaluation is closed and at least this many of its sheets came back."
         ),
     )
 

@@ -14,7 +14,6 @@ from schemas.messages import (
     CloseFollowUp,
     ProposeGrades,
     RaiseObjection,
-    RecordBallots,
     RecordFollowUp,
     RecordTalk,
     RegisterBallotBatch,
@@ -174,14 +173,6 @@ class BallotBatchReceipt(Model):
     duplicate: bool
     # Sheets of this batch per rater group (the token tells the group).
     sheets_by_group: dict[str, int] = Field(default_factory=dict)
-
-
-class BallotSheetsRecord(Model):
-    """record_ballots with sheets: tokens checked and marked used, marks stored, at once.
-    The planned counts come from unit_rater_groups, stored by register_unit."""
-
-    ref: UnitRef
-    action: RecordBallots
 
 
 class BallotBatchCheck(Model):

@@ -11,7 +11,10 @@ from temporalio.client import Client, WorkflowHandle
 
 from activities.talk_cipher import TalkCipher
 from domain.calendar import campaign_years, with_package_years
+from kaohe.ballot_intake import BallotIntake, Intake, SheetsRefused, submission_key
+from kaohe.ingest.ballot_io import TokenSource
 from kaohe.sim.simulate import simulated_unit
+from schemas.messages import BallotSheet
 from schemas.policy import DemoClock, Policy
 from schemas.roster import UnitSpec
 from schemas.workflow_io import UnitInput
@@ -58,3 +61,22 @@ async def start_unit(
         id=f"kaohe-{campaign_id}-{unit.unit_id}",
         task_queue=task_queue,
     )
+
+
+async def cast(
+    client: Client, tokens: TokenSource, workflow_id: str, sheets: list[BallotSheet]
+) -> Intake:
+    """Sheets as kaohe's API takes them from a ballot system: pooled, counted by batch."""
+    key = submission_key("test", uuid.uuid4().hex)
+    return await BallotIntake(client, tokens.pool).submit(workflow_id, sheets, key)
+
+
+async def refused(
+    client: Client, tokens: TokenSource, workflow_id: str, sheets: list[BallotSheet]
+) -> str:
+    """Why the intake refuses these sheets (the test fails if it takes them)."""
+    try:
+        await cast(client, tokens, workflow_id, sheets)
+    except SheetsRefused as err:
+        return str(err)
+    raise AssertionError("the sheets were taken")

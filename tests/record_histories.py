@@ -15,7 +15,6 @@ import asyncio
 import contextlib
 import datetime as dt
 import json
-import random
 import tempfile
 import uuid
 from pathlib import Path
@@ -33,7 +32,6 @@ from kaohe.sim.simulate import (
     close_follow_ups,
     drive_unit,
     proposal_for,
-    sheet_for,
     talk_store,
     wait_for_status,
     wait_started,
@@ -44,8 +42,8 @@ from schemas.messages import (
     ApproveGrades,
     CloseStage,
     RaiseObjection,
-    RecordBallots,
     RecordFollowUp,
+    RegisterBallotBatch,
     RequestReview,
     ResolveObjection,
 )
@@ -320,16 +318,21 @@ async def record_paths(
         if not first.continued_execution_run_id:
             out["stored_campaign"] = history
 
-    # 6. A ballot batch reusing a token, sent by signal: rejected, and the unit goes on.
+    # 6. A ballot batch the database does not hold, announced by signal: rejected, and the
+    # unit goes on (sheets themselves never reach a workflow).
     unit = sample_unit(f"reused-{tag}", cadres=2)
     handle = await start_unit(client, task_queue, unit, campaign_id="replay")
     await drive_unit(client, handle.id, unit, stop_at=Stage.EVALUATION, tokens=tokens)
-    [token, *_] = (await tokens(handle.id))["A"]
-    rng = random.Random(6)
     for key in ("b1", "b2"):
-        sheets = [sheet_for(token, unit, TEST_POLICY.ballots, rng)]
-        batch = RecordBallots(idempotency_key=key, actor=BALLOT_SYSTEM, batch_id=key, sheets=sheets)
-        await handle.signal("record_ballots", batch)
+        ghost = RegisterBallotBatch(
+            idempotency_key=key,
+            actor=BALLOT_SYSTEM,
+            batch_id=key,
+            ballots=4,
+            sheets=1,
+            checksum="0" * 64,
+        )
+        await handle.signal("register_ballot_batch", ghost)
     await wait_for_status(handle, lambda s: bool(s.rejected_signals), 30)
     out["ballot_signal_rejected"] = await handle.fetch_history()
     await handle.terminate("recorded")

@@ -20,10 +20,12 @@ import pytest
 from temporalio.client import Client
 from temporalio.exceptions import ApplicationError
 
-from activities.ballot_store import MARK_COLUMNS, prepare_batch, store_batch
+from activities.ballot_pool import Pooled, flush_pool, pool_sheets
+from activities.ballot_store import MARK_COLUMNS, BallotRejected, prepare_batch, store_batch
 from activities.ballots import BallotActivities
 from activities.storage import StorageActivities
 from domain.ballots import marks_checksum, sheet_marks
+from kaohe.ballot_intake import submission_key
 from kaohe.ingest.ballot_csv import (
     BallotCsvReader,
     MarksDigest,
@@ -40,17 +42,12 @@ from kaohe.ingest.ballot_io import (
 )
 from kaohe.sim.simulate import BALLOT_SYSTEM, TokenSource, drive_unit, sheet_for
 from schemas.common import Stage
-from schemas.messages import BallotSheet, RecordBallots, RegisterBallotBatch
+from schemas.messages import BallotSheet, RegisterBallotBatch
 from schemas.policy import BallotPolicy
 from schemas.roster import UnitSpec
-from schemas.workflow_io import (
-    BallotBatchCheck,
-    BallotSheetsRecord,
-    RegisterUnit,
-    UnitRef,
-)
+from schemas.workflow_io import BallotBatchCheck, BallotBatchReceipt, RegisterUnit, UnitRef
 from tests.conftest import Stack
-from tests.helpers import SMALL_GROUPS, TEST_KEY, sample_unit, start_unit
+from tests.helpers import SMALL_GROUPS, TEST_KEY, cast, sample_unit, start_unit
 
 POLICY = BallotPolicy()
 
@@ -73,20 +70,28 @@ async def registered(pool: asyncpg.Pool, cadres: int = 2) -> tuple[UnitSpec, Uni
     return unit, ref
 
 
-def record(
-    ref: UnitRef, batch_id: str, sheets: list[BallotSheet], key: str | None = None
-) -> BallotSheetsRecord:
-    action = RecordBallots(
-        idempotency_key=key or batch_id, actor=BALLOT_SYSTEM, batch_id=batch_id, sheets=sheets
-    )
-    return BallotSheetsRecord(ref=ref, action=action)
+async def pooled(pool: asyncpg.Pool, ref: UnitRef, sheets: list[BallotSheet], key: str) -> Pooled:
+    """Sheets as the intake pools them (their tokens spent in the same transaction)."""
+    async with pool.acquire() as conn, conn.transaction():
+        return await pool_sheets(conn, ref.workflow_id, sheets, submission_key(key))
+
+
+async def flushed(pool: asyncpg.Pool, ref: UnitRef) -> list[BallotBatchReceipt]:
+    """Every pooled sheet let go, one batch per rater group, in a transaction of its own."""
+    async with pool.acquire() as conn, conn.transaction():
+        return await flush_pool(conn, ref.workflow_id, min_sheets=1)
 
 
 async def rejection(coro: object) -> str:
-    with pytest.raises(ApplicationError) as info:
+    """What the store refuses: a BallotRejected (the activity behind a register makes it a
+    non-retryable ApplicationError)."""
+    with pytest.raises((BallotRejected, ApplicationError)) as info:
         await coro  # type: ignore[misc]
-    assert info.value.type == "BallotRejected" and info.value.non_retryable
-    return info.value.message
+    err = info.value
+    if isinstance(err, ApplicationError):
+        assert err.type == "BallotRejected" and err.non_retryable
+        return err.message
+    return str(err)
 
 
 async def fetchval(pool: asyncpg.Pool, sql: str, *args: object) -> object:
@@ -112,10 +117,7 @@ async def test_tokens_are_stored_only_as_hashes(pool: asyncpg.Pool) -> None:
     tokens = [t for group in issued.tokens.values() for t in group]
     assert len(set(tokens)) == 7 and all(len(t) >= 16 for t in tokens)
     rng = random.Random(0)
-    ballots = BallotActivities(pool)
-    await ballots.save_ballot_sheets(
-        record(ref, "b1", [sheet_for(t, unit, POLICY, rng) for t in tokens[:3]])
-    )
+    await pooled(pool, ref, [sheet_for(t, unit, POLICY, rng) for t in tokens[:3]], "b1")
 
     async with pool.acquire() as conn:
         stored = {
@@ -169,33 +171,26 @@ async def test_a_reused_token_rejects_the_whole_batch(pool: asyncpg.Pool) -> Non
     issued = (await issue_tokens(pool, ref.workflow_id)).tokens
     a, b, c = issued["A"], issued["B"], issued["C"]
     rng = random.Random(1)
-    ballots = BallotActivities(pool)
 
     b1 = [sheet_for(t, unit, POLICY, rng) for t in (a[0], b[0])]
-    first = await ballots.save_ballot_sheets(record(ref, "b1", b1))
-    assert (first.count, first.sheets_by_group, first.duplicate) == (6, {"A": 1, "B": 1}, False)
+    first = await pooled(pool, ref, b1, "b1")
+    assert (len(first.receipts), first.sheets_by_group, first.duplicate) == (
+        2,
+        {"A": 1, "B": 1},
+        False,
+    )
 
     reuse = [sheet_for(t, unit, POLICY, rng) for t in (c[0], c[1], a[0])]
-    assert await rejection(ballots.save_ballot_sheets(record(ref, "b2", reuse))) == (
-        "sheets[2].token: already used"
-    )
+    assert await rejection(pooled(pool, ref, reuse, "b2")) == "sheets[2].token: already used"
     forged = [sheet_for(c[0], unit, POLICY, rng), sheet_for("f" * 22, unit, POLICY, rng)]
-    assert await rejection(ballots.save_ballot_sheets(record(ref, "b3", forged))) == (
+    assert await rejection(pooled(pool, ref, forged, "b3")) == (
         "sheets[1].token: not issued for this unit"
     )
     twice = [sheet_for(c[0], unit, POLICY, rng), sheet_for(c[0], unit, POLICY, rng)]
-    assert "sheets[1].token: used twice" in await rejection(
-        ballots.save_ballot_sheets(record(ref, "b4", twice))
-    )
-    # Nothing of the rejected batches: no batch row, no mark, their good tokens still unused.
+    assert "sheets[1].token: used twice" in await rejection(pooled(pool, ref, twice, "b4"))
+    # Nothing of the rejected batches: nothing pooled, their good tokens still unused.
     wf = ref.workflow_id
-    assert await fetchval(pool, "SELECT count(*) FROM ballot_batches WHERE workflow_id=$1", wf) == 1
-    assert (
-        await fetchval(
-            pool, "SELECT count(DISTINCT batch_id) FROM ballot_marks WHERE workflow_id=$1", wf
-        )
-        == 1
-    )
+    assert await fetchval(pool, "SELECT count(*) FROM ballot_pool WHERE workflow_id=$1", wf) == 2
     assert (
         await fetchval(
             pool,
@@ -208,17 +203,18 @@ async def test_a_reused_token_rejects_the_whole_batch(pool: asyncpg.Pool) -> Non
     _, other = await registered(pool)
     other_tokens = (await issue_tokens(pool, other.workflow_id)).tokens
     elsewhere = [sheet_for(other_tokens["A"][0], unit, POLICY, rng)]
-    assert "not issued for this unit" in await rejection(
-        ballots.save_ballot_sheets(record(ref, "b5", elsewhere))
-    )
+    assert "not issued for this unit" in await rejection(pooled(pool, ref, elsewhere, "b5"))
 
-    # The same batch again is a duplicate; the same id with other sheets a rejection.
-    again = await ballots.save_ballot_sheets(record(ref, "b1", b1, key="retry"))
-    assert (again.duplicate, again.count, again.sheets_by_group) == (True, 6, {"A": 1, "B": 1})
-    other_sheets = [sheet_for(t, unit, POLICY, rng) for t in (c[2],)]
-    assert "batch_id: batch 'b1' was already stored" in await rejection(
-        ballots.save_ballot_sheets(record(ref, "b1", other_sheets))
-    )
+    # The same submission again is answered with its first receipts, nothing spent twice.
+    again = await pooled(pool, ref, b1, "b1")
+    assert (again.duplicate, again.receipts) == (True, first.receipts)
+    # Flushed: one batch per rater group, the pool empty.
+    batches = await flushed(pool, ref)
+    assert sorted((list(b.sheets_by_group.items()), b.count) for b in batches) == [
+        ([("A", 1)], 3),
+        ([("B", 1)], 3),
+    ]
+    assert await fetchval(pool, "SELECT count(*) FROM ballot_pool WHERE workflow_id=$1", wf) == 0
 
 
 async def test_sheets_beyond_the_planned_count_are_refused(pool: asyncpg.Pool) -> None:
@@ -233,9 +229,8 @@ async def test_sheets_beyond_the_planned_count_are_refused(pool: asyncpg.Pool) -
             hashlib.sha256(extra.encode()).digest(),
         )
     rng = random.Random(2)
-    ballots = BallotActivities(pool)
     sheets = [sheet_for(t, unit, POLICY, rng) for t in [*issued["A"], extra, issued["B"][0]]]
-    msg = await rejection(ballots.save_ballot_sheets(record(ref, "b1", sheets)))
+    msg = await rejection(pooled(pool, ref, sheets, "b1"))
     assert msg.startswith("sheets[2].token: rater group A has returned its 2 planned sheets")
     assert (
         await fetchval(
@@ -243,9 +238,9 @@ async def test_sheets_beyond_the_planned_count_are_refused(pool: asyncpg.Pool) -
         )
         == 0
     )
-    ok = await ballots.save_ballot_sheets(record(ref, "b2", sheets[:2]))
+    ok = await pooled(pool, ref, sheets[:2], "b2")
     assert ok.sheets_by_group == {"A": 2}
-    late = await rejection(ballots.save_ballot_sheets(record(ref, "b3", sheets[2:])))
+    late = await rejection(pooled(pool, ref, sheets[2:], "b3"))
     assert late.startswith("sheets[0].token: rater group A has returned its 2 planned")
 
 
@@ -282,16 +277,14 @@ async def test_verify_and_count_take_registered_batches_only(pool: asyncpg.Pool)
     issued = (await issue_tokens(pool, ref.workflow_id)).tokens
     rng = random.Random(3)
     ballots = BallotActivities(pool)
-    await ballots.save_ballot_sheets(
-        record(ref, "u1", [sheet_for(issued["A"][0], unit, POLICY, rng)])
-    )
+    await pooled(pool, ref, [sheet_for(issued["A"][0], unit, POLICY, rng)], "u1")
+    [from_pool] = await flushed(pool, ref)
     imported = prepare_batch("i1", [sheet_for(t, unit, POLICY, rng) for t in issued["C"]])
     async with pool.acquire() as conn, conn.transaction():
         await store_batch(conn, ref.workflow_id, imported, "import")
 
     counts = await ballots.count_ballots(ref)
-    assert counts.sheets_by_group == {"A": 1}  # the import is not registered yet
-    assert sum(c.n for c in counts.overall if c.kind == "team") == 1
+    assert counts.sheets_by_group == {}  # neither batch is registered yet
 
     def check(**change: object) -> BallotBatchCheck:
         action = RegisterBallotBatch(
@@ -316,6 +309,11 @@ async def test_verify_and_count_take_registered_batches_only(pool: asyncpg.Pool)
     receipt = await ballots.verify_ballot_batch(check())
     assert (receipt.count, receipt.sheets_by_group, receipt.duplicate) == (9, {"C": 3}, False)
     assert (await ballots.verify_ballot_batch(check())).duplicate
+    # The pool's batch is registered the same way, by what the flush announced.
+    pool_check = check(
+        batch_id=from_pool.batch_id, ballots=from_pool.count, sheets=1, checksum=from_pool.checksum
+    )
+    assert (await ballots.verify_ballot_batch(pool_check)).sheets_by_group == {"A": 1}
 
     counts = await ballots.count_ballots(ref)
     assert counts.sheets_by_group == {"A": 1, "C": 3}
@@ -491,14 +489,10 @@ async def test_import_twice_is_idempotent(
     assert status["evaluation"]["sheets"] == 3
     assert status["stage"] == "evaluation"
 
-    # The rest of the sheets through the update path close the evaluation by themselves.
+    # The rest of the sheets through the intake (the API's way) close the evaluation.
     rest = [sheet_for(t, unit, POLICY, rng) for t in issued["B"][1:] + issued["C"]]
-    result = await handle.execute_update(
-        "record_ballots",
-        RecordBallots(idempotency_key="rest", actor=BALLOT_SYSTEM, batch_id="rest", sheets=rest),
-        result_type=dict,
-    )
-    assert result["stage"] == "talks"
+    taken = await cast(client, tokens, wf, rest)
+    assert taken.answers[-1].stage == "talks"
     # A re-run after the evaluation closed still finds its batch and returns the first result.
     late = await import_ballots(client, pool, path, campaign, unit.unit_id)
     assert without_duplicate(late.update) == without_duplicate(first.update)

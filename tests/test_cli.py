@@ -165,9 +165,9 @@ def test_schema_export(tmp_path: Path) -> None:
     assert run.returncode == 0, run.stderr
     files = {p.stem for p in (tmp_path / "schemas").glob("*.json")}
     assert set(ACTIONS) | {"status", "roster", "action_result"} <= files
-    schema = json.loads((tmp_path / "schemas" / "record_ballots.json").read_text())
-    assert {"idempotency_key", "actor", "batch_id"} <= set(schema["required"])
-    assert "sheets" in schema["properties"]
+    schema = json.loads((tmp_path / "schemas" / "sheets_submission.json").read_text())
+    assert {"idempotency_key", "sheets"} <= set(schema["required"])
+    assert "actor" not in schema["properties"]  # the API's caller is the actor
     # The policy file's schema: the shipped policy and a demo clock validate against it.
     policy_schema = json.loads((tmp_path / "schemas" / "policy.json").read_text())
     shipped = yaml.safe_load((ROOT / "kaohe" / "policies" / "2026.yaml").read_text())

@@ -21,11 +21,11 @@ from kaohe.sim.simulate import (
     wait_for_status,
 )
 from schemas.common import Stage
-from schemas.messages import ActionResult, CloseEvaluation, RecordBallots, RecordTalk
+from schemas.messages import ActionResult, CloseEvaluation, RecordTalk, RegisterBallotBatch
 from schemas.policy import BallotPolicy, Policy
 from schemas.roster import UnitSpec
 from schemas.talks import Talk
-from tests.helpers import TEST_POLICY, sample_unit, start_unit
+from tests.helpers import cast, refused, sample_unit, start_unit
 from workflows.unit import UnitAssessment
 
 POLICY = BallotPolicy()
@@ -38,10 +38,6 @@ async def unit_in_evaluation(
     handle = await start_unit(client, worker, unit)
     await drive_unit(client, handle.id, unit, stop_at=Stage.EVALUATION, tokens=tokens)
     return unit, handle, await tokens(handle.id)
-
-
-def batch(key: str, sheets: list[Any]) -> RecordBallots:
-    return RecordBallots(idempotency_key=key, actor=BALLOT_SYSTEM, batch_id=key, sheets=sheets)
 
 
 async def rejected(handle: WorkflowHandle, name: str, payload: Any) -> str:
@@ -64,52 +60,54 @@ async def test_bad_sheets_are_rejected_whole_with_the_reason(
     rng = random.Random(1)
     a = issued["A"]
     good = sheet_for(a[0], unit, POLICY, rng)
+    wf = handle.id
 
     unknown = good.model_copy(deep=True)
     unknown.cadres[1].cadre_id = "nobody"
-    msg = await rejected(handle, "record_ballots", batch("b1", [good, unknown]))
+    msg = await refused(client, tokens, wf, [good, unknown])
     assert "sheets[1].cadres[1].cadre_id: unknown cadre 'nobody'" in msg
 
     outside = sheet_for(a[1], unit, POLICY, rng)
     outside.team.overall = "极好"  # type: ignore[union-attr]
-    msg = await rejected(handle, "record_ballots", batch("b1", [good, outside]))
+    msg = await refused(client, tokens, wf, [good, outside])
     assert "sheets[1].team.overall: '极好' is not one of" in msg
 
     missing = sheet_for(a[1], unit, POLICY, rng)
     del missing.cadres[0].items["廉"]
-    msg = await rejected(handle, "record_ballots", batch("b1", [good, missing]))
+    msg = await refused(client, tokens, wf, [good, missing])
     assert "sheets[1].cadres[0].items: missing mandatory item(s) 廉" in msg
-
-    flat = {
-        "idempotency_key": "flat",
-        "actor": BALLOT_SYSTEM.model_dump(mode="json"),
-        "batch_id": "flat",
-        "ballots": [{"target_kind": "team", "rater_group": "A", "overall": "好"}],
-    }
-    assert "flat ballots without tokens" in await rejected(handle, "record_ballots", flat)
-    assert await marks(pool, handle.id) == 0
+    assert await marks(pool, wf) == 0 and await pooled(pool, wf) == 0
 
     # A used token rejects the whole batch, whatever else it holds.
-    first = await handle.execute_update(UnitAssessment.record_ballots, batch("b1", [good]))
-    assert first.accepted
-    before = await marks(pool, handle.id)
+    first = await cast(client, tokens, wf, [good])
+    assert len(first.receipts) == 1 and await pooled(pool, wf) == 1
     reuse = [sheet_for(a[1], unit, POLICY, rng), sheet_for(a[0], unit, POLICY, rng)]
-    msg = await rejected(handle, "record_ballots", batch("b2", reuse))
+    msg = await refused(client, tokens, wf, reuse)
     assert "sheets[1].token" in msg and "used" in msg
     forged = [sheet_for("x" * 20, unit, POLICY, rng)]
-    assert "sheets[0].token" in await rejected(handle, "record_ballots", batch("b3", forged))
-    assert await marks(pool, handle.id) == before
+    assert "sheets[0].token" in await refused(client, tokens, wf, forged)
+    assert await pooled(pool, wf) == 1
 
     status = await handle.query(UnitAssessment.status)
     assert status.stage == Stage.EVALUATION
+    # The pooled sheet counts once its group's pool lets go (here: when A's tokens are spent).
     assert [(g.group_id, g.returned) for g in status.evaluation.participation] == [
-        ("A", 1),
+        ("A", 0),
         ("B", 0),
         ("C", 0),
     ]
     # The unit goes on: the rejected batch's other sheet is still good on its own.
-    ok = await handle.execute_update(UnitAssessment.record_ballots, batch("b2", reuse[:1]))
-    assert "1 sheets recorded" in ok.message
+    ok = await cast(client, tokens, wf, reuse[:1])
+    assert [a.message.endswith("2 sheets recorded") for a in ok.answers] == [True]
+    status = await handle.query(UnitAssessment.status)
+    assert next((g.group_id, g.returned) for g in status.evaluation.participation) == ("A", 2)
+
+
+async def pooled(pool: asyncpg.Pool, workflow_id: str) -> int:
+    async with pool.acquire() as conn:
+        return await conn.fetchval(
+            "SELECT count(*) FROM ballot_pool WHERE workflow_id=$1", workflow_id
+        )
 
 
 async def test_low_participation_is_flagged_not_passed(
@@ -118,7 +116,7 @@ async def test_low_participation_is_flagged_not_passed(
     unit, handle, issued = await unit_in_evaluation(client, worker, tokens)
     rng = random.Random(2)
     sheets = [sheet_for(t, unit, POLICY, rng) for t in issued["A"] + issued["B"] + issued["C"][:1]]
-    await handle.execute_update(UnitAssessment.record_ballots, batch("b1", sheets))
+    await cast(client, tokens, handle.id, sheets)
     result = await handle.execute_update(
         UnitAssessment.close_evaluation,
         CloseEvaluation(idempotency_key="close", actor=GROUP, reason="两名职工代表出差"),
@@ -140,7 +138,7 @@ async def test_selection_review_ballots(client: Client, worker: str, tokens: Tok
     rng = random.Random(3)
     sheet = sheet_for(issued["A"][0], unit, POLICY, rng)
     without = sheet.model_copy(update={"new_cadres": []})
-    msg = await rejected(handle, "record_ballots", batch("b1", [without]))
+    msg = await refused(client, tokens, handle.id, [without])
     assert f"sheets[0].new_cadres: no ballot for {unit.cadres[1].cadre_id}" in msg
     status = await drive_unit(client, handle.id, unit, stop_at=Stage.TALKS, tokens=tokens)
     kinds = {t.target_kind for t in status.evaluation.tallies}
@@ -208,16 +206,21 @@ async def test_report_as_a_file_reference(client: Client, worker: str, pool: asy
     assert (row["file_sha256"], row["file_size"]) == ("a" * 64, 123456)
 
 
-async def test_a_bad_sheet_sent_as_a_signal_is_recorded_as_rejected(
+async def test_the_unit_takes_no_sheet_by_update_or_signal(
     client: Client, worker: str, pool: asyncpg.Pool, tokens: TokenSource
 ) -> None:
+    """Sheets never go through a workflow: record_ballots, even signed with kaohe's keys, has
+    no handler; nothing is stored, no task fails, and the intake still takes the sheet."""
     unit, handle, issued = await unit_in_evaluation(client, worker, tokens)
     sheet = sheet_for(issued["A"][0], unit, POLICY, random.Random(4))
-    sheet.cadres[0].overall = "很好"
-    await handle.signal("record_ballots", batch("s1", [sheet]).model_dump(mode="json"))
-    status = await wait_for_status(handle, lambda s: bool(s.rejected_signals))
-    assert "sheets[0].cadres[0].overall: '很好'" in status.rejected_signals[0].reason
-    assert await marks(pool, handle.id) == 0
+    body = {"idempotency_key": "s1", "batch_id": "s1", "sheets": [sheet.model_dump(mode="json")]}
+    await handle.signal("record_ballots", body)
+    with pytest.raises(WorkflowUpdateFailedError):
+        await handle.execute_update("record_ballots", body, result_type=ActionResult)
+    assert await marks(pool, handle.id) == 0 and await pooled(pool, handle.id) == 0
+    assert len((await cast(client, tokens, handle.id, [sheet])).receipts) == 1
+    history = await handle.fetch_history()
+    assert not [e for e in history.events if e.HasField("workflow_task_failed_event_attributes")]
 
 
 async def test_late_and_missing_reports_show_in_status(client: Client, worker: str) -> None:
@@ -249,50 +252,31 @@ async def test_late_and_missing_reports_show_in_status(client: Client, worker: s
     assert (await future.query(UnitAssessment.status)).reports.late == []
 
 
-async def test_batches_stop_at_the_history_limit_and_point_to_the_import(
-    client: Client, worker: str, tokens: TokenSource
-) -> None:
-    # A 1 KB limit: the unit's history already holds more (its roster and policy).
-    policy = TEST_POLICY.model_copy(update={"ballots": BallotPolicy(update_history_limit_mb=0.001)})
-    unit = sample_unit(cadres=2)
-    handle = await start_unit(client, worker, unit, policy=policy)
-    await drive_unit(client, handle.id, unit, stop_at=Stage.EVALUATION, tokens=tokens)
-    issued = await tokens(handle.id)
-    sheet = sheet_for(issued["A"][0], unit, policy.ballots, random.Random(3))
-    msg = await rejected(handle, "record_ballots", batch("big", [sheet]))
-    assert "sheets: the unit's history holds" in msg
-    assert "past the policy's 0.001 MB" in msg and "kaohe ballots import" in msg
-    status = await handle.query(UnitAssessment.status)
-    assert status.stage == Stage.EVALUATION and status.evaluation.ballots == 0
-
-
 async def test_a_batch_the_database_refuses_is_a_rejection_by_signal_and_by_update(
     client: Client, worker: str, tokens: TokenSource, pool: asyncpg.Pool
 ) -> None:
-    """The store refuses a used token inside a local activity: by update the caller gets
-    ActionRejected naming the field; by signal the unit records the rejection and goes on
-    (it used to fail the whole workflow)."""
+    """The store refuses a batch it does not hold inside a local activity: by update the
+    caller gets ActionRejected naming the field; by signal the unit records the rejection and
+    goes on (it used to fail the whole workflow)."""
     unit, handle, issued = await unit_in_evaluation(client, worker, tokens)
-    rng = random.Random(3)
-    first = sheet_for(issued["A"][0], unit, POLICY, rng)
-    assert (
-        await handle.execute_update(UnitAssessment.record_ballots, batch("b1", [first]))
-    ).accepted
-
-    reused = [sheet_for(issued["A"][0], unit, POLICY, rng)]
+    ghost = RegisterBallotBatch(
+        idempotency_key="g1",
+        actor=BALLOT_SYSTEM,
+        batch_id="ghost",
+        ballots=4,
+        sheets=1,
+        checksum="0" * 64,
+    )
     with pytest.raises(WorkflowUpdateFailedError) as info:
-        await handle.execute_update(UnitAssessment.record_ballots, batch("b2", reused))
+        await handle.execute_update(UnitAssessment.register_ballot_batch, ghost)
     assert info.value.cause.type == "ActionRejected"  # type: ignore[attr-defined]
-    assert "sheets[0].token" in str(info.value.cause)
+    assert "batch_id: batch 'ghost' was not imported" in str(info.value.cause)
 
-    await handle.signal("record_ballots", batch("b3", reused))
+    await handle.signal("register_ballot_batch", ghost.model_copy(update={"idempotency_key": "g2"}))
     status = await wait_for_status(handle, lambda s: bool(s.rejected_signals), 30)
     [rejection] = status.rejected_signals
-    assert "sheets[0].token" in rejection.reason and "used" in rejection.reason
-    assert status.stage == Stage.EVALUATION
+    assert "batch_id" in rejection.reason and status.stage == Stage.EVALUATION
     # Still running and still taking ballots.
-    later = sheet_for(issued["A"][1], unit, POLICY, rng)
-    assert (
-        await handle.execute_update(UnitAssessment.record_ballots, batch("b4", [later]))
-    ).accepted
+    sheets = [sheet_for(t, unit, POLICY, random.Random(3)) for t in issued["A"]]
+    assert (await cast(client, tokens, handle.id, sheets)).answers[0].accepted
     assert await marks(pool, handle.id) > 0

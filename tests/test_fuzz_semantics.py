@@ -7,7 +7,6 @@ The campaign's decide_calibration update is fuzzed the same way."""
 from __future__ import annotations
 
 import datetime as dt
-import random
 import uuid
 from typing import Any
 
@@ -17,10 +16,9 @@ from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 
 from domain.actions import ACTIONS
-from kaohe.sim.simulate import TalkStore, TokenSource, drive_unit, sheet_for, talk_by_reference
+from kaohe.sim.simulate import TalkStore, TokenSource, drive_unit, talk_by_reference
 from schemas.common import Role, Stage
 from schemas.messages import ActionResult
-from schemas.policy import BallotPolicy
 from schemas.roster import Roster, UnitSpec
 from schemas.talks import Talk
 from schemas.workflow_io import CampaignInput
@@ -45,15 +43,6 @@ def wrong_role(name: str) -> st.SearchStrategy[dict[str, str]]:
     return st.sampled_from(sorted(set(Role) - ACTIONS[name].roles)).map(actor)
 
 
-def bad_sheet(unit: UnitSpec, token: str, cadre_id: str | None) -> dict[str, Any]:
-    """A complete sheet but for a token never issued, or (given `cadre_id`) a cadre ballot
-    for someone not in the unit."""
-    sheet = sheet_for(token, unit, BallotPolicy(), random.Random(token)).model_dump(mode="json")
-    if cadre_id is not None:
-        sheet["cadres"][0]["cadre_id"] = cadre_id
-    return sheet
-
-
 def well_formed(stage: Stage, unit: UnitSpec) -> dict[str, st.SearchStrategy[dict[str, Any]]]:
     """Per action of `stage`: well-formed payloads (allowed role) that the unit's state must
     refuse."""
@@ -71,17 +60,6 @@ def well_formed(stage: Stage, unit: UnitSpec) -> dict[str, st.SearchStrategy[dic
                 "ballots": st.integers(1, 10_000),
                 "sheets": st.integers(1, 1_000),
                 "checksum": st.from_regex(r"[0-9a-f]{64}", fullmatch=True),
-            }
-        )
-        token = st.from_regex(r"[A-Za-z0-9_-]{22}", fullmatch=True)
-        out["record_ballots"] = st.fixed_dictionaries(
-            {
-                "batch_id": any_id,
-                "sheets": st.lists(
-                    st.builds(bad_sheet, st.just(unit), token, st.none() | any_id),
-                    min_size=1,
-                    max_size=3,
-                ),
             }
         )
         out["close_evaluation"] = st.just({})  # no ballots and no reason

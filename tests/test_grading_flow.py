@@ -12,7 +12,6 @@ from temporalio.client import Client, WorkflowUpdateFailedError
 from kaohe.reports.report import build_report
 from kaohe.sim.simulate import (
     APPROVER,
-    BALLOT_SYSTEM,
     TalkStore,
     TokenSource,
     drive_unit,
@@ -21,9 +20,9 @@ from kaohe.sim.simulate import (
     wait_for_status,
 )
 from schemas.common import CadreGrade, Stage, TeamGrade
-from schemas.messages import ActionResult, ApproveGrades, GroupEvaluation, RecordBallots
+from schemas.messages import ActionResult, ApproveGrades, GroupEvaluation
 from schemas.policy import BallotPolicy, GradingPolicy
-from tests.helpers import TEST_POLICY, sample_unit, start_unit
+from tests.helpers import TEST_POLICY, cast, sample_unit, start_unit
 from workflows.unit import UnitAssessment
 
 
@@ -105,11 +104,8 @@ async def test_flagged_cadre_needs_a_determination(
     ]
     for sheet in sheets:  # every rater says 不称职 of one cadre
         next(r for r in sheet.cadres if r.cadre_id == target).overall = "不称职"
-    result = await handle.execute_update(
-        UnitAssessment.record_ballots,
-        RecordBallots(idempotency_key="b", actor=BALLOT_SYSTEM, batch_id="b", sheets=sheets),
-    )
-    assert result.stage == Stage.TALKS
+    taken = await cast(client, tokens, handle.id, sheets)
+    assert taken.answers[-1].stage == Stage.TALKS
     status = await drive_unit(
         client, handle.id, unit, stop_at=Stage.GRADING, tokens=tokens, talks=talks
     )

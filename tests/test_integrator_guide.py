@@ -175,6 +175,8 @@ assert UNIT is not None and CAMPAIGN is not None
 
 # What kaohe's API reads itself, not through a workflow's query: a talk's content (talk_store).
 API_READS = {"talk"}
+# What it takes itself, never sending it to a workflow: ballot sheets (kaohe/ballot_intake.py).
+API_INTAKES = {"ballots"}
 
 
 def handler_names() -> dict[str, set[str]]:
@@ -185,6 +187,7 @@ def handler_names() -> dict[str, set[str]]:
         "signal": set(UNIT.signals) | set(CAMPAIGN.signals),
         "query": set(UNIT.queries) | set(CAMPAIGN.queries),
         "read": set(API_READS),
+        "intake": set(API_INTAKES),
     }
 
 
@@ -195,7 +198,7 @@ def handler_names() -> dict[str, set[str]]:
 API_PATH = re.compile(
     r"/v1/campaigns/[^/\s\"?]+/(?:units/[^/\s\"?]+/)?"
     r"(actions/(\w+)|calibration/decisions|status|progress|calibration"
-    r"|talks/[^/\s\"?]+|talks)(?=[/\s\"?]|$)"
+    r"|talks/[^/\s\"?]+|talks|ballots)(?=[/\s\"?]|$)"
 )
 TALKS_PATH = re.compile(r"/units/[^/]+/talks$")
 
@@ -210,6 +213,8 @@ def handler_of(found: re.Match[str]) -> tuple[str, str]:
         return ("update", "record_talk")
     if what.startswith("talks/"):
         return ("read", "talk")
+    if what == "ballots":
+        return ("intake", "ballots")
     return ("query", what)
 
 
@@ -898,7 +903,14 @@ async def test_example_runs_as_the_guide_says(
         if call is not last:
             assert call.status is not None and call.status < 300, f"{call.url}\n{shown}"
     kind, name = last.handler or ("", "")
-    if expect in ("accepted", "duplicate"):
+    if expect in ("accepted", "duplicate") and kind == "intake":
+        assert last.status == 200, shown
+        result = last.json_answer()
+        assert not list(validator_of("sheets_taken").iter_errors(result)), shown
+        assert result["receipts"] and result["duplicate"] is (expect == "duplicate"), shown
+        body = last.json_body()
+        assert not list(validator_of("sheets_submission").iter_errors(body)), shown
+    elif expect in ("accepted", "duplicate"):
         assert last.status == 200 and kind == "update", shown
         result = last.json_answer()
         answer_schema = "talk_recorded" if last.is_talk else "action_result"

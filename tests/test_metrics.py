@@ -125,8 +125,8 @@ async def test_one_endpoint_serves_the_sdk_metrics_and_kaohes_own(
             stalled.id,
         )
     assert ballots > 0
-    assert value(samples, "kaohe_ballots_ingested_total", source="update") == ballots
-    assert value(samples, "kaohe_ballot_sheets_ingested_total", source="update") == sheets
+    assert value(samples, "kaohe_ballots_ingested_total", source="pool") == ballots
+    assert value(samples, "kaohe_ballot_sheets_ingested_total", source="pool") == sheets
     assert value(samples, "kaohe_notification_deliveries_total", outcome="sent") == sent > 0
     webhook = {"channel": "webhook"}
     assert value(samples, "kaohe_notification_deliveries_total", outcome="failed", **webhook) == 1

@@ -12,7 +12,6 @@ from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 
 from kaohe.sim.simulate import (
     APPROVER,
-    BALLOT_SYSTEM,
     DEPARTMENT,
     UNIT_CONTACT,
     TalkStore,
@@ -28,11 +27,10 @@ from schemas.messages import (
     ApproveGrades,
     CloseFollowUp,
     CloseStage,
-    RecordBallots,
     RequestReview,
 )
 from schemas.policy import BallotPolicy
-from tests.helpers import TEST_POLICY, sample_unit, start_unit
+from tests.helpers import TEST_POLICY, cast, sample_unit, start_unit
 from tests.test_deadlines import current_details
 from workflows.unit import UnitAssessment
 
@@ -205,10 +203,7 @@ async def test_policy_maps_grades_and_flags_to_follow_ups(
     ]
     for sheet in sheets:  # nobody approves of the promotion
         sheet.new_cadres[0].opinion = "不认同"
-    await handle.execute_update(
-        UnitAssessment.record_ballots,
-        RecordBallots(idempotency_key="b", actor=BALLOT_SYSTEM, batch_id="b", sheets=sheets),
-    )
+    await cast(client, tokens, handle.id, sheets)
     status = await drive_unit(
         client, handle.id, unit, stop_at=Stage.RESULT_USE, tokens=tokens, talks=talks
     )

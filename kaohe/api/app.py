@@ -32,9 +32,11 @@ from kaohe.access import api_keys
 from kaohe.access.bindings import Binding, bindings_on, list_bindings
 from kaohe.access.identity import Identity, TokenVerifier, Unauthenticated
 from kaohe.api import problems
+from kaohe.api.ballots import install_ballots
 from kaohe.api.problems import Problem
 from kaohe.api.queue import RequestQueue
 from kaohe.api.talks import install_talks
+from kaohe.ballot_intake import BallotIntake
 from schemas.calibration import CategoryCalibration
 from schemas.common import Identifier, Role
 from schemas.limits import MAX_PAYLOAD_BYTES, first_bad_text, json_shape_problem, shown
@@ -67,6 +69,7 @@ class Api:
         self.verifier = verifier
         self.talk_cipher = talk_cipher  # seals and opens talks (kaohe/api/talks.py)
         self.queue = RequestQueue(pool, self.send)
+        self.ballots = BallotIntake(client, pool)  # sheets (kaohe/api/ballots.py)
 
     # ---- who -------------------------------------------------------------------------------
 
@@ -297,6 +300,11 @@ def create_app(api: Api, *, jwks: dict[str, Any] | None = None) -> FastAPI:
         """Take an action on a unit, as the role your binding gives you there (`as` picks one
         if you have several). The body is the action's fields, without `actor`."""
         rule = ACTIONS.get(action)
+        if action == "record_ballots":
+            raise problems.not_found(
+                "action: ballot sheets never go to the unit; send them to "
+                f"POST /v1/campaigns/{campaign}/units/{unit}/ballots"
+            )
         if rule is None:
             raise problems.not_found(f"action: no action {action!r}; actions: {', '.join(ACTIONS)}")
         binding = await authorized(request, who, campaign, unit, action, rule.roles, as_role)
@@ -393,6 +401,7 @@ def create_app(api: Api, *, jwks: dict[str, Any] | None = None) -> FastAPI:
         return await api.send(campaign_workflow_id(campaign), "decide_calibration", payload)
 
     install_talks(app, api, authorized, Caller, _body)
+    install_ballots(app, api, authorized, Caller, _body)
 
     if jwks is not None:
 

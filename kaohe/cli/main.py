@@ -193,20 +193,6 @@ def api() -> None:
         pass
 
 
-@app.command("codec-server")
-def codec_server(
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int | None, typer.Option(help="Port; default KAOHE_CODEC_PORT.")] = None,
-) -> None:
-    """Serve /encode and /decode for a Temporal UI or CLI (every request needs the token)."""
-    from kaohe.codec.server import run_codec_server
-
-    try:
-        serve(run_codec_server(get_settings(), host, port))
-    except KeyboardInterrupt:
-        pass
-
-
 @app.command()
 def migrate() -> None:
     """Apply the database migrations not yet applied (idempotent), as the tables' owner
@@ -650,6 +636,7 @@ def acknowledge(
 
 
 def public_schemas() -> dict[str, dict[str, Any]]:
+    from schemas.ballots import SheetsSubmission, SheetsTaken
     from schemas.calibration import CategoryCalibration, DecideCalibration
     from schemas.status import CampaignProgress, UnitStatus
     from schemas.talks import Talk, TalkRecorded, TalkView
@@ -668,6 +655,9 @@ def public_schemas() -> dict[str, dict[str, Any]]:
     out["talk"] = Talk.model_json_schema()
     out["talk_recorded"] = TalkRecorded.model_json_schema()
     out["talk_view"] = TalkView.model_json_schema()
+    # Ballot sheets at kaohe's API (POST .../ballots): they never reach the unit either.
+    out["sheets_submission"] = SheetsSubmission.model_json_schema()
+    out["sheets_taken"] = SheetsTaken.model_json_schema()
     return out
 
 

@@ -12,8 +12,9 @@ as `domain.ballots.sheet_marks` makes it, values taken as they are (no trimming)
 
 (a `selection_work` row may also give the question as `item` with an empty `target_id`).
 
-Every sheet is checked as the record_ballots update checks it: built into a BallotSheet and
-checked with `domain.ballots.batch_problems`, every problem reported with its CSV line.
+Every sheet is checked as kaohe's API checks it (kaohe/ballot_intake.py): built into a
+BallotSheet and checked with `domain.ballots.batch_problems`, every problem reported with its
+CSV line.
 A fast path spares that for sheets in the standard layout (the marks in exactly the order
 `sheet_marks` gives them, as `kaohe` writes them): their rows only need each option to be
 one the policy allows for that mark. The layout and its allowed options are derived from a

@@ -2,9 +2,10 @@
 `kaohe ballots import` call them, and so can simulators, tests and benchmarks.
 
 Tokens: `planned` random one-time tokens per rater group; only their sha256 is stored.
-Import: a ballot CSV (kaohe/ingest/ballot_csv.py) is read and checked as the record_ballots update
-checks sheets while its marks stream into COPY, all in one transaction with the token checks
-of save_ballot_sheets (activities/ballot_store.py) and the batch row; then it is announced to
+Import: a ballot CSV (kaohe/ingest/ballot_csv.py) is read and checked as kaohe's API checks
+sheets while its marks stream into COPY, all in one transaction with the token checks
+(activities/ballot_store.py) and the batch row; then every spent token of the unit is
+rewritten (its xmin no longer names the import's transaction) and the batch is announced to
 the unit's workflow with the register_ballot_batch update, which verifies it and counts it.
 """
 
@@ -18,7 +19,7 @@ import os
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from itertools import chain, repeat
 from pathlib import Path
@@ -32,6 +33,7 @@ from temporalio.client import Client
 from temporalio.service import RPCError
 
 from activities.audit_log import write_audit
+from activities.ballot_pool import POOL_BATCH_PREFIX
 from activities.ballot_store import (
     MARK_COLUMNS,
     BallotRejected,
@@ -200,21 +202,27 @@ async def issue_tokens(
     return result
 
 
-def token_source(
-    db: Db, *, reissue: bool = False
-) -> Callable[[str], Awaitable[dict[str, list[str]]]]:
-    """workflow id -> rater group -> tokens (kaohe.sim.simulate.TokenSource). A unit's tokens
-    are issued on the first call and remembered, so asking again returns the same ones;
-    with `reissue`, a unit that had tokens from elsewhere (an earlier run) gets its unused
-    ones replaced instead of a refusal."""
-    issued: dict[str, dict[str, list[str]]] = {}
+@dataclass
+class TokenSource:
+    """workflow id -> rater group -> tokens, as the raters hold them, and the database their
+    sheets go to (kaohe.sim.simulate casts them through kaohe/ballot_intake.py). A unit's
+    tokens are issued on the first call and remembered, so asking again returns the same
+    ones; with `reissue`, a unit that had tokens from elsewhere (an earlier run) gets its
+    unused ones replaced instead of a refusal."""
 
-    async def issue(workflow_id: str) -> dict[str, list[str]]:
-        if workflow_id not in issued:
-            issued[workflow_id] = (await issue_tokens(db, workflow_id, reissue=reissue)).tokens
-        return issued[workflow_id]
+    pool: asyncpg.Pool
+    reissue: bool = False
+    issued: dict[str, dict[str, list[str]]] = field(default_factory=dict)
 
-    return issue
+    async def __call__(self, workflow_id: str) -> dict[str, list[str]]:
+        if workflow_id not in self.issued:
+            made = await issue_tokens(self.pool, workflow_id, reissue=self.reissue)
+            self.issued[workflow_id] = made.tokens
+        return self.issued[workflow_id]
+
+
+def token_source(db: asyncpg.Pool, *, reissue: bool = False) -> TokenSource:
+    return TokenSource(db, reissue)
 
 
 def write_tokens_csv(path: Path, issued: IssuedTokens) -> None:
@@ -520,6 +528,10 @@ async def import_ballots(
             TypeAdapter(Identifier).validate_python(batch_id)
         except ValidationError as err:
             raise BallotImportError([Problem(0, f"--batch-id {batch_id!r}: not an id")]) from err
+        if batch_id.startswith(POOL_BATCH_PREFIX):
+            raise BallotImportError(
+                [Problem(0, f"--batch-id {batch_id!r}: {POOL_BATCH_PREFIX}* names the pool's")]
+            )
     workflow_id = unit_workflow_id(campaign_id, unit_id)
     phases = _Phases(progress)
     unit_input = await unit_input_of(client, workflow_id)
@@ -545,6 +557,13 @@ async def import_ballots(
                 )
             async with conn.transaction():
                 receipt, rows = await _store_batch(conn, ref, file)
+            # Apart from the import: every spent token of the unit is rewritten, so that its
+            # xmin no longer names the transaction that also wrote this batch's marks.
+            await conn.execute(
+                "UPDATE ballot_tokens SET used_at = used_at "
+                "WHERE workflow_id = $1 AND used_at IS NOT NULL",
+                workflow_id,
+            )
     phases.done("store")
 
     key = f"import-{batch_id}"

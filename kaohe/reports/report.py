@@ -256,10 +256,13 @@ WHERE u.campaign_id = $1
 ORDER BY u.unit_id, c.principal DESC, c.cadre_id
 """
 
+# Tallies only of units whose evaluation is closed (the pool closed with it): none while
+# sheets are still coming in.
 _TEAM_TALLIES = """
 SELECT t.workflow_id, t.option, sum(t.n)::bigint AS n
 FROM ballot_tallies t
 JOIN units u USING (workflow_id)
+JOIN ballot_pool_closed USING (workflow_id)
 WHERE u.campaign_id = $1 AND t.kind = 'team' AND t.item = 'overall'
 GROUP BY t.workflow_id, t.option
 """
@@ -278,6 +281,7 @@ _CADRE_TALLIES = """
 SELECT t.workflow_id, t.target_id, t.option, sum(t.n)::bigint AS n
 FROM ballot_tallies t
 JOIN units u USING (workflow_id)
+JOIN ballot_pool_closed USING (workflow_id)
 WHERE u.campaign_id = $1 AND t.kind = 'cadre' AND t.item = 'overall'
 GROUP BY t.workflow_id, t.target_id, t.option
 """

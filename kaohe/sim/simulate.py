@@ -26,6 +26,8 @@ from activities.talk_cipher import TalkCipher
 from activities.talk_store import store_talk
 from domain.rules import excellent_quota
 from domain.stages import ORDER
+from kaohe.ballot_intake import BallotIntake, submission_key
+from kaohe.ingest.ballot_io import TokenSource
 from schemas.common import Actor, CadreGrade, Role, Stage, TeamGrade
 from schemas.messages import (
     AcknowledgeNotice,
@@ -40,7 +42,6 @@ from schemas.messages import (
     GroupEvaluation,
     NewCadreRating,
     ProposeGrades,
-    RecordBallots,
     RecordTalk,
     SubmitReport,
     TeamRating,
@@ -52,8 +53,6 @@ from schemas.talks import StoredTalk, Talk
 from workflows.campaign import AssessmentCampaign, campaign_workflow_id
 from workflows.unit import UnitAssessment
 
-# workflow id -> rater group -> one-time ballot tokens
-TokenSource = Callable[[str], Awaitable[dict[str, list[str]]]]
 # (workflow id, talk) -> the stored talk: its content stored encrypted, as kaohe's API does
 TalkStore = Callable[[str, Talk], Awaitable[StoredTalk]]
 
@@ -266,7 +265,9 @@ async def drive_unit(
         return await status_of(handle)
     # A rerun (the demo started again) finds the ballots already in: skip them.
     if (await status_of(handle)).stage == Stage.EVALUATION:
-        await _cast_ballots(handle, unit, step, tokens, policy, returned, batch_size, rng, key)
+        await _cast_ballots(
+            client, handle, unit, step, on_step, tokens, policy, returned, batch_size, rng, key
+        )
     if reached(Stage.TALKS):
         return await status_of(handle)
     if talks is None:
@@ -435,9 +436,11 @@ async def wait_campaign_started(client: Client, campaign_id: str, seconds: float
 
 
 async def _cast_ballots(
+    client: Client,
     handle: WorkflowHandle,
     unit: UnitSpec,
     step: Callable[..., Awaitable[ActionResult]],
+    on_step: Callable[[str, ActionResult], None] | None,
     tokens: TokenSource,
     policy: Policy | None,
     returned: float,
@@ -445,8 +448,8 @@ async def _cast_ballots(
     rng: random.Random,
     key: str,
 ) -> None:
-    """Every token holder (or a `returned` share) sends a sheet, in batches; the evaluation
-    is closed by hand if that leaves a group short of its plan."""
+    """Every token holder (or a `returned` share) sends a sheet, in batches of a ballot
+    system; the evaluation is closed by hand if that leaves a group short of its plan."""
     ballot_policy = (policy or Policy()).ballots
     issued = await tokens(handle.id)
     sheets = [
@@ -454,16 +457,16 @@ async def _cast_ballots(
         for group_tokens in issued.values()
         for token in group_tokens[: max(1, round(len(group_tokens) * returned))]
     ]
+    # Sheets go to PostgreSQL as kaohe's API sends them, never to the unit: it hears of
+    # pool batches by count and checksum.
+    intake = BallotIntake(client, tokens.pool)
     for n, batch in enumerate(batches_of(sheets, batch_size)):
-        await step(
-            UnitAssessment.record_ballots,
-            RecordBallots(
-                idempotency_key=f"{key}-ballots-{n}",
-                actor=BALLOT_SYSTEM,
-                batch_id=f"b{n}",
-                sheets=batch,
-            ),
+        taken = await intake.submit(
+            handle.id, batch, submission_key("sim", key, str(n)), actor=BALLOT_SYSTEM
         )
+        for answer in taken.answers:
+            if on_step is not None:
+                on_step("register_ballot_batch", answer)
     if (await status_of(handle)).stage == Stage.EVALUATION:
         await step(
             UnitAssessment.close_evaluation,

@@ -1,5 +1,6 @@
-"""Effects of the evaluation stage (民主测评 and 民主评议): ballot batches by update or from
-the bulk import, and the close that tallies them."""
+"""Effects of the evaluation stage (民主测评 and 民主评议): ballot batches, which the unit hears
+of by count and checksum only (the sheets went to PostgreSQL through kaohe's API, the ballot
+pool or the bulk import, never through history), and the close that tallies them."""
 
 from __future__ import annotations
 
@@ -12,15 +13,10 @@ with workflow.unsafe.imports_passed_through():
     from domain.actions import ActionRejected
     from domain.tally import groups_complete, tally_ballots
     from schemas.common import Actor
-    from schemas.messages import CloseEvaluation, RecordBallots, RegisterBallotBatch
-    from schemas.workflow_io import BallotBatchCheck, BallotBatchReceipt, BallotSheetsRecord
+    from schemas.messages import CloseEvaluation, RegisterBallotBatch
+    from schemas.workflow_io import BallotBatchCheck, BallotBatchReceipt
     from workflows.unit import io
     from workflows.unit.context import Unit
-
-
-async def record_ballots(u: Unit, a: RecordBallots) -> str:
-    record = BallotSheetsRecord(ref=u.ref(), action=a)
-    return await _take_batch(u, io.ballots.save_ballot_sheets, record, a.actor)
 
 
 async def register_ballot_batch(u: Unit, a: RegisterBallotBatch) -> str:
@@ -42,9 +38,7 @@ async def _take_batch(u: Unit, activity: Any, record: Any, actor: Actor) -> str:
         if isinstance(cause, ApplicationError) and cause.type == "BallotRejected":
             raise ActionRejected(cause.message) from err
         raise
-    s.batches[receipt.batch_id] = receipt.count
-    for group, n in receipt.sheets_by_group.items():
-        s.group_sheets[group] = s.group_sheets.get(group, 0) + n
+    _count(u, receipt)
     message = (
         f"batch {receipt.batch_id}: {receipt.count} ballots on "
         f"{sum(receipt.sheets_by_group.values())} sheets recorded"
@@ -63,9 +57,19 @@ async def close_evaluation(u: Unit, a: CloseEvaluation) -> str:
     return f"evaluation closed with {u.state.ballots()} ballots"
 
 
+def _count(u: Unit, receipt: BallotBatchReceipt) -> None:
+    u.state.batches[receipt.batch_id] = receipt.count
+    for group, n in receipt.sheets_by_group.items():
+        u.state.group_sheets[group] = u.state.group_sheets.get(group, 0) + n
+
+
 async def finish(u: Unit, reason: str | None) -> None:
-    """The tallies and flags, from counts the database computes (no ballot enters history)."""
+    """The tallies and flags, from counts the database computes (no ballot enters history),
+    once the ballot pool has let go of every sheet it held and taken no more."""
     s = u.state
+    for receipt in await io.store(io.ballots.close_ballot_pool, u.ref()):
+        if receipt.batch_id not in s.batches:
+            _count(u, receipt)
     counts = await io.store(io.ballots.count_ballots, u.ref())
     s.tallies, _, s.flags = tally_ballots(counts, u.input.rater_groups, u.input.policy.flags)
     s.evaluation_closed = True

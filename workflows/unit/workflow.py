@@ -114,9 +114,6 @@ class UnitAssessment:
     submit_report, submit_report_signal = action_handlers(
         ACTIONS["submit_report"], early_stages.submit_report
     )
-    record_ballots, record_ballots_signal = action_handlers(
-        ACTIONS["record_ballots"], evaluation.record_ballots
-    )
     register_ballot_batch, register_ballot_batch_signal = action_handlers(
         ACTIONS["register_ballot_batch"], evaluation.register_ballot_batch
     )

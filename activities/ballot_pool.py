@@ -1,0 +1,251 @@
+"""The ballot pool: how a sheet reaches ballot_marks without anything there pointing back at
+the token that brought it (issue 20).
+
+Spending a token and storing its sheet in one transaction would give the token's row and the
+sheet's marks the same xmin, and the marks' physical order and batch would follow the order
+tokens were spent in. So it takes two transactions that share nothing:
+
+1. `pool_sheets` (the caller's transaction): the tokens are checked and spent, exactly as
+   before (ballot_store.claim_tokens), and each sheet waits in ballot_pool with its rater
+   group, its marks and a random receipt code; nothing else.
+2. `flush_pool` (a transaction of its own): a rater group's pooled sheets move into
+   ballot_marks in one batch, in an order drawn by `secrets`, once there are `min_sheets` of
+   them, or the group's tokens are all spent, or the evaluation closes. Their receipts go to
+   ballot_receipts in another such order, and the pool rows are deleted.
+3. `rewrite_spent_tokens` (a third): every spent token of the group is rewritten, so that
+   its xmin and place on disk no longer say in which order, or with which batch, it was
+   spent.
+
+A crash between the two loses nothing (the pool is durable) and doubles nothing (a flush
+moves and deletes in one transaction; the unit counts a batch once, by batch id). What stays:
+tuple versions left by the rewrite until VACUUM, and a live observer of the database's
+statements: docs/threat-model.md.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+
+from activities.ballot_store import (
+    MARK_COLUMNS,
+    BallotRejected,
+    claim_tokens,
+    lock_rater_groups,
+)
+from domain.ballots import Mark, marks_checksum, sheet_marks
+from schemas.messages import BallotSheet
+from schemas.workflow_io import BallotBatchReceipt
+
+_RECEIPT_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I/L: read off a phone
+_RANDOM = secrets.SystemRandom()
+POOL_BATCH_PREFIX = "pool-"  # the pool's batch ids; an import may not take one
+
+
+def new_receipt() -> str:
+    """A random receipt code (XXXX-XXXX-XXXX, 60 bits), unrelated to token and sheet."""
+    chars = "".join(secrets.choice(_RECEIPT_ALPHABET) for _ in range(12))
+    return f"{chars[:4]}-{chars[4:8]}-{chars[8:]}"
+
+
+class EvaluationClosed(BallotRejected):
+    def __init__(self) -> None:
+        super().__init__(["sheets: the evaluation is closed; no more sheets are taken"])
+
+
+@dataclass(frozen=True)
+class Pooled:
+    receipts: list[str]  # one per sheet, in the order the sheets came
+    sheets_by_group: dict[str, int]
+    duplicate: bool = False  # a retry: the first answer, nothing spent again
+
+
+async def pool_sheets(
+    conn: asyncpg.Connection,
+    workflow_id: str,
+    sheets: Sequence[BallotSheet],
+    submission_key: bytes,
+) -> Pooled:
+    """Inside the caller's transaction: spends the sheets' tokens and pools the sheets, or
+    raises BallotRejected naming each sheet whose token is unknown, spent, doubled or beyond
+    its group's plan (nothing is spent then). The same `submission_key` again answers with
+    the first submission's receipts."""
+    await lock_rater_groups(conn, workflow_id)  # submissions of a unit one at a time
+    earlier = await conn.fetchval(
+        "SELECT receipts::text FROM ballot_submissions "
+        "WHERE workflow_id = $1 AND submission_key = $2",
+        workflow_id,
+        submission_key,
+    )
+    if earlier is not None:
+        return Pooled(json.loads(earlier), {}, duplicate=True)
+    groups = await claim_tokens(conn, workflow_id, [s.token for s in sheets])
+    if await conn.fetchval(
+        "SELECT true FROM ballot_pool_closed WHERE workflow_id = $1", workflow_id
+    ):
+        raise EvaluationClosed()
+    receipts = [new_receipt() for _ in sheets]
+    await conn.copy_records_to_table(
+        "ballot_pool",
+        records=[
+            (workflow_id, group, json.dumps(sheet_marks(sheet)), sheet.ballot_count(), receipt)
+            for sheet, group, receipt in zip(sheets, groups, receipts, strict=True)
+        ],
+        columns=["workflow_id", "rater_group", "marks", "ballots", "receipt"],
+    )
+    await conn.execute(
+        "INSERT INTO ballot_submissions (workflow_id, submission_key, receipts) "
+        "VALUES ($1, $2, $3::jsonb)",
+        workflow_id,
+        submission_key,
+        json.dumps(receipts),
+    )
+    return Pooled(receipts, dict(sorted(Counter(groups).items())))
+
+
+async def flush_pool(
+    conn: asyncpg.Connection, workflow_id: str, *, min_sheets: int, closing: bool = False
+) -> list[BallotBatchReceipt]:
+    """Inside the caller's transaction (not the one that pooled): one batch per rater group
+    whose pooled sheets may go (see the module), stored unregistered (source 'pool'); their
+    receipts. `closing` flushes every group and takes no sheet after it."""
+    await lock_rater_groups(conn, workflow_id)  # one flush (or pooling) at a time
+    spent_all = {
+        r["group_id"]
+        for r in await conn.fetch(
+            "SELECT group_id FROM unit_rater_groups WHERE workflow_id = $1 AND returned >= planned",
+            workflow_id,
+        )
+    }
+    if closing:
+        await conn.execute(
+            "INSERT INTO ballot_pool_closed (workflow_id) VALUES ($1) ON CONFLICT DO NOTHING",
+            workflow_id,
+        )
+    waiting = await conn.fetch(
+        "SELECT rater_group, count(*) AS n FROM ballot_pool WHERE workflow_id = $1 "
+        "GROUP BY rater_group ORDER BY rater_group",
+        workflow_id,
+    )
+    receipts = []
+    for row in waiting:
+        group, n = row["rater_group"], row["n"]
+        if closing or n >= min_sheets or group in spent_all:
+            receipts.append(await _flush_group(conn, workflow_id, group))
+    return receipts
+
+
+async def _flush_group(
+    conn: asyncpg.Connection, workflow_id: str, group: str
+) -> BallotBatchReceipt:
+    rows = await conn.fetch(
+        "DELETE FROM ballot_pool WHERE workflow_id = $1 AND rater_group = $2 "
+        "RETURNING marks::text, ballots, receipt",
+        workflow_id,
+        group,
+    )
+    sheets = list(rows)
+    _RANDOM.shuffle(sheets)
+    marks: list[list[Mark]] = [[tuple(m) for m in json.loads(r["marks"])] for r in sheets]
+    batch_id = f"{POOL_BATCH_PREFIX}{secrets.token_hex(8)}"
+    ballots = sum(r["ballots"] for r in sheets)
+    checksum = marks_checksum(marks)
+    by_group = {group: len(sheets)}
+    await conn.execute(
+        """INSERT INTO ballot_batches (workflow_id, batch_id, ballots, sheets, checksum, source,
+                                       registered_at, sheets_by_group)
+           VALUES ($1, $2, $3, $4, $5, 'pool', NULL, $6::jsonb)""",
+        workflow_id,
+        batch_id,
+        ballots,
+        len(sheets),
+        checksum,
+        json.dumps(by_group),
+    )
+    await conn.copy_records_to_table(
+        "ballot_marks",
+        records=[
+            (workflow_id, batch_id, sheet_no, group, *mark)
+            for sheet_no, sheet in enumerate(marks)
+            for mark in sheet
+        ],
+        columns=MARK_COLUMNS,
+    )
+    codes = [r["receipt"] for r in sheets]
+    _RANDOM.shuffle(codes)
+    await conn.copy_records_to_table(
+        "ballot_receipts",
+        records=[(workflow_id, c) for c in codes],
+        columns=["workflow_id", "receipt"],
+    )
+    return BallotBatchReceipt(
+        batch_id=batch_id,
+        count=ballots,
+        checksum=checksum,
+        duplicate=False,
+        sheets_by_group=by_group,
+    )
+
+
+async def rewrite_spent_tokens(
+    conn: asyncpg.Connection, workflow_id: str, groups: Sequence[str] | None = None
+) -> None:
+    """In a transaction of its own, after a flush (never the one that wrote marks): every
+    spent token of the groups (default: all) gets this transaction's xmin and a new place on
+    disk, one by one in an order drawn here, so that neither says any longer in which order,
+    or with which batch, it was spent."""
+    spent = [
+        r["token_hash"]
+        for r in await conn.fetch(
+            "SELECT token_hash FROM ballot_tokens WHERE workflow_id = $1 "
+            "AND ($2::text[] IS NULL OR rater_group = ANY($2)) AND used_at IS NOT NULL",
+            workflow_id,
+            None if groups is None else list(groups),
+        )
+    ]
+    _RANDOM.shuffle(spent)
+    await conn.executemany(
+        "UPDATE ballot_tokens SET used_at = used_at WHERE workflow_id = $1 AND token_hash = $2",
+        [(workflow_id, h) for h in spent],
+    )
+
+
+async def unregistered_pool_batches(
+    conn: asyncpg.Connection, workflow_id: str
+) -> list[BallotBatchReceipt]:
+    """Pool batches the unit has not counted yet (their registration was lost, say), now
+    registered: what the unit adds when its evaluation closes."""
+    rows = await conn.fetch(
+        """UPDATE ballot_batches SET registered_at = date_trunc('day', now())
+           WHERE workflow_id = $1 AND source = 'pool' AND registered_at IS NULL
+           RETURNING batch_id, ballots, checksum, sheets_by_group::text""",
+        workflow_id,
+    )
+    return [
+        BallotBatchReceipt(
+            batch_id=r["batch_id"],
+            count=r["ballots"],
+            checksum=r["checksum"],
+            duplicate=False,
+            sheets_by_group=json.loads(r["sheets_by_group"]),
+        )
+        for r in sorted(rows, key=lambda r: r["batch_id"])
+    ]
+
+
+async def counted_receipts(conn: asyncpg.Connection, workflow_id: str) -> list[str] | None:
+    """The receipts of the counted sheets, sorted (their order says nothing), once the
+    evaluation is closed; None before."""
+    if not await conn.fetchval(
+        "SELECT true FROM ballot_pool_closed WHERE workflow_id = $1", workflow_id
+    ):
+        return None
+    rows = await conn.fetch(
+        "SELECT receipt FROM ballot_receipts WHERE workflow_id = $1 ORDER BY receipt", workflow_id
+    )
+    return [r["receipt"] for r in rows]
