@@ -1,4 +1,4 @@
-"""Loopback ports and aiohttp apps on them: what the codec server, the worker's metrics
+"""Loopback ports and aiohttp apps on them: what the dev UI's proxy, the worker's metrics
 endpoint and the tests' receivers share."""
 
 from __future__ import annotations

@@ -73,11 +73,9 @@ class Settings(BaseSettings):
     payload_encryption: bool = True
     payload_keys: SecretStr | None = None
 
-    # The codec server the Temporal UI decodes payloads with (kaohe/codec/server.py).
-    codec_port: int = 8234
-    # Bearer token for /encode and /decode; unset means a token file in data_dir.
-    codec_token: SecretStr | None = None
-    # Further browser origins allowed by CORS (e.g. a deployed UI), besides the dev UI's.
+    # The Temporal UI decodes payloads through kaohe's API (/v1/codec, kaohe/api/codec.py), as
+    # the user with their own codec_decode binding. Browser origins of the UIs that do (a
+    # deployed UI), which CORS allows on those routes with credentials, besides the dev UI's.
     codec_cors_origins: list[str] = Field(default_factory=list)
 
     # Assertions (kaohe/assertions.py): the keyring "id:base64,..." (the first signs, all

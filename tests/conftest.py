@@ -38,8 +38,6 @@ from kaohe.sim.simulate import TalkStore, TokenSource, talk_store
 from tests.helpers import TEST_ASSERTION_KEYS, TEST_KEY, TEST_TALK_KEYS
 from worker import build_worker
 
-# run_dev() in tests starts a codec server: never on the port of a `make run` on this machine.
-os.environ.setdefault("KAOHE_CODEC_PORT", str(free_port()))
 # Nor a metrics endpoint on the default port: workers in tests serve none unless a test asks.
 os.environ.setdefault("KAOHE_METRICS_PORT", "0")
 # Nor kaohe's API on its default port.

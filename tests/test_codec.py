@@ -1,29 +1,24 @@
 """Payload encryption: the codec and its keyring, history without plaintext on the real
-servers, the codec server the UI decodes with, and the dev stack wiring them together."""
+servers, and the dev server told where the UI decodes (kaohe's API: tests/test_codec_api.py)."""
 
 from __future__ import annotations
 
-import asyncio
 import base64
-import contextlib
 import datetime as dt
-import json
 import os
 import random
 import re
-import urllib.request
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import asyncpg
 import pytest
-from google.protobuf import json_format
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
-from temporalio.api.common.v1 import Payload, Payloads
+from temporalio.api.common.v1 import Payload
 from temporalio.client import Client, WorkflowHandle
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
@@ -40,10 +35,7 @@ from kaohe.codec.payloads import (
     codec_from_settings,
     format_key,
 )
-from kaohe.codec.server import CodecServer, codec_token
-from kaohe.devstack.stack import run_dev
 from kaohe.devstack.temporal import TemporalDevServer
-from kaohe.listening import free_port
 from kaohe.settings import Settings
 from kaohe.sim.simulate import TalkStore, TokenSource, proposal_for, sheet_for, talk_by_reference
 from schemas.common import Role
@@ -364,149 +356,6 @@ async def test_api_integrator_sends_plain_json(
     assert update and all(p.metadata["encoding"] == ENCODING for _, p in update), update
 
 
-# ---- the codec server ------------------------------------------------------------------------
-
-UI_PORT = 18233
-UI_ORIGIN = f"http://127.0.0.1:{UI_PORT}"
-
-
-@contextlib.asynccontextmanager
-async def codec_server(
-    stack: Stack, **settings: Any
-) -> AsyncIterator[tuple[CodecServer, aiohttp.ClientSession]]:
-    update = {"codec_port": free_port(), "temporal_ui_port": UI_PORT, **settings}
-    server = CodecServer(stack.settings.model_copy(update=update))
-    await server.start()
-    try:
-        async with aiohttp.ClientSession() as session:
-            yield server, session
-    finally:
-        await server.stop()
-
-
-async def encrypted_history_payloads(stack: Stack, handle: WorkflowHandle) -> list[dict[str, Any]]:
-    history = await handle.fetch_history()
-    found = [p for e in history.events for w, p in payloads_in(e) if not SDK_OWN.search(w)]
-    return json.loads(json_format.MessageToJson(Payloads(payloads=found)))["payloads"]
-
-
-async def test_codec_server_decodes_with_the_token(
-    stack: Stack, secret_unit: tuple[WorkflowHandle, str, str]
-) -> None:
-    handle, marker, _ = secret_unit
-    payloads = await encrypted_history_payloads(stack, handle)
-    bearer = {"Authorization": f"Bearer {codec_token(stack.settings)}"}
-    async with codec_server(stack) as (server, session):
-        # The UI's request shape: a path prefix is allowed, the query ignored.
-        url = f"{server.url}/codec/decode?preserveStorageRefs=true"
-        headers = {**bearer, "X-Namespace": "default"}
-        async with session.post(url, json={"payloads": payloads}, headers=headers) as response:
-            assert response.status == 200
-            decoded = (await response.json())["payloads"]
-        assert len(decoded) == len(payloads)
-        texts = b"".join(base64.b64decode(p.get("data", "")) for p in decoded)
-        assert texts.count(marker.encode()) >= 2
-
-        # Encode, then decode again: the round trip through HTTP.
-        original = {"metadata": {"encoding": b64(b"json/plain")}, "data": b64(b'"hi"')}
-        async with session.post(
-            f"{server.url}/encode", json={"payloads": [original]}, headers=bearer
-        ) as response:
-            [encoded] = (await response.json())["payloads"]
-        assert base64.b64decode(encoded["metadata"]["encoding"]) == ENCODING
-        async with session.post(
-            f"{server.url}/decode", json={"payloads": [encoded]}, headers=bearer
-        ) as response:
-            assert (await response.json())["payloads"] == [original]
-
-        # Errors say what is wrong and never echo a payload.
-        async with session.post(
-            f"{server.url}/decode", data=b"not json", headers=bearer
-        ) as response:
-            assert response.status == 400
-        stranger = (await EncryptionCodec(Keyring([("zz", K1)])).encode([plain(b"1")]))[0]
-        body = json.loads(json_format.MessageToJson(Payloads(payloads=[stranger])))
-        async with session.post(f"{server.url}/decode", json=body, headers=bearer) as response:
-            assert response.status == 422
-            assert "'zz'" in (await response.json())["error"]
-
-
-async def test_codec_server_refuses_without_a_valid_token(
-    stack: Stack, secret_unit: tuple[WorkflowHandle, str, str]
-) -> None:
-    handle, _, _ = secret_unit
-    body = {"payloads": (await encrypted_history_payloads(stack, handle))[:1]}
-    async with codec_server(stack) as (server, session):
-        for headers in (
-            {},
-            {"Authorization": "Bearer wrong"},
-            {"Authorization": codec_token(stack.settings)},  # not "Bearer ..."
-            {"Origin": "http://evil.example"},
-            {"Origin": f"http://127.0.0.1:{UI_PORT + 1}"},
-        ):
-            async with session.post(f"{server.url}/decode", json=body, headers=headers) as r:
-                assert r.status == 401, headers
-                assert r.headers["WWW-Authenticate"].startswith("Bearer")
-                assert "Access-Control-Allow-Origin" not in r.headers
-            async with session.post(f"{server.url}/encode", json=body, headers=headers) as r:
-                assert r.status == 401, headers
-
-
-async def test_codec_server_cors_and_the_dev_ui(
-    stack: Stack, secret_unit: tuple[WorkflowHandle, str, str]
-) -> None:
-    handle, marker, _ = secret_unit
-    body = {"payloads": await encrypted_history_payloads(stack, handle)}
-    preflight = {
-        "Origin": UI_ORIGIN,
-        "Access-Control-Request-Method": "POST",
-        "Access-Control-Request-Headers": "content-type,x-namespace",
-    }
-    async with codec_server(stack) as (server, session):
-        # The browser's preflight: no token, CORS headers for the UI's origins.
-        for origin in (UI_ORIGIN, f"http://localhost:{UI_PORT}"):
-            headers = {**preflight, "Origin": origin}
-            async with session.options(f"{server.url}/decode", headers=headers) as r:
-                assert r.status == 204
-                assert r.headers["Access-Control-Allow-Origin"] == origin
-                allowed = r.headers["Access-Control-Allow-Headers"].lower()
-                assert "content-type" in allowed and "x-namespace" in allowed
-                assert "POST" in r.headers["Access-Control-Allow-Methods"]
-                assert r.headers["Access-Control-Allow-Credentials"] == "true"
-        headers = {**preflight, "Origin": "http://evil.example"}
-        async with session.options(f"{server.url}/decode", headers=headers) as r:
-            assert r.status == 403 and "Access-Control-Allow-Origin" not in r.headers
-
-        # What the dev UI sends: no Authorization, the token in the endpoint's path.
-        ui = {"Origin": UI_ORIGIN, "X-Namespace": "default"}
-        async with session.post(f"{server.ui_endpoint}/decode", json=body, headers=ui) as r:
-            assert r.status == 200
-            assert r.headers["Access-Control-Allow-Origin"] == UI_ORIGIN
-            decoded = (await r.json())["payloads"]
-        assert marker.encode() in b"".join(base64.b64decode(p.get("data", "")) for p in decoded)
-
-        # The UI's origin is no token: without one (or with a wrong one) it is refused,
-        # with the CORS headers so the UI can show why.
-        for url in (
-            f"{server.url}/decode",
-            f"{server.url}/t/wrong/decode",
-            f"{server.url}/t//decode",
-            f"{server.ui_endpoint}x/decode",
-            f"{server.url}/x/{codec_token(stack.settings)}/decode",
-        ):
-            async with session.post(url, json=body, headers=ui) as r:
-                assert r.status == 401, url
-                assert r.headers["Access-Control-Allow-Origin"] == UI_ORIGIN
-
-
-async def test_codec_token_from_settings_or_file(tmp_path: Path) -> None:
-    assert codec_token(Settings(data_dir=tmp_path, codec_token="s3cret")) == "s3cret"
-    assert not (tmp_path / "codec.token").exists()
-    token = codec_token(Settings(data_dir=tmp_path))
-    assert len(token) >= 32 and codec_token(Settings(data_dir=tmp_path)) == token
-    assert (tmp_path / "codec.token").stat().st_mode & 0o777 == 0o600
-
-
 # ---- the dev stack ---------------------------------------------------------------------------
 
 
@@ -515,51 +364,3 @@ def test_dev_server_gets_the_codec_endpoint(tmp_path: Path) -> None:
     command = server.command()
     assert command[command.index("--ui-codec-endpoint") + 1] == "http://127.0.0.1:9999"
     assert "--ui-codec-endpoint" not in TemporalDevServer(tmp_path).command()
-
-
-class Checked(Exception):
-    pass
-
-
-async def test_run_dev_serves_the_codec_to_the_ui(tmp_path: Path) -> None:
-    """`kaohe dev`: the codec server is up before Temporal, and the UI is told where it is."""
-    settings = Settings(
-        data_dir=tmp_path,
-        database_url=None,
-        postgres_port=free_port(),
-        temporal_address=f"127.0.0.1:{free_port()}",
-        temporal_ui_port=free_port(),
-        temporal_http_port=free_port(),
-        codec_port=free_port(),
-    )
-    codec_url = f"http://127.0.0.1:{settings.codec_port}"
-    ui_url = f"http://127.0.0.1:{settings.temporal_ui_port}"
-    checked: dict[str, Any] = {}
-
-    async def worker(database_url: str) -> None:
-        def ui_settings() -> dict[str, Any]:
-            with urllib.request.urlopen(f"{ui_url}/api/v1/settings", timeout=10) as r:
-                return json.loads(r.read())
-
-        checked["ui"] = await asyncio.to_thread(ui_settings)
-        async with aiohttp.ClientSession() as session:
-            original = {"metadata": {"encoding": b64(b"json/plain")}, "data": b64(b'"x"')}
-            headers = {"Origin": ui_url, "X-Namespace": "default"}
-            endpoint = checked["ui"]["Codec"]["Endpoint"]
-            for url in (f"{endpoint}/encode", f"{codec_url}/encode"):
-                async with session.post(url, json={"payloads": [original]}, headers=headers) as r:
-                    checked[url] = r.status
-        raise Checked  # run_dev re-raises the worker's error after stopping everything
-
-    with pytest.raises(Checked):
-        await asyncio.wait_for(run_dev(settings, with_worker=worker), 120)
-    endpoint = checked["ui"]["Codec"]["Endpoint"]
-    assert endpoint == f"{codec_url}/t/{codec_token(settings)}"
-    # What the dev UI will do with it: no access token, no credentials (see codec_server).
-    assert checked["ui"]["Codec"]["PassAccessToken"] is False
-    assert checked["ui"]["Auth"]["Enabled"] is False
-    assert checked[f"{endpoint}/encode"] == 200
-    assert checked[f"{codec_url}/encode"] == 401  # the UI's origin alone is no token
-    with pytest.raises(OSError):
-        _, writer = await asyncio.open_connection("127.0.0.1", settings.codec_port)
-        writer.close()

@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -33,7 +36,9 @@ from kaohe.api.codec import (
     install_codec,
     login_link,
 )
+from kaohe.devstack.stack import run_dev
 from kaohe.listening import free_port
+from kaohe.settings import Settings
 from schemas.common import Role
 from tests.helpers import TEST_KEY, sample_unit, start_unit
 
@@ -338,3 +343,98 @@ async def test_cors_for_the_ui_origins_only(codec_api: CodecApi) -> None:
         # The rest of the API sends no CORS headers at all.
         async with session.get(f"{codec_api.url}/healthz", headers={"Origin": UI_ORIGIN}) as r:
             assert "Access-Control-Allow-Origin" not in r.headers
+
+
+# ---- the dev stack ---------------------------------------------------------------------------
+
+
+class Checked(Exception):
+    pass
+
+
+async def test_run_dev_ui_settings_hold_no_secret(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`kaohe dev`: the UI's settings name kaohe's API as the codec and nothing that decodes;
+    the login link it prints (for the dev user, bound codec_decode) is what decodes."""
+    settings = Settings(
+        _env_file=None,
+        data_dir=tmp_path,
+        database_url=None,
+        payload_keys=None,
+        postgres_port=free_port(),
+        temporal_address=f"127.0.0.1:{free_port()}",
+        temporal_ui_port=free_port(),
+        temporal_http_port=free_port(),
+        api_port=free_port(),
+        metrics_port=0,
+    )
+    api_url = f"http://127.0.0.1:{settings.api_port}"
+    ui_url = f"http://127.0.0.1:{settings.temporal_ui_port}"
+    checked: dict[str, Any] = {}
+
+    async def worker(database_url: str) -> None:
+        from kaohe.api.server import serve_api
+
+        serving = asyncio.create_task(serve_api(settings, database_url))
+        try:
+            async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as s:
+                for _ in range(200):
+                    with contextlib.suppress(aiohttp.ClientError):
+                        async with s.get(f"{api_url}/healthz") as r:
+                            if r.status == 200:
+                                break
+                    await asyncio.sleep(0.05)
+                async with s.get(f"{ui_url}/api/v1/settings") as r:
+                    checked["text"] = await r.text()
+                    checked["ui"] = json.loads(checked["text"])
+                endpoint = checked["ui"]["Codec"]["Endpoint"]
+                original = {
+                    "metadata": {"encoding": base64.b64encode(b"json/plain").decode()},
+                    "data": base64.b64encode(b'"x"').decode(),
+                }
+                headers = {"Origin": ui_url, "X-Namespace": "default"}
+                body = {"payloads": [original]}
+                # All the settings give a page: refused.
+                async with s.post(f"{endpoint}/decode", json=body, headers=headers) as r:
+                    checked["without login"] = r.status
+                    checked["cors"] = r.headers.get("Access-Control-Allow-Origin")
+                # The link kaohe dev printed, as the developer's browser opens it.
+                out = capsys.readouterr().out
+                [link] = re.findall(r"http://\S+/v1/codec/login\?ticket=\S+", out)
+                checked["printed"] = out
+                async with s.get(link, allow_redirects=False) as r:
+                    checked["login"] = (r.status, r.headers.get("Location"))
+                async with s.post(f"{endpoint}/decode", json=body, headers=headers) as r:
+                    checked["with login"] = r.status
+                    checked["decoded"] = (await r.json())["payloads"]
+                # The proxy passes the UI's pages through.
+                async with s.get(f"{ui_url}/namespaces/default/workflows") as r:
+                    checked["page"] = (r.status, "<html" in await r.text())
+        finally:
+            serving.cancel()
+            await asyncio.gather(serving, return_exceptions=True)
+        raise Checked  # run_dev re-raises the worker's error after stopping everything
+
+    with pytest.raises(Checked):
+        await asyncio.wait_for(run_dev(settings, with_worker=worker), 120)
+    ui = checked["ui"]
+    assert ui["Codec"]["Endpoint"] == f"{api_url}/v1/codec"
+    assert ui["Codec"]["IncludeCredentials"] is True
+    assert ui["Codec"]["PassAccessToken"] is False
+    assert ui["Auth"]["Enabled"] is False
+    # No token, no key: nothing of the data dir's secrets, no /t/<token>, no ticket.
+    text = checked["text"]
+    secrets = [
+        line.split(":", 1)[1]
+        for name in ("payload.key", "talk.key", "assertion.keys")
+        for line in (tmp_path / name).read_text().split()
+    ]
+    assert secrets and not [s for s in secrets if s in text]
+    assert "/t/" not in text and "ticket" not in text and "eyJ" not in text
+    assert not (tmp_path / "codec.token").exists()
+    assert checked["without login"] == 401 and checked["cors"] == ui_url
+    assert checked["login"] == (303, ui_url)
+    assert checked["with login"] == 200 and checked["decoded"][0]["data"]
+    assert checked["page"] == (200, True)
+    assert "codec server" not in checked["printed"]

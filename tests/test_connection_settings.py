@@ -75,7 +75,6 @@ async def test_no_secret_in_the_logs(
         "KAOHE_TALK_KEYS": TEST_TALK_KEYS,
         "KAOHE_WEBHOOK_SECRET": "webhook-secret-value-42",
         "KAOHE_SMTP_PASSWORD": "smtp-password-value-42",
-        "KAOHE_CODEC_TOKEN": "codec-token-value-42",
         "KAOHE_DATABASE_URL": stack.database_url.replace("@", f":{db_password}@", 1),
         "KAOHE_LOG_LEVEL": "DEBUG",
     }

@@ -50,6 +50,8 @@ KAOHE = str(Path(sys.executable).parent / "kaohe")
 # Secrets the operator creates, named in deploy/README.md; everything else must be defined here.
 EXTERNAL_SECRETS = {"kaohe-secrets", "kaohe-worker-temporal-tls", "kaohe-api-temporal-tls"}
 SECRET_NAME = re.compile(r"(PASSWORD|PWD|SECRET|TOKEN|_KEY|_KEYS|DATABASE_URL)$")
+# Named like a secret, but a flag: the UI passes the user's own access token to the codec.
+NOT_SECRET = {"TEMPORAL_CODEC_PASS_ACCESS_TOKEN"}
 
 # ---- compose -----------------------------------------------------------------------------
 
@@ -60,7 +62,7 @@ EXPECTED_DEPENDS_ON = {
     "temporal": {"temporal-schema": "service_completed_successfully"},
     "temporal-namespace": {"temporal": "service_healthy"},
     "temporal-search-attributes": {"temporal-namespace": "service_completed_successfully"},
-    "temporal-ui": {"temporal": "service_healthy", "kaohe-codec-server": "service_healthy"},
+    "temporal-ui": {"temporal": "service_healthy", "kaohe-api": "service_healthy"},
     "kaohe-postgresql": {},
     "kaohe-migrate": {"kaohe-postgresql": "service_healthy"},
     "kaohe-worker": {
@@ -68,7 +70,6 @@ EXPECTED_DEPENDS_ON = {
         "temporal-search-attributes": "service_completed_successfully",
         "kaohe-migrate": "service_completed_successfully",
     },
-    "kaohe-codec-server": {},
     "kaohe-api": {"temporal": "service_healthy", "kaohe-migrate": "service_completed_successfully"},
     "kaohe": {"kaohe-migrate": "service_completed_successfully"},
 }
@@ -80,9 +81,9 @@ SECRET_READERS = {
     "KAOHE_DB_PASSWORD": {"kaohe-postgresql", "kaohe-migrate"},
     # The app's role (kaohe_app): it may only append to the audit table; migrate makes it.
     "KAOHE_APP_DB_PASSWORD": {"kaohe-migrate", "kaohe-worker", "kaohe-api", "kaohe"},
-    "KAOHE_PAYLOAD_KEYS": {"kaohe-worker", "kaohe-codec-server", "kaohe-api", "kaohe"},
+    # The UI holds none: it decodes through kaohe's API, as the user (issue 20 item 7).
+    "KAOHE_PAYLOAD_KEYS": {"kaohe-worker", "kaohe-api", "kaohe"},
     "KAOHE_TALK_KEYS": {"kaohe-worker", "kaohe"},
-    "KAOHE_CODEC_TOKEN": {"kaohe-codec-server", "temporal-ui"},
     # Only the workers, the API and the operators' CLI can make a message a workflow takes.
     "KAOHE_ASSERTION_KEYS": {"kaohe-worker", "kaohe-api", "kaohe"},
     # The audit chain's heads are signed by the worker (and an operator's CLI) alone.
@@ -247,11 +248,11 @@ def test_compose_holds_no_secret() -> None:
             if SECRET_NAME.search(key) and value.startswith("/run/secrets/"):
                 # A file of the compose file's own secrets, mounted for this service alone.
                 assert value.removeprefix("/run/secrets/") in service["secrets"], (name, key)
-            elif SECRET_NAME.search(key) or key == "TEMPORAL_CODEC_ENDPOINT":
+            elif SECRET_NAME.search(key) and key not in NOT_SECRET:
                 refs = [m["name"] for m in VARIABLE.finditer(value)]
                 assert any(ref in secrets for ref in refs), f"{name}: {key} is not from a secret"
                 literal = VARIABLE.sub("", value)
-                assert re.fullmatch(r"(postgresql://\w+:@[\w.-]+:\d+/\w+|/t/)?", literal), (
+                assert re.fullmatch(r"(postgresql://\w+:@[\w.-]+:\d+/\w+)?", literal), (
                     f"{name}: {key} has a literal part {literal!r}"
                 )
     # Each secret reaches only the services that need it.
@@ -355,27 +356,33 @@ def test_compose_temporal_takes_only_its_clients_certificates(tmp_path: Path) ->
     assert oct((written / "ca.key").stat().st_mode & 0o777) == "0o600"
 
 
-def test_compose_ui_decodes_through_the_codec_server() -> None:
+def test_compose_ui_decodes_through_kaohes_api_as_the_user() -> None:
+    """No master key in the browser (issue 20 item 7): the UI's codec endpoint is kaohe's API,
+    holds no secret, and the UI sends it the logged-in user's own access token."""
     env = example_env()
     services = compose()["services"]
-    ui, codec = services["temporal-ui"], services["kaohe-codec-server"]
-    ui_env, codec_env = environment(ui), environment(codec)
+    assert "kaohe-codec-server" not in services
+    ui, api = services["temporal-ui"], services["kaohe-api"]
+    ui_env, api_env = environment(ui), environment(api)
 
-    # The UI's codec endpoint is the codec server's published port, token in the path.
     endpoint = urlsplit(ui_env["TEMPORAL_CODEC_ENDPOINT"])
-    assert endpoint.path == f"/t/{env['KAOHE_CODEC_TOKEN']}"
-    assert codec_env["KAOHE_CODEC_TOKEN"] == env["KAOHE_CODEC_TOKEN"]
-    assert codec["command"][0] == "codec-server"
-    listen = int(option(codec["command"], "--port"))
-    assert option(codec["command"], "--host") == "0.0.0.0"
-    host, port = published(codec)[listen]
-    assert host == env["KAOHE_BIND_ADDRESS"]
-    assert endpoint.port == port
-    assert endpoint.hostname in ("localhost", "127.0.0.1")
+    assert ui_env["TEMPORAL_CODEC_ENDPOINT"] == f"{env['KAOHE_API_PUBLIC_URL']}/v1/codec"
+    # The UI passes its access token to an https endpoint only.
+    assert endpoint.scheme == "https" and endpoint.path == "/v1/codec"
+    assert ui_env["TEMPORAL_CODEC_PASS_ACCESS_TOKEN"] == "true"
+    assert ui_env.get("TEMPORAL_CODEC_INCLUDE_CREDENTIALS", "false") == "false"
+    secrets = {name for name, value in read_env_example().items() if not value}
+    raw = environment(raw_compose()["services"]["temporal-ui"])["TEMPORAL_CODEC_ENDPOINT"]
+    assert not {m["name"] for m in VARIABLE.finditer(raw)} & secrets
+    assert VARIABLE.sub("", raw) == "/v1/codec"
+    assert published(api)[8236][1] == endpoint.port or endpoint.port is None
 
-    # CORS: the codec server allows the UI's origin, which is where the UI is published.
+    # The token the UI passes is the site's OIDC token, which kaohe's API checks; CORS of
+    # /v1/codec allows the UI's origin, which is where the UI is published.
+    assert ui_env["TEMPORAL_AUTH_ENABLED"] == "true"
+    assert ui_env["TEMPORAL_AUTH_PROVIDER_URL"] == api_env["KAOHE_OIDC_ISSUER"]
     ui_url = env["KAOHE_UI_URL"]
-    assert ui_url in json.loads(codec_env["KAOHE_CODEC_CORS_ORIGINS"])
+    assert ui_url in json.loads(api_env["KAOHE_CODEC_CORS_ORIGINS"])
     assert ui_url in ui_env["TEMPORAL_CORS_ORIGINS"].split(",")
     assert published(ui)[8080][1] == urlsplit(ui_url).port
     assert ui_env["TEMPORAL_DEFAULT_NAMESPACE"] == env["KAOHE_TEMPORAL_NAMESPACE"]
@@ -515,7 +522,7 @@ def test_dockerfile() -> None:
     exposed = {int(p) for p in last["EXPOSE"].split()}
     assert {
         Settings.model_fields["metrics_port"].default,
-        Settings.model_fields["codec_port"].default,
+        Settings.model_fields["api_port"].default,
     } <= exposed
     assert last["STOPSIGNAL"] == "SIGINT"
     # The pod manifests run as the image's user.
@@ -566,7 +573,8 @@ def kaohe_invocations() -> list[list[str]]:
 def test_deployed_commands_exist_in_the_cli() -> None:
     calls = {tuple(call) for call in kaohe_invocations()}
     commands = {call[0] for call in calls if not call[0].startswith("-")}
-    assert {"worker", "codec-server", "migrate"} <= commands
+    assert {"worker", "api", "migrate"} <= commands
+    assert "codec-server" not in commands  # gone: the UI decodes through kaohe's API
     # The console script the image's ENTRYPOINT runs lists them ...
     done = subprocess.run([KAOHE, "--help"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
@@ -717,7 +725,7 @@ def test_k8s_pods_that_talk_to_temporal_hold_their_own_certificate() -> None:
         mounts = {m["mountPath"]: m["name"] for c in pod["containers"] for m in c["volumeMounts"]}
         if str(folder) in mounts:
             held[doc["metadata"]["name"]] = secrets[mounts[str(folder)]]
-    # The worker and the API, each with its own; the codec server and the migrations need none.
+    # The worker and the API, each with its own; the migrations need none.
     assert held == {
         "kaohe-worker": "kaohe-worker-temporal-tls",
         "kaohe-api": "kaohe-api-temporal-tls",
@@ -752,6 +760,10 @@ def test_temporal_helm_values_require_client_certificates() -> None:
     assert (
         web["TEMPORAL_DISABLE_WRITE_ACTIONS"] == "true" and web["TEMPORAL_AUTH_ENABLED"] == "true"
     )
+    # The UI decodes through kaohe's API with the user's access token (https only).
+    endpoint = urlsplit(web["TEMPORAL_CODEC_ENDPOINT"])
+    assert endpoint.scheme == "https" and endpoint.path == "/v1/codec"
+    assert web["TEMPORAL_CODEC_PASS_ACCESS_TOKEN"] == "true"
 
 
 def test_k8s_services_select_their_pods() -> None:
@@ -782,17 +794,19 @@ def test_k8s_services_select_their_pods() -> None:
         assert len(matched) == 1, pdb["metadata"]["name"]
         assert pdb["spec"]["minAvailable"] < matched[0]["spec"]["replicas"]
 
-    # Ports agree with the settings: metrics (and the scrape annotations), the codec server.
+    # Ports agree with the settings: metrics (and the scrape annotations), the API.
     worker = next(d for d in deployments if d["metadata"]["name"] == "kaohe-worker")
     template = worker["spec"]["template"]
     (metrics,) = [p for p in template["spec"]["containers"][0]["ports"] if p["name"] == "metrics"]
     assert metrics["containerPort"] == int(config["KAOHE_METRICS_PORT"])
     assert template["metadata"]["annotations"]["prometheus.io/port"] == config["KAOHE_METRICS_PORT"]
     assert config["KAOHE_METRICS_HOST"] == "0.0.0.0"
-    codec = next(d for d in deployments if d["metadata"]["name"] == "kaohe-codec-server")
-    container = codec["spec"]["template"]["spec"]["containers"][0]
-    assert int(option(container["args"], "--port")) == container["ports"][0]["containerPort"]
-    assert option(container["args"], "--host") == "0.0.0.0"
+    api = next(d for d in deployments if d["metadata"]["name"] == "kaohe-api")
+    container = api["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert int(env["KAOHE_API_PORT"]) == container["ports"][0]["containerPort"]
+    assert env["KAOHE_API_HOST"] == "0.0.0.0"
+    assert "kaohe-codec-server" not in {d["metadata"]["name"] for d in deployments}
 
 
 # The discovery documents kubectl reads for the kinds the manifests use (plain v1 discovery,

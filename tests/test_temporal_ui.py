@@ -7,8 +7,11 @@ a second campaign's units in evaluation and report-back. Then the browser checks
 * the workflow list filtered by `KaoheStage` shows exactly the units the visibility API finds
   in that stage;
 * a unit's page shows its summary, its details and its current details (workflows/details.py);
-* inputs, results and update arguments are shown decoded by the codec server (they are
-  `binary/encrypted` in history), with no failed codec request.
+* without a codec login, inputs are shown as history holds them, `binary/encrypted` (the
+  UI's settings give the page nothing that decodes: kaohe's API answers 401);
+* once the browser opened the one-time login link `kaohe dev` prints (the dev user, bound
+  codec_decode), inputs, results and update arguments are shown decoded through kaohe's API
+  (`/v1/codec`, by its HttpOnly cookie), with no failed codec request.
 
 Screenshots are taken on every run; with KAOHE_UPDATE_SCREENSHOTS=1 (`make screenshots`) they
 replace docs/screenshots/ when everything passed. Chromium is the
@@ -136,11 +139,17 @@ class DevStack:
             temporal_address=self.env["KAOHE_TEMPORAL_ADDRESS"],
             postgres_port=int(self.env["KAOHE_POSTGRES_PORT"]),
             temporal_ui_port=int(self.env["KAOHE_TEMPORAL_UI_PORT"]),
-            codec_port=int(self.env["KAOHE_CODEC_PORT"]),
+            api_port=int(self.env["KAOHE_API_PORT"]),
             database_url=None,
             payload_keys=None,
             payload_encryption=True,
         )
+
+    def login_link(self) -> str:
+        """The one-time codec login `kaohe dev` printed for its dev user."""
+        found = re.findall(r"http://\S+/v1/codec/login\?ticket=\S+", self.log.read_text())
+        assert found, f"kaohe dev printed no codec login link:\n{self.log_tail()}"
+        return found[-1]
 
     def log_tail(self) -> str:
         try:
@@ -159,13 +168,14 @@ def stack_env(data_dir: Path) -> dict[str, str]:
         "KAOHE_TEMPORAL_UI_PORT": str(free_port()),
         "KAOHE_TEMPORAL_HTTP_PORT": str(free_port()),
         "KAOHE_POSTGRES_PORT": str(free_port()),
-        "KAOHE_CODEC_PORT": str(free_port()),
+        "KAOHE_API_PORT": str(free_port()),
+        "KAOHE_METRICS_PORT": "0",
         "KAOHE_LOG_FORMAT": "json",
     }
 
 
 async def stop_process(proc: Process, grace: float) -> None:
-    """SIGTERM (kaohe dev then stops its worker, Temporal, codec server and PostgreSQL), and
+    """SIGTERM (kaohe dev then stops its worker and API, Temporal and PostgreSQL), and
     SIGKILL to the whole tree after `grace` seconds."""
     if proc.returncode is not None:
         return
@@ -305,8 +315,8 @@ class Watch:
     decode_ok: int = 0
     problems: list[str] = field(default_factory=list)
 
-    def attach(self, page: Page, codec_port: str) -> None:
-        codec = f"127.0.0.1:{codec_port}"
+    def attach(self, page: Page, api_port: str) -> None:
+        codec = f"127.0.0.1:{api_port}/v1/codec"
 
         def on_response(response) -> None:  # type: ignore[no-untyped-def]
             if codec in response.url:
@@ -332,8 +342,7 @@ class Watch:
         page.on("console", on_console)
 
     def report(self) -> str:
-        # The codec token is in the endpoint's path: keep it out of the test's output.
-        return "\n".join(re.sub(r"/t/[^/]+/", "/t/<token>/", p) for p in self.problems)
+        return "\n".join(self.problems)
 
     def check(self) -> None:
         assert not self.problems, self.report()
@@ -505,11 +514,13 @@ async def test_temporal_ui_shows_stages_details_and_decoded_payloads(
 
         await wait_ui(stack.ui)
         watch = Watch()
+        base = f"{stack.ui}/namespaces/default/workflows/{demo_wjw}/{wjw_described.run_id}"
         async with async_playwright() as pw:
             browser: Browser = await pw.chromium.launch(
                 executable_path=executable, headless=True, args=CHROMIUM_ARGS
             )
-            try:
+
+            async def new_context():  # type: ignore[no-untyped-def]
                 context = await browser.new_context(
                     viewport=VIEWPORT, locale="en-US", timezone_id="Asia/Shanghai"
                 )
@@ -517,8 +528,37 @@ async def test_temporal_ui_shows_stages_details_and_decoded_payloads(
                 await context.route(
                     re.compile(r"^https?://(?!127\.0\.0\.1[:/])"), lambda route: route.abort()
                 )
+                return context
+
+            try:
+                # 0) Without the codec login the page has nothing that decodes: kaohe's API
+                # refuses, and the input is shown as history holds it.
+                anonymous = await new_context()
+                stranger = await anonymous.new_page()
+                answers: list[int] = []
+                stranger.on(
+                    "response",
+                    lambda r: answers.append(r.status) if "/v1/codec/decode" in r.url else None,
+                )
+                await stranger.goto(f"{base}/timeline")
+                await poll(
+                    "the input of wjw, still encrypted",
+                    lambda: main_text(stranger),
+                    lambda text: any(e in str(text) for e in ENCRYPTED),
+                )
+                assert "市卫生健康委员会" not in await main_text(stranger)
+                assert answers and set(answers) == {401}, answers
+                await anonymous.close()
+
+                # The developer opens the link kaohe dev printed: kaohe's API sets its cookie
+                # and sends the browser on to the UI.
+                context = await new_context()
                 page = await context.new_page()
-                watch.attach(page, stack.env["KAOHE_CODEC_PORT"])
+                await page.goto(stack.login_link())
+                assert page.url.startswith(stack.ui), page.url
+                cookies = await context.cookies()
+                assert [c["httpOnly"] for c in cookies if c["name"] == "kaohe_codec"] == [True]
+                watch.attach(page, stack.env["KAOHE_API_PORT"])
 
                 # a) the list filtered by stage: exactly the units visibility finds there.
                 await list_by_stage(page, stack.ui, Stage.TALKS, expected[Stage.TALKS])
@@ -533,7 +573,6 @@ async def test_temporal_ui_shows_stages_details_and_decoded_payloads(
                 await screenshot(page, shots / "workflow-list-by-stage.png")
 
                 # b) a unit's summary, details and current details (workflows/details.py).
-                base = f"{stack.ui}/namespaces/default/workflows/{demo_wjw}/{wjw_described.run_id}"
                 await page.goto(f"{base}/user-metadata")
                 summary = await frame_text(page, "user-metadata-summary")
                 assert summary == await wjw_described.static_summary()
@@ -599,7 +638,7 @@ async def test_temporal_ui_shows_stages_details_and_decoded_payloads(
                 await scroll_below_sticky(page, accepted)
                 await screenshot(page, shots / "unit-history-decoded.png")
 
-                assert watch.decode_ok > 0, "the UI never asked the codec server to decode"
+                assert watch.decode_ok > 0, "the UI never asked kaohe's API to decode"
                 watch.check()
             except Exception as err:
                 if not watch.problems:

@@ -166,3 +166,17 @@ def mint(
     except FileNotFoundError as err:
         raise fail(str(err)) from err
     print(issuer.mint(subject, ttl=ttl, name=name, audience=settings.oidc_audience))
+
+
+@token_app.command("codec-login")
+def codec_login(subject: str) -> None:
+    """A one-time link that logs SUBJECT's browser into the dev UI's codec (kaohe's API sets
+    an HttpOnly cookie; the UI then decodes what SUBJECT's codec_decode binding allows)."""
+    from kaohe.api.codec import login_link
+
+    settings = get_settings()
+    try:
+        issuer = DevIssuer.in_dir(settings.data_dir)
+    except FileNotFoundError as err:
+        raise fail(str(err)) from err
+    print(login_link(settings.effective_api_url, issuer, subject, settings.oidc_audience))

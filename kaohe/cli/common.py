@@ -66,7 +66,7 @@ def run_on_database(settings: Settings, work: Callable[[asyncpg.Connection], Awa
 
 
 def serve(coro: Coroutine[Any, Any, None]) -> None:
-    """`run` for a long-running command (worker, codec server): SIGTERM (Kubernetes, systemd,
+    """`run` for a long-running command (worker, API): SIGTERM (Kubernetes, systemd,
     docker stop) cancels it, so it shuts down as on Ctrl-C and exits with 0."""
     run(until_sigterm(coro))
 

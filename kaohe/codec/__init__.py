@@ -1,1 +1,2 @@
-"""Payload encryption (payloads.py) and the codec server the Temporal UI uses (server.py)."""
+"""Payload encryption (payloads.py); the Temporal UI decodes through kaohe's API (kaohe/api/
+codec.py), as the user."""

@@ -1,6 +1,11 @@
-"""The embedded development stack behind ``kaohe dev``: PostgreSQL, the codec server and the
-Temporal dev server, in order, with the worker the caller gives; and the same servers on free
-ports for tests and benchmarks.
+"""The embedded development stack behind ``kaohe dev``: PostgreSQL and the Temporal dev server,
+in order, with the worker the caller gives (and kaohe's API beside it); and the same servers
+on free ports for tests and benchmarks.
+
+The dev UI decodes payloads through kaohe's API (``/v1/codec``, kaohe/api/codec.py) as the
+developer who opened the one-time login link printed at start (the dev user, bound
+``codec_decode``): no token or key reaches the page. It is served through kaohe/devstack/
+ui_proxy.py, which tells it to send the login's cookie with its codec requests.
 """
 
 from __future__ import annotations
@@ -12,19 +17,27 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncpg
 from rich.console import Console
 
 from activities.db import migrate
+from kaohe.access.bindings import codec_binding, grant
 from kaohe.access.issuer import DevIssuer
 from kaohe.anchors import anchor_file, anchor_keys
+from kaohe.api.codec import PREFIX as CODEC_PREFIX
+from kaohe.api.codec import login_link
 from kaohe.codec.payloads import codec_from_settings
-from kaohe.codec.server import CodecServer
 from kaohe.devstack.postgres import EmbeddedPostgres
 from kaohe.devstack.processes import ChildServer, stop_in_order
 from kaohe.devstack.temporal import TemporalDevServer
+from kaohe.devstack.ui_proxy import UiProxy
 from kaohe.keys import make_dev_keys
 from kaohe.listening import free_port
 from kaohe.settings import Settings
+from schemas.common import Role
+
+# The dev stack's developer: bound codec_decode at start, the login link is theirs.
+DEV_USER = "developer"
 
 S = TypeVar("S", bound="ChildServer")
 
@@ -74,14 +87,15 @@ async def run_dev(
     """Run PostgreSQL, Temporal and (if given) the worker until Ctrl-C, SIGTERM or cancellation.
 
     Run it with asyncio.run(), which turns Ctrl-C into cancellation of this coroutine.
-    Everything is stopped in reverse order (worker, Temporal, codec server, PostgreSQL)
-    however it ends. The codec server starts before Temporal so the UI can decode payloads.
+    Everything is stopped in reverse order (worker, the UI's proxy, Temporal, PostgreSQL)
+    however it ends. With payload keys and kaohe's API (api_port) the UI's codec endpoint is
+    the API's /v1/codec, and the login link for DEV_USER is printed.
     """
     console = Console()
     data_dir = settings.data_dir.resolve()
     postgres: EmbeddedPostgres | None = None
     temporal: TemporalDevServer | None = None
-    codec_server: CodecServer | None = None
+    ui_proxy: UiProxy | None = None
     tasks: dict[asyncio.Task[Any], str] = {}
     loop = asyncio.get_running_loop()
     current = asyncio.current_task()
@@ -125,37 +139,63 @@ async def run_dev(
         if settings.oidc_jwks_url is None:
             DevIssuer.in_dir(data_dir, create=True)
 
-        # Before Temporal, so the UI finds it; only when there are payload keys to decode with.
-        if codec_from_settings(settings) is not None:
-            codec_server = CodecServer(settings, settings.temporal_host)
-            try:
-                await codec_server.start()
-            except OSError as err:
-                codec_server = None
-                raise RuntimeError(
-                    f"codec server: cannot listen on port {settings.codec_port} ({err}); "
-                    "set KAOHE_CODEC_PORT"
-                ) from err
+        # The UI decodes through kaohe's API as the developer who logs in (no key, no token
+        # in the UI's settings): when there are payload keys to decode with and the API runs.
+        dev_issuer = None if settings.oidc_jwks_url else DevIssuer.in_dir(data_dir)
+        api_runs = with_worker is not None and bool(settings.api_port)
+        codec_endpoint = None
+        if api_runs and codec_from_settings(settings) is not None:
+            codec_endpoint = f"{settings.effective_api_url}{CODEC_PREFIX}"
+            if dev_issuer is not None:
+                conn = await asyncpg.connect(database_url)
+                try:
+                    await grant(conn, codec_binding(DEV_USER, Role.CODEC_DECODE), "kaohe dev")
+                finally:
+                    await conn.close()
 
+        ui_host = settings.temporal_host
         temporal = TemporalDevServer(
             data_dir / "temporal",
             host=settings.temporal_host,
             port=settings.temporal_grpc_port,
-            ui_port=settings.temporal_ui_port,
+            # Behind the proxy, the dev server's own UI is on a port of its own.
+            ui_port=free_port(ui_host) if codec_endpoint else settings.temporal_ui_port,
             http_port=settings.temporal_http_port,
             namespace=settings.temporal_namespace,
-            ui_codec_endpoint=codec_server.ui_endpoint if codec_server is not None else None,
+            ui_codec_endpoint=codec_endpoint,
         )
         await temporal.start()
+        ui_url = temporal.ui_url
+        if codec_endpoint is not None and temporal.ui_url is not None:
+            ui_proxy = UiProxy(ui_host, settings.temporal_ui_port, temporal.ui_url)
+            try:
+                ui_url = await ui_proxy.start()
+            except OSError as err:
+                ui_proxy = None
+                raise RuntimeError(
+                    f"Temporal UI: cannot listen on port {settings.temporal_ui_port} ({err}); "
+                    "set KAOHE_TEMPORAL_UI_PORT"
+                ) from err
 
         console.print("[bold green]kaohe dev stack is up[/]")
-        console.print(f"  Temporal UI    [cyan]{temporal.ui_url}[/]")
+        console.print(f"  Temporal UI    [cyan]{ui_url}[/]")
         console.print(f"  HTTP API       [cyan]{temporal.http_url}[/]")
         console.print(f"  gRPC           [cyan]{temporal.address}[/] ({temporal.namespace})")
         console.print(f"  PostgreSQL     [cyan]{database_url}[/]")
-        if codec_server is not None:
-            token = codec_server.token_file or "$KAOHE_CODEC_TOKEN"
-            console.print(f"  codec server   [cyan]{codec_server.url}[/] (token: {token})")
+        if codec_endpoint is not None:
+            console.print(f"  UI decodes at  [cyan]{codec_endpoint}[/] (as whoever logged in)")
+        if codec_endpoint is not None and dev_issuer is not None:
+            link = login_link(
+                settings.effective_api_url, dev_issuer, DEV_USER, settings.oidc_audience
+            )
+            # One line, never wrapped: a terminal makes it a link to click.
+            console.print(
+                f"  codec login    {link}\n"
+                f"                 (one-time: the UI then decodes as {DEV_USER}; "
+                f"another: kaohe token codec-login {DEV_USER})",
+                soft_wrap=True,
+                highlight=False,
+            )
         if with_worker is not None and settings.metrics_port:
             metrics = f"http://{settings.metrics_host}:{settings.metrics_port}/metrics"
             console.print(f"  metrics        [cyan]{metrics}[/]")
@@ -196,7 +236,7 @@ async def run_dev(
                         await task
         finally:
             try:
-                await stop_in_order(temporal, codec_server, postgres)
+                await stop_in_order(ui_proxy, temporal, postgres)
             finally:
                 if sigterm_handled:
                     loop.remove_signal_handler(signal.SIGTERM)
