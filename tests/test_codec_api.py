@@ -40,6 +40,7 @@ from kaohe.devstack.stack import run_dev
 from kaohe.listening import free_port
 from kaohe.settings import Settings
 from schemas.common import Role
+from tests.conftest import Stack
 from tests.helpers import TEST_KEY, sample_unit, start_unit
 
 UI_ORIGIN = "http://127.0.0.1:18233"
@@ -438,3 +439,36 @@ async def test_run_dev_ui_settings_hold_no_secret(
     assert checked["with login"] == 200 and checked["decoded"][0]["data"]
     assert checked["page"] == (200, True)
     assert "codec server" not in checked["printed"]
+
+
+async def test_the_cli_grants_codec_roles_for_every_payload(stack: Stack, tmp_path: Path) -> None:
+    from tests.test_cli import kaohe
+
+    who = person()
+    run = await asyncio.to_thread(kaohe, stack, "access", "grant", who, "codec_decode")
+    assert run.returncode == 0, run.stderr
+    assert "codec_decode of every payload" in run.stdout
+    # A campaign (or unit) would promise a scope the codec cannot check: refused.
+    for extra in (("--campaign", "city-2026"), ("--unit", "fgw")):
+        run = await asyncio.to_thread(kaohe, stack, "access", "grant", who, "codec_encode", *extra)
+        assert run.returncode == 1 and "names neither its campaign" in run.stderr, extra
+    # Every other role still needs its campaign.
+    run = await asyncio.to_thread(kaohe, stack, "access", "grant", who, "department")
+    assert run.returncode == 1 and "--campaign is required" in run.stderr
+    run = await asyncio.to_thread(kaohe, stack, "access", "list", "--principal", who)
+    assert "(every payload)" in run.stdout and "codec_decode" in run.stdout
+    run = await asyncio.to_thread(kaohe, stack, "access", "revoke", who, "codec_decode")
+    assert run.returncode == 0, run.stderr
+
+    # kaohe token codec-login: a login link of the dev issuer, for the codec alone.
+    env = {"KAOHE_DATA_DIR": str(tmp_path)}
+    issuer = DevIssuer.in_dir(tmp_path, create=True)
+    run = await asyncio.to_thread(kaohe, stack, "token", "codec-login", who, env=env)
+    assert run.returncode == 0, run.stderr
+    link = run.stdout.strip()
+    assert link.startswith("http://") and "/v1/codec/login?ticket=" in link
+    ticket = link.split("ticket=", 1)[1]
+    claims = jwt.decode(
+        ticket, issuer._key.public_key(), algorithms=["ES256"], audience="kaohe:codec-login"
+    )
+    assert claims["sub"] == who
