@@ -72,3 +72,10 @@ def test_idle_bench_lists_every_stalled_unit() -> None:
 def test_api_bench_prints_p99_ratio_last() -> None:
     lines = _bench("api", "--updates", "5", "--warmup", "1")
     assert re.fullmatch(r"ratio API p99 / direct p99 = \d+\.\d\d", lines[-1]), lines[-1]
+
+
+def test_vote_bench_prints_its_figures_and_ratio_last() -> None:
+    lines = _bench("vote", "--meetings", "2", "--raters", "10", "--cadres", "2", "--rounds", "2")
+    assert re.fullmatch(r"vote accept p50 = \d+\.\d ms", lines[-4]), lines[-4]
+    assert re.fullmatch(r"vote accept p99 = \d+\.\d ms", lines[-3]), lines[-3]
+    assert re.fullmatch(r"ratio vote sheets/s / bare sheets/s = \d+\.\d\d", lines[-1]), lines[-1]

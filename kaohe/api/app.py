@@ -36,6 +36,7 @@ from kaohe.api.ballots import install_ballots
 from kaohe.api.problems import Problem
 from kaohe.api.queue import RequestQueue
 from kaohe.api.talks import install_talks
+from kaohe.api.vote import install_vote
 from kaohe.ballot_intake import BallotIntake
 from schemas.calibration import CategoryCalibration
 from schemas.common import Identifier, Role
@@ -402,6 +403,7 @@ def create_app(api: Api, *, jwks: dict[str, Any] | None = None) -> FastAPI:
 
     install_talks(app, api, authorized, Caller, _body)
     install_ballots(app, api, authorized, Caller, _body)
+    install_vote(app, api)  # the raters' voting page and the receipts (public)
 
     if jwks is not None:
 

@@ -1,4 +1,5 @@
-"""`kaohe tokens ...` and `kaohe ballots ...`: ballot tokens and the bulk ballot import.
+"""`kaohe tokens ...` and `kaohe ballots ...`: ballot tokens, the bulk ballot import and the
+receipts of a closed evaluation.
 
 kaohe/cli/main.py mounts these: `app.add_typer(tokens_app, name="tokens")` and
 `app.add_typer(ballots_app, name="ballots")`.
@@ -23,7 +24,8 @@ from rich.table import Table
 from temporalio.client import WorkflowUpdateFailedError
 from temporalio.service import RPCError
 
-from kaohe.cli.common import console, err_console, fail, on_database, run
+from activities.ballot_pool import counted_receipts
+from kaohe.cli.common import console, err_console, fail, on_database, run, run_on_database
 from kaohe.client import connect
 from kaohe.ingest.ballot_io import (
     BallotImportError,
@@ -41,7 +43,10 @@ from workflows.campaign import unit_workflow_id
 tokens_app = typer.Typer(
     help="One-time anonymous ballot tokens (only their hashes are stored).", no_args_is_help=True
 )
-ballots_app = typer.Typer(help="Ballot sheets: the bulk import.", no_args_is_help=True)
+ballots_app = typer.Typer(
+    help="Ballot sheets: the bulk import, and the receipts once the evaluation closes.",
+    no_args_is_help=True,
+)
 
 
 # Callbacks make both apps command groups even with one command each (`... tokens issue`).
@@ -166,7 +171,7 @@ def ballots_import(
 ) -> None:
     """Import a ballot CSV in one transaction and register it with the unit's workflow.
 
-    Sheets are checked as the record_ballots update checks them, and every problem is shown
+    Sheets are checked as kaohe's API checks them, and every problem is shown
     with its line; then the tokens are used, the marks COPYed and the batch announced with
     the register_ballot_batch update. Running it again with the same file changes nothing
     and prints the first result."""
@@ -221,3 +226,36 @@ def ballots_import(
     table.add_row("checksum", result.checksum)
     console.print(table)
     console.print_json(data=result.update)
+
+
+@ballots_app.command("receipts")
+def ballots_receipts(
+    campaign: Annotated[str, typer.Argument(help="The campaign id.")],
+    unit: Annotated[str, typer.Argument(help="The unit id.")],
+) -> None:
+    """The receipt codes of a unit's counted sheets, one a line, sorted, once its evaluation
+    is closed (before: 测评尚未结束, exit code 3).
+
+    Each rater got one code with their sheet (the voting page, or a ballot system); a code
+    in this list says that sheet was counted, and nothing of what it chose. Read straight
+    from kaohe's database (ballot_receipts), like the other ballot commands; the same list
+    is public at GET /v1/campaigns/CAMPAIGN/units/UNIT/receipts."""
+    settings = get_settings()
+    workflow_id = unit_workflow_id(campaign, unit)
+
+    async def read(conn: asyncpg.Connection) -> tuple[bool, list[str] | None]:
+        known = await conn.fetchval("SELECT true FROM units WHERE workflow_id = $1", workflow_id)
+        return bool(known), await counted_receipts(conn, workflow_id) if known else None
+
+    known, receipts = run_on_database(settings, read)
+    if not known:
+        raise fail(f"no unit {unit} in campaign {campaign} ({workflow_id})")
+    if receipts is None:
+        raise fail(
+            f"测评尚未结束: the evaluation of {workflow_id} is not closed yet; its receipts "
+            "are listed once it closes",
+            code=3,
+        )
+    for receipt in receipts:
+        typer.echo(receipt)
+    err_console.print(f"{len(receipts)} counted receipts of {workflow_id}")
