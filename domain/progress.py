@@ -154,6 +154,7 @@ def unit_status(workflow_id: str, u: UnitInput, s: UnitState, now: dt.datetime) 
             items=list(s.follow_ups.values()),
         ),
         rejected_signals=s.rejections,
+        rejected_signal_count=s.rejection_count,
         storage_failures=s.storage_failures,
         storage_failure_count=s.storage_failure_count,
         deadline=s.clock.deadline,

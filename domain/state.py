@@ -21,6 +21,10 @@ from schemas.status import (
     TargetTally,
 )
 
+# Idempotency memory, carried from run to run: the last this many actions taken. A retry
+# later than that is a new action (which its stage's rules then judge).
+MAX_PROCESSED_KEPT = 1000
+
 
 class Processed(Model):
     """An action taken, by idempotency key: a retry gets the same answer."""
@@ -101,3 +105,9 @@ class UnitState(Model):
 
     def ballots(self) -> int:
         return sum(self.batches.values())
+
+    def remember(self, key: str, processed: Processed) -> None:
+        """An action taken under `key`, the oldest forgotten past MAX_PROCESSED_KEPT."""
+        self.processed[key] = processed
+        for old in list(self.processed)[:-MAX_PROCESSED_KEPT]:
+            del self.processed[old]

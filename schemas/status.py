@@ -180,7 +180,10 @@ class UnitStatus(Model):
     talks: TalkProgress
     grading: GradingProgress
     follow_ups: FollowUpProgress
+    # The latest signals refused, and how many in all (those refused near the history's
+    # limit only count: workflows/unit/continuing.py).
     rejected_signals: list[Rejection] = Field(default_factory=list)
+    rejected_signal_count: int = 0
     # The latest storage failures (the department is notified of each), and how many in all.
     storage_failures: list[StorageFailure] = Field(default_factory=list)
     storage_failure_count: int = 0

@@ -37,6 +37,9 @@ class UnitInput(Model):
     department: str = "organization-department"
     assessment_group: str = "assessment-group"
     approver: str = "approver"
+    # A continued run's domain.state.UnitState, as JSON (this layer cannot name it): the run
+    # it continues had registered the unit (workflows/unit/continuing.py). None at start.
+    carried_state: dict[str, Any] | None = None
 
     @property
     def rater_groups(self) -> list[RaterGroup]:

@@ -33,7 +33,7 @@ with workflow.unsafe.imports_passed_through():
     from schemas.status import Rejection
     from schemas.workflow_io import AuditRecord
     from workflows.payloads import idempotency_key_of, parse_action, rejection_error
-    from workflows.unit import io
+    from workflows.unit import continuing, io
     from workflows.unit.context import Unit
 
 Effect = Callable[[Unit, Any], Awaitable[str]]
@@ -63,6 +63,7 @@ def _duplicate(u: Unit, rule: ActionRule, action: Action) -> ActionResult | None
 
 def validate(u: Unit, rule: ActionRule, payload: RawValue) -> None:
     try:
+        continuing.check_history()
         action = _parse(u, rule, payload)
         if _duplicate(u, rule, action) is None:
             rule.admit(u.input, u.state, action, _moment())
@@ -97,7 +98,7 @@ async def perform(
             u.storage_failed(err, rule.name)
             raise
         result = ActionResult(accepted=True, stage=u.state.stage, message=message)
-        u.state.processed[action.idempotency_key] = Processed(name=rule.name, result=result)
+        u.state.remember(action.idempotency_key, Processed(name=rule.name, result=result))
         u.refresh_details()
         return result
 
@@ -165,6 +166,12 @@ def action_handlers(rule: ActionRule, effect: Effect) -> tuple[Any, Any]:
 
     async def signal(self, payload: RawValue) -> None:
         key = idempotency_key_of(payload)  # never raises
+        try:
+            continuing.check_history()
+        except ActionRejected as err:  # not even its rejection's row: only its count
+            self.unit.state.rejection_count += 1
+            workflow.logger.warning("signal %s refused: %s", rule.name, err)
+            return
         try:
             action = _parse(self.unit, rule, payload)
         except Exception as err:  # the payload's doing, whatever it is: its rejection

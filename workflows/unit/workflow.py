@@ -23,6 +23,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.unit import (
         clock,
         closing,
+        continuing,
         early_stages,
         evaluation,
         grading,
@@ -33,15 +34,58 @@ with workflow.unsafe.imports_passed_through():
     from workflows.unit.handlers import action_handlers
 
 
+def _ended(loops: list[asyncio.Task[None]]) -> bool:
+    """Both clocks ran to the unit's end, or one of them failed."""
+    return all(t.done() for t in loops) or any(t.done() and t.exception() for t in loops)
+
+
 @workflow.defn(name="UnitAssessment")
 class UnitAssessment:
     @workflow.init
     def __init__(self, input: UnitInput) -> None:
-        self.unit = Unit(input, UnitState.starting(workflow.now()))
+        carried = input.carried_state
+        state = (
+            UnitState.starting(workflow.now())
+            if carried is None
+            else UnitState.model_validate(carried)
+        )
+        self.unit = Unit(input, state)
         self.unit.on_enter[Stage.RESULT_USE] = result_use.enter
 
     @workflow.run
     async def run(self, input: UnitInput) -> UnitStatus:
+        """A continued run (workflows/unit/continuing.py) starts from the state it carries:
+        the unit is registered and its stage recorded already."""
+        u = self.unit
+        if input.carried_state is None:
+            await self._start(input)
+        else:
+            u.registered = True
+            u.refresh_details()
+        loops = [
+            asyncio.create_task(grading.follow_publicity(u)),
+            asyncio.create_task(clock.watch_deadlines(u)),
+        ]
+        try:
+            await workflow.wait_condition(lambda: _ended(loops) or continuing.due())
+        except asyncio.CancelledError:
+            for task in loops:
+                task.cancel()
+            # Only a cancellation asked of the server: the SDK also cancels the tasks of a
+            # workflow it evicts from its cache, which must not record anything.
+            if workflow.cancellation_reason() is not None:
+                await self._cancelled()
+            raise
+        if not _ended(loops):
+            await continuing.continue_as_new(u, input, loops)
+        for task in loops:
+            task.result()  # a clock's failure is the run's
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        if u.background:
+            await asyncio.gather(*u.background)
+        return u.status()
+
+    async def _start(self, input: UnitInput) -> None:
         u = self.unit
         async with u.lock:
             workflow.upsert_search_attributes(
@@ -59,18 +103,6 @@ class UnitAssessment:
             early_stages.send_notice(u)
             u.refresh_details()
             u.registered = True
-        try:
-            await asyncio.gather(grading.follow_publicity(u), clock.watch_deadlines(u))
-        except asyncio.CancelledError:
-            # Only a cancellation asked of the server: the SDK also cancels the tasks of a
-            # workflow it evicts from its cache, which must not record anything.
-            if workflow.cancellation_reason() is not None:
-                await self._cancelled()
-            raise
-        await workflow.wait_condition(workflow.all_handlers_finished)
-        if u.background:
-            await asyncio.gather(*u.background)
-        return u.status()
 
     async def _register(self, input: UnitInput) -> None:
         """The unit's rows; until they are stored no action is taken (handlers wait for
