@@ -63,6 +63,7 @@ class Pooled:
     receipts: list[str]  # one per sheet, in the order the sheets came
     sheets_by_group: dict[str, int]
     duplicate: bool = False  # a retry: the first answer, nothing spent again
+    may_flush: bool = False  # a group of these sheets may let go now (flush_pool's rule)
 
 
 async def pool_sheets(
@@ -70,6 +71,7 @@ async def pool_sheets(
     workflow_id: str,
     sheets: Sequence[BallotSheet],
     submission_key: bytes,
+    min_sheets: int = 1,
 ) -> Pooled:
     """Inside the caller's transaction: spends the sheets' tokens and pools the sheets, or
     raises BallotRejected naming each sheet whose token is unknown, spent, doubled or beyond
@@ -105,7 +107,19 @@ async def pool_sheets(
         submission_key,
         json.dumps(receipts),
     )
-    return Pooled(receipts, dict(sorted(Counter(groups).items())))
+    # Whether a flush would let any of these groups go: most sheets wait, and the caller
+    # then spares itself the flush's transaction.
+    may_flush = await conn.fetchval(
+        """SELECT coalesce(bool_or(p.n >= $2 OR g.returned >= g.planned), false)
+           FROM (SELECT rater_group, count(*) AS n FROM ballot_pool
+                 WHERE workflow_id = $1 AND rater_group = ANY($3::text[])
+                 GROUP BY rater_group) p
+           JOIN unit_rater_groups g ON g.workflow_id = $1 AND g.group_id = p.rater_group""",
+        workflow_id,
+        min_sheets,
+        sorted(set(groups)),
+    )
+    return Pooled(receipts, dict(sorted(Counter(groups).items())), may_flush=may_flush)
 
 
 async def flush_pool(

@@ -98,12 +98,19 @@ class BallotIntake:
         await self._in_evaluation(workflow_id)
         try:
             async with self.pool.acquire() as conn, conn.transaction():
-                pooled = await pool_sheets(conn, workflow_id, sheets, submission_key)
+                pooled = await pool_sheets(
+                    conn,
+                    workflow_id,
+                    sheets,
+                    submission_key,
+                    unit_input.policy.ballots.anonymity_min_sheets,
+                )
         except BallotRejected as err:
             closed = any("evaluation is closed" in p for p in err.problems)
             raise SheetsRefused(str(err), closed=closed) from None
         intake = Intake(pooled.receipts, pooled.sheets_by_group, duplicate=pooled.duplicate)
-        intake.batches = await self.flush(workflow_id, unit_input)
+        if pooled.may_flush:
+            intake.batches = await self.flush(workflow_id, unit_input)
         for batch in intake.batches:
             answer = await self.register(workflow_id, batch, actor)
             if answer is not None:
