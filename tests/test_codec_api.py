@@ -33,7 +33,6 @@ from kaohe.api.codec import (
     AUDIT_WORKFLOW,
     SESSION_COOKIE,
     CodecAccess,
-    install_codec,
     login_link,
 )
 from kaohe.devstack.stack import run_dev
@@ -63,8 +62,8 @@ async def codec_api(client: Client, pool: asyncpg.Pool) -> AsyncIterator[CodecAp
         jwks=jwt.PyJWKSet.from_dict(issuer.jwks()), issuer=issuer.issuer, audience="kaohe"
     )
     api = Api(client, pool, verifier, TEST_KEY)
-    app = create_app(api, jwks=issuer.jwks())
-    install_codec(app, api, CodecAccess(cors_origins=[UI_ORIGIN], issuer=issuer, ui_url=UI_ORIGIN))
+    codec = CodecAccess(cors_origins=[UI_ORIGIN], issuer=issuer, ui_url=UI_ORIGIN)
+    app = create_app(api, jwks=issuer.jwks(), codec=codec)
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")

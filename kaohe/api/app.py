@@ -33,6 +33,7 @@ from kaohe.access.bindings import Binding, bindings_on, list_bindings
 from kaohe.access.identity import Identity, TokenVerifier, Unauthenticated
 from kaohe.api import problems
 from kaohe.api.ballots import install_ballots
+from kaohe.api.codec import CodecAccess, install_codec
 from kaohe.api.problems import Problem
 from kaohe.api.queue import RequestQueue
 from kaohe.api.talks import install_talks
@@ -247,7 +248,9 @@ def _unit_of(b: Binding, workflow_id: str) -> tuple[str, str] | None:
     return (b.campaign_id, unit) if unit else None
 
 
-def create_app(api: Api, *, jwks: dict[str, Any] | None = None) -> FastAPI:
+def create_app(
+    api: Api, *, jwks: dict[str, Any] | None = None, codec: CodecAccess | None = None
+) -> FastAPI:
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         async with api.queue.running():
@@ -403,6 +406,9 @@ def create_app(api: Api, *, jwks: dict[str, Any] | None = None) -> FastAPI:
 
     install_talks(app, api, authorized, Caller, _body)
     install_ballots(app, api, authorized, Caller, _body)
+    # The Temporal UI's codec, as the caller (kaohe/api/codec.py): `codec` names the UI
+    # origins CORS allows and, on the dev stack, the issuer of its login.
+    install_codec(app, api, codec or CodecAccess())
     install_vote(app, api)  # the raters' voting page and the receipts (public)
 
     if jwks is not None:

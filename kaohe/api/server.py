@@ -9,7 +9,7 @@ from activities.db import create_pool
 from kaohe.access.identity import TokenVerifier
 from kaohe.access.issuer import DevIssuer
 from kaohe.api.app import Api, create_app
-from kaohe.api.codec import CodecAccess, install_codec
+from kaohe.api.codec import CodecAccess
 from kaohe.client import connect
 from kaohe.keys import talk_cipher
 from kaohe.settings import Settings
@@ -44,8 +44,9 @@ async def serve_api(settings: Settings, database_url: str) -> None:
     pool = await create_pool(database_url, settings.db_pool_min, settings.db_pool_max)
     try:
         api = Api(client, pool, verifier, cipher)
-        app = create_app(api, jwks=issuer.jwks() if issuer else None)
-        install_codec(app, api, codec_access(settings, issuer))
+        app = create_app(
+            api, jwks=issuer.jwks() if issuer else None, codec=codec_access(settings, issuer)
+        )
         config = uvicorn.Config(
             app,
             host=settings.api_host,
