@@ -13,29 +13,14 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from fastapi import FastAPI, Query, Request
-from pydantic import ValidationError
 
 from domain.actions import ACTIONS
-from kaohe.access.bindings import Binding
-from kaohe.access.identity import Identity
 from kaohe.api import problems
+from kaohe.api.routes import Authorized, body_as
 from kaohe.ballot_intake import SheetsRefused, submission_key
 from schemas.ballots import SheetsSubmission, SheetsTaken
 from schemas.common import Role
-from schemas.errors import error_path, format_validation_error
 from workflows.campaign import unit_workflow_id
-
-Authorized = Callable[
-    [Request, Identity | None, str, str, str, frozenset[Role], Role | None], Awaitable[Binding]
-]
-
-
-def _submission(body: dict[str, Any]) -> SheetsSubmission:
-    try:
-        return SheetsSubmission.model_validate(body)
-    except ValidationError as err:
-        first = err.errors(include_input=False)[0]
-        raise problems.invalid(format_validation_error(err), error_path(first["loc"])) from None
 
 
 def install_ballots(
@@ -58,7 +43,7 @@ def install_ballots(
         """Take a batch of ballot sheets (all or none): their tokens are spent, the sheets
         pooled and counted once enough of their rater group are in; a receipt per sheet."""
         binding = await authorized(request, who, campaign, unit, "record_ballots", roles, as_role)
-        submission = _submission(await body_of(request))
+        submission = body_as(SheetsSubmission, await body_of(request))
         assert who is not None
         key = submission_key("batch", who.principal, submission.idempotency_key)
         try:

@@ -18,33 +18,18 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Header, Query, Request
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
 
 from activities.talk_store import Reader, TalkConflict, UnknownUnit, read_talk, store_talk
 from domain.actions import ACTIONS
-from kaohe.access.bindings import Binding
-from kaohe.access.identity import Identity
 from kaohe.api import problems
+from kaohe.api.routes import Authorized, body_as
 from schemas.common import Role
-from schemas.errors import error_path, format_validation_error
 from schemas.messages import TalkRef
 from schemas.talks import Talk, TalkRecorded, TalkView
 from workflows.campaign import unit_workflow_id
 
 READERS = frozenset({Role.ASSESSMENT_GROUP})
 TALK_REF = re.compile(TalkRef.__metadata__[0].pattern)
-
-Authorized = Callable[
-    [Request, Identity | None, str, str, str, frozenset[Role], Role | None], Awaitable[Binding]
-]
-
-
-def _talk(body: dict[str, Any]) -> Talk:
-    try:
-        return Talk.model_validate(body)
-    except ValidationError as err:
-        first = err.errors(include_input=False)[0]
-        raise problems.invalid(format_validation_error(err), error_path(first["loc"])) from None
 
 
 def install_talks(
@@ -81,7 +66,7 @@ def install_talks(
         binding = await authorized(
             request, who, campaign, unit, "record_talk", record_roles, as_role
         )
-        talk = _talk(await body_of(request))
+        talk = body_as(Talk, await body_of(request))
         workflow_id = unit_workflow_id(campaign, unit)
         assert who is not None
         try:
