@@ -16,7 +16,7 @@ from typing import Any
 import asyncpg
 import structlog
 from temporalio.client import Client, WorkflowUpdateFailedError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from activities.ballot_pool import flush_pool, pool_sheets, rewrite_spent_tokens
 from activities.ballot_store import MAX_PROBLEMS_IN_MESSAGE, BallotRejected
@@ -33,6 +33,21 @@ POOL_ACTOR = Actor(id="kaohe-ballot-pool", role=Role.INTEGRATOR)
 # per sheet would cost more than the sheet): the pool's own closed flag, checked under the
 # unit's lock (activities/ballot_pool.py), still refuses every sheet after the close.
 IN_EVALUATION_SECONDS = 2.0
+
+
+class SheetsUnavailable(Exception):
+    """Temporal or PostgreSQL could not be reached: nothing was taken that a retry with the
+    same submission key would take twice (it answers with the first receipts)."""
+
+
+# What a restarting server or database makes a call fail with, for a while.
+_TRANSIENT_DB = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+)
 
 
 class SheetsRefused(Exception):
@@ -71,6 +86,8 @@ class BallotIntake:
             try:
                 found = await unit_input_of(self.client, workflow_id)
             except BallotImportError as err:
+                if isinstance(err.__cause__, RPCError) and not _not_found(err.__cause__):
+                    raise SheetsUnavailable(f"unit: {err}") from None
                 raise SheetsRefused(f"unit: {err}") from None
             self._inputs[workflow_id] = found
             if len(self._inputs) > self._cache_size:
@@ -108,9 +125,14 @@ class BallotIntake:
         except BallotRejected as err:
             closed = any("evaluation is closed" in p for p in err.problems)
             raise SheetsRefused(str(err), closed=closed) from None
+        except _TRANSIENT_DB as err:
+            raise SheetsUnavailable(f"database: {err}") from None
         intake = Intake(pooled.receipts, pooled.sheets_by_group, duplicate=pooled.duplicate)
         if pooled.may_flush:
-            intake.batches = await self.flush(workflow_id, unit_input)
+            try:
+                intake.batches = await self.flush(workflow_id, unit_input)
+            except _TRANSIENT_DB as err:  # taken: the next flush, or the close, lets go
+                log.warning("pool not flushed", workflow_id=workflow_id, error=str(err))
         for batch in intake.batches:
             answer = await self.register(workflow_id, batch, actor)
             if answer is not None:
@@ -166,7 +188,9 @@ class BallotIntake:
         try:
             status = await self.client.get_workflow_handle(workflow_id).query("status")
         except RPCError as err:
-            raise SheetsRefused(f"unit: {workflow_id}: {err.message}") from None
+            if _not_found(err):
+                raise SheetsRefused(f"unit: {workflow_id}: {err.message}") from None
+            raise SheetsUnavailable(f"unit: {workflow_id}: {err.message}") from None
         stage = status.get("stage") if isinstance(status, dict) else None
         if stage != Stage.EVALUATION:
             closed = stage is not None and list(Stage).index(Stage(stage)) > list(Stage).index(
@@ -179,6 +203,10 @@ class BallotIntake:
         if len(self._in_evaluation_until) > self._cache_size:
             self._in_evaluation_until.clear()
         self._in_evaluation_until[workflow_id] = now + IN_EVALUATION_SECONDS
+
+
+def _not_found(err: RPCError) -> bool:
+    return err.status == RPCStatusCode.NOT_FOUND
 
 
 def submission_key(*parts: str) -> bytes:

@@ -17,7 +17,7 @@ from fastapi import FastAPI, Query, Request
 from domain.actions import ACTIONS
 from kaohe.api import problems
 from kaohe.api.routes import Authorized, body_as
-from kaohe.ballot_intake import SheetsRefused, submission_key
+from kaohe.ballot_intake import SheetsRefused, SheetsUnavailable, submission_key
 from schemas.ballots import SheetsSubmission, SheetsTaken
 from schemas.common import Role
 from workflows.campaign import unit_workflow_id
@@ -52,6 +52,8 @@ def install_ballots(
             )
         except SheetsRefused as err:
             raise problems.rejected(str(err)) from None
+        except SheetsUnavailable as err:
+            raise problems.unavailable(str(err)) from None
         return SheetsTaken(
             receipts=intake.receipts,
             duplicate=intake.duplicate,

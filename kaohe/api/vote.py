@@ -47,7 +47,7 @@ from activities.ballot_pool import counted_receipts
 from activities.ballot_store import token_hash
 from kaohe.api import problems
 from kaohe.api.problems import Problem
-from kaohe.ballot_intake import SheetsRefused, submission_key
+from kaohe.ballot_intake import SheetsRefused, SheetsUnavailable, submission_key
 from schemas.common import Identifier, Stage
 from schemas.errors import error_path
 from schemas.limits import MAX_PAYLOAD_BYTES, first_bad_text, json_shape_problem, shown
@@ -391,7 +391,7 @@ def install_vote(app: FastAPI, api: Any) -> None:  # api: kaohe.api.app.Api
                 raise vote_problem(code, f"unit: in stage {stage.value}")
             try:
                 unit_input = await api.ballots.unit_input(found.workflow_id)
-            except SheetsRefused:
+            except (SheetsRefused, SheetsUnavailable):
                 raise vote_problem("unavailable", "unit: its ballot could not be read") from None
         except Problem as problem:
             await refused(found, "vote_ballot", problem)
@@ -429,7 +429,7 @@ def install_vote(app: FastAPI, api: Any) -> None:  # api: kaohe.api.app.Api
                 intake = await api.ballots.submit(found.workflow_id, [sheet], vote_key(token))
             except SheetsRefused as err:
                 raise _sheet_refusal(err) from None
-            except (OSError, asyncpg.PostgresError):
+            except (SheetsUnavailable, OSError, asyncpg.PostgresError):
                 log.exception("vote not taken", workflow_id=found.workflow_id)
                 raise vote_problem("unavailable", "database: unavailable") from None
         except Problem as problem:

@@ -26,7 +26,7 @@ from activities.talk_cipher import TalkCipher
 from activities.talk_store import store_talk
 from domain.rules import excellent_quota
 from domain.stages import ORDER
-from kaohe.ballot_intake import BallotIntake, submission_key
+from kaohe.ballot_intake import BallotIntake, SheetsUnavailable, submission_key
 from kaohe.ingest.ballot_io import TokenSource
 from schemas.common import Actor, CadreGrade, Role, Stage, TeamGrade
 from schemas.messages import (
@@ -359,7 +359,7 @@ def closer_of(item: FollowUpView) -> Actor:
 
 T = TypeVar("T")
 # What a restarting worker or server makes a call fail with, for a while.
-TRANSIENT = (RPCError, WorkflowUpdateRPCTimeoutOrCancelledError)
+TRANSIENT = (RPCError, WorkflowUpdateRPCTimeoutOrCancelledError, SheetsUnavailable)
 
 
 async def persist(call: Callable[[], Awaitable[T]], seconds: float = 120.0) -> T:
@@ -461,8 +461,14 @@ async def _cast_ballots(
     # pool batches by count and checksum.
     intake = BallotIntake(client, tokens.pool)
     for n, batch in enumerate(batches_of(sheets, batch_size)):
-        taken = await intake.submit(
-            handle.id, batch, submission_key("sim", key, str(n)), actor=BALLOT_SYSTEM
+        taken = await persist(
+            partial(
+                intake.submit,
+                handle.id,
+                batch,
+                submission_key("sim", key, str(n)),
+                actor=BALLOT_SYSTEM,
+            )
         )
         for answer in taken.answers:
             if on_step is not None:
