@@ -212,7 +212,9 @@ async def rewrite_spent_tokens(
     """In a transaction of its own, after a flush (never the one that wrote marks): every
     spent token of the groups (default: all) gets this transaction's xmin and a new place on
     disk, one by one in an order drawn here, so that neither says any longer in which order,
-    or with which batch, it was spent."""
+    or with which batch, it was spent. Under the unit's rater group locks, as pooling and
+    flushing are: two rewrites in their own drawn orders would deadlock."""
+    await lock_rater_groups(conn, workflow_id)
     spent = [
         r["token_hash"]
         for r in await conn.fetch(
