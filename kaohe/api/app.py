@@ -101,12 +101,24 @@ class Api:
         )
 
     async def refused(
-        self, who: Identity | None, campaign: str, unit: str, what: str, problem: Problem
+        self,
+        who: Identity | None,
+        campaign: str,
+        unit: str,
+        what: str,
+        problem: Problem,
+        *,
+        workflow_id: str | None = None,
     ) -> None:
-        """The audit row of an attempt the API refused: who (if known) tried what, and why."""
+        """The audit row of an attempt the API refused: who (if known) tried what, and why;
+        under the unit's (or campaign's) workflow id, or `workflow_id` for what has neither
+        (the codec)."""
         # The path's ids as the caller sent them, shown safe (they may be anything).
         campaign, unit, what = shown(campaign), shown(unit), shown(what)
-        workflow_id = unit_workflow_id(campaign, unit) if unit else campaign_workflow_id(campaign)
+        if workflow_id is None:
+            workflow_id = (
+                unit_workflow_id(campaign, unit) if unit else campaign_workflow_id(campaign)
+            )
         detail = {
             "principal": who.principal if who else None,
             "kind": who.kind if who else None,

@@ -145,26 +145,7 @@ def install_codec(app: FastAPI, api: Any, access: CodecAccess) -> None:
             ) from None
 
     async def refused(who: Identity | None, what: str, problem: Problem) -> None:
-        detail = {
-            "principal": who.principal if who else None,
-            "kind": who.kind if who else None,
-            "attempted": what,
-            "status": problem.status,
-            "reason": problem.detail,
-        }
-        try:
-            await write_unattributed(
-                api.pool,
-                workflow_id=AUDIT_WORKFLOW,
-                campaign_id="",
-                unit_id="",
-                stage="",
-                kind="api_refused",
-                detail=detail,
-            )
-        except (OSError, asyncpg.PostgresError):
-            log.exception("could not record a refused codec request", **detail)
-        log.warning("codec request refused", **detail)
+        await api.refused(who, "", "", what, problem, workflow_id=AUDIT_WORKFLOW)
 
     async def who_calls(
         request: Request, authorization: str | None, api_key: str | None
