@@ -24,6 +24,7 @@ import json
 import random
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -112,15 +113,38 @@ async def _post_all(
     return time.perf_counter() - t0, latencies
 
 
+@dataclass
+class Sides:
+    """Each side's summed wall time, its latencies and the CPU it cost, per process."""
+
+    vote_wall: float
+    vote_latency: list[float]
+    bare_wall: float
+    bare_latency: list[float]
+    cpu: dict[str, dict[str, float]]  # side -> process -> CPU seconds
+
+    def cpu_rows(self, side: str, wall: float) -> list[tuple[str, str]]:
+        return [
+            (f"{side}: CPU {name}", f"{used:.1f} s ({measure.ratio(used, wall):.0%} of wall)")
+            for name, used in self.cpu[side].items()
+        ]
+
+
 async def _alternating(
     stack: BenchStack, base: str, per_client: list[list[dict[str, Any]]], rounds: int
-) -> tuple[float, list[float], float, list[float]]:
+) -> Sides:
     """The votes in `rounds` slices, each followed by as many bare INSERTs, so that both
     sides see the same machine (others' load comes and goes): each side's summed wall time
     and its latencies."""
     vote_wall = bare_wall = 0.0
     vote_latency: list[float] = []
     bare_latency: list[float] = []
+    cpu: dict[str, dict[str, float]] = {"vote": {}, "bare": {}}
+
+    def add_cpu(side: str, before: dict[str, float]) -> None:
+        for name, used in measure.cpu_snapshot(stack).items():
+            cpu[side][name] = cpu[side].get(name, 0.0) + used - before[name]
+
     async with contextlib.AsyncExitStack() as clients:
         # One client (a phone) per meeting, its connection kept, made before any timing.
         http = [
@@ -129,14 +153,18 @@ async def _alternating(
         for n in range(rounds):
             part = [r[n * len(r) // rounds : (n + 1) * len(r) // rounds] for r in per_client]
             await measure.settle(stack)
+            before = measure.cpu_snapshot(stack)
             wall, latency = await _post_all(http, f"{base}/v1/vote", part, _accepted)
+            add_cpu("vote", before)
             vote_wall += wall
             vote_latency += latency
             await measure.settle(stack)
+            before = measure.cpu_snapshot(stack)
             wall, latency = await _post_all(http, f"{base}/bench/bare", part, _stored)
+            add_cpu("bare", before)
             bare_wall += wall
             bare_latency += latency
-    return vote_wall, vote_latency, bare_wall, bare_latency
+    return Sides(vote_wall, vote_latency, bare_wall, bare_latency, cpu)
 
 
 def _accepted(r: httpx.Response) -> None:
@@ -194,9 +222,7 @@ async def main(*, meetings: int, raters: int, cadres: int, rounds: int, keep: bo
                         break
                     await asyncio.sleep(0.02)
                 ready = await _meetings(stack, queue, campaign, meetings, raters, cadres)
-                vote_wall, vote_latency, bare_wall, bare_latency = await _alternating(
-                    stack, base, [reqs for _, reqs in ready], rounds
-                )
+                sides = await _alternating(stack, base, [reqs for _, reqs in ready], rounds)
                 # Every rater group's tokens are spent: every sheet counts, at once.
                 for unit, _ in ready:
                     handle = stack.client.get_workflow_handle_for(
@@ -214,21 +240,23 @@ async def main(*, meetings: int, raters: int, cadres: int, rounds: int, keep: bo
             server.should_exit = True
             await serving
             await api_pool.close()
-        vote_rate, bare_rate = sheets / vote_wall, sheets / bare_wall
+        vote_rate, bare_rate = sheets / sides.vote_wall, sheets / sides.bare_wall
         rows = [
             ("meetings x raters", f"{meetings} x {raters} = {sheets} sheets"),
             ("clients at once", str(meetings)),
-            ("vote: wall time", f"{vote_wall:.1f} s (goal: within {GOAL_SECONDS:.0f} s)"),
-            ("vote: accept p50 / p99", _two(vote_latency)),
+            ("vote: wall time", f"{sides.vote_wall:.1f} s (goal: within {GOAL_SECONDS:.0f} s)"),
+            ("vote: accept p50 / p99", _two(sides.vote_latency)),
             ("vote: sheets/s", f"{vote_rate:.1f}"),
-            ("bare INSERT: wall time", f"{bare_wall:.1f} s"),
-            ("bare INSERT: p50 / p99", _two(bare_latency)),
+            *sides.cpu_rows("vote", sides.vote_wall),
+            ("bare INSERT: wall time", f"{sides.bare_wall:.1f} s"),
+            ("bare INSERT: p50 / p99", _two(sides.bare_latency)),
             ("bare INSERT: sheets/s", f"{bare_rate:.1f}"),
+            *sides.cpu_rows("bare", sides.bare_wall),
         ]
         report.console.print(report.figures_table("sheets through POST /v1/vote", rows))
-    print(f"vote accept p50 = {report.ms(measure.percentile(vote_latency, 50))}")
-    print(f"vote accept p99 = {report.ms(measure.percentile(vote_latency, 99))}")
-    print(f"vote wall time = {vote_wall:.1f} s (goal <= {GOAL_SECONDS:.0f} s)")
+    print(f"vote accept p50 = {report.ms(measure.percentile(sides.vote_latency, 50))}")
+    print(f"vote accept p99 = {report.ms(measure.percentile(sides.vote_latency, 99))}")
+    print(f"vote wall time = {sides.vote_wall:.1f} s (goal <= {GOAL_SECONDS:.0f} s)")
     report.print_ratio_line("vote sheets/s / bare sheets/s", measure.ratio(vote_rate, bare_rate))
     return 0
 
