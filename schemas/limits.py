@@ -64,9 +64,18 @@ def json_shape_problem(data: bytes) -> str | None:
     return None
 
 
-def first_bad_text(value: Any) -> tuple[str, str] | None:
+# What in JSON bytes could become a string no field may hold: a NUL or surrogate escape, the
+# UTF-8 bytes of a surrogate (json.loads decodes bytes with surrogatepass), or a NUL byte,
+# which every UTF-16 or UTF-32 text has (json.loads takes those too).
+_MAY_BE_BAD = re.compile(rb"\x00|\\u(?:0000|[dD][89a-fA-F])|\xed[\xa0-\xbf]")
+
+
+def first_bad_text(value: Any, raw: bytes | None = None) -> tuple[str, str] | None:
     """The path and problem of the first string (or object key) in parsed JSON that no field
-    may hold, or None. Iterative: safe on any depth."""
+    may hold, or None. Iterative: safe on any depth. `raw`, the bytes `value` was parsed
+    from, spares the walk when nothing in them could make such a string."""
+    if raw is not None and len(raw) <= MAX_TEXT_CHARS and not _MAY_BE_BAD.search(raw):
+        return None
     stack: list[tuple[str, Any]] = [("", value)]
     while stack:
         path, v = stack.pop()

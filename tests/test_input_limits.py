@@ -19,6 +19,8 @@ from urllib.parse import urlsplit, urlunsplit
 import asyncpg
 import httpx
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import EventType
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
@@ -37,7 +39,13 @@ from kaohe.ingest.roster_io import RosterError, load_roster
 from kaohe.interceptors import Assertions
 from kaohe.sim.simulate import DEPARTMENT, UNIT_CONTACT, sheet_for, wait_for_status
 from schemas.common import Role, Stage
-from schemas.limits import MAX_JSON_DEPTH, MAX_PAYLOAD_BYTES, MAX_TEXT_CHARS, json_shape_problem
+from schemas.limits import (
+    MAX_JSON_DEPTH,
+    MAX_PAYLOAD_BYTES,
+    MAX_TEXT_CHARS,
+    first_bad_text,
+    json_shape_problem,
+)
 from schemas.messages import AcknowledgeNotice, ActionResult
 from schemas.policy import BallotPolicy
 from schemas.status import UnitStatus
@@ -201,6 +209,29 @@ async def test_wrong_stage_is_not_retryable(client: Client, worker: str) -> None
     assert "stage 'notice'" in status.rejected_signals[0].reason
     assert not status.rejected_signals[0].retryable
     await _still_takes_updates(handle)
+
+
+_TEXT = st.text(st.characters(codec=None, exclude_categories=()), max_size=6) | st.sampled_from(
+    ["\x00", "\ud800", "a\udfffb", "\\u0000", "\\ud800", "\u0000x"]
+)
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | _TEXT,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(_TEXT, inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@settings(max_examples=400, deadline=None)
+@given(_JSON, st.sampled_from(["ascii", "utf-8", "utf-16", "utf-32"]))
+def test_the_raw_bytes_shortcut_finds_what_the_walk_finds(value: Any, encoding: str) -> None:
+    """first_bad_text(value, raw) skips the walk only when the bytes cannot hold a NUL, a
+    surrogate or a long text: it answers as the walk does, however the JSON was encoded."""
+    if encoding == "ascii":
+        raw = json.dumps(value).encode()
+    else:
+        text = json.dumps(value, ensure_ascii=False)
+        raw = text.encode(encoding, "surrogatepass")
+    assert first_bad_text(json.loads(raw), raw) == first_bad_text(json.loads(raw))
 
 
 def test_shape_check_reads_bytes_without_recursion() -> None:

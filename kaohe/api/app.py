@@ -221,7 +221,7 @@ async def _body(request: Request) -> dict[str, Any]:
         raise problems.invalid("(body): not JSON", None) from None
     if not isinstance(body, dict):
         raise problems.invalid("(body): expected a JSON object", None)
-    bad = first_bad_text(body)
+    bad = first_bad_text(body, raw)
     if bad is not None:
         raise problems.invalid(f"{bad[0]}: {bad[1]}", bad[0])
     if "actor" in body:
