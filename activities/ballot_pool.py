@@ -5,9 +5,10 @@ Spending a token and storing its sheet in one transaction would give the token's
 sheet's marks the same xmin, and the marks' physical order and batch would follow the order
 tokens were spent in. So it takes two transactions that share nothing:
 
-1. `pool_sheets` (the caller's transaction): the tokens are checked and spent, exactly as
-   before (ballot_store.claim_tokens), and each sheet waits in ballot_pool with its rater
-   group, its marks and a random receipt code; nothing else.
+1. `pool_sheets` (one statement, ballot_pool_take of schemas/sql/019, in a transaction of
+   its own): the tokens are checked and spent as ballot_store.claim_tokens does, and each
+   sheet waits in ballot_pool with its rater group, its marks and a random receipt code;
+   nothing else.
 2. `flush_pool` (a transaction of its own): a rater group's pooled sheets move into
    ballot_marks in one batch, in an order drawn by `secrets`, once there are `min_sheets` of
    them, or the group's tokens are all spent, or the evaluation closes. Their receipts go to
@@ -37,14 +38,17 @@ from activities.ballot_store import (
     BallotRejected,
     claim_tokens,
     lock_rater_groups,
+    token_hash,
 )
 from domain.ballots import Mark, marks_checksum, sheet_marks
+from schemas.common import Stage
 from schemas.messages import BallotSheet
 from schemas.workflow_io import BallotBatchReceipt
 
 _RECEIPT_ALPHABET = "ABCDEFGHJKMNPQRSTUVWXYZ23456789"  # no 0/O, 1/I/L: read off a phone
 _RANDOM = secrets.SystemRandom()
 POOL_BATCH_PREFIX = "pool-"  # the pool's batch ids; an import may not take one
+_BEFORE_EVALUATION = {Stage.NOTICE.value, Stage.REPORT_BACK.value}
 
 
 def new_receipt() -> str:
@@ -58,6 +62,14 @@ class EvaluationClosed(BallotRejected):
         super().__init__(["sheets: the evaluation is closed; no more sheets are taken"])
 
 
+class NotInEvaluation(BallotRejected):
+    """The unit is in another stage (`over`: a later one, its evaluation is over)."""
+
+    def __init__(self, stage: str | None) -> None:
+        self.over = stage is not None and stage not in _BEFORE_EVALUATION
+        super().__init__([f"sheets: the unit is in stage {stage}; sheets are taken in evaluation"])
+
+
 @dataclass(frozen=True)
 class Pooled:
     receipts: list[str]  # one per sheet, in the order the sheets came
@@ -66,60 +78,71 @@ class Pooled:
     may_flush: bool = False  # a group of these sheets may let go now (flush_pool's rule)
 
 
+REFUSED = "KH001"  # ballot_pool_take's refusal (schemas/sql/019_ballot_pool_take.sql)
+
+
 async def pool_sheets(
     conn: asyncpg.Connection,
     workflow_id: str,
     sheets: Sequence[BallotSheet],
     submission_key: bytes,
-    min_sheets: int = 1,
+    flush_at: int = 1,
 ) -> Pooled:
-    """Inside the caller's transaction: spends the sheets' tokens and pools the sheets, or
-    raises BallotRejected naming each sheet whose token is unknown, spent, doubled or beyond
-    its group's plan (nothing is spent then). The same `submission_key` again answers with
-    the first submission's receipts."""
-    await lock_rater_groups(conn, workflow_id)  # submissions of a unit one at a time
-    earlier = await conn.fetchval(
-        "SELECT receipts::text FROM ballot_submissions "
-        "WHERE workflow_id = $1 AND submission_key = $2",
-        workflow_id,
-        submission_key,
-    )
-    if earlier is not None:
-        return Pooled(json.loads(earlier), {}, duplicate=True)
-    groups = await claim_tokens(conn, workflow_id, [s.token for s in sheets])
-    if await conn.fetchval(
-        "SELECT true FROM ballot_pool_closed WHERE workflow_id = $1", workflow_id
-    ):
-        raise EvaluationClosed()
+    """On a connection outside any transaction: spends the sheets' tokens and pools the
+    sheets in one statement (ballot_pool_take, its own transaction), or raises BallotRejected
+    naming each sheet whose token is unknown, spent, doubled or beyond its group's plan
+    (nothing is spent then). The same `submission_key` again answers with the first
+    submission's receipts. `may_flush`: a group of these holds `flush_at` pooled sheets, or
+    has spent all its tokens."""
+    assert not conn.is_in_transaction(), "pool_sheets takes its own transaction"
     receipts = [new_receipt() for _ in sheets]
-    await conn.copy_records_to_table(
-        "ballot_pool",
-        records=[
-            (workflow_id, group, json.dumps(sheet_marks(sheet)), sheet.ballot_count(), receipt)
-            for sheet, group, receipt in zip(sheets, groups, receipts, strict=True)
-        ],
-        columns=["workflow_id", "rater_group", "marks", "ballots", "receipt"],
-    )
-    await conn.execute(
-        "INSERT INTO ballot_submissions (workflow_id, submission_key, receipts) "
-        "VALUES ($1, $2, $3::jsonb)",
-        workflow_id,
-        submission_key,
-        json.dumps(receipts),
-    )
-    # Whether a flush would let any of these groups go: most sheets wait, and the caller
-    # then spares itself the flush's transaction.
-    may_flush = await conn.fetchval(
-        """SELECT coalesce(bool_or(p.n >= $2 OR g.returned >= g.planned), false)
-           FROM (SELECT rater_group, count(*) AS n FROM ballot_pool
-                 WHERE workflow_id = $1 AND rater_group = ANY($3::text[])
-                 GROUP BY rater_group) p
-           JOIN unit_rater_groups g ON g.workflow_id = $1 AND g.group_id = p.rater_group""",
-        workflow_id,
-        min_sheets,
-        sorted(set(groups)),
-    )
-    return Pooled(receipts, dict(sorted(Counter(groups).items())), may_flush=may_flush)
+    try:
+        row = await conn.fetchrow(
+            "SELECT earlier::text, sheet_groups, may_flush "
+            "FROM ballot_pool_take($1, $2, $3, $4, $5, $6, $7)",
+            workflow_id,
+            [token_hash(s.token) for s in sheets],
+            [json.dumps(sheet_marks(s)) for s in sheets],
+            [s.ballot_count() for s in sheets],
+            receipts,
+            submission_key,
+            flush_at,
+        )
+    except asyncpg.PostgresError as err:
+        if err.sqlstate != REFUSED:
+            raise
+        await _refusal(conn, workflow_id, sheets)
+        raise BallotRejected(["sheets: refused while others were taken; send them again"]) from None
+    assert row is not None
+    if row["earlier"] is not None:
+        return Pooled(json.loads(row["earlier"]), {}, duplicate=True)
+    groups = row["sheet_groups"]
+    return Pooled(receipts, dict(sorted(Counter(groups).items())), may_flush=row["may_flush"])
+
+
+class _Undo(Exception):
+    """Rolls back the checks' transaction when they find nothing wrong."""
+
+
+async def _refusal(
+    conn: asyncpg.Connection, workflow_id: str, sheets: Sequence[BallotSheet]
+) -> None:
+    """Why ballot_pool_take refused: its checks one by one, each problem named by its sheet
+    (claim_tokens), in a transaction rolled back whatever they find. Raises BallotRejected;
+    returns only if nothing is wrong any more."""
+    stage = await conn.fetchval("SELECT stage FROM units WHERE workflow_id = $1", workflow_id)
+    if stage != Stage.EVALUATION.value:
+        raise NotInEvaluation(stage)
+    try:
+        async with conn.transaction():
+            await claim_tokens(conn, workflow_id, [s.token for s in sheets])
+            if await conn.fetchval(
+                "SELECT true FROM ballot_pool_closed WHERE workflow_id = $1", workflow_id
+            ):
+                raise EvaluationClosed()
+            raise _Undo
+    except _Undo:
+        return
 
 
 async def flush_pool(

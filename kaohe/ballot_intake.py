@@ -7,7 +7,6 @@ Temporal (issue 20); activities/ballot_pool.py says why two transactions.
 from __future__ import annotations
 
 import hashlib
-import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -18,21 +17,23 @@ import structlog
 from temporalio.client import Client, WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 
-from activities.ballot_pool import flush_pool, pool_sheets, rewrite_spent_tokens
+from activities.ballot_pool import (
+    EvaluationClosed,
+    NotInEvaluation,
+    flush_pool,
+    pool_sheets,
+    rewrite_spent_tokens,
+)
 from activities.ballot_store import MAX_PROBLEMS_IN_MESSAGE, BallotRejected
 from domain.ballots import batch_problems
 from kaohe.ingest.ballot_io import BallotImportError, unit_input_of
-from schemas.common import Actor, Role, Stage
+from schemas.common import Actor, Role
 from schemas.messages import ActionResult, BallotSheet
 from schemas.workflow_io import BallotBatchReceipt, UnitInput
 
 log = structlog.get_logger("kaohe.ballots")
 
 POOL_ACTOR = Actor(id="kaohe-ballot-pool", role=Role.INTEGRATOR)
-# How long a unit seen in its evaluation is taken to be in it without asking again (a query
-# per sheet would cost more than the sheet): the pool's own closed flag, checked under the
-# unit's lock (activities/ballot_pool.py), still refuses every sheet after the close.
-IN_EVALUATION_SECONDS = 2.0
 
 
 class SheetsUnavailable(Exception):
@@ -77,7 +78,6 @@ class BallotIntake:
         self.pool = pool
         self._inputs: OrderedDict[str, UnitInput] = OrderedDict()
         self._cache_size = cache_size
-        self._in_evaluation_until: dict[str, float] = {}
 
     async def unit_input(self, workflow_id: str) -> UnitInput:
         """The unit's cadres and ballot policy, as it started (they never change)."""
@@ -112,18 +112,16 @@ class BallotIntake:
         problems = batch_problems(list(sheets), unit_input.unit, unit_input.policy.ballots)
         if problems:
             raise SheetsRefused(_joined(problems))
-        await self._in_evaluation(workflow_id)
+        ballots = unit_input.policy.ballots
         try:
-            async with self.pool.acquire() as conn, conn.transaction():
+            async with self.pool.acquire() as conn:
                 pooled = await pool_sheets(
-                    conn,
-                    workflow_id,
-                    sheets,
-                    submission_key,
-                    unit_input.policy.ballots.anonymity_min_sheets,
+                    conn, workflow_id, sheets, submission_key, ballots.flush_sheets
                 )
         except BallotRejected as err:
-            closed = any("evaluation is closed" in p for p in err.problems)
+            closed = isinstance(err, EvaluationClosed) or (
+                isinstance(err, NotInEvaluation) and err.over
+            )
             raise SheetsRefused(str(err), closed=closed) from None
         except _TRANSIENT_DB as err:
             raise SheetsUnavailable(f"database: {err}") from None
@@ -141,10 +139,10 @@ class BallotIntake:
 
     async def flush(self, workflow_id: str, unit_input: UnitInput) -> list[BallotBatchReceipt]:
         """In a transaction of its own, never the one that spent the tokens."""
-        k = unit_input.policy.ballots.anonymity_min_sheets
+        flush_at = unit_input.policy.ballots.flush_sheets
         async with self.pool.acquire() as conn:
             async with conn.transaction():
-                batches = await flush_pool(conn, workflow_id, min_sheets=k)
+                batches = await flush_pool(conn, workflow_id, min_sheets=flush_at)
             if batches:
                 async with conn.transaction():
                     groups = [g for b in batches for g in b.sheets_by_group]
@@ -180,29 +178,6 @@ class BallotIntake:
                 error=str(getattr(err, "cause", None) or err),
             )
             return None
-
-    async def _in_evaluation(self, workflow_id: str) -> None:
-        now = time.monotonic()
-        if self._in_evaluation_until.get(workflow_id, 0.0) > now:
-            return
-        try:
-            status = await self.client.get_workflow_handle(workflow_id).query("status")
-        except RPCError as err:
-            if _not_found(err):
-                raise SheetsRefused(f"unit: {workflow_id}: {err.message}") from None
-            raise SheetsUnavailable(f"unit: {workflow_id}: {err.message}") from None
-        stage = status.get("stage") if isinstance(status, dict) else None
-        if stage != Stage.EVALUATION:
-            closed = stage is not None and list(Stage).index(Stage(stage)) > list(Stage).index(
-                Stage.EVALUATION
-            )
-            raise SheetsRefused(
-                f"sheets: the unit is in stage {stage}; sheets are taken in evaluation",
-                closed=closed,
-            )
-        if len(self._in_evaluation_until) > self._cache_size:
-            self._in_evaluation_until.clear()
-        self._in_evaluation_until[workflow_id] = now + IN_EVALUATION_SECONDS
 
 
 def _not_found(err: RPCError) -> bool:

@@ -20,7 +20,7 @@ class SheetsSubmission(Model):
 class SheetsTaken(Model):
     """Sheets taken: each sheet's receipt (in the order sent), to hand to its rater; the
     sheets wait in the pool until enough of their rater group are in (policy
-    ballots.anonymity_min_sheets), then count."""
+    ballots.pool_flush_sheets, never fewer than ballots.anonymity_min_sheets), then count."""
 
     receipts: list[str]
     duplicate: bool = Field(default=False, description="A retry: nothing was taken again.")

@@ -108,6 +108,22 @@ class BallotPolicy(Model):
             "once the evaluation is closed and at least this many of its sheets came back."
         ),
     )
+    pool_flush_sheets: int = Field(
+        default=20,
+        ge=2,
+        le=1000,
+        description=(
+            "How many sheets a rater group's pool gathers before they are counted together, "
+            "shuffled, as one batch (never fewer than anonymity_min_sheets; the rest once the "
+            "group's tokens are spent or the evaluation closes). More hide each sheet among "
+            "more and cost the unit's history fewer events; fewer show returns sooner."
+        ),
+    )
+
+    @property
+    def flush_sheets(self) -> int:
+        """The pooled sheets a rater group lets go at: never fewer than the minimum."""
+        return max(self.pool_flush_sheets, self.anonymity_min_sheets)
 
 
 class FlagPolicy(Model):

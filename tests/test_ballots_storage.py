@@ -71,8 +71,8 @@ async def registered(pool: asyncpg.Pool, cadres: int = 2) -> tuple[UnitSpec, Uni
 
 
 async def pooled(pool: asyncpg.Pool, ref: UnitRef, sheets: list[BallotSheet], key: str) -> Pooled:
-    """Sheets as the intake pools them (their tokens spent in the same transaction)."""
-    async with pool.acquire() as conn, conn.transaction():
+    """Sheets as the intake pools them (their tokens spent in the same statement)."""
+    async with pool.acquire() as conn:
         return await pool_sheets(conn, ref.workflow_id, sheets, submission_key(key))
 
 

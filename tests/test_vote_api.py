@@ -195,8 +195,9 @@ async def test_the_vote_routes_refuse_everything_without_a_valid_token(
     )
     async with httpx.AsyncClient(base_url=api.url, timeout=30) as http:
         late = issued["C"][0]
-        for url in ("/v1/vote/ballot", "/v1/vote"):
-            r = await http.post(url, json={"token": late, "sheet": sheet_json(late, unit)})
+        for url, named in (("/v1/vote/ballot", None), ("/v1/vote", None), ("/v1/vote", mine)):
+            body = {"token": late, "sheet": sheet_json(late, unit), "unit": named}
+            r = await http.post(url, json=body)
             assert r.status_code == 409 and r.json()["code"] == "closed", r.text
             assert "测评已结束" in r.json()["message"]
         # The voter who voted still reads their receipt.
@@ -230,6 +231,35 @@ async def test_the_vote_routes_refuse_everything_without_a_valid_token(
             assert held == 0
     logged = "".join(capfd.readouterr())
     assert not [t for t in (token, foreign, spent, late) if t in logged]
+
+
+async def test_no_vote_is_taken_before_the_evaluation_opens(
+    api: ApiStack, client: Client, worker: str, pool: asyncpg.Pool, tokens: TokenSource
+) -> None:
+    """Tokens handed out during the report-back: the page says the evaluation has not begun
+    (whether the unit is named or not) and spends nothing; once it opens, the same token
+    votes."""
+    unit = sample_unit()
+    handle = await start_unit(client, worker, unit, campaign_id="test", policy=TEST_POLICY)
+    await drive_unit(client, handle.id, unit, tokens=tokens, stop_at=Stage.REPORT_BACK)
+    token = (await tokens(handle.id))["A"][0]
+    early = {"token": token, "sheet": sheet_json(token, unit)}
+    named = {**early, "unit": {"campaign": "test", "unit": unit.unit_id}}
+    async with httpx.AsyncClient(base_url=api.url, timeout=30) as http:
+        for url, body in (("/v1/vote/ballot", early), ("/v1/vote", early), ("/v1/vote", named)):
+            r = await http.post(url, json=body)
+            assert r.status_code == 409 and r.json()["code"] == "not_open", (url, r.text)
+        async with pool.acquire() as conn:
+            assert not await conn.fetchval(
+                "SELECT count(*) FROM ballot_tokens WHERE workflow_id = $1 AND used_at IS NOT NULL",
+                handle.id,
+            )
+            assert not await conn.fetchval(
+                "SELECT count(*) FROM ballot_pool WHERE workflow_id = $1", handle.id
+            )
+        await drive_unit(client, handle.id, unit, tokens=tokens, stop_at=Stage.EVALUATION)
+        r = await http.post("/v1/vote", json=named)
+        assert r.status_code == 200 and r.json()["state"] == "accepted", r.text
 
 
 def kaohe(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
