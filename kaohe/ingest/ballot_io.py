@@ -505,6 +505,21 @@ async def _stored_batch(
     return receipt, parsed.rows
 
 
+async def _unlink_spent_tokens(conn: asyncpg.Connection, workflow_id: str) -> None:
+    """Apart from the import's transaction: every spent token of the unit rewritten, so that
+    its xmin no longer names the transaction that also wrote the batch's marks. Under the
+    unit's rater group locks, as the pool's rewrite_spent_tokens is (two rewrites would
+    otherwise deadlock); in one statement, not the pool's drawn order, as the import spent
+    its tokens in one statement too: their order on disk never followed the file's."""
+    async with conn.transaction():
+        await lock_rater_groups(conn, workflow_id)
+        await conn.execute(
+            "UPDATE ballot_tokens SET used_at = used_at "
+            "WHERE workflow_id = $1 AND used_at IS NOT NULL",
+            workflow_id,
+        )
+
+
 async def import_ballots(
     client: Client,
     db: Db,
@@ -547,8 +562,9 @@ async def import_ballots(
         if ref is None:
             raise BallotImportError([Problem(0, f"unit {workflow_id} is not registered")])
         stored = await _stored_batch(conn, workflow_id, file)
-        if stored is not None:
+        if stored is not None:  # a re-run, perhaps of an import that stopped before unlinking
             receipt, rows = stored
+            phases.done("store")
         else:
             stage = (await handle.query("status"))["stage"]
             if stage != Stage.EVALUATION:
@@ -557,14 +573,9 @@ async def import_ballots(
                 )
             async with conn.transaction():
                 receipt, rows = await _store_batch(conn, ref, file)
-            # Apart from the import: every spent token of the unit is rewritten, so that its
-            # xmin no longer names the transaction that also wrote this batch's marks.
-            await conn.execute(
-                "UPDATE ballot_tokens SET used_at = used_at "
-                "WHERE workflow_id = $1 AND used_at IS NOT NULL",
-                workflow_id,
-            )
-    phases.done("store")
+            phases.done("store")
+        await _unlink_spent_tokens(conn, workflow_id)
+        phases.done("unlink")
 
     key = f"import-{batch_id}"
     sheets = sum(receipt.sheets_by_group.values())
