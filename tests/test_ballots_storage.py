@@ -14,6 +14,7 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from unittest import mock
 
 import asyncpg
 import pytest
@@ -26,6 +27,7 @@ from activities.ballots import BallotActivities
 from activities.storage import StorageActivities
 from domain.ballots import marks_checksum, sheet_marks
 from kaohe.ballot_intake import submission_key
+from kaohe.ingest import ballot_csv
 from kaohe.ingest.ballot_csv import (
     BallotCsvReader,
     MarksDigest,
@@ -611,6 +613,43 @@ def test_the_csv_reader_agrees_with_batch_problems_and_marks_checksum(tmp_path: 
         parsed = parse_ballot_csv(path, unit, POLICY)
         assert [p.line for p in parsed.problems] == [n], parsed.problems
         assert "'不存在' is not one of" in parsed.problems[0].message
+
+
+def test_the_standard_read_sees_what_csv_reader_sees(tmp_path: Path) -> None:
+    """read_standard matches whole sheets as text: across its chunks, with CRLF or LF, with
+    or without a last line end or trailing blank lines, it yields what csv.reader reads; a
+    quoted cell, a blank line inside, another label on one row are not its to read."""
+    unit = sample_unit(cadres=2)
+    rng = random.Random(9)
+    sheets = [sheet_for(f"tok-{i:016d}", unit, POLICY, rng) for i in range(40)]
+    path = tmp_path / "b.csv"
+    write_ballot_csv(path, [(f"第{i}张", s) for i, s in enumerate(sheets)])
+    crlf = path.read_bytes().decode()  # csv.writer ends its lines with CRLF
+    assert "\r\n" in crlf
+    rows = rows_of(path)
+    by_label: dict[str, list[list[str]]] = {}
+    for row in rows[1:]:
+        by_label.setdefault(row[0], []).append(row)
+    expected = [(label, g[0][1], tuple(r[5] for r in g)) for label, g in by_label.items()]
+
+    def standard(text: str, chunk: int | None = None) -> list[tuple[str, str, tuple[str, ...]]]:
+        path.write_text(text, encoding="utf-8", newline="")
+        with mock.patch.object(ballot_csv, "_CHUNK", chunk or ballot_csv._CHUNK):
+            read = BallotCsvReader(unit, POLICY).read_standard(path)
+            return [(s.label, s.token, s.options) for s in read]
+
+    lf = crlf.replace("\r\n", "\n")
+    for text in (crlf, lf, lf.rstrip("\n"), crlf + "\r\n\n", "\ufeff" + crlf):
+        assert standard(text) == expected
+    assert standard(crlf, chunk=97) == expected  # sheets cut by every chunk's end
+    one_row = rows[1:][len(rows) // 2]
+    for broken in (
+        crlf.replace(f"{one_row[0]},", f'"{one_row[0]}",', 1),  # quoted: csv's, not ours
+        crlf.replace("\r\n", "\r\n\r\n", 5),  # a blank line inside a sheet
+        crlf.replace(f"\n{one_row[0]},", "\n其他,", 1),  # a row of another sheet
+    ):
+        with pytest.raises(NotStandard):
+            standard(broken)
 
 
 def test_the_csv_reader_takes_spreadsheet_files_and_refuses_other_encodings(

@@ -31,12 +31,12 @@ else raises NotStandard and the file is read again with `read`, which names each
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import operator
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,13 @@ LINE = 6  # rows are read as [sheet, token, kind, target_id, item, option, line]
 _SHEET_REF = re.compile(r"sheets\[(\d+)\]")
 _INDEXED = re.compile(r"^(cadres|new_cadres)\[(\d+)\]$")
 _TOKEN = TypeAdapter(Token)
+# read_standard's text: a cell without quoting, the header line, how much it reads at once
+# and the most a sheet in the standard layout could take (beyond it, the full path reads).
+_CELL = '[^,"\r\n]*'
+_NEEDS_QUOTES = re.compile('[,"\r\n]')
+_HEADER = re.compile(re.escape(",".join(COLUMNS)) + "\r?\n")
+_CHUNK = 1 << 22
+_MAX_SHEET_CHARS = 1 << 24
 
 Key = tuple[str, str, str]  # (kind, target_id, item)
 Row = list[Any]
@@ -367,35 +374,45 @@ class BallotCsvReader:
     ) -> Iterator[StandardSheet]:
         """The sheets of a file in the standard layout throughout, checked as `read` checks
         them; raises NotStandard (perhaps after some sheets) at the first thing that is not
-        so: another layout, a problem of any kind, blank or malformed rows."""
-        if not self.fast_path:
+        so: another layout, a problem of any kind, quoted cells, blank or malformed rows.
+
+        A sheet is matched whole by one regular expression (`_sheet_pattern`) rather than
+        parsed row by row: with no quote in it, CSV is its commas and line ends, so the
+        match reads what csv.reader would (tests/test_ballots_storage.py holds it to that)."""
+        pattern = self._sheet_pattern
+        if pattern is None:
             raise NotStandard
-        size = len(self._layout)
-        widths = {len(COLUMNS)}
         labels: set[str] = set()
         tokens: set[str] = set()
         try:
             with path.open(encoding="utf-8-sig", newline="") as f:
-                reader = csv.reader(f)
-                if next(reader, None) != list(COLUMNS):
+                text, eof = f.read(_CHUNK), False
+                header = _HEADER.match(text)
+                if header is None:
                     raise NotStandard
-                # Blank lines vanish in filter(); their line numbers matter only to `read`.
-                for label, group in groupby(filter(None, reader), operator.itemgetter(0)):
-                    rows = list(group)
-                    if len(rows) != size or set(map(len, rows)) != widths:
-                        raise NotStandard
-                    _, toks, kinds, targets, items, options = zip(*rows, strict=True)
-                    token = toks[0]
+                pos = header.end()
+                while True:
+                    m = pattern.match(text, pos)
+                    if m is None:
+                        # A sheet cut by the chunk's end: read on. No match in more text than
+                        # a sheet could hold, or at the file's end: not standard.
+                        if eof or len(text) - pos > _MAX_SHEET_CHARS:
+                            break
+                        chunk = f.read(_CHUNK)
+                        eof = not chunk
+                        text = text[pos:] + (chunk or ("" if text.endswith("\n") else "\n"))
+                        pos = 0
+                        if on_progress is not None:
+                            on_progress(f.buffer.tell())
+                        continue
+                    pos = m.end()
+                    label, token, *options = m.groups()
                     if (
                         not label
                         or text_problem(label) is not None
                         or text_problem(token) is not None
                         or label in labels
                         or token in tokens
-                        or toks.count(token) != size
-                        or kinds != self.kinds
-                        or targets != self.targets
-                        or items != self.items
                         or not all(map(operator.contains, self._allowed, options))
                     ):
                         raise NotStandard
@@ -405,15 +422,33 @@ class BallotCsvReader:
                         raise NotStandard from None
                     labels.add(label)
                     tokens.add(token)
-                    if on_progress is not None and len(labels) % 256 == 0:
-                        on_progress(f.buffer.tell())
-                    yield StandardSheet(label, token, options)
+                    yield StandardSheet(label, token, tuple(options))
+                if text[pos:].strip("\r\n"):
+                    raise NotStandard
                 if on_progress is not None:
                     on_progress(f.buffer.tell())
-        except (UnicodeDecodeError, csv.Error):
+        except UnicodeDecodeError:
             raise NotStandard from None
         if not labels:
             raise NotStandard
+
+    @functools.cached_property
+    def _sheet_pattern(self) -> re.Pattern[str] | None:
+        """One sheet of the standard layout as CSV text without quotes: on every row the same
+        label and token (back-references), the layout's kind, target and item, and an option;
+        None if a fixed cell would need quoting (its commas would not be CSV's)."""
+        if not self.fast_path:
+            return None
+        fixed = list(zip(self.kinds, self.targets, self.items, strict=True))
+        if any(_NEEDS_QUOTES.search(cell) for row in fixed for cell in row):
+            return None
+        rows = [
+            (f"(?P<label>{_CELL}),(?P<token>{_CELL})" if j == 0 else "(?P=label),(?P=token)")
+            + re.escape(f",{kind},{target},{item},")
+            + f"({_CELL})\r?\n"
+            for j, (kind, target, item) in enumerate(fixed)
+        ]
+        return re.compile("".join(rows))
 
     def read(
         self, path: Path, on_progress: Callable[[int], None] | None = None
