@@ -10,9 +10,10 @@ tokens were spent in. So it takes two transactions that share nothing:
    sheet waits in ballot_pool with its rater group, its marks and a random receipt code;
    nothing else.
 2. `flush_pool` (a transaction of its own): a rater group's pooled sheets move into
-   ballot_marks in one batch, in an order drawn by `secrets`, once there are `min_sheets` of
-   them, or the group's tokens are all spent, or the evaluation closes. Their receipts go to
-   ballot_receipts in another such order, and the pool rows are deleted.
+   ballot_marks in one batch (one statement, ballot_pool_let_go of schemas/sql/021), in an
+   order drawn by pg_strong_random, once there are `min_sheets` of them, or the group's
+   tokens are all spent, or the evaluation closes. Their receipts go to ballot_receipts in
+   another such order, and the pool rows are deleted.
 3. `rewrite_spent_tokens` (a third): every spent token of the group is rewritten, so that
    its xmin and place on disk no longer say in which order, or with which batch, it was
    spent.
@@ -34,13 +35,12 @@ from dataclasses import dataclass
 import asyncpg
 
 from activities.ballot_store import (
-    MARK_COLUMNS,
     BallotRejected,
     claim_tokens,
     lock_rater_groups,
     token_hash,
 )
-from domain.ballots import Mark, marks_checksum, sheet_marks
+from domain.ballots import sheet_marks
 from schemas.common import Stage
 from schemas.messages import BallotSheet
 from schemas.workflow_io import BallotBatchReceipt
@@ -180,52 +180,22 @@ async def flush_pool(
 async def _flush_group(
     conn: asyncpg.Connection, workflow_id: str, group: str
 ) -> BallotBatchReceipt:
-    rows = await conn.fetch(
-        "DELETE FROM ballot_pool WHERE workflow_id = $1 AND rater_group = $2 "
-        "RETURNING marks::text, ballots, receipt",
+    """The group's pooled sheets as one batch, shuffled, in one statement where they are
+    (ballot_pool_let_go of schemas/sql/021)."""
+    batch_id = f"{POOL_BATCH_PREFIX}{secrets.token_hex(8)}"
+    row = await conn.fetchrow(
+        "SELECT ballots, sheets, checksum FROM ballot_pool_let_go($1, $2, $3)",
         workflow_id,
         group,
-    )
-    sheets = list(rows)
-    _RANDOM.shuffle(sheets)
-    marks: list[list[Mark]] = [[tuple(m) for m in json.loads(r["marks"])] for r in sheets]
-    batch_id = f"{POOL_BATCH_PREFIX}{secrets.token_hex(8)}"
-    ballots = sum(r["ballots"] for r in sheets)
-    checksum = marks_checksum(marks)
-    by_group = {group: len(sheets)}
-    await conn.execute(
-        """INSERT INTO ballot_batches (workflow_id, batch_id, ballots, sheets, checksum, source,
-                                       registered_at, sheets_by_group)
-           VALUES ($1, $2, $3, $4, $5, 'pool', NULL, $6::jsonb)""",
-        workflow_id,
         batch_id,
-        ballots,
-        len(sheets),
-        checksum,
-        json.dumps(by_group),
     )
-    await conn.copy_records_to_table(
-        "ballot_marks",
-        records=[
-            (workflow_id, batch_id, sheet_no, group, *mark)
-            for sheet_no, sheet in enumerate(marks)
-            for mark in sheet
-        ],
-        columns=MARK_COLUMNS,
-    )
-    codes = [r["receipt"] for r in sheets]
-    _RANDOM.shuffle(codes)
-    await conn.copy_records_to_table(
-        "ballot_receipts",
-        records=[(workflow_id, c) for c in codes],
-        columns=["workflow_id", "receipt"],
-    )
+    assert row is not None
     return BallotBatchReceipt(
         batch_id=batch_id,
-        count=ballots,
-        checksum=checksum,
+        count=row["ballots"],
+        checksum=row["checksum"],
         duplicate=False,
-        sheets_by_group=by_group,
+        sheets_by_group={group: row["sheets"]},
     )
 
 

@@ -20,7 +20,7 @@ from google.protobuf.message import Message
 from temporalio.client import Client, WorkflowUpdateFailedError
 
 from activities.ballot_pool import counted_receipts
-from domain.ballots import sheet_marks
+from domain.ballots import marks_checksum, sheet_marks
 from kaohe.access.bindings import Binding, grant
 from kaohe.ballot_intake import BallotIntake, SheetsRefused, submission_key
 from kaohe.ingest.ballot_io import TokenSource
@@ -132,6 +132,22 @@ async def test_three_hundred_sheets_cannot_be_linked_to_their_tokens(
             assert sum(sizes) == {"A": 60, "B": 120, "C": 120}[group]
             assert sum(n < FLUSH_AT for n in sizes) <= 1, (group, sizes)
             assert FLUSH_AT >= K
+        # Each batch's checksum (PostgreSQL's, ballot_pool_let_go) is marks_checksum's over
+        # its marks, sheet by sheet, each sheet's marks in the order they were written.
+        for b in await conn.fetch(
+            "SELECT batch_id, checksum FROM ballot_batches WHERE workflow_id = $1", wf
+        ):
+            rows = await conn.fetch(
+                "SELECT sheet_no, kind, target_id, item, option FROM ballot_marks "
+                "WHERE workflow_id = $1 AND batch_id = $2 ORDER BY sheet_no, ctid",
+                wf,
+                b["batch_id"],
+            )
+            by_sheet: dict[int, list[tuple[str, str, str, str]]] = {}
+            for r in rows:
+                by_sheet.setdefault(r["sheet_no"], []).append(tuple(r.values())[1:])
+            assert sorted(by_sheet) == list(range(len(by_sheet)))
+            assert marks_checksum(by_sheet.values()) == b["checksum"], b["batch_id"]
         assert await conn.fetchval("SELECT count(*) FROM ballot_pool WHERE workflow_id=$1", wf) == 0
         receipts = await counted_receipts(conn, wf)
     assert receipts is not None and len(set(receipts)) == 300
