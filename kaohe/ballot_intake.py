@@ -79,6 +79,10 @@ class BallotIntake:
         self._inputs: OrderedDict[str, UnitInput] = OrderedDict()
         self._cache_size = cache_size
 
+    def knows(self, workflow_id: str) -> bool:
+        """Whether the unit's ballot is at hand (read for an earlier sheet)."""
+        return workflow_id in self._inputs
+
     async def unit_input(self, workflow_id: str) -> UnitInput:
         """The unit's cadres and ballot policy, as it started (they never change)."""
         found = self._inputs.get(workflow_id)
