@@ -25,7 +25,6 @@ from activities.storage import StorageActivities
 from kaohe.anchors import start_anchoring
 from kaohe.client import connect
 from kaohe.interceptors import Assertions, PermanentFailures
-from kaohe.keys import talk_cipher
 from kaohe.metrics import metrics_runtime, serving_metrics
 from kaohe.settings import Settings
 from kaohe.tracing import flush_traces
@@ -180,7 +179,6 @@ async def patiently(what: str, attempt: Callable[[], Awaitable[T]], give_up: flo
 async def run_worker(settings: Settings, database_url: str, give_up: float = 300.0) -> None:
     """Runs until cancelled, with the metrics endpoint when `metrics_port` is set; closes
     the database pool and flushes traces on the way out."""
-    cipher = talk_cipher(settings)  # no keys: refused before anything connects
     runtime, sdk_metrics = metrics_runtime() if settings.metrics_port else (None, None)
     client = await patiently("temporal", lambda: connect(settings, runtime), give_up)
     pool = await patiently(
@@ -191,7 +189,7 @@ async def run_worker(settings: Settings, database_url: str, give_up: float = 300
     try:
         worker = build_worker(
             client,
-            StorageActivities(pool, cipher),
+            StorageActivities(pool),
             NotifyActivities(pool, channels(settings)),
             settings.task_queue,
             settings,

@@ -16,7 +16,6 @@ from activities import talk_store
 from activities.audit_log import Entry, log_event, recorded, write_audit
 from activities.ballot_store import store_rater_groups
 from activities.failpoints import failpoint
-from activities.talk_cipher import TalkCipher
 from schemas.messages import GroupEvaluation, RecordFollowUp, evaluation_text
 from schemas.workflow_io import (
     AcknowledgementRecord,
@@ -57,9 +56,8 @@ def _follow_up_row(ref: UnitRef, f: FollowUpSpec | RecordFollowUp) -> tuple[obje
 
 
 class StorageActivities:
-    def __init__(self, pool: asyncpg.Pool, cipher: TalkCipher) -> None:
+    def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
-        self._cipher = cipher
 
     @property
     def pool(self) -> asyncpg.Pool:

@@ -102,7 +102,7 @@ class BenchStack:
         """The product's worker (kaohe workflows and activities), as `kaohe worker` builds it."""
         return build_worker(
             self.client,
-            StorageActivities(self.pool, BENCH_KEY),
+            StorageActivities(self.pool),
             NotifyActivities(self.pool),
             task_queue,
         )

@@ -64,7 +64,8 @@ def keyring_text(settings: Settings, kind: Kind) -> str | None:
 
 
 def talk_cipher(settings: Settings) -> TalkCipher:
-    """The worker's and the API's talk keys, or MissingKeysError naming KAOHE_TALK_KEYS."""
+    """The API's talk keys (no worker holds them: talks reach no workflow), or
+    MissingKeysError naming KAOHE_TALK_KEYS."""
     text = keyring_text(settings, "talk")
     if text is None:
         raise MissingKeysError("talk", env_name("talk"), key_file(settings, "talk"))

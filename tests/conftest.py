@@ -118,7 +118,7 @@ async def pool(stack: Stack) -> AsyncIterator[asyncpg.Pool]:
 async def worker(stack: Stack, client: Client, pool: asyncpg.Pool) -> AsyncIterator[str]:
     """A worker in this process on the session's task queue; yields the task queue."""
     w = build_worker(
-        client, StorageActivities(pool, TEST_KEY), NotifyActivities(pool), stack.settings.task_queue
+        client, StorageActivities(pool), NotifyActivities(pool), stack.settings.task_queue
     )
     async with w:
         yield stack.settings.task_queue

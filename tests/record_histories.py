@@ -408,9 +408,7 @@ async def main() -> None:
                 )
             )
             pool = await create_pool(url)
-            worker = build_worker(
-                client, StorageActivities(pool, key), NotifyActivities(pool), "record"
-            )
+            worker = build_worker(client, StorageActivities(pool), NotifyActivities(pool), "record")
             async with worker:
                 histories = await record_paths(
                     client, "record", token_source(pool), talk_store(pool, key), url

@@ -49,7 +49,7 @@ from schemas.policy import BallotPolicy
 from schemas.roster import UnitSpec
 from schemas.workflow_io import BallotBatchCheck, BallotBatchReceipt, RegisterUnit, UnitRef
 from tests.conftest import Stack
-from tests.helpers import SMALL_GROUPS, TEST_KEY, cast, sample_unit, start_unit
+from tests.helpers import SMALL_GROUPS, cast, sample_unit, start_unit
 
 POLICY = BallotPolicy()
 
@@ -66,7 +66,7 @@ async def registered(pool: asyncpg.Pool, cadres: int = 2) -> tuple[UnitSpec, Uni
     rec = RegisterUnit(
         ref=ref, year=2026, campaign_title="测试", unit=unit, rater_groups=SMALL_GROUPS
     )
-    storage = StorageActivities(pool, TEST_KEY)
+    storage = StorageActivities(pool)
     await storage.register_unit(rec)
     await storage.register_unit(rec)  # idempotent
     return unit, ref

@@ -83,7 +83,8 @@ SECRET_READERS = {
     "KAOHE_APP_DB_PASSWORD": {"kaohe-migrate", "kaohe-worker", "kaohe-api", "kaohe"},
     # The UI holds none: it decodes through kaohe's API, as the user (issue 20 item 7).
     "KAOHE_PAYLOAD_KEYS": {"kaohe-worker", "kaohe-api", "kaohe"},
-    "KAOHE_TALK_KEYS": {"kaohe-worker", "kaohe"},
+    # Talks are sealed and opened by the API alone (and `kaohe demo`): no workflow holds one.
+    "KAOHE_TALK_KEYS": {"kaohe-api", "kaohe"},
     # Only the workers, the API and the operators' CLI can make a message a workflow takes.
     "KAOHE_ASSERTION_KEYS": {"kaohe-worker", "kaohe-api", "kaohe"},
     # The audit chain's heads are signed by the worker (and an operator's CLI) alone.
@@ -415,6 +416,33 @@ def test_compose_addresses_name_real_services() -> None:
     for name in ("temporal", "temporal-schema"):
         env = environment(services[name])
         assert env.get("POSTGRES_SEEDS", env.get("SQL_HOST")) == "temporal-postgresql"
+
+
+# The keys each long-running process loads as it starts, and refuses to start without:
+# kaohe/api/server.py serve_api (payload codec, assertions, talks) and worker.py run_worker
+# (payload codec, assertions, the audit anchors). A key a process lacks here is an outage at
+# its first start, not a test failure later.
+KEYS_AT_START = {
+    "kaohe-api": {"KAOHE_PAYLOAD_KEYS", "KAOHE_ASSERTION_KEYS", "KAOHE_TALK_KEYS"},
+    "kaohe-worker": {"KAOHE_PAYLOAD_KEYS", "KAOHE_ASSERTION_KEYS", "KAOHE_AUDIT_ANCHOR_KEYS"},
+}
+
+
+def test_each_process_is_given_the_keys_it_starts_with() -> None:
+    services = compose()["services"]
+    for name, keys in KEYS_AT_START.items():
+        given = set(environment(services[name]))
+        assert keys <= given, (name, keys - given)
+    seen = set()
+    for doc in k8s_documents():
+        name = doc["metadata"]["name"]
+        for pod in pod_specs(doc):
+            for container in pod["containers"]:
+                if name in KEYS_AT_START:
+                    given = {var["name"] for var in container.get("env", [])}
+                    assert KEYS_AT_START[name] <= given, (name, KEYS_AT_START[name] - given)
+                    seen.add(name)
+    assert seen == set(KEYS_AT_START)
 
 
 def test_only_the_migrations_connect_as_the_tables_owner() -> None:

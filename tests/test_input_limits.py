@@ -51,7 +51,7 @@ from schemas.policy import BallotPolicy
 from schemas.status import UnitStatus
 from schemas.workflow_io import AuditRecord, UnitRef
 from tests.conftest import ApiStack, Stack
-from tests.helpers import TEST_KEY, sample_unit, start_unit
+from tests.helpers import sample_unit, start_unit
 from worker import build_worker
 from workflows.unit import UnitAssessment
 from workflows.unit.io import STORAGE_ATTEMPTS
@@ -243,7 +243,7 @@ def test_shape_check_reads_bytes_without_recursion() -> None:
 
 async def test_what_the_database_refuses_is_permanent(pool: asyncpg.Pool) -> None:
     """A write PostgreSQL refuses (a NUL in jsonb) fails as non-retryable StorageRefused."""
-    storage = StorageActivities(pool, TEST_KEY)
+    storage = StorageActivities(pool)
     ref = UnitRef(
         workflow_id=f"kaohe-limits-{uuid.uuid4().hex[:8]}",
         campaign_id="limits",
@@ -312,9 +312,7 @@ async def test_storage_outage_is_retryable_recorded_and_survived(
     checks = next(i for i in client.config()["interceptors"] if isinstance(i, Assertions))
     on_refused = checks.on_refused  # build_worker sets it; the session's worker keeps its own
     queue = f"limits-{uuid.uuid4().hex[:8]}"
-    w = build_worker(
-        client, StorageActivities(outage_pool, TEST_KEY), NotifyActivities(pool), queue
-    )
+    w = build_worker(client, StorageActivities(outage_pool), NotifyActivities(pool), queue)
     checks.on_refused = on_refused
     try:
         async with w:

@@ -30,7 +30,7 @@ from schemas.messages import AcknowledgeNotice
 from schemas.roster import Contact, Roster
 from schemas.workflow_io import UnitInput
 from tests.conftest import Stack
-from tests.helpers import TEST_KEY, TEST_POLICY, sample_unit
+from tests.helpers import TEST_POLICY, sample_unit
 from tests.test_campaign import wait_for
 from tests.test_worker_restart import spawn_worker
 from worker import build_worker
@@ -80,7 +80,7 @@ async def channel_worker(
 ) -> AsyncIterator[str]:
     task_queue = f"notify-{uuid.uuid4().hex[:8]}"
     notify = NotifyActivities(pool, channels)
-    async with build_worker(client, StorageActivities(pool, TEST_KEY), notify, task_queue):
+    async with build_worker(client, StorageActivities(pool), notify, task_queue):
         yield task_queue
 
 

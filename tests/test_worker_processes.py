@@ -19,7 +19,7 @@ from kaohe.settings import Settings
 from kaohe.sim.simulate import TalkStore, TokenSource, drive_unit
 from schemas.common import Stage
 from tests.conftest import Stack
-from tests.helpers import TEST_KEY, sample_unit, start_unit
+from tests.helpers import sample_unit, start_unit
 from tests.test_cli import KAOHE
 from worker import build_worker
 
@@ -93,7 +93,7 @@ async def test_the_worker_is_tuned_by_the_settings(stack: Stack, client: Client)
     pool = None  # the worker is built, not run: no connection is taken
     worker = build_worker(
         client,
-        StorageActivities(pool, TEST_KEY),  # type: ignore[arg-type]
+        StorageActivities(pool),  # type: ignore[arg-type]
         NotifyActivities(pool),  # type: ignore[arg-type]
         "tuning",
         settings,
