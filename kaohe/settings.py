@@ -120,6 +120,10 @@ class Settings(BaseSettings):
     # of `kaohe tokens issue --pdf` hold, the token after it in the fragment (#t=...); unset
     # means http://api_host:api_port/vote, the dev stack's.
     vote_url: str | None = None
+    # Refusals of the voting page's routes per client address and minute (kaohe/api/
+    # throttle.py); past it, 429 with no look-up and no audit row. 0 turns it off. Behind a
+    # reverse proxy, let uvicorn read the client from X-Forwarded-For (FORWARDED_ALLOW_IPS).
+    vote_refusals_per_minute: int = Field(default=60, ge=0, le=100_000)
 
     # Notification channels (activities/notify.py). Webhooks are signed with HMAC-SHA256 of
     # "timestamp.body" under this secret; a webhook contact without it is dead-lettered.

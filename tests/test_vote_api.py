@@ -16,9 +16,13 @@ from typing import Any
 
 import asyncpg
 import httpx
+import jwt
 import pytest
 from temporalio.client import Client
 
+from kaohe.access.identity import TokenVerifier
+from kaohe.access.issuer import DevIssuer
+from kaohe.api.app import Api, create_app
 from kaohe.ballot_intake import BallotIntake, submission_key
 from kaohe.ingest.ballot_io import TokenSource
 from kaohe.sim.simulate import drive_unit, sheet_for
@@ -259,6 +263,52 @@ async def test_no_vote_is_taken_before_the_evaluation_opens(
             )
         await drive_unit(client, handle.id, unit, tokens=tokens, stop_at=Stage.EVALUATION)
         r = await http.post("/v1/vote", json=named)
+        assert r.status_code == 200 and r.json()["state"] == "accepted", r.text
+
+
+async def test_an_address_refused_too_often_is_answered_429_without_a_look_up(
+    client: Client, worker: str, pool: asyncpg.Pool, tokens: TokenSource
+) -> None:
+    """A flood of made-up tokens from one address: past the limit each answer is 429 with
+    Retry-After, looked up and audited no more; an accepted vote never counted, so the
+    rater with a real slip behind the same address voted before the flood, and another
+    address votes during it."""
+    unit = sample_unit()
+    _, issued = await in_evaluation(client, worker, tokens, unit)
+    issuer = DevIssuer.generate()
+    verifier = TokenVerifier(
+        jwks=jwt.PyJWKSet.from_dict(issuer.jwks()), issuer=issuer.issuer, audience="kaohe"
+    )
+    app = create_app(Api(client, pool, verifier, vote_refusals_per_minute=5))
+    mine = {"campaign": "test", "unit": unit.unit_id}
+
+    def phone(address: str) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=app, client=(address, 40000))
+        return httpx.AsyncClient(transport=transport, base_url="http://kaohe", timeout=30)
+
+    (first, second), third = issued["A"][:2], issued["B"][0]
+    async with phone("198.51.100.7") as http, phone("203.0.113.9") as other:
+        for token in (first, second):  # two raters in one room vote: nothing counts
+            body = {"token": token, "unit": mine, "sheet": sheet_json(token, unit)}
+            r = await http.post("/v1/vote", json=body)
+            assert r.status_code == 200, r.text
+        before = len(await refusals(pool, "vote"))
+        answers = []
+        for n in range(12):
+            made_up = f"Zz{n:02d}" * 6
+            r = await http.post("/v1/vote", json={"token": made_up, "unit": mine, "sheet": {}})
+            answers.append(r)
+        assert [r.status_code for r in answers[:5]] == [403] * 5
+        assert {r.status_code for r in answers[5:]} == {429}
+        throttled = answers[-1]
+        assert throttled.json()["code"] == "too_many" and "稍后" in throttled.json()["message"]
+        assert 1 <= int(throttled.headers["retry-after"]) <= 60
+        # The other route too, and nothing more is audited for this address.
+        assert (await http.post("/v1/vote/ballot", json={"token": first})).status_code == 429
+        assert len(await refusals(pool, "vote")) == before + 5
+        # Another address votes meanwhile.
+        body = {"token": third, "unit": mine, "sheet": sheet_json(third, unit)}
+        r = await other.post("/v1/vote", json=body)
         assert r.status_code == 200 and r.json()["state"] == "accepted", r.text
 
 

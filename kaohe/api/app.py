@@ -37,6 +37,7 @@ from kaohe.api.codec import CodecAccess, install_codec
 from kaohe.api.problems import Problem
 from kaohe.api.queue import RequestQueue
 from kaohe.api.talks import install_talks
+from kaohe.api.throttle import RefusalThrottle
 from kaohe.api.vote import install_vote
 from kaohe.ballot_intake import BallotIntake
 from schemas.calibration import CategoryCalibration
@@ -65,11 +66,14 @@ class Api:
         pool: asyncpg.Pool,
         verifier: TokenVerifier,
         talk_cipher: TalkCipher | None = None,
+        *,
+        vote_refusals_per_minute: int = 60,
     ) -> None:
         self.client = client
         self.pool = pool
         self.verifier = verifier
         self.talk_cipher = talk_cipher  # seals and opens talks (kaohe/api/talks.py)
+        self.vote_throttle = RefusalThrottle(vote_refusals_per_minute)  # kaohe/api/vote.py
         self.queue = RequestQueue(pool, self.send)
         self.ballots = BallotIntake(client, pool)  # sheets (kaohe/api/ballots.py)
 

@@ -43,7 +43,13 @@ async def serve_api(settings: Settings, database_url: str) -> None:
     client = await connect(settings)
     pool = await create_pool(database_url, settings.db_pool_min, settings.db_pool_max)
     try:
-        api = Api(client, pool, verifier, cipher)
+        api = Api(
+            client,
+            pool,
+            verifier,
+            cipher,
+            vote_refusals_per_minute=settings.vote_refusals_per_minute,
+        )
         app = create_app(
             api, jwks=issuer.jwks() if issuer else None, codec=codec_access(settings, issuer)
         )

@@ -31,6 +31,7 @@ import dataclasses
 import hashlib
 import json
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -91,6 +92,7 @@ MESSAGES: dict[str, tuple[int, str]] = {
     "unavailable": (503, "系统暂时无法受理，请稍后重试（您的票码仍然有效）。"),
     "unit_unknown": (404, "没有找到该单位的测评。"),
     "not_closed": (409, "测评尚未结束，结束后方可查询回执。"),
+    "too_many": (429, "尝试次数过多，请稍后再试。"),
 }
 
 
@@ -312,6 +314,30 @@ def install_vote(app: FastAPI, api: Any) -> None:  # api: kaohe.api.app.Api
         campaign, unit = (found.campaign_id, found.unit_id) if found else ("", "")
         await api.refused(None, campaign, unit, what, problem)
 
+    def refusals_counted(handler: Callable[[Request], Awaitable[Any]]) -> Any:
+        """The route, answered 429 at once (nothing looked up, nothing audited) for an address
+        refused too often lately; each refusal of the client's making (4xx) counts against
+        its address (kaohe/api/throttle.py)."""
+
+        async def route(request: Request) -> Any:
+            address = request.client.host if request.client is not None else ""
+            wait = api.vote_throttle.retry_after(address)
+            if wait is not None:
+                problem = vote_problem(
+                    "too_many", f"(address): refused too often; retry after {wait} s"
+                )
+                problem.headers["Retry-After"] = str(wait)
+                raise problem
+            try:
+                return await handler(request)
+            except Problem as problem:
+                if problem.status < 500:
+                    api.vote_throttle.refused(address)
+                raise
+
+        route.__name__, route.__doc__ = handler.__name__, handler.__doc__
+        return route
+
     async def read_token(request: Request, what: str) -> tuple[dict[str, Any], str]:
         """The body and its token, or the refusal (audited)."""
         try:
@@ -387,6 +413,7 @@ def install_vote(app: FastAPI, api: Any) -> None:  # api: kaohe.api.app.Api
         )
 
     @app.post("/v1/vote/ballot")
+    @refusals_counted
     async def vote_ballot(request: Request) -> Any:
         """The ballot a rater's token opens (public: the token is the credential), or its
         receipt if it has voted already."""
@@ -453,6 +480,7 @@ def install_vote(app: FastAPI, api: Any) -> None:  # api: kaohe.api.app.Api
         return accepted(found, intake)
 
     @app.post("/v1/vote")
+    @refusals_counted
     async def vote(request: Request) -> Any:
         """A rater's sheet, once per token; the same token again answers its receipt."""
         body, token = await read_token(request, "vote")
