@@ -2,11 +2,12 @@
 -- statements and a transaction around them, each a round trip from kaohe's API. This function
 -- does the same in one statement (so in one transaction of its own), under the same locks and
 -- in the same order: the unit's rater group rows, an earlier answer to the same submission
--- key, the unit in its evaluation, the tokens spent (unused, not doubled, each group within its plan), the pool open, the
--- sheets pooled, the submission's receipts kept. It refuses with SQLSTATE KH001 and no
--- detail; kaohe then asks the same questions one by one in a transaction it rolls back, to
--- name every sheet's problem (ballot_pool.refusal). What it writes is what those statements
--- wrote, row for row: nothing here adds a time, a sequence value or an order.
+-- key, the unit in its evaluation, the tokens spent (unused, not doubled, each group within
+-- its plan), the pool open, the sheets pooled, the submission's receipts kept. It refuses
+-- with SQLSTATE KH001 and no detail; kaohe then asks the same questions one by one in a
+-- transaction it rolls back, to name every sheet's problem (ballot_pool._refusal). What it
+-- writes is what those statements wrote, row for row: nothing here adds a time, a sequence
+-- value or an order.
 CREATE OR REPLACE FUNCTION ballot_pool_take(
     p_workflow_id    text,
     p_hashes         bytea[],   -- the sheets' token hashes, in the order sent
