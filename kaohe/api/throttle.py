@@ -26,7 +26,7 @@ class RefusalThrottle:
         self._limiter = MovingWindowRateLimiter(MemoryStorage())
 
     def retry_after(self, address: str) -> int | None:
-        """Seconds until the address may be refused again, or None if it may be now."""
+        """Seconds until the address is heard again, or None if it is heard now."""
         if self._item is None or self._limiter.test(self._item, _NAMESPACE, address):
             return None
         reset, _ = self._limiter.get_window_stats(self._item, _NAMESPACE, address)
