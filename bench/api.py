@@ -17,7 +17,6 @@ import datetime as dt
 import time
 
 import httpx
-import jwt
 import uvicorn
 
 from activities.talk_store import store_talk
@@ -25,7 +24,6 @@ from bench import measure, report
 from bench.latency import _unit_at_talks
 from bench.stack import BENCH_KEY, private_stack
 from kaohe.access.bindings import Binding, grant
-from kaohe.access.identity import TokenVerifier
 from kaohe.access.issuer import DevIssuer
 from kaohe.api.app import Api, create_app
 from kaohe.listening import free_port
@@ -56,9 +54,7 @@ async def main(*, updates: int, warmup: int, keep: bool) -> int:
         )
         queue = stack.task_queue("kaohe")
         issuer = DevIssuer.generate()
-        verifier = TokenVerifier(
-            jwks=jwt.PyJWKSet.from_dict(issuer.jwks()), issuer=issuer.issuer, audience="kaohe"
-        )
+        verifier = issuer.verifier()
         app = create_app(Api(stack.client, stack.pool, verifier, BENCH_KEY))
         port = free_port()
         server = uvicorn.Server(

@@ -28,14 +28,12 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
-import jwt
 import uvicorn
 from fastapi import Request
 
 from activities.db import create_pool
 from bench import measure, report
 from bench.stack import BENCH_KEY, BENCH_POLICY, BenchStack, private_stack
-from kaohe.access.identity import TokenVerifier
 from kaohe.access.issuer import DevIssuer
 from kaohe.api.app import Api, create_app
 from kaohe.ingest.ballot_io import token_source
@@ -188,9 +186,7 @@ async def main(*, meetings: int, raters: int, cadres: int, rounds: int, keep: bo
         queue = stack.task_queue("kaohe")
         campaign = f"vote-{stack.run_id}"
         issuer = DevIssuer.generate()
-        verifier = TokenVerifier(
-            jwks=jwt.PyJWKSet.from_dict(issuer.jwks()), issuer=issuer.issuer, audience="kaohe"
-        )
+        verifier = issuer.verifier()
         # kaohe's API runs apart from the worker, with a pool of its own (db_pool_max).
         api_pool = await create_pool(
             stack.database_url, stack.settings.db_pool_min, stack.settings.db_pool_max

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import tempfile
@@ -15,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import asyncpg
-import jwt
 import pytest
 import uvicorn
 from temporalio.client import Client
@@ -23,7 +23,6 @@ from temporalio.client import Client
 from activities.db import create_pool, migrate
 from activities.notify import NotifyActivities
 from activities.storage import StorageActivities
-from kaohe.access.identity import TokenVerifier
 from kaohe.access.issuer import DevIssuer
 from kaohe.api.app import Api, create_app
 from kaohe.client import connect
@@ -148,13 +147,9 @@ class ApiStack:
         return {"Authorization": f"Bearer {self.issuer.mint(subject, **kwargs)}"}
 
 
-@pytest.fixture(scope="session")
-async def api(client: Client, pool: asyncpg.Pool) -> AsyncIterator[ApiStack]:
-    issuer = DevIssuer.generate()
-    verifier = TokenVerifier(
-        jwks=jwt.PyJWKSet.from_dict(issuer.jwks()), issuer=issuer.issuer, audience="kaohe"
-    )
-    app = create_app(Api(client, pool, verifier, TEST_KEY), jwks=issuer.jwks())
+@contextlib.asynccontextmanager
+async def serving(app: Any) -> AsyncIterator[str]:
+    """An ASGI app served by uvicorn on a free port of this host, its lifespan run: its URL."""
     port = free_port()
     server = uvicorn.Server(
         uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
@@ -165,7 +160,15 @@ async def api(client: Client, pool: asyncpg.Pool) -> AsyncIterator[ApiStack]:
             task.result()
         await asyncio.sleep(0.02)
     try:
-        yield ApiStack(f"http://127.0.0.1:{port}", issuer)
+        yield f"http://127.0.0.1:{port}"
     finally:
         server.should_exit = True
         await task
+
+
+@pytest.fixture(scope="session")
+async def api(client: Client, pool: asyncpg.Pool) -> AsyncIterator[ApiStack]:
+    issuer = DevIssuer.generate()
+    app = create_app(Api(client, pool, issuer.verifier(), TEST_KEY), jwks=issuer.jwks())
+    async with serving(app) as url:
+        yield ApiStack(url, issuer)

@@ -11,7 +11,6 @@ import json
 import re
 import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +18,12 @@ import aiohttp
 import asyncpg
 import jwt
 import pytest
-import uvicorn
 from google.protobuf import json_format
 from temporalio.api.common.v1 import Payloads
 from temporalio.client import Client
 
 from kaohe.access import api_keys
 from kaohe.access.bindings import EVERY_CAMPAIGN, Binding, codec_binding, grant
-from kaohe.access.identity import TokenVerifier
 from kaohe.access.issuer import DevIssuer
 from kaohe.api.app import Api, create_app
 from kaohe.api.codec import (
@@ -39,45 +36,20 @@ from kaohe.devstack.stack import run_dev
 from kaohe.listening import free_port
 from kaohe.settings import Settings
 from schemas.common import Role
-from tests.conftest import Stack
+from tests.conftest import ApiStack, Stack, serving
 from tests.helpers import TEST_KEY, sample_unit, start_unit
 
 UI_ORIGIN = "http://127.0.0.1:18233"
 
 
-@dataclass
-class CodecApi:
-    url: str
-    issuer: DevIssuer
-
-    def token(self, subject: str, **kwargs: Any) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.issuer.mint(subject, **kwargs)}"}
-
-
 @pytest.fixture(scope="module")
-async def codec_api(client: Client, pool: asyncpg.Pool) -> AsyncIterator[CodecApi]:
+async def codec_api(client: Client, pool: asyncpg.Pool) -> AsyncIterator[ApiStack]:
     """kaohe's API as `kaohe dev` serves it: its own issuer, the codec routes, the login."""
     issuer = DevIssuer.generate()
-    verifier = TokenVerifier(
-        jwks=jwt.PyJWKSet.from_dict(issuer.jwks()), issuer=issuer.issuer, audience="kaohe"
-    )
-    api = Api(client, pool, verifier, TEST_KEY)
+    api = Api(client, pool, issuer.verifier(), TEST_KEY)
     codec = CodecAccess(cors_origins=[UI_ORIGIN], issuer=issuer, ui_url=UI_ORIGIN)
-    app = create_app(api, jwks=issuer.jwks(), codec=codec)
-    port = free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_config=None, lifespan="on")
-    )
-    task = asyncio.create_task(server.serve())
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.02)
-    try:
-        yield CodecApi(f"http://127.0.0.1:{port}", issuer)
-    finally:
-        server.should_exit = True
-        await task
+    async with serving(create_app(api, jwks=issuer.jwks(), codec=codec)) as url:
+        yield ApiStack(url, issuer)
 
 
 def person() -> str:
@@ -121,7 +93,7 @@ async def audit_rows(pool: asyncpg.Pool, principal: str | None, kind: str) -> li
 
 
 async def test_decode_needs_credentials_and_the_decode_role(
-    codec_api: CodecApi, pool: asyncpg.Pool, history_payloads: tuple[list[dict[str, Any]], str]
+    codec_api: ApiStack, pool: asyncpg.Pool, history_payloads: tuple[list[dict[str, Any]], str]
 ) -> None:
     payloads, marker = history_payloads
     body = {"payloads": payloads}
@@ -211,7 +183,7 @@ async def test_decode_needs_credentials_and_the_decode_role(
 
 
 async def test_a_system_decodes_with_its_api_key(
-    codec_api: CodecApi, pool: asyncpg.Pool, history_payloads: tuple[list[dict[str, Any]], str]
+    codec_api: ApiStack, pool: asyncpg.Pool, history_payloads: tuple[list[dict[str, Any]], str]
 ) -> None:
     payloads, marker = history_payloads
     system = await bound(pool, Role.CODEC_DECODE)
@@ -245,7 +217,7 @@ async def test_codec_bindings_are_for_every_payload_and_no_unit() -> None:
 
 
 async def test_codec_roles_reach_no_unit(
-    codec_api: CodecApi, pool: asyncpg.Pool, client: Client, worker: str
+    codec_api: ApiStack, pool: asyncpg.Pool, client: Client, worker: str
 ) -> None:
     """A codec binding is no role on any unit: status and actions stay refused."""
     who = await bound(pool, Role.CODEC_DECODE, Role.CODEC_ENCODE)
@@ -264,7 +236,7 @@ async def test_codec_roles_reach_no_unit(
 
 
 async def test_login_link_sets_a_session_cookie_for_the_codec_only(
-    codec_api: CodecApi, pool: asyncpg.Pool, history_payloads: tuple[list[dict[str, Any]], str]
+    codec_api: ApiStack, pool: asyncpg.Pool, history_payloads: tuple[list[dict[str, Any]], str]
 ) -> None:
     payloads, marker = history_payloads
     dev = await bound(pool, Role.CODEC_DECODE)
@@ -322,7 +294,7 @@ async def test_login_link_sets_a_session_cookie_for_the_codec_only(
             assert r.status == 401 and SESSION_COOKIE not in r.cookies
 
 
-async def test_cors_for_the_ui_origins_only(codec_api: CodecApi) -> None:
+async def test_cors_for_the_ui_origins_only(codec_api: ApiStack) -> None:
     preflight = {
         "Access-Control-Request-Method": "POST",
         "Access-Control-Request-Headers": "content-type,x-namespace",

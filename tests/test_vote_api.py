@@ -16,11 +16,9 @@ from typing import Any
 
 import asyncpg
 import httpx
-import jwt
 import pytest
 from temporalio.client import Client
 
-from kaohe.access.identity import TokenVerifier
 from kaohe.access.issuer import DevIssuer
 from kaohe.api.app import Api, create_app
 from kaohe.ballot_intake import BallotIntake, submission_key
@@ -276,9 +274,7 @@ async def test_an_address_refused_too_often_is_answered_429_without_a_look_up(
     unit = sample_unit()
     _, issued = await in_evaluation(client, worker, tokens, unit)
     issuer = DevIssuer.generate()
-    verifier = TokenVerifier(
-        jwks=jwt.PyJWKSet.from_dict(issuer.jwks()), issuer=issuer.issuer, audience="kaohe"
-    )
+    verifier = issuer.verifier()
     app = create_app(Api(client, pool, verifier, vote_refusals_per_minute=5))
     mine = {"campaign": "test", "unit": unit.unit_id}
 

@@ -16,6 +16,7 @@ from aiohttp import web
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from kaohe.access.identity import TokenVerifier
 from kaohe.codec.payloads import create_secret_file
 
 DEV_ISSUER = "kaohe-dev"
@@ -59,6 +60,12 @@ class DevIssuer:
     def jwks(self) -> dict[str, Any]:
         jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(self._key.public_key()))
         return {"keys": [{**jwk, "kid": self.kid, "use": "sig", "alg": "ES256"}]}
+
+    def verifier(self, audience: str = "kaohe") -> TokenVerifier:
+        """A verifier of this issuer's tokens for `audience`, from its public keys."""
+        return TokenVerifier(
+            jwks=jwt.PyJWKSet.from_dict(self.jwks()), issuer=self.issuer, audience=audience
+        )
 
     def mint(
         self,
