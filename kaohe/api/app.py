@@ -36,6 +36,7 @@ from kaohe.api.ballots import install_ballots
 from kaohe.api.codec import CodecAccess, install_codec
 from kaohe.api.problems import Problem
 from kaohe.api.queue import RequestQueue
+from kaohe.api.routes import read_limited
 from kaohe.api.talks import install_talks
 from kaohe.api.throttle import RefusalThrottle
 from kaohe.api.vote import install_vote
@@ -195,21 +196,11 @@ def _problem_of(cause: BaseException | None) -> Problem:
 
 
 async def _raw_body(request: Request) -> bytes:
-    """The body, read no further than MAX_BODY_BYTES (413 beyond, by Content-Length or as
-    it arrives)."""
+    """The body, read no further than MAX_BODY_BYTES (413 beyond)."""
     too_large = problems.too_large(
         f"(body): over the limit of {MAX_BODY_BYTES} bytes", MAX_BODY_BYTES
     )
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
-        raise too_large
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
+    return await read_limited(request, MAX_BODY_BYTES, too_large)
 
 
 async def _body(request: Request) -> dict[str, Any]:

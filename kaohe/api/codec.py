@@ -50,6 +50,7 @@ from kaohe.access.identity import Identity, TokenVerifier, Unauthenticated
 from kaohe.access.issuer import DevIssuer
 from kaohe.api import problems
 from kaohe.api.problems import Problem
+from kaohe.api.routes import read_limited
 from kaohe.codec.payloads import PayloadKeyError
 from schemas.common import Role
 
@@ -166,20 +167,12 @@ def install_codec(app: FastAPI, api: Any, access: CodecAccess) -> None:
         )
 
     async def read_payloads(request: Request) -> list[Payload]:
-        declared = request.headers.get("content-length", "")
         too_large = problems.too_large(
             f"(body): over the limit of {MAX_CODEC_BODY} bytes", MAX_CODEC_BODY
         )
-        if declared.isdigit() and int(declared) > MAX_CODEC_BODY:
-            raise too_large
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > MAX_CODEC_BODY:
-                raise too_large
-            chunks.append(chunk)
+        raw = await read_limited(request, MAX_CODEC_BODY, too_large)
         try:
-            parsed = json_format.Parse(b"".join(chunks), Payloads(), ignore_unknown_fields=True)
+            parsed = json_format.Parse(raw, Payloads(), ignore_unknown_fields=True)
         except (json_format.ParseError, UnicodeDecodeError, ValueError, RecursionError):
             raise problems.invalid(
                 '(body): expected {"payloads": [...]} (proto JSON of Payloads)', "payloads"

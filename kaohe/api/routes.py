@@ -1,5 +1,6 @@
-"""What the route modules installed into kaohe's API (talks.py, ballots.py) share: the type
-of app.py's `authorized` check, and a body read as its model or refused naming the field."""
+"""What the route modules installed into kaohe's API (talks.py, ballots.py, codec.py,
+vote.py) share: the type of app.py's `authorized` check, a body read within a limit, and a
+body read as its model or refused naming the field."""
 
 from __future__ import annotations
 
@@ -20,6 +21,21 @@ M = TypeVar("M", bound=BaseModel)
 Authorized = Callable[
     [Request, Identity | None, str, str, str, frozenset[Role], Role | None], Awaitable[Binding]
 ]
+
+
+async def read_limited(request: Request, limit: int, too_large: problems.Problem) -> bytes:
+    """The body, read no further than `limit` bytes: `too_large` beyond it, by Content-Length
+    or as the body arrives (a client may send more than it declared, or declare nothing)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def body_as(model: type[M], body: dict[str, Any]) -> M:

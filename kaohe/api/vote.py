@@ -50,6 +50,7 @@ from activities.ballot_pool import counted_receipts
 from activities.ballot_store import token_hash
 from kaohe.api import problems
 from kaohe.api.problems import Problem
+from kaohe.api.routes import read_limited
 from kaohe.ballot_intake import Intake, SheetsRefused, SheetsUnavailable, submission_key
 from schemas.common import Identifier, Stage
 from schemas.errors import error_path
@@ -253,16 +254,7 @@ async def _body(request: Request) -> dict[str, Any]:
         "(body)",
         limit=MAX_VOTE_BODY_BYTES,
     )
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_VOTE_BODY_BYTES:
-        raise too_large
-    chunks, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > MAX_VOTE_BODY_BYTES:
-            raise too_large
-        chunks.append(chunk)
-    raw = b"".join(chunks)
+    raw = await read_limited(request, MAX_VOTE_BODY_BYTES, too_large)
     problem = json_shape_problem(raw)
     if problem is not None:
         raise vote_problem("bad_request", problem.replace("(payload)", "(body)"), "(body)")
